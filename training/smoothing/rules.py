@@ -1,0 +1,195 @@
+"""The ``pgpe`` and ``rgs`` step rules for the training loop (``--optimizer pgpe|rgs``).
+
+Both optimise the Gaussian-smoothed certified loss L_sigma(theta) = E L(theta + eps):
+PGPE from population losses alone (zeroth order, any domain), RGS from the mean gradient at
+perturbed weights (first order). The loop keeps data, schedules, checkpoints and metrics;
+these rules own the update and a state dict of plain tensors for ``--resume``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import dataset_info
+from ..schedules import step_decay_factor
+from ..steprule import TrainBatch, check_finite
+from .errors import SmoothingConfigError
+from .fitness import PopulationObjective
+from .options import SmoothingOptions, parse_options
+from .pgpe import PGPESearch
+from .rgs import smoothed_gradient
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Copy a checkpoint's weights into ``model``; a different architecture is an error."""
+    file = Path(path)
+    if not file.is_file():
+        raise SmoothingConfigError(f"init checkpoint {file} not found")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unreadable or not a weights-only checkpoint
+        raise SmoothingConfigError(f"init checkpoint {file} cannot be read: {err}") from err
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SmoothingConfigError(f"init checkpoint {file} holds no model state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(missing[:5]))
+        if extra:
+            parts.append("unexpected " + ", ".join(extra[:5]))
+        if wrong:
+            parts.append("shape " + "; ".join(wrong[:5]))
+        raise SmoothingConfigError(
+            f"init checkpoint {file} is for a different architecture: {'; '.join(parts)}"
+        )
+    model.load_state_dict(state)
+
+
+def _setup(
+    model: nn.Module, config: Any, programs: dict[str, Any]
+) -> tuple[SmoothingOptions, PopulationObjective]:
+    opts = parse_options(dict(config.options or {}), lr=float(config.lr), seed=int(config.seed))
+    opts.pgpe.validate()
+    opts.rgs.validate()
+    if opts.init_checkpoint:
+        load_initial_weights(model, opts.init_checkpoint)
+    objective = PopulationObjective(
+        model, programs, config.domain, dataset_info(config.dataset).num_classes,
+        memory_budget=opts.memory_budget, chunk_size=opts.chunk_size,
+    )
+    return opts, objective
+
+
+class _SmoothingStep:
+    """Shared parts: learning-rate decay by epoch, evaluation mode, the objective."""
+
+    name = "smoothing"
+
+    def __init__(self, model: nn.Module, config: Any, objective: PopulationObjective) -> None:
+        self.model = model
+        self.config = config
+        self.objective = objective
+        self.layout = objective.layout
+
+    def lr_scale(self, epoch: int) -> float:
+        milestones = tuple(self.config.lr_milestones or ())
+        return step_decay_factor(epoch, milestones, float(self.config.lr_decay or 1.0))
+
+    def _set_batch(self, batch: TrainBatch) -> None:
+        self.model.eval()  # bound programs and the vmapped natural forward need eval mode
+        self.objective.set_batch(batch.x, batch.y, batch.eps, batch.kappa, batch.beta)
+
+
+class PGPEStep(_SmoothingStep):
+    """One PGPE generation per minibatch: sample, evaluate in one batched call, update."""
+
+    name = "pgpe"
+
+    def __init__(self, model: nn.Module, config: Any, programs: dict[str, Any]) -> None:
+        opts, objective = _setup(model, config, programs)
+        super().__init__(model, config, objective)
+        self.options = opts
+        self.search = PGPESearch(self.layout.flatten(model), opts.pgpe)
+        self.evaluate: Callable[[torch.Tensor], torch.Tensor] = objective.losses
+        self.remote = None
+        if opts.num_actors > 0:
+            from .distributed import RayEvaluator
+
+            self.remote = RayEvaluator(
+                objective, opts.num_actors, address=opts.ray_address,
+                gpus_per_actor=opts.gpus_per_actor,
+            )
+            self.evaluate = self.remote.losses
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        self._set_batch(batch)
+        values = self.search.ask()
+        losses = self.evaluate(values)
+        mean = losses.mean()
+        check_finite(mean, batch.epoch, batch.step)
+        before = self.search.center.clone()
+        self.search.tell(values, losses)
+        self.layout.write(self.model, self.search.center)
+        return {
+            "loss": float(mean),
+            "loss_min": float(losses.min()),
+            "loss_std": float(losses.std()),
+            "sigma": float(self.search.sigma.mean()),
+            "step_norm": float((self.search.center - before).norm()),
+        }
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.search.set_lr_scale(self.lr_scale(epoch + 1))
+
+    def state_dict(self) -> dict:
+        return {"pgpe": self.search.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.search.load_state_dict(state["pgpe"])
+        self.layout.write(self.model, self.search.center)
+
+
+class RGSStep(_SmoothingStep):
+    """Adam on the mean gradient at n perturbed weights (one vmapped forward+backward)."""
+
+    name = "rgs"
+
+    def __init__(self, model: nn.Module, config: Any, programs: dict[str, Any]) -> None:
+        opts, objective = _setup(model, config, programs)
+        super().__init__(model, config, objective)
+        if opts.num_actors > 0:
+            raise SmoothingConfigError("num_actors is for --optimizer pgpe; RGS runs in process")
+        self.options = opts.rgs
+        self.base_lr = float(config.lr)
+        self.params = [p for n, p in model.named_parameters() if n in set(self.layout.names)]
+        self.optimizer = torch.optim.Adam(self.params, lr=self.base_lr)
+        device = self.params[0].device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(config.seed))
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        self._set_batch(batch)
+        center = self.layout.flatten(self.model)
+        loss, grad = smoothed_gradient(self.objective, center, self.options, self.generator)
+        check_finite(loss, batch.epoch, batch.step)
+        grads = self.layout.unflatten(grad)
+        named = dict(self.model.named_parameters())
+        for name in self.layout.names:
+            named[name].grad = grads[name].to(named[name].dtype).clone()
+        metrics = {"loss": float(loss)}
+        clip = self.config.grad_clip
+        if clip:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return metrics
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * self.lr_scale(epoch + 1)
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "base_lr": self.base_lr,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.base_lr = float(state.get("base_lr", self.base_lr))
