@@ -1,0 +1,58 @@
+"""Domain names and compiling the bound programs a run needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from absdsl.errors import AbsdslError
+
+BUILTIN_DOMAINS = ("box", "hbox", "zonotope", "deeppoly", "crown-ibp")
+DOMAIN_ALIASES = {"ibp": "box", "deepz": "zonotope", "crown": "deeppoly", "crownibp": "crown-ibp"}
+# loosest (cheapest) first: the order of a "tightest" certification cascade
+CASCADE_ORDER = ("box", "hbox", "zonotope", "crown-ibp", "deeppoly")
+
+
+class DomainError(AbsdslError):
+    """An unknown domain name (that is not a domain file either)."""
+
+
+def canonical_domain(name: str) -> str:
+    """Built-in names and aliases in canonical form; an existing file path as given."""
+    key = name.strip().lower()
+    key = DOMAIN_ALIASES.get(key, key)
+    if key in BUILTIN_DOMAINS:
+        return key
+    if Path(name).is_file():
+        return name
+    raise DomainError(
+        f"unknown domain {name!r}; choose one of {', '.join(BUILTIN_DOMAINS)} "
+        f"(aliases {', '.join(DOMAIN_ALIASES)}) or give the path of a domain file"
+    )
+
+
+def required_domains(domain: str, method: str) -> list[str]:
+    """The programs a run needs: its domain, plus Box for CROWN-IBP's beta mixing."""
+    if method in ("natural", "pgd"):
+        return []
+    names = [domain]
+    if domain == "crown-ibp":
+        names.append("box")
+    return names
+
+
+def compile_programs(model: nn.Module, domains: list[str]) -> dict[str, Any]:
+    """Compile one bound program per domain (model switched to eval mode while tracing)."""
+    import absdsl
+
+    compile_fn = getattr(absdsl, "compile", None)
+    if compile_fn is None:  # pragma: no cover - only while the compiler is being written
+        raise AbsdslError("this absdsl has no compiler (absdsl.compile is missing)")
+    was_training = model.training
+    model.eval()
+    try:
+        return {name: compile_fn(model, domain=name) for name in domains}
+    finally:
+        model.train(was_training)
