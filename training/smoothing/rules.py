@@ -67,11 +67,30 @@ def _setup(
     opts.rgs.validate()
     if opts.init_checkpoint:
         load_initial_weights(model, opts.init_checkpoint)
+    info = dataset_info(config.dataset)
     objective = PopulationObjective(
-        model, programs, config.domain, dataset_info(config.dataset).num_classes,
+        model, programs, config.domain, info.num_classes,
         memory_budget=opts.memory_budget, chunk_size=opts.chunk_size,
     )
     return opts, objective
+
+
+def check_memory(objective: PopulationObjective, config: Any, kind: str) -> int:
+    """Size the vmapped chunks on a dummy full-size batch, so that a budget below one member
+    fails at start-up rather than after data loading and the first steps."""
+    info = dataset_info(config.dataset)
+    param = next(objective.model.parameters())
+    x = torch.zeros(int(config.batch_size or 1), *info.shape, dtype=param.dtype,
+                    device=param.device)
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=param.device)
+    was_training = objective.model.training
+    objective.model.eval()
+    try:
+        objective.set_batch(x, y, float(config.train_eps or config.eps or 0.0))
+        return objective.chunk_size(kind)
+    finally:
+        objective.batch = None
+        objective.model.train(was_training)
 
 
 class _SmoothingStep:
@@ -104,6 +123,7 @@ class PGPEStep(_SmoothingStep):
         super().__init__(model, config, objective)
         self.options = opts
         self.search = PGPESearch(self.layout.flatten(model), opts.pgpe)
+        check_memory(objective, config, "loss")
         self.evaluate: Callable[[torch.Tensor], torch.Tensor] = objective.losses
         self.remote = None
         if opts.num_actors > 0:
@@ -154,6 +174,7 @@ class RGSStep(_SmoothingStep):
         if opts.num_actors > 0:
             raise SmoothingConfigError("num_actors is for --optimizer pgpe; RGS runs in process")
         self.options = opts.rgs
+        check_memory(objective, config, "grad")
         self.base_lr = float(config.lr)
         self.params = [p for n, p in model.named_parameters() if n in set(self.layout.names)]
         self.optimizer = torch.optim.Adam(self.params, lr=self.base_lr)
