@@ -110,7 +110,8 @@ class RayEvaluator:
         batch = SolutionBatch(self.problem, popsize=values.shape[0], empty=True)
         batch.set_values(values.detach().cpu())
         self.problem.evaluate(batch)
-        return batch.evals[:, 0].to(values.device)
+        evals = batch.evals[:, 0].as_subclass(torch.Tensor)
+        return evals.clone().to(values.device)
 
     def close(self) -> None:
         """Stop the actors (the Ray cluster itself is left to whoever started it)."""
