@@ -1,0 +1,18 @@
+"""absdsl: certified training with abstract domains written in a small DSL.
+
+    prog = absdsl.compile(model, domain="deeppoly")
+    lo, hi = absdsl.linf_ball(x, eps, clip=(0.0, 1.0))
+    lb, ub = prog(lo, hi, spec=C)
+"""
+
+from __future__ import annotations
+
+from absdsl.api import compile, linf_ball  # noqa: A004 - the public name is the contract
+from absdsl.compiler.specs import margin_spec, margin_spec_full
+from absdsl.errors import AbsdslError, DSLError, InputError, MemoryBudgetError, TraceError
+
+__all__ = ["compile", "linf_ball", "margin_spec", "margin_spec_full", "AbsdslError", "DSLError",
+           "InputError", "MemoryBudgetError", "TraceError", "BUILTIN_DOMAINS"]
+
+BUILTIN_DOMAINS = ("box", "ibp", "hbox", "zonotope", "deepz", "deeppoly", "crown", "crown-ibp")
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from absdsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""The public entry points (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from absdsl.compiler.program import DEFAULT_MEMORY_BUDGET_MB, BoundProgram
+from absdsl.dsl.loader import LoadedDomain
+from absdsl.errors import InputError
+
+
+def compile(model: nn.Module, domain: str | Path | LoadedDomain = "box", *,  # noqa: A001
+            input_shape: tuple[int, ...] | None = None,
+            memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> BoundProgram:
+    """Compile ``model`` (fx-traceable, eval mode) with ``domain`` into a bound program.
+
+    ``domain``: a built-in name (box/ibp, hbox, zonotope/deepz, deeppoly/crown, crown-ibp),
+    a DSL file path (``path`` or ``path:DomainName``) or a loaded domain. The program is
+    traced per input shape on its first call (or now, given ``input_shape``).
+    ``memory_budget_mb`` caps the rows back-substituted at once (DeepPoly).
+    """
+    return BoundProgram(model, domain, input_shape=input_shape,
+                        memory_budget_mb=memory_budget_mb)
+
+
+def linf_ball(x: torch.Tensor, eps: float | torch.Tensor,
+              clip: tuple[float, float] | None = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-infinity ball [x - eps, x + eps], intersected with ``clip`` (batched like x)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InputError("linf_ball: x must be a floating-point tensor")
+    if isinstance(eps, (int, float)) and eps < 0:
+        raise InputError(f"linf_ball: eps must be >= 0, got {eps}")
+    if isinstance(eps, torch.Tensor) and bool((eps < 0).any()):
+        raise InputError("linf_ball: eps must be >= 0")
+    lo, hi = x - eps, x + eps
+    if clip is not None:
+        if clip[0] > clip[1]:
+            raise InputError(f"linf_ball: clip range {clip} is empty")
+        lo, hi = lo.clamp(clip[0], clip[1]), hi.clamp(clip[0], clip[1])
+    return lo, hi

@@ -1,0 +1,105 @@
+"""Resolve a domain argument (a built-in name, a file path, ``path:Name`` or a parsed domain)
+into a :class:`LoadedDomain`, and check it (the checker compiles every rule once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from absdsl.dsl import ast
+from absdsl.dsl.parser import load_module
+from absdsl.errors import AbsdslError, DSLError
+
+BUILTIN_FILES = {
+    "box": "box.absd", "ibp": "box.absd",
+    "hbox": "hbox.absd",
+    "zonotope": "zonotope.absd", "deepz": "zonotope.absd",
+    "deeppoly": "deeppoly.absd", "crown": "deeppoly.absd",
+    "crown-ibp": "crown-ibp.absd", "crownibp": "crown-ibp.absd",
+}
+
+
+@dataclass
+class LoadedDomain:
+    """A domain with everything it refers to: relaxations and its intermediate-bounds domain."""
+
+    domain: ast.Domain
+    relaxes: list[ast.Relax] = field(default_factory=list)
+    intermediate: ast.Domain | None = None  # forward domain giving activation bounds
+    refine: bool = False                    # activation bounds refined by back-substitution
+    origin: str = ""                        # what the user passed (for messages and pickling)
+
+    @property
+    def name(self) -> str:
+        return self.domain.name
+
+
+def builtin_path(filename: str) -> Path:
+    return Path(str(resources.files("absdsl.domains").joinpath(filename)))
+
+
+def load_domain(spec: str | Path | LoadedDomain) -> LoadedDomain:
+    if isinstance(spec, LoadedDomain):
+        return spec
+    text = str(spec)
+    key = text.lower()
+    if key in BUILTIN_FILES:
+        loaded = _from_file(builtin_path(BUILTIN_FILES[key]), None)
+        loaded.origin = key
+        return loaded
+    path, name = text, None
+    if not Path(text).exists() and ":" in text:
+        path, name = text.rsplit(":", 1)
+    if not Path(path).exists():
+        raise AbsdslError(f"unknown domain {text!r}: not a built-in name "
+                          f"({', '.join(sorted(BUILTIN_FILES))}) and no such file")
+    loaded = _from_file(Path(path), name)
+    loaded.origin = text
+    return loaded
+
+
+def _from_file(path: Path, name: str | None) -> LoadedDomain:
+    module = load_module(path)
+    own = module.domains
+    imported = getattr(module, "domains_imported", [])
+    if not own:
+        raise DSLError("the file defines no domain", filename=str(path))
+    if name is None:
+        domain = own[-1]
+    else:
+        matches = [d for d in own if d.name == name]
+        if not matches:
+            raise DSLError(f"no domain named {name!r} (defined: "
+                           f"{', '.join(d.name for d in own)})", filename=str(path))
+        domain = matches[0]
+    loaded = LoadedDomain(domain, list(module.relaxes))
+    if domain.output_source is not None:
+        out_name, pos = domain.output_source
+        if out_name != "backsub":
+            raise DSLError(f"output must be 'backsub' (or omitted for a forward domain), got "
+                           f"{out_name!r}", domain.source, domain.filename, pos.line, pos.column)
+        src, pos = domain.bounds_source or ("backsub", domain.pos)
+        if src == "backsub":
+            loaded.intermediate = _from_file(builtin_path("box.absd"), None).domain
+            loaded.refine = True
+        else:
+            pool = {d.name.lower(): d for d in imported + own}
+            if src.lower() in pool:
+                loaded.intermediate = pool[src.lower()]
+            elif src.lower() in BUILTIN_FILES:
+                loaded.intermediate = load_domain(src.lower()).domain
+            else:
+                raise DSLError(f"bounds source {src!r} is neither 'backsub' nor a domain in "
+                               f"scope", domain.source, domain.filename, pos.line, pos.column)
+            if loaded.intermediate.output_source is not None:
+                raise DSLError(f"bounds source {src!r} must be a forward domain",
+                               domain.source, domain.filename, pos.line, pos.column)
+    elif domain.bounds_source is not None:
+        _, pos = domain.bounds_source
+        raise DSLError("'bounds' needs 'output backsub' (a back-substitution domain)",
+                       domain.source, domain.filename, pos.line, pos.column)
+    from absdsl.dsl.checker import check_loaded
+
+    check_loaded(loaded)
+    return loaded

@@ -1,0 +1,1 @@
+"""torch.fx front end -> IR -> bound programs (generated torch code) and their runtime."""

@@ -1,0 +1,407 @@
+"""(IR, domain) -> the source of a bound program.
+
+A forward domain (Box, HBox, Zonotope) becomes straight-line code: one block of lines per
+IR node, compiled from the domain's rule for that op. A back-substitution domain (DeepPoly,
+CROWN-IBP) becomes a forward pass of its intermediate-bounds domain, relaxation lines for
+every activation, and one generated back-substitution function per bounded node.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from absdsl.compiler.exprs import Scope, as_tensor, compile_expr, linearize, mentions, num
+from absdsl.compiler.ir import Graph, Node
+from absdsl.dsl import ast
+from absdsl.errors import DSLError, TraceError
+
+ACTIVATION_CODE = {
+    "relu": lambda x, p: f"torch.relu({x})",
+    "sigmoid": lambda x, p: f"torch.sigmoid({x})",
+    "tanh": lambda x, p: f"torch.tanh({x})",
+    "leaky_relu": lambda x, p: f"F.leaky_relu({x}, {p['negative_slope']!r})",
+    "hardtanh": lambda x, p: f"F.hardtanh({x}, {p['min_val']!r}, {p['max_val']!r})",
+}
+
+
+@dataclass
+class Emitter:
+    lines: list[str] = field(default_factory=list)
+    indent: int = 1
+    used: set[str] = field(default_factory=set)
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.indent + line)
+
+    def fresh(self, stem: str) -> str:
+        stem = re.sub(r"[^0-9A-Za-z_]", "_", stem).strip("_") or "v"
+        if stem[0].isdigit():
+            stem = "v" + stem
+        i = 0
+        name = stem
+        while name in self.used:
+            i += 1
+            name = f"{stem}_{i}"
+        self.used.add(name)
+        return name
+
+
+class RuleCompiler:
+    """Compiles a domain's rules at IR nodes into lines of an :class:`Emitter`."""
+
+    def __init__(self, domain: ast.Domain, out: Emitter, compact_flag: str = "compact") -> None:
+        self.domain = domain
+        self.out = out
+        self.compact = compact_flag
+        self.kinds = {f.name: f.kind for f in domain.state}
+
+    def rule(self, node: Node) -> ast.Rule:
+        op = node.op
+        rule = self.domain.rule_for(op)
+        if rule is None and op in ACTIVATION_CODE:
+            rule = self.domain.rule_for("monotone")
+        if rule is None:
+            what = {"add": "add (a residual connection or a sum of two branches)"}.get(op, op)
+            raise TraceError(f"domain {self.domain.name} has no rule for {what}, needed by "
+                             f"{node.origin or '%' + node.name} ({self.domain.filename})")
+        return rule
+
+    def scope(self, state: dict[str, str], ref: str, node: Node | None) -> Scope:
+        names = {k: (v, self.kinds[k]) for k, v in state.items()}
+        s = Scope(self.domain, names, self.out.emit, self.out.fresh, ref)
+        s.newgens_key = node.name if node is not None else "g"
+        if state and self.domain.gamma is not None:
+            for side, expr in (("l", self.domain.gamma.lower), ("u", self.domain.gamma.upper)):
+                if side not in names:
+                    s.lazy[side] = self._gamma_side(s, expr, side)
+        if node is not None and node.op in ACTIVATION_CODE:
+            params = node.attrs.get("params", {})
+            s.activation = lambda x, op=node.op, p=params: ACTIVATION_CODE[op](x, p)
+            for k, v in params.items():
+                s.names[k] = (num(v), "num")
+        return s
+
+    def _gamma_side(self, s: Scope, expr: ast.Expr, side: str):
+        def compute():
+            code, kind = compile_expr(expr, s)
+            return s.tmp(as_tensor((code, kind), s), side), "bound"
+        return compute
+
+    def run(self, node: Node, rule: ast.Rule, s: Scope, state: dict[str, str]) -> dict[str, str]:
+        """Execute the rule body; returns the new state (variable -> code var)."""
+        self._block(rule.body, s)
+        new: dict[str, str] = {}
+        for f in self.domain.state:
+            code, kind = s.names[f.name]
+            new[f.name] = self._coerce(code, kind, f, s, rule.pos)
+        return new
+
+    def _coerce(self, code: str, kind: str, f: ast.StateField, s: Scope, pos: ast.Pos) -> str:
+        if kind == f.kind:
+            return code
+        if kind == "num" and f.kind == "bound":
+            return s.tmp(f"rt.full_like({code}, {s.ref})")
+        if kind == "num" and f.kind == "gens" and float(code) == 0.0:
+            return s.tmp(f"rt.Gens.zero({s.ref})", "G")
+        raise s.error(f"state variable '{f.name}' is {f.kind} but is assigned a {kind}", pos)
+
+    def _block(self, body: tuple[ast.Stmt, ...], s: Scope) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.Assign):
+                self._assign(stmt, s)
+            else:
+                self._guarded(stmt, s)
+
+    def _assign(self, stmt: ast.Assign, s: Scope) -> None:
+        if len(stmt.targets) != 1:
+            raise s.error("multiple targets are only for relaxations", stmt.pos)
+        target = stmt.targets[0]
+        if target in ("W", "b", "lo", "hi", "f", "x"):
+            raise s.error(f"'{target}' is reserved and cannot be assigned", stmt.pos)
+        code, kind = compile_expr(stmt.value, s)
+        if target in self.kinds:
+            f = next(f for f in self.domain.state if f.name == target)
+            code = self._coerce(code, kind, f, s, stmt.pos)
+            kind = f.kind
+        if kind in ("linop", "absgens"):
+            raise s.error(f"cannot store a value of kind {kind} in '{target}'", stmt.pos)
+        var = s.fresh(f"{s.newgens_key}_{target}")
+        self.out.emit(f"{var} = {code}")
+        s.names[target] = (var, kind)
+
+    def _guarded(self, stmt: ast.Guarded, s: Scope) -> None:
+        conds = []
+        for br in stmt.branches:
+            if br.cond is None:
+                conds.append(None)
+                continue
+            code, kind = compile_expr(br.cond, s)
+            if kind != "bool":
+                raise s.error("a guard must be a condition", br.pos)
+            conds.append(s.tmp(code, "g"))
+        before = dict(s.names)
+        results = []
+        for br in stmt.branches:
+            sub = Scope(s.domain, dict(before), s.emit, s.fresh, s.ref, s.linop, s.linop_code,
+                        s.gens_map, s.activation, s.inputs, s.lazy, s.newgens_key, True, s.memo)
+            self._block(br.body, sub)
+            results.append(sub.names)
+        if stmt.branches[-1].cond is not None:
+            results.append(before)
+            conds.append(None)
+        changed = [k for k in self.kinds if any(r[k] != before[k] for r in results)]
+        for k in changed:
+            f = next(f for f in self.domain.state if f.name == k)
+            acc = self._coerce(*results[-1][k], f, s, stmt.pos)
+            for cond, res in zip(reversed(conds[:-1]), reversed(results[:-1]), strict=True):
+                val = self._coerce(*res[k], f, s, stmt.pos)
+                if val != acc:
+                    fn = "rt.where" if f.kind == "gens" else "torch.where"
+                    acc = s.tmp(f"{fn}({cond}, {val}, {acc})", f"{s.newgens_key}_{k}")
+            s.names[k] = (acc, f.kind)
+
+
+def _map_code(node_map, compact: str):
+    def linop_code(x: str, absolute: bool) -> str:
+        return node_map.apply(x, absolute)
+
+    def gens_map(g: str, absolute: bool) -> str:
+        return f"{g}.map(lambda t: {node_map.apply('t', absolute)}, {compact})"
+
+    return linop_code, gens_map
+
+
+def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
+                 hook=None) -> dict[str, dict[str, str]]:
+    """Emit the forward domain's rules node by node; returns each node's state variables.
+
+    ``hook(node, state)`` may replace a node's state after it is computed (DeepPoly's
+    refinement of Box bounds by back-substitution).
+    """
+    rc = RuleCompiler(domain, out, compact)
+    states: dict[str, dict[str, str]] = {}
+    for node in graph.nodes:
+        out.emit("")
+        out.emit(f"# {node.describe()}")
+        if node.op == "reshape":
+            states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
+            for k, var in states[node.name].items():
+                out.emit(f"{var} = rt.reshape({states[node.inputs[0]][k]}, lo.shape[0], "
+                         f"{node.shape})")
+        elif node.op == "cat":
+            states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
+            for k, var in states[node.name].items():
+                parts = ", ".join(states[i][k] for i in node.inputs)
+                out.emit(f"{var} = rt.cat([{parts}], {node.attrs['dim']})")
+        else:
+            rule = rc.rule(node)
+            if node.op == "input":
+                s = rc.scope({}, "lo", node)
+                s.names.update({"lo": ("lo", "bound"), "hi": ("hi", "bound")})
+                state_in: dict[str, str] = {}
+            else:
+                state_in = states[node.inputs[0]]
+                ref = next(v for k, v in state_in.items() if rc.kinds[k] == "bound") \
+                    if any(rc.kinds[k] == "bound" for k in state_in) else "lo"
+                s = rc.scope(state_in if node.op != "add" else {}, ref, node)
+            if node.op == "affine":
+                m = node.attrs["map"]
+                s.linop = m
+                s.linop_code, s.gens_map = _map_code(m, compact)
+                s.names["b"] = (m.bias, "bound") if m.bias else ("0.0", "num")
+            if node.op == "add":
+                if len(rule.params) != 2:
+                    raise DSLError("rule add must name its two inputs: rule add(p, q)",
+                                   domain.source, domain.filename, rule.pos.line,
+                                   rule.pos.column)
+                for pname, inp in zip(rule.params, node.inputs, strict=True):
+                    s.inputs[pname] = {k: (v, rc.kinds[k]) for k, v in states[inp].items()}
+                for k in rc.kinds:  # start from the first input; the body overwrites
+                    s.names[k] = (states[node.inputs[0]][k], rc.kinds[k])
+            if node.op == "input":
+                for k in rc.kinds:
+                    s.names.setdefault(k, ("0.0", "num"))
+            states[node.name] = rc.run(node, rule, s, state_in)
+        if hook is not None:
+            replaced = hook(node, states[node.name])
+            if replaced is not None:
+                states[node.name] = replaced
+    return states
+
+
+def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: str
+              ) -> dict[str, str]:
+    """Apply the domain's affine rule with W = spec (per sample) and b = 0."""
+    rc = RuleCompiler(domain, out, compact)
+    rule = domain.rule_for("affine")
+    if rule is None:
+        raise TraceError(f"domain {domain.name} has no affine rule")
+    ref = next((v for k, v in state.items() if rc.kinds[k] == "bound"), "lo")
+    fake = Node("spec", "affine", [], ())
+    s = rc.scope(state, ref, fake)
+
+    def linop_code(x: str, absolute: bool) -> str:
+        return f"torch.einsum('bkn,bn->bk', {'spec_abs' if absolute else 'spec'}, {x}.flatten(1))"
+
+    def gens_map(g: str, absolute: bool) -> str:
+        return f"{g}.spec(spec)"
+
+    s.linop, s.linop_code, s.gens_map = object(), linop_code, gens_map
+    s.names["b"] = ("0.0", "num")
+    return rc.run(fake, rule, s, state)
+
+
+def concretize(domain: ast.Domain, out: Emitter, state: dict[str, str]) -> tuple[str, str]:
+    rc = RuleCompiler(domain, out)
+    if domain.gamma is None:
+        raise DSLError(f"domain {domain.name} has no gamma block (its concretisation)",
+                       domain.source, domain.filename, domain.pos.line, domain.pos.column)
+    ref = next((v for k, v in state.items() if rc.kinds[k] == "bound"), "lo")
+    s = rc.scope(state, ref, None)
+    lo = compile_expr(ast.Name("l", domain.gamma.pos), s) if "l" not in rc.kinds else \
+        (state["l"], "bound")
+    hi = compile_expr(ast.Name("u", domain.gamma.pos), s) if "u" not in rc.kinds else \
+        (state["u"], "bound")
+    return as_tensor(lo, s), as_tensor(hi, s)
+
+
+# ---- relaxations -----------------------------------------------------------------------
+
+def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain: ast.Domain,
+                   filename: str, source: str) -> tuple[str, str]:
+    """Emit ``def relax_<op>(l, u)`` returning (a_lo, b_lo, a_hi, b_hi) and ``needs`` mask code.
+
+    ``needs`` marks neurons whose lines depend on l or u: only those gain from tighter bounds.
+    """
+    fn_name = out.fresh(f"relax_{op}")
+    body = Emitter(indent=out.indent + 1, used=out.used)
+    src_domain = ast.Domain("relax", relax.pos, filename=filename, source=source)
+    s = Scope(src_domain, {relax.lower_name: ("l", "bound"), relax.upper_name: ("u", "bound")},
+              body.emit, body.fresh, "l", in_guard=True)
+    s.activation = lambda x: ACTIVATION_CODE[op](x, params)
+    for k, v in params.items():
+        s.names[k] = (num(v), "num")
+    guards: list[str | None] = []
+    parts: list[list[str]] = []
+    depends: list[bool] = []
+    bounds_names = {relax.lower_name, relax.upper_name}
+    for case in relax.cases:
+        if case.cond is not None:
+            if mentions(case.cond, {relax.var}):
+                raise DSLError(f"a relaxation's guard cannot depend on {relax.var}", source,
+                               filename, case.pos.line, case.pos.column)
+            code, kind = compile_expr(case.cond, s)
+            if kind != "bool":
+                raise DSLError("a relaxation guard must be a condition", source, filename,
+                               case.pos.line, case.pos.column)
+            guards.append(s.tmp(code, "g"))
+        else:
+            guards.append(None)
+        lines = []
+        for line in (case.lower, case.upper):
+            for piece in linearize(line, relax.var, None, filename, source):
+                lines.append(as_tensor(compile_expr(piece, s), s))
+        parts.append(lines)
+        depends.append(mentions(case.lower, bounds_names | {"f"}) or
+                       mentions(case.upper, bounds_names | {"f"}) or
+                       any(isinstance(p, ast.Call) and p.func == "f" for p in (case.lower,
+                                                                              case.upper)))
+    results = []
+    for i in range(4):
+        acc = parts[-1][i]
+        for g, p in zip(reversed(guards[:-1]), reversed(parts[:-1]), strict=True):
+            acc = f"torch.where({g}, {p[i]}, {acc})"
+        results.append(s.tmp(acc, ["a_lo", "b_lo", "a_hi", "b_hi"][i]))
+    # neurons in a case whose lines read l or u (or f of them)
+    needs = "torch.zeros_like(l, dtype=torch.bool)"
+    taken = "torch.zeros_like(l, dtype=torch.bool)"
+    for g, dep in zip(guards, depends, strict=True):
+        sel = f"(~{taken})" if g is None else f"({g} & ~{taken})"
+        if dep:
+            needs = f"({needs} | {sel})"
+        if g is not None:
+            taken = s.tmp(f"({taken} | {g})", "taken")
+    needs_var = s.tmp(needs, "needs")
+    out.emit(f"def {fn_name}(l, u):")
+    out.lines.extend(body.lines)
+    out.emit(f"    return ({', '.join(results)}), {needs_var}")
+    return fn_name, fn_name
+
+
+def relax_for(op: str, relaxes: list[ast.Relax]) -> ast.Relax | None:
+    for r in reversed(relaxes):  # later definitions (the user's own file) win
+        if op in r.ops:
+            return r
+    for r in reversed(relaxes):
+        if "monotone" in r.ops:
+            return r
+    return None
+
+
+# ---- back-substitution ------------------------------------------------------------------
+
+def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emitter) -> str:
+    """Emit ``def backsub_<target>(rows)``: rows [B, 2k, *shape] -> (lower [B,k], upper [B,k]).
+
+    Walks the target's ancestors in reverse topological order; each node's rows are the sum
+    of what its users push back (transposed linear maps, relaxation lines, slices of a cat).
+    """
+    name = out.fresh(f"backsub_{target}")
+    body = Emitter(indent=out.indent + 1, used=out.used)
+    nodes = graph.ancestors(target)
+    users: dict[str, list[Node]] = {n.name: [] for n in nodes}
+    for n in nodes:
+        for i in n.inputs:
+            users[i].append(n)
+    lam = {target: "rows"}
+    body.emit("k = rows.shape[1] // 2")
+    body.emit("acc = rows.new_zeros(rows.shape[0], rows.shape[1])")
+    contributions: dict[str, list[str]] = {n.name: [] for n in nodes}
+
+    def push(dst: str, code: str) -> None:
+        var = body.fresh(f"lam_{dst}")
+        body.emit(f"{var} = {code}")
+        contributions[dst].append(var)
+
+    for node in reversed(nodes):
+        if node.name != target:
+            parts = contributions[node.name]
+            if not parts:
+                continue
+            lam[node.name] = parts[0] if len(parts) == 1 else body.fresh(f"lam_{node.name}")
+            if len(parts) > 1:
+                body.emit(f"{lam[node.name]} = {' + '.join(parts)}")
+        cur = lam[node.name]
+        body.emit(f"# {node.op} %{node.name}")
+        if node.op == "input":
+            body.emit(f"return rt.concretize({cur}, k, centre, radius, acc)")
+            break
+        if node.op == "affine":
+            m = node.attrs["map"]
+            if m.bias is not None:
+                body.emit(f"acc = acc + rt.bias_dot({cur}, {m.bias}, {node.shape})")
+            push(node.inputs[0], m.transpose(cur))
+        elif node.op == "reshape":
+            src = graph.by_name[node.inputs[0]]
+            push(src.name, f"{cur}.reshape({cur}.shape[0], {cur}.shape[1], *{src.shape})")
+        elif node.op == "add":
+            for i in node.inputs:
+                push(i, cur)
+        elif node.op == "cat":
+            offset = 0
+            for i in node.inputs:
+                size = graph.by_name[i].shape[node.attrs["dim"]]
+                push(i, f"{cur}.narrow({node.attrs['dim'] + 2}, {offset}, {size})")
+                offset += size
+        elif node.op in ACTIVATION_CODE:
+            var = body.fresh(f"lam_{node.inputs[0]}")
+            body.emit(f"{var}, acc = rt.relax_back({cur}, k, {lines[node.name]}, acc)")
+            contributions[node.inputs[0]].append(var)
+        else:
+            raise TraceError(f"back-substitution has no rule for op {node.op}")
+    else:
+        body.emit("raise RuntimeError('back-substitution did not reach the input')")
+    out.emit(f"def {name}(rows):")
+    out.lines.extend(body.lines)
+    return name

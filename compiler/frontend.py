@@ -1,0 +1,593 @@
+"""torch.fx front end: trace an ``nn.Module`` and lower it to the IR of :mod:`compiler.ir`.
+
+Tracing uses only torch.fx's public API (``Tracer``, ``ShapeProp``). Every value in the traced
+graph is classified as input-dependent (an IR node), a constant tensor (parameters, buffers,
+plain tensor attributes and what is computed from them) or a Python number.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from absdsl.compiler import linear_maps as lm
+from absdsl.compiler.ir import Graph, Node, Prelude
+from absdsl.errors import TraceError
+
+_PROBE_BATCH = 2  # a batch size >1 lets us see reshapes that mix samples
+
+
+@dataclass
+class _Bound:
+    """An input-dependent value: the IR node that computes it."""
+
+    node: str
+
+
+@dataclass
+class _Const:
+    """A constant tensor: the prelude variable holding it and its traced shape."""
+
+    var: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class _Meta:
+    """A non-tensor value (a size, a shape tuple): allowed only as reshape arguments."""
+
+
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
+_SUB = {operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_"}
+_MUL = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_"}
+_DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_",
+        "true_divide"}
+_NEG = {operator.neg, torch.neg, "neg"}
+_RELU = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}
+_SIGMOID = {torch.sigmoid, F.sigmoid, "sigmoid"}
+_TANH = {torch.tanh, F.tanh, "tanh"}
+_RESHAPE = {torch.flatten, torch.reshape, "view", "reshape", "flatten", "squeeze", "unsqueeze",
+            torch.squeeze, torch.unsqueeze}
+_ALIAS = {F.dropout, "contiguous", "clone", torch.clone, "detach"}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_META_FUNCS = {getattr, operator.getitem, "size", "dim"}
+
+
+def _fn_name(target: Any) -> str:
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    mod = getattr(target, "__module__", "") or ""
+    return f"{mod}.{getattr(target, '__name__', repr(target))}".lstrip(".")
+
+
+def _user_line(node: fx.Node) -> str:
+    """The last frame of the user's code in the node's stack trace, as 'file:line'."""
+    trace = node.stack_trace or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    for path, line in reversed(frames):
+        if "/torch/" not in path:
+            return f"{path}:{line}"
+    return ""
+
+
+def _module_path(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path = list(stack.values())[-1]
+        return str(path[0] if isinstance(path, tuple) else path)
+    return ""
+
+
+def _origin(node: fx.Node, model: nn.Module) -> str:
+    parts = []
+    path = _module_path(node)
+    if node.op == "call_module":
+        mod = model.get_submodule(str(node.target))
+        parts.append(f"module '{path}' ({type(mod).__name__})")
+    else:
+        parts.append(f"{_fn_name(node.target)}" + (f" in module '{path}'" if path else ""))
+    line = _user_line(node)
+    if line:
+        parts.append(f"at {line}")
+    return " ".join(parts)
+
+
+def _pair(value: Any, dims: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * dims
+    return tuple(int(v) for v in value)
+
+
+class _Lowering:
+    """One pass over the fx graph, building IR nodes and prelude values."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
+        self.model = model
+        self.gm = gm
+        self.nodes: list[Node] = []
+        self.prelude: list[Prelude] = []
+        self.param_names: list[str] = []
+        self.constants: dict[str, torch.Tensor] = {}
+        self.values: dict[str, Any] = {}
+        self._named = dict(model.named_parameters()) | dict(model.named_buffers())
+        self._counter = 0
+
+    # ---- helpers -------------------------------------------------------------------------
+    def fresh(self, stem: str) -> str:
+        self._counter += 1
+        return f"{re.sub(r'[^0-9A-Za-z_]', '_', stem)}_{self._counter}"
+
+    def define(self, stem: str, code: str, reads: tuple[str, ...] = ()) -> str:
+        name = self.fresh(stem)
+        self.prelude.append(Prelude(name, code, reads))
+        return name
+
+    def param(self, qualified: str) -> str:
+        """A prelude variable for parameter/buffer/tensor attribute ``qualified``."""
+        for p in self.prelude:
+            if p.code == f"p[{qualified!r}]":
+                return p.name
+        if qualified not in self._named:
+            value = self.gm.get_parameter(qualified) if False else _get_attr(self.model, qualified)
+            if not isinstance(value, torch.Tensor):
+                raise TraceError(f"attribute '{qualified}' used as a tensor is a "
+                                 f"{type(value).__name__}")
+            self.constants[qualified] = value.detach()
+        self.param_names.append(qualified)
+        return self.define("P_" + qualified, f"p[{qualified!r}]", (qualified,))
+
+    def add_node(self, fx_node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any],
+                 shape: tuple[int, ...] | None = None) -> _Bound:
+        name = self.fresh(fx_node.name)
+        if shape is None:
+            shape = self.shape_of(fx_node)
+        self.nodes.append(Node(name, op, inputs, shape, attrs, _origin(fx_node, self.model)))
+        return _Bound(name)
+
+    def shape_of(self, fx_node: fx.Node) -> tuple[int, ...]:
+        meta = fx_node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise self.error(fx_node, "produces a value that is not a single tensor")
+        shape = tuple(int(s) for s in meta.shape)
+        if not shape or shape[0] != _PROBE_BATCH:
+            raise self.error(fx_node, f"changes the batch dimension (shape {shape} for a "
+                                      f"batch of {_PROBE_BATCH})")
+        return shape[1:]
+
+    def error(self, fx_node: fx.Node, message: str) -> TraceError:
+        return TraceError(f"{_origin(fx_node, self.model)}: {message}")
+
+    def value(self, arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            return self.values[arg.name]
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return float(arg)
+        return arg
+
+    def per_sample_const(self, fx_node: fx.Node, c: _Const, out_shape: tuple[int, ...]) -> str:
+        """A constant operand as a tensor that broadcasts against per-sample shape."""
+        if len(c.shape) > len(out_shape):
+            lead = c.shape[: len(c.shape) - len(out_shape)]
+            if any(s != 1 for s in lead):
+                raise self.error(fx_node, f"a constant of shape {c.shape} varies along the "
+                                          f"batch dimension")
+            return self.define(c.var + "_s", f"{c.var}.reshape({tuple(c.shape[len(lead):])})")
+        return c.var
+
+    # ---- the walk ------------------------------------------------------------------------
+    def run(self) -> Graph:
+        output: str | None = None
+        for fx_node in self.gm.graph.nodes:
+            if fx_node.op == "placeholder":
+                if any(isinstance(v, _Bound) for v in self.values.values()):
+                    raise self.error(fx_node, "models with more than one input are not "
+                                              "supported")
+                self.values[fx_node.name] = self.add_node(fx_node, "input", [], {})
+            elif fx_node.op == "get_attr":
+                value = _get_attr(self.model, str(fx_node.target))
+                if not isinstance(value, torch.Tensor):
+                    self.values[fx_node.name] = _Meta()
+                    continue
+                self.values[fx_node.name] = _Const(self.param(str(fx_node.target)),
+                                                   tuple(value.shape))
+            elif fx_node.op == "call_module":
+                self.values[fx_node.name] = self.lower_module(fx_node)
+            elif fx_node.op in ("call_function", "call_method"):
+                self.values[fx_node.name] = self.lower_function(fx_node)
+            elif fx_node.op == "output":
+                result = fx_node.args[0]
+                val = self.value(result) if isinstance(result, fx.Node) else None
+                if not isinstance(val, _Bound):
+                    raise TraceError("the model's output must be one tensor that depends on "
+                                     "its input (tuples, dicts and constants are not supported)")
+                output = val.node
+        assert output is not None
+        graph = Graph(self.nodes, output, self.prelude, sorted(set(self.param_names)))
+        return graph
+
+    # ---- modules -------------------------------------------------------------------------
+    def lower_module(self, fx_node: fx.Node) -> Any:
+        path = str(fx_node.target)
+        mod = self.model.get_submodule(path)
+        (arg,) = fx_node.args[:1] or (None,)
+        x = self.value(arg)
+        if not isinstance(x, _Bound):
+            raise self.error(fx_node, "is applied to a value that does not depend on the input")
+        if isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)):
+            return x
+        if isinstance(mod, nn.Linear):
+            w = self.param(f"{path}.weight")
+            return self.affine(fx_node, x, lm.Dense(w, self.define(w + "_abs", f"{w}.abs()"),
+                                                    self.bias(path, mod.bias, 1, fx_node)))
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            return self.conv(fx_node, x, mod, path)
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return self.batch_norm(fx_node, x, mod, path)
+        if isinstance(mod, nn.AvgPool2d):
+            return self.avg_pool(fx_node, x, mod.kernel_size, mod.stride, mod.padding,
+                                 mod.ceil_mode, mod.count_include_pad, mod.divisor_override)
+        if isinstance(mod, nn.AdaptiveAvgPool2d):
+            return self.adaptive_avg_pool(fx_node, x)
+        if isinstance(mod, nn.Flatten):
+            return self.reshape(fx_node, x)
+        if isinstance(mod, nn.ReLU):
+            return self.add_node(fx_node, "relu", [x.node], {})
+        if isinstance(mod, nn.ReLU6):
+            return self.add_node(fx_node, "hardtanh", [x.node],
+                                 {"params": {"min_val": 0.0, "max_val": 6.0}})
+        if isinstance(mod, nn.Sigmoid):
+            return self.add_node(fx_node, "sigmoid", [x.node], {})
+        if isinstance(mod, nn.Tanh):
+            return self.add_node(fx_node, "tanh", [x.node], {})
+        if isinstance(mod, nn.LeakyReLU):
+            return self.leaky(fx_node, x, float(mod.negative_slope))
+        if isinstance(mod, nn.Hardtanh):
+            return self.add_node(fx_node, "hardtanh", [x.node], {"params": {
+                "min_val": float(mod.min_val), "max_val": float(mod.max_val)}})
+        raise self.error(fx_node, f"has no rule: {type(mod).__name__} is not supported "
+                                  f"(supported: Linear, Conv1d/2d, BatchNorm1d/2d, AvgPool2d, "
+                                  f"AdaptiveAvgPool2d, Flatten, Identity, Dropout, ReLU, ReLU6, "
+                                  f"Sigmoid, Tanh, LeakyReLU, Hardtanh)")
+
+    def leaky(self, fx_node: fx.Node, x: _Bound, slope: float) -> _Bound:
+        if not 0.0 <= slope <= 1.0:
+            raise self.error(fx_node, f"LeakyReLU slope {slope} outside [0, 1] is not monotone "
+                                      f"and convex; no rule")
+        return self.add_node(fx_node, "leaky_relu", [x.node], {"params": {"negative_slope": slope}})
+
+    def bias(self, path: str, bias: Any, trailing: int, fx_node: fx.Node) -> str | None:
+        if bias is None:
+            return None
+        b = self.param(f"{path}.bias")
+        if trailing <= 1:
+            return b
+        view = (-1,) + (1,) * (trailing - 1)
+        return self.define(b + "_v", f"{b}.reshape{view}")
+
+    def affine(self, fx_node: fx.Node, x: _Bound, linear: Any, **attrs: Any) -> _Bound:
+        return self.add_node(fx_node, "affine", [x.node], {"map": linear, **attrs})
+
+    def conv(self, fx_node: fx.Node, x: _Bound, mod: nn.Module, path: str) -> _Bound:
+        dims = 1 if isinstance(mod, nn.Conv1d) else 2
+        if mod.padding_mode != "zeros":
+            raise self.error(fx_node, f"padding_mode={mod.padding_mode!r} has no rule; only "
+                                      f"'zeros'")
+        kernel = _pair(mod.kernel_size, dims)
+        stride = _pair(mod.stride, dims)
+        dilation = _pair(mod.dilation, dims)
+        if isinstance(mod.padding, str):
+            if mod.padding == "valid":
+                padding = (0,) * dims
+            else:  # 'same' (stride 1): symmetric only
+                total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+                if any(t % 2 for t in total):
+                    raise self.error(fx_node, "padding='same' with an even kernel pads "
+                                              "asymmetrically; no rule")
+                padding = tuple(t // 2 for t in total)
+        else:
+            padding = _pair(mod.padding, dims)
+        w = self.param(f"{path}.weight")
+        return self.conv_node(fx_node, x, dims, w, self.define(w + "_abs", f"{w}.abs()"),
+                              self.bias(path, mod.bias, dims + 1, fx_node),
+                              kernel, stride, padding, dilation, mod.groups)
+
+    def conv_node(self, fx_node: fx.Node, x: _Bound, dims: int, w: str, w_abs: str,
+                  b: str | None, kernel: tuple[int, ...], stride: tuple[int, ...],
+                  padding: tuple[int, ...], dilation: tuple[int, ...], groups: int,
+                  **attrs: Any) -> _Bound:
+        in_shape = self._node_shape(x)
+        out_shape = self.shape_of(fx_node)
+        output_padding = tuple(
+            in_shape[1 + i] - ((out_shape[1 + i] - 1) * stride[i] - 2 * padding[i]
+                               + dilation[i] * (kernel[i] - 1) + 1)
+            for i in range(dims))
+        conv = lm.Conv(dims, w, w_abs, b, stride, padding, dilation, groups, output_padding)
+        return self.affine(fx_node, x, conv, **attrs)
+
+    def _node_shape(self, x: _Bound) -> tuple[int, ...]:
+        return next(n.shape for n in self.nodes if n.name == x.node)
+
+    def batch_norm(self, fx_node: fx.Node, x: _Bound, mod: nn.Module, path: str) -> _Bound:
+        if mod.training:
+            raise self.error(fx_node, "is in training mode; bounds use running statistics, "
+                                      "call model.eval() first")
+        if not mod.track_running_stats or mod.running_var is None:
+            raise self.error(fx_node, "has no running statistics (track_running_stats=False); "
+                                      "no rule")
+        trailing = len(self.shape_of(fx_node)) - 1
+        view = (-1,) + (1,) * trailing
+        var = self.param(f"{path}.running_var")
+        mean = self.param(f"{path}.running_mean")
+        gamma = self.param(f"{path}.weight") if mod.affine else "None"
+        beta = self.param(f"{path}.bias") if mod.affine else "None"
+        scale = self.define(f"bn_scale_{path}",
+                            f"rt.bn_scale({gamma}, {var}, {float(mod.eps)!r}).reshape{view}")
+        shift = self.define(f"bn_shift_{path}",
+                            f"rt.bn_shift({beta}, {mean}, {scale}.reshape(-1)).reshape{view}")
+        scale_abs = self.define(scale + "_abs", f"{scale}.abs()")
+        return self.affine(fx_node, x, lm.Elementwise(scale, scale_abs, shift), batch_norm=True)
+
+    def avg_pool(self, fx_node: fx.Node, x: _Bound, kernel: Any, stride: Any, padding: Any,
+                 ceil_mode: bool, count_include_pad: bool, divisor_override: Any) -> _Bound:
+        kernel = _pair(kernel, 2)
+        stride = _pair(stride if stride else kernel, 2)
+        padding = _pair(padding, 2)
+        if ceil_mode or divisor_override is not None or (any(padding) and not count_include_pad):
+            raise self.error(fx_node, "avg pooling with ceil_mode, divisor_override or "
+                                      "count_include_pad=False has no rule")
+        channels = self._node_shape(x)[0]
+        w = self.define("pool_w", f"rt.avgpool_weight({channels}, {kernel}, lo)")
+        return self.conv_node(fx_node, x, 2, w, w, None, kernel, stride, padding, (1, 1),
+                              channels)
+
+    def adaptive_avg_pool(self, fx_node: fx.Node, x: _Bound) -> _Bound:
+        in_shape = self._node_shape(x)
+        out_shape = self.shape_of(fx_node)
+        if in_shape[1] % out_shape[1] or in_shape[2] % out_shape[2]:
+            raise self.error(fx_node, f"adaptive pooling from {in_shape[1:]} to {out_shape[1:]} "
+                                      f"is not a uniform pooling; no rule")
+        kernel = (in_shape[1] // out_shape[1], in_shape[2] // out_shape[2])
+        return self.avg_pool(fx_node, x, kernel, kernel, 0, False, True, None)
+
+    def reshape(self, fx_node: fx.Node, x: _Bound) -> _Bound:
+        shape = self.shape_of(fx_node)
+        if shape == self._node_shape(x):
+            return x
+        return self.add_node(fx_node, "reshape", [x.node], {"shape": shape})
+
+    # ---- functions and methods -----------------------------------------------------------
+    def lower_function(self, fx_node: fx.Node) -> Any:
+        target = fx_node.target
+        args = [self.value(a) for a in fx_node.args]
+        bound_args = [a for a in args if isinstance(a, _Bound)]
+        if target in _META_FUNCS:
+            if target is operator.getitem and args and isinstance(args[0], _Bound):
+                raise self.error(fx_node, "indexing an input-dependent tensor has no rule")
+            return _Meta()
+        if not bound_args and not (target in _CAT and any(
+                isinstance(v, _Bound) for v in (args[0] if args and isinstance(args[0], (list, tuple)) else []))):
+            return self.constant_op(fx_node)
+        if target in _ALIAS:
+            return bound_args[0]
+        if target in _RESHAPE:
+            return self.reshape(fx_node, bound_args[0])
+        if target in _RELU:
+            return self.add_node(fx_node, "relu", [bound_args[0].node], {})
+        if target in _SIGMOID:
+            return self.add_node(fx_node, "sigmoid", [bound_args[0].node], {})
+        if target in _TANH:
+            return self.add_node(fx_node, "tanh", [bound_args[0].node], {})
+        if target is F.leaky_relu:
+            slope = fx_node.kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+            return self.leaky(fx_node, bound_args[0], float(slope))
+        if target in (F.hardtanh, F.relu6):
+            lo_v, hi_v = (0.0, 6.0) if target is F.relu6 else (
+                float(fx_node.kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)),
+                float(fx_node.kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)))
+            return self.add_node(fx_node, "hardtanh", [bound_args[0].node],
+                                 {"params": {"min_val": lo_v, "max_val": hi_v}})
+        if target is F.avg_pool2d:
+            kw = dict(zip(["kernel_size", "stride", "padding", "ceil_mode",
+                           "count_include_pad", "divisor_override"], args[1:], strict=False))
+            kw.update(fx_node.kwargs)
+            return self.avg_pool(fx_node, bound_args[0], kw["kernel_size"], kw.get("stride"),
+                                 kw.get("padding", 0), kw.get("ceil_mode", False),
+                                 kw.get("count_include_pad", True), kw.get("divisor_override"))
+        if target is F.adaptive_avg_pool2d:
+            return self.adaptive_avg_pool(fx_node, bound_args[0])
+        if target in _CAT:
+            return self.cat(fx_node, args)
+        if target in _NEG:
+            return self.affine(fx_node, bound_args[0], lm.Elementwise(-1.0, 1.0, None))
+        if target in _ADD | _SUB | _MUL | _DIV:
+            return self.binary(fx_node, target, args)
+        raise self.error(fx_node, "has no rule (the op is not supported by absdsl's front end)")
+
+    def cat(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
+        parts = args[0]
+        dim = int(fx_node.kwargs.get("dim", args[1] if len(args) > 1 else 0))
+        vals = [self.value(p) for p in parts]
+        if not all(isinstance(v, _Bound) for v in vals):
+            raise self.error(fx_node, "concatenating input-dependent tensors with constants "
+                                      "has no rule")
+        out_shape = self.shape_of(fx_node)
+        if dim < 0:
+            dim += len(out_shape) + 1
+        if dim == 0:
+            raise self.error(fx_node, "concatenation along the batch dimension has no rule")
+        return self.add_node(fx_node, "cat", [v.node for v in vals], {"dim": dim - 1})
+
+    def binary(self, fx_node: fx.Node, target: Any, args: list[Any]) -> _Bound:
+        if fx_node.kwargs.get("alpha", 1) != 1 or len(args) != 2:
+            raise self.error(fx_node, "only two-operand add/sub/mul/div without alpha have a "
+                                      "rule")
+        a, b = args
+        out_shape = self.shape_of(fx_node)
+        if isinstance(a, _Bound) and isinstance(b, _Bound):
+            if self._node_shape(a) != out_shape or self._node_shape(b) != out_shape:
+                raise self.error(fx_node, "broadcasting two input-dependent tensors has no rule")
+            if target in _ADD:
+                return self.add_node(fx_node, "add", [a.node, b.node], {})
+            if target in _SUB:
+                neg = self.affine(fx_node, b, lm.Elementwise(-1.0, 1.0, None))
+                return self.add_node(fx_node, "add", [a.node, neg.node], {})
+            raise self.error(fx_node, "multiplying or dividing two input-dependent tensors has "
+                                      "no rule (not an affine map)")
+        x, c, x_first = (a, b, True) if isinstance(a, _Bound) else (b, a, False)
+        if self._node_shape(x) != out_shape:
+            raise self.error(fx_node, "a constant that broadcasts an input-dependent tensor to a "
+                                      "larger shape has no rule")
+        if isinstance(c, _Const):
+            cvar = self.per_sample_const(fx_node, c, out_shape)
+        elif isinstance(c, float):
+            cvar = None
+        else:
+            raise self.error(fx_node, f"operand of type {type(c).__name__} has no rule")
+
+        def lit(v: float) -> str:
+            return repr(v)
+
+        if target in _ADD:
+            bias = cvar or self.define("shift", f"{lit(c)}")
+            return self.affine(fx_node, x, lm.Elementwise(None, None, bias))
+        if target in _SUB:
+            if x_first:
+                bias = self.define("shift", f"-{cvar}" if cvar else lit(-c))
+                return self.affine(fx_node, x, lm.Elementwise(None, None, bias))
+            bias = cvar or self.define("shift", lit(c))
+            return self.affine(fx_node, x, lm.Elementwise(-1.0, 1.0, bias))
+        if target in _MUL:
+            if cvar is None:
+                return self.affine(fx_node, x, lm.Elementwise(c, abs(c), None))
+            return self.affine(fx_node, x, lm.Elementwise(
+                cvar, self.define(cvar + "_abs", f"{cvar}.abs()"), None))
+        if not x_first:
+            raise self.error(fx_node, "dividing by an input-dependent tensor has no rule")
+        if cvar is None:
+            if c == 0.0:
+                raise self.error(fx_node, "division by the constant 0")
+            return self.affine(fx_node, x, lm.Elementwise(1.0 / c, abs(1.0 / c), None))
+        inv = self.define(cvar + "_inv", f"1.0 / {cvar}")
+        return self.affine(fx_node, x, lm.Elementwise(
+            inv, self.define(inv + "_abs", f"{inv}.abs()"), None))
+
+    def constant_op(self, fx_node: fx.Node) -> Any:
+        """An op on constants only: evaluated in the prelude from the traced shape."""
+        target = fx_node.target
+        args = [self.value(a) for a in fx_node.args]
+        if any(isinstance(a, _Meta) for a in args) and target not in _RESHAPE:
+            return _Meta()
+        meta = fx_node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            return _Meta()
+        shape = tuple(int(s) for s in meta.shape)
+        first = args[0] if args else None
+        if target in _RESHAPE | _ALIAS and isinstance(first, _Const):
+            return _Const(self.define("c", f"{first.var}.reshape({shape})"), shape)
+
+        def operand(v: Any) -> str:
+            if isinstance(v, _Const):
+                return v.var
+            if isinstance(v, float):
+                return repr(v)
+            raise self.error(fx_node, f"constant expression with operand {v!r} has no rule")
+
+        for ops, sym in ((_ADD, "+"), (_SUB, "-"), (_MUL, "*"), (_DIV, "/")):
+            if target in ops and len(args) == 2:
+                return _Const(self.define("c", f"({operand(args[0])} {sym} {operand(args[1])})"),
+                              shape)
+        if target in _NEG:
+            return _Const(self.define("c", f"(-{operand(args[0])})"), shape)
+        if target in (torch.sqrt, "sqrt"):
+            return _Const(self.define("c", f"torch.sqrt({operand(args[0])})"), shape)
+        raise self.error(fx_node, "a computation on constants that absdsl cannot replay")
+
+
+def _get_attr(model: nn.Module, qualified: str) -> Any:
+    obj: Any = model
+    for part in qualified.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def fold_batch_norm(graph: Graph) -> Graph:
+    """Fold an eval-mode batch norm into the linear or conv layer right before it.
+
+    Only when that layer feeds nothing else; the fold is prelude code, so it follows the
+    current parameters (and their gradients) on every call.
+    """
+    users = graph.users()
+    prelude = list(graph.prelude)
+    nodes: list[Node] = []
+    replaced: dict[str, str] = {}
+    for node in graph.nodes:
+        node.inputs = [replaced.get(i, i) for i in node.inputs]
+        prev = graph.by_name.get(node.inputs[0]) if node.inputs else None
+        if (node.attrs.get("batch_norm") and prev is not None and prev.op == "affine"
+                and isinstance(prev.attrs["map"], (lm.Dense, lm.Conv))
+                and users[prev.name] == [node.name] and nodes and nodes[-1] is prev):
+            bn: lm.Elementwise = node.attrs["map"]
+            old = prev.attrs["map"]
+            dims = 2 if isinstance(old, lm.Dense) else old.dims + 2
+            w = f"{old.weight}_bn"
+            prelude.append(Prelude(w, f"{old.weight} * {bn.scale}.reshape({(-1,) + (1,) * (dims - 1)})", ()))
+            prelude.append(Prelude(w + "_abs", f"{w}.abs()", ()))
+            b = f"{bn.bias}_fold"
+            base = "0.0" if old.bias is None else old.bias
+            prelude.append(Prelude(b, f"{base} * {bn.scale} + {bn.bias}", ()))
+            if isinstance(old, lm.Dense):
+                new_map: Any = lm.Dense(w, w + "_abs", b)
+            else:
+                new_map = lm.Conv(old.dims, w, w + "_abs", b, old.stride, old.padding,
+                                  old.dilation, old.groups, old.output_padding)
+            prev.attrs["map"] = new_map
+            prev.shape = node.shape
+            prev.origin = f"{prev.origin} + {node.origin}"
+            replaced[node.name] = prev.name
+            continue
+        nodes.append(node)
+    return Graph(nodes, replaced.get(graph.output, graph.output), prelude, graph.param_names)
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+          device: torch.device | str = "cpu") -> tuple[Graph, dict[str, torch.Tensor]]:
+    """Trace ``model`` for per-sample inputs of ``input_shape``.
+
+    Returns the IR (batch norm folded) and the plain tensor attributes (not parameters or
+    buffers) that the program reads as constants.
+    """
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
+            raise TraceError(f"module '{path}' ({type(mod).__name__}) is in training mode; "
+                             f"bounds use running statistics, call model.eval() first")
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    try:
+        fx_graph = tracer.trace(model)
+    except Exception as err:  # fx raises many kinds of errors for untraceable code
+        raise TraceError(f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: "
+                         f"{err}. Models with data-dependent control flow are not "
+                         f"supported.") from None
+    gm = fx.GraphModule(tracer.root, fx_graph)
+    probe = torch.zeros((_PROBE_BATCH, *input_shape), dtype=dtype, device=device)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(probe)
+    except Exception as err:
+        raise TraceError(f"the model does not accept inputs of per-sample shape "
+                         f"{tuple(input_shape)}: {type(err).__name__}: {err}") from None
+    lowering = _Lowering(model, gm)
+    graph = fold_batch_norm(lowering.run())
+    return graph, lowering.constants

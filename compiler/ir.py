@@ -1,0 +1,83 @@
+"""A small typed IR of the ops that bound programs handle.
+
+Every node is one of: ``input``, ``affine`` (a linear map plus bias, see :mod:`linear_maps`),
+``add`` (sum of two input-dependent tensors), ``cat``, ``reshape`` (any relabelling of
+neurons) or an activation (``relu``, ``sigmoid``, ``tanh``, ``leaky_relu``, ``hardtanh``).
+Shapes are per sample (no batch dimension).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "hardtanh")
+MONOTONE = frozenset(ACTIVATIONS)  # all non-decreasing
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str]
+    shape: tuple[int, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # module path and source line, for error messages
+
+    def describe(self) -> str:
+        args = ", ".join(self.inputs)
+        extra = ""
+        if self.op == "affine":
+            extra = f" {self.attrs['map'].describe()}"
+        elif self.op == "cat":
+            extra = f" dim={self.attrs['dim']}"
+        elif self.attrs.get("params"):
+            extra = " " + ", ".join(f"{k}={v}" for k, v in self.attrs["params"].items())
+        shape = "x".join(str(s) for s in self.shape)
+        where = f"    # {self.origin}" if self.origin else ""
+        return f"%{self.name} = {self.op}({args}){extra} : [{shape}]{where}"
+
+
+@dataclass
+class Prelude:
+    """A value computed from parameters once per call (folded batch norm, |W|, ...)."""
+
+    name: str
+    code: str
+    params: tuple[str, ...]  # parameter/buffer/constant names read
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    output: str
+    prelude: list[Prelude] = field(default_factory=list)
+    param_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.by_name = {n.name: n for n in self.nodes}
+
+    def users(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.name)
+        return out
+
+    def ancestors(self, name: str) -> list[Node]:
+        """The nodes ``name`` depends on (itself included), in topological order."""
+        keep: set[str] = set()
+        stack = [name]
+        while stack:
+            cur = stack.pop()
+            if cur in keep:
+                continue
+            keep.add(cur)
+            stack.extend(self.by_name[cur].inputs)
+        return [n for n in self.nodes if n.name in keep]
+
+    def __str__(self) -> str:
+        lines = [f"{p.name} = {p.code}" for p in self.prelude]
+        lines += [n.describe() for n in self.nodes]
+        lines.append(f"return %{self.output}")
+        return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Runtime helpers that generated bound programs call (imported there as ``rt``).
+
+The one non-trivial structure is :class:`Gens`, a set of error-term generators (zonotope
+domains). Generators are kept in blocks keyed by the node that created them, so adding the
+two branches of a residual block lines up shared error terms without padding. A block is
+either dense, ``[B, K, *shape]``, or diagonal, ``[B, *shape]`` (one fresh generator per
+neuron, as an unstable ReLU creates); a diagonal block is made dense only when a linear map
+needs it, and then only for the neurons whose generator is non-zero somewhere in the batch
+(``compact``), unless the program runs under ``torch.func.vmap`` (``compact=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Block:
+    data: Tensor
+    diagonal: bool
+
+
+class Gens:
+    """Generators of a zonotope-like state: ``x = c + sum_k G[:, k] * e_k``."""
+
+    def __init__(self, blocks: dict[str, Block], batch: int, shape: tuple[int, ...]) -> None:
+        self.blocks = blocks
+        self.batch = batch
+        self.shape = shape
+
+    # -- construction -----------------------------------------------------------------
+    @staticmethod
+    def fresh(key: str, diag: Tensor) -> Gens:
+        return Gens({key: Block(diag, True)}, diag.shape[0], tuple(diag.shape[1:]))
+
+    @staticmethod
+    def zero(like: Tensor) -> Gens:
+        return Gens({}, like.shape[0], tuple(like.shape[1:]))
+
+    # -- elementwise -------------------------------------------------------------------
+    def scale(self, s: Tensor | float) -> Gens:
+        out = {}
+        for k, b in self.blocks.items():
+            if b.diagonal:
+                out[k] = Block(b.data * s, True)
+            else:
+                out[k] = Block(b.data * (s.unsqueeze(1) if isinstance(s, Tensor) else s), False)
+        return Gens(out, self.batch, self.shape)
+
+    def __add__(self, other: Gens) -> Gens:
+        out = dict(self.blocks)
+        for k, b in other.blocks.items():
+            if k not in out:
+                out[k] = b
+                continue
+            a = out[k]
+            if a.diagonal and b.diagonal:
+                out[k] = Block(a.data + b.data, True)
+            else:
+                out[k] = Block(_dense(a) + _dense(b), False)
+        return Gens(out, self.batch, self.shape)
+
+    def __neg__(self) -> Gens:
+        return self.scale(-1.0)
+
+    def __sub__(self, other: Gens) -> Gens:
+        return self + (-other)
+
+    def where(self, mask: Tensor, other: Gens) -> Gens:
+        """Per neuron: self where mask, else other (a missing block is zero)."""
+        out = {}
+        for k in dict.fromkeys(list(self.blocks) + list(other.blocks)):
+            a, b = self.blocks.get(k), other.blocks.get(k)
+            if a is not None and b is not None and a.diagonal and b.diagonal:
+                out[k] = Block(torch.where(mask, a.data, b.data), True)
+            elif a is not None and a.diagonal and b is None:
+                out[k] = Block(torch.where(mask, a.data, 0.0), True)
+            elif b is not None and b.diagonal and a is None:
+                out[k] = Block(torch.where(mask, 0.0, b.data), True)
+            else:
+                da = _dense(a) if a is not None else None
+                db = _dense(b) if b is not None else None
+                m = mask.unsqueeze(1)
+                if da is None:
+                    out[k] = Block(torch.where(m, 0.0, db), False)
+                elif db is None:
+                    out[k] = Block(torch.where(m, da, 0.0), False)
+                else:
+                    out[k] = Block(torch.where(m, da, db), False)
+        return Gens(out, self.batch, self.shape)
+
+    def abs_sum(self) -> Tensor | float:
+        """sum_k |G[:, k]|: the radius of the interval hull."""
+        total: Tensor | float = 0.0
+        for b in self.blocks.values():
+            total = total + (b.data.abs() if b.diagonal else b.data.abs().sum(1))
+        return total
+
+    # -- structure ---------------------------------------------------------------------
+    def map(self, fn: Callable[[Tensor], Tensor], compact: bool) -> Gens:
+        """Apply a per-sample linear map to every generator."""
+        out = {}
+        shape = self.shape
+        for k, b in self.blocks.items():
+            dense = _densify(b, compact)
+            n_gen = dense.shape[1]
+            flat = fn(dense.flatten(0, 1))
+            shape = tuple(flat.shape[1:])
+            out[k] = Block(flat.unflatten(0, (self.batch, n_gen)), False)
+        if not self.blocks:
+            return Gens({}, self.batch, shape)
+        return Gens(out, self.batch, shape)
+
+    def reshape(self, shape: tuple[int, ...]) -> Gens:
+        out = {}
+        for k, b in self.blocks.items():
+            lead = b.data.shape[:1] if b.diagonal else b.data.shape[:2]
+            out[k] = Block(b.data.reshape(*lead, *shape), b.diagonal)
+        return Gens(out, self.batch, shape)
+
+    def spec(self, c: Tensor) -> Gens:
+        """Generators of C x for a per-sample matrix C [B, k, n]."""
+        out = {}
+        for k, b in self.blocks.items():
+            dense = _densify(b, True) if b.diagonal else b.data
+            out[k] = Block(torch.einsum("bkn,bgn->bgk", c, dense.flatten(2)), False)
+        return Gens(out, self.batch, (c.shape[1],))
+
+
+def _dense(b: Block) -> Tensor:
+    return _densify(b, False) if b.diagonal else b.data
+
+
+def _densify(b: Block, compact: bool) -> Tensor:
+    if not b.diagonal:
+        return b.data
+    batch = b.data.shape[0]
+    shape = tuple(b.data.shape[1:])
+    flat = b.data.reshape(batch, -1)
+    if compact:
+        idx = (flat != 0).any(0).nonzero().squeeze(1)
+        gens = torch.zeros(batch, idx.numel(), flat.shape[1], dtype=flat.dtype, device=flat.device)
+        gens[:, torch.arange(idx.numel(), device=flat.device), idx] = flat[:, idx]
+        return gens.reshape(batch, idx.numel(), *shape)
+    return torch.diag_embed(flat).reshape(batch, flat.shape[1], *shape)
+
+
+# ---- values of either kind ---------------------------------------------------------------
+
+def where(mask: Tensor, a, b):
+    """``torch.where`` for tensors, numbers and generator sets alike."""
+    if isinstance(a, Gens) or isinstance(b, Gens):
+        like = a if isinstance(a, Gens) else b
+        ga = a if isinstance(a, Gens) else Gens.zero(torch.zeros(like.batch, *like.shape))
+        gb = b if isinstance(b, Gens) else Gens.zero(torch.zeros(like.batch, *like.shape))
+        return ga.where(mask, gb)
+    return torch.where(mask, a, b)
+
+
+def safe_div(a, b):
+    """a / b with b == 0 replaced by 1: used inside guarded branches, where the guard
+    excludes the neurons whose denominator vanishes, so no NaN or inf leaks into gradients."""
+    if isinstance(b, Tensor):
+        b = torch.where(b == 0, torch.ones_like(b), b)
+    elif b == 0:
+        b = 1.0
+    return a / b
+
+
+def reshape(value, batch: int, shape: tuple[int, ...]):
+    if isinstance(value, Gens):
+        return value.reshape(shape)
+    return value.reshape(batch, *shape)
+
+
+def cat(values: list, dim: int):
+    """Concatenate per-sample along ``dim`` (per-sample dimension index)."""
+    if any(isinstance(v, Gens) for v in values):
+        batch = next(v.batch for v in values if isinstance(v, Gens))
+        keys = list(dict.fromkeys(k for v in values for k in v.blocks))
+        out = {}
+        for key in keys:
+            parts = []
+            n_gen = None
+            for v in values:
+                b = v.blocks.get(key)
+                if b is not None:
+                    parts.append(_dense(b))
+                    n_gen = parts[-1].shape[1]
+            pieces = []
+            for v in values:
+                b = v.blocks.get(key)
+                if b is None:
+                    pieces.append(torch.zeros(batch, n_gen, *v.shape, dtype=parts[0].dtype,
+                                              device=parts[0].device))
+                else:
+                    pieces.append(_dense(b))
+            out[key] = Block(torch.cat(pieces, dim + 2), False)
+        shape = list(values[0].shape)
+        shape[dim] = sum(v.shape[dim] for v in values)
+        return Gens(out, batch, tuple(shape))
+    return torch.cat(values, dim + 1)
+
+
+def full_like(value: float, like: Tensor) -> Tensor:
+    return torch.full_like(like, value)
+
+
+# ---- parameters ------------------------------------------------------------------------
+
+def bn_scale(weight: Tensor | None, running_var: Tensor, eps: float) -> Tensor:
+    inv = torch.rsqrt(running_var + eps)
+    return inv if weight is None else weight * inv
+
+
+def bn_shift(bias: Tensor | None, running_mean: Tensor, scale: Tensor) -> Tensor:
+    shift = -running_mean * scale
+    return shift if bias is None else bias + shift
+
+
+def avgpool_weight(channels: int, kernel: tuple[int, int], like: Tensor) -> Tensor:
+    k = kernel[0] * kernel[1]
+    return torch.full((channels, 1, *kernel), 1.0 / k, dtype=like.dtype, device=like.device)
+
+
+# ---- back-substitution -------------------------------------------------------------------
+
+def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...]) -> Tensor:
+    """sum over neurons of lam * b for rows lam [B, k, *out_shape]."""
+    if not isinstance(bias, Tensor):
+        return lam.flatten(2).sum(-1) * bias
+    full = bias.expand(out_shape) if bias.dim() <= len(out_shape) else bias
+    return (lam * full).flatten(2).sum(-1)
+
+
+def relax_back(lam: Tensor, k: int, lines: tuple, acc: Tensor) -> tuple[Tensor, Tensor]:
+    """Push rows through an activation relaxed by lines (a_lo, b_lo, a_hi, b_hi).
+
+    The first k rows bound from below (positive weights take the lower line), the last k
+    from above (positive weights take the upper line).
+    """
+    a_lo, b_lo, a_hi, b_hi = (t.unsqueeze(1) for t in lines)
+    low, up = lam[:, :k], lam[:, k:]
+    low_pos, low_neg = low.clamp(min=0), low.clamp(max=0)
+    up_pos, up_neg = up.clamp(min=0), up.clamp(max=0)
+    new_low = low_pos * a_lo + low_neg * a_hi
+    new_up = up_pos * a_hi + up_neg * a_lo
+    acc_low = (low_pos * b_lo + low_neg * b_hi).flatten(2).sum(-1)
+    acc_up = (up_pos * b_hi + up_neg * b_lo).flatten(2).sum(-1)
+    return torch.cat([new_low, new_up], 1), acc + torch.cat([acc_low, acc_up], 1)
+
+
+def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor
+               ) -> tuple[Tensor, Tensor]:
+    """Bounds of rows lam over the input box (centre +- radius): lower rows, upper rows."""
+    mid = torch.einsum("bkn,bn->bk", lam.flatten(2), centre.flatten(1))
+    spread = torch.einsum("bkn,bn->bk", lam.flatten(2).abs(), radius.flatten(1))
+    total = mid + acc
+    return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
+
+
+def unit_rows(index: Tensor, batch: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Rows e_i for neurons ``index``, twice (lower and upper): [B, 2 * len(index), *shape]."""
+    n = 1
+    for s in shape:
+        n *= s
+    eye = torch.zeros(index.numel(), n, dtype=like.dtype, device=like.device)
+    eye[torch.arange(index.numel(), device=like.device), index] = 1.0
+    rows = eye.reshape(index.numel(), *shape)
+    return torch.cat([rows, rows], 0).unsqueeze(0).expand(batch, *([-1] * (len(shape) + 1)))
+
+
+def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor,
+           needs: Tensor, rows_per_chunk: int, select: bool) -> tuple[Tensor, Tensor]:
+    """Tighten [lower, upper] of one node by back-substitution.
+
+    Only neurons where ``needs`` holds for some sample are back-substituted when ``select``
+    (not under vmap, where shapes must not depend on data); results are intersected with the
+    given sound bounds.
+    """
+    batch = lower.shape[0]
+    shape = tuple(lower.shape[1:])
+    flat_l, flat_u = lower.flatten(1), upper.flatten(1)
+    n = flat_l.shape[1]
+    if select:
+        index = needs.flatten(1).any(0).nonzero().squeeze(1)
+        if index.numel() == 0:
+            return lower, upper
+    else:
+        index = torch.arange(n, device=lower.device)
+    new_l, new_u = [], []
+    for start in range(0, index.numel(), rows_per_chunk):
+        chunk = index[start:start + rows_per_chunk]
+        lo_rows, hi_rows = backsub(unit_rows(chunk, batch, shape, lower))
+        new_l.append(lo_rows)
+        new_u.append(hi_rows)
+    got_l, got_u = torch.cat(new_l, 1), torch.cat(new_u, 1)
+    if select and index.numel() < n:
+        got_l = flat_l.index_copy(1, index, torch.maximum(flat_l[:, index], got_l))
+        got_u = flat_u.index_copy(1, index, torch.minimum(flat_u[:, index], got_u))
+    else:
+        got_l, got_u = torch.maximum(flat_l, got_l), torch.minimum(flat_u, got_u)
+    return got_l.reshape(batch, *shape), got_u.reshape(batch, *shape)

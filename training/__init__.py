@@ -1,0 +1,1 @@
+"""Training, data, models, attacks and certification built on compiled bound programs."""
