@@ -120,12 +120,20 @@ class _Lowering:
         self.constants: dict[str, torch.Tensor] = {}
         self.values: dict[str, Any] = {}
         self._named = dict(model.named_parameters()) | dict(model.named_buffers())
-        self._counter = 0
+        self._taken: set[str] = {"p", "lo", "hi", "spec", "rt", "torch", "F"}
 
     # ---- helpers -------------------------------------------------------------------------
     def fresh(self, stem: str) -> str:
-        self._counter += 1
-        return f"{re.sub(r'[^0-9A-Za-z_]', '_', stem)}_{self._counter}"
+        """A readable, unique identifier: the stem itself, or stem_2, stem_3, ..."""
+        base = re.sub(r"[^0-9A-Za-z_]", "_", stem).strip("_") or "v"
+        if base[0].isdigit():
+            base = "n" + base
+        name, i = base, 1
+        while name in self._taken:
+            i += 1
+            name = f"{base}_{i}"
+        self._taken.add(name)
+        return name
 
     def define(self, stem: str, code: str, reads: tuple[str, ...] = ()) -> str:
         name = self.fresh(stem)
@@ -144,14 +152,15 @@ class _Lowering:
                                  f"{type(value).__name__}")
             self.constants[qualified] = value.detach()
         self.param_names.append(qualified)
-        return self.define("P_" + qualified, f"p[{qualified!r}]", (qualified,))
+        return self.define(qualified, f"p[{qualified!r}]", (qualified,))
 
     def add_node(self, fx_node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any],
                  shape: tuple[int, ...] | None = None) -> _Bound:
         name = self.fresh(fx_node.name)
         if shape is None:
             shape = self.shape_of(fx_node)
-        self.nodes.append(Node(name, op, inputs, shape, attrs, _origin(fx_node, self.model)))
+        origin = "the model's input" if op == "input" else _origin(fx_node, self.model)
+        self.nodes.append(Node(name, op, inputs, shape, attrs, origin))
         return _Bound(name)
 
     def shape_of(self, fx_node: fx.Node) -> tuple[int, ...]:
@@ -539,10 +548,11 @@ def fold_batch_norm(graph: Graph) -> Graph:
             bn: lm.Elementwise = node.attrs["map"]
             old = prev.attrs["map"]
             dims = 2 if isinstance(old, lm.Dense) else old.dims + 2
-            w = f"{old.weight}_bn"
-            prelude.append(Prelude(w, f"{old.weight} * {bn.scale}.reshape({(-1,) + (1,) * (dims - 1)})", ()))
+            w = f"{old.weight}_folded"
+            view = (-1,) + (1,) * (dims - 1)
+            prelude.append(Prelude(w, f"{old.weight} * {bn.scale}.reshape({view})", ()))
             prelude.append(Prelude(w + "_abs", f"{w}.abs()", ()))
-            b = f"{bn.bias}_fold"
+            b = f"{old.weight}_bias_folded"
             base = "0.0" if old.bias is None else old.bias
             prelude.append(Prelude(b, f"{base} * {bn.scale} + {bn.bias}", ()))
             if isinstance(old, lm.Dense):
