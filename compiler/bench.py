@@ -1,0 +1,439 @@
+"""``absdsl bench bounds``: time and peak memory of bound programs, as ratios to a forward pass.
+
+Two tables, each measured in one run (so ratios compare like with like on the same machine):
+
+(a) Box, HBox and Zonotope programs on CNN3, CNN5 and CNN7 at batch 128 on MNIST (1x28x28) and
+    CIFAR (3x32x32) shapes;
+(b) DeepPoly and CROWN-IBP programs on MLP 784-64-32-10, CNN3, FC 784-400-200-100-100-10 and
+    CNN5 at batch 32 on MNIST shapes, against the reference times of auto_LiRPA 0.7 CROWN.
+
+Inputs are random images in [0, 1], an L-inf box of radius eps (0.02) around them, and the
+margin spec of random labels. Time: median of ``--repeats`` calls after ``--warmup`` calls,
+under ``torch.no_grad()`` (table (b) also with gradients: bounds + backward of the summed
+margin lower bounds, against forward + backward of a cross-entropy loss). Peak memory: the
+peak of live tensor bytes allocated during one call above what was live before it, read from
+``torch.profiler`` memory events (exact and immune to allocator caching, unlike RSS deltas;
+it counts tensor storage only, not Python objects or the allocator's free lists).
+
+Zonotope generator tensors grow with every unstable ReLU; before a configuration runs its
+peak is estimated from the IR (worst case: every ReLU unstable) and configurations above
+``--max-gib`` are skipped ("skipped: needs ~X GiB") rather than risk the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# auto_LiRPA 0.7 CROWN on this class of machine (2 CPU cores), batch 32, MNIST shapes, ms.
+LIRPA_CROWN_MS = {"mlp": 17.0, "cnn3": 82.0, "fc": 243.0, "cnn5": 1600.0}
+SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
+TABLE_A_NETS = ("cnn3", "cnn5", "cnn7")
+TABLE_A_DOMAINS = ("box", "hbox", "zonotope")
+TABLE_B_NETS = ("mlp", "cnn3", "fc", "cnn5")
+TABLE_B_DOMAINS = ("deeppoly", "crown-ibp")
+NUM_CLASSES = 10
+ZONO_COPIES = 3.0  # live generator tensors at the widest step (input, output, where/scale copy)
+
+
+# -- the networks (plain: no input normalisation layer) ------------------------------------
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _convnet(shape: tuple[int, ...], convs: list[tuple[int, int, int, int]], fcs: list[int],
+             batch_norm: bool) -> nn.Sequential:
+    ch, hw = shape[0], shape[1]
+    layers: list[nn.Module] = []
+    for out_ch, k, s, p in convs:
+        layers.append(nn.Conv2d(ch, out_ch, k, stride=s, padding=p))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(nn.ReLU())
+        ch, hw = out_ch, _conv_out(hw, k, s, p)
+    layers.append(nn.Flatten())
+    width = ch * hw * hw
+    for n in fcs:
+        layers.append(nn.Linear(width, n))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(n))
+        layers.append(nn.ReLU())
+        width = n
+    layers.append(nn.Linear(width, NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def _mlp(shape: tuple[int, ...], widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(shape)
+    for n in widths:
+        layers += [nn.Linear(width, n), nn.ReLU()]
+        width = n
+    layers.append(nn.Linear(width, NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+NETS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
+    "cnn3": lambda s: _convnet(s, [(8, 5, 2, 2), (8, 4, 2, 1)], [], False),
+    "cnn5": lambda s: _convnet(s, [(16, 5, 2, 2), (16, 4, 2, 1), (32, 4, 2, 1)], [512], False),
+    "cnn7": lambda s: _convnet(s, [(64, 3, 1, 1), (64, 3, 1, 1), (128, 3, 2, 1), (128, 3, 1, 1),
+                                   (128, 3, 1, 1)], [512], True),
+    "mlp": lambda s: _mlp(s, [64, 32]),
+    "fc": lambda s: _mlp(s, [400, 200, 100, 100]),
+    "tiny": lambda s: _convnet(s, [(2, 4, 2, 1)], [8], False),
+}
+
+
+def build_net(name: str, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = NETS[name](shape)
+    for m in model.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+# -- measurement ---------------------------------------------------------------------------
+def time_ms(fn: Callable[[], Any], repeats: int, warmup: int, max_seconds: float = math.inf
+            ) -> float:
+    """Median wall time of ``fn`` in ms after ``warmup`` untimed calls.
+
+    A call slower than ``max_seconds`` (seen in the first warm-up) cuts the rest of the
+    warm-up and the repeats to one timed call, so slow configurations stay affordable.
+    """
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        if i == 0 and time.perf_counter() - t0 > max_seconds:
+            repeats = 1
+            break
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Peak live CPU tensor bytes allocated during one call of ``fn`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.stderr.flush()
+    saved = os.dup(2)  # kineto prints start/stop lines on fd 2: keep them off the report
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]"]
+    events.sort()
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def estimate_generator_gib(prog: Any, domain: str, shape: tuple[int, ...], batch: int) -> float:
+    """Worst-case peak of a zonotope-like program's generator tensors, in GiB.
+
+    Zonotope: input generators plus one per ReLU neuron seen so far (all unstable); HBox keeps
+    only the input generators (unstable neurons become a box). The widest step holds the
+    generators at its input and output width, a few copies live at once.
+    """
+    graph = prog._compile(tuple(shape)).graph
+    n_gen = math.prod(shape)
+    prev_width = n_gen
+    worst = 0.0
+    for node in graph.nodes:
+        width = math.prod(node.shape) if node.shape else 1
+        worst = max(worst, float(n_gen) * (prev_width + width))
+        if domain == "zonotope" and node.op == "relu":
+            n_gen += width
+        prev_width = width
+    return worst * batch * 4 * ZONO_COPIES / 2 / 2**30
+
+
+@dataclass
+class Row:
+    table: str
+    net: str
+    data: str
+    domain: str
+    batch: int
+    fwd_ms: float
+    fwd_peak_mib: float
+    ms: float | None = None
+    peak_mib: float | None = None
+    fwd_grad_ms: float | None = None
+    grad_ms: float | None = None
+    lirpa_ms: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time_ratio(self) -> float | None:
+        return None if self.ms is None else self.ms / self.fwd_ms
+
+    @property
+    def mem_ratio(self) -> float | None:
+        if self.peak_mib is None or self.fwd_peak_mib <= 0:
+            return None
+        return self.peak_mib / self.fwd_peak_mib
+
+
+def _inputs(shape: tuple[int, ...], batch: int, eps: float, seed: int):
+    import absdsl
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *shape, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
+    lo, hi = absdsl.linf_ball(x, eps)
+    return x, y, lo, hi, absdsl.margin_spec(y, NUM_CLASSES)
+
+
+def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], batch: int,
+                   args: argparse.Namespace, with_grad: bool, log: Callable[[str], None]
+                   ) -> list[Row]:
+    import absdsl
+
+    shape = SHAPES[data]
+    model = build_net(net, shape)
+    x, y, lo, hi, spec = _inputs(shape, batch, args.eps, args.seed)
+    with torch.no_grad():
+        fwd_ms = time_ms(lambda: model(x), args.repeats, args.warmup)
+        fwd_peak = peak_tensor_bytes(lambda: model(x)) / 2**20
+    fwd_grad_ms = None
+    if with_grad:
+        def fwd_bwd():
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+        fwd_grad_ms = time_ms(fwd_bwd, args.repeats, args.warmup)
+    rows = []
+    for domain in domains:
+        row = Row(table, net, data, domain, batch, fwd_ms, fwd_peak, fwd_grad_ms=fwd_grad_ms,
+                  lirpa_ms=LIRPA_CROWN_MS.get(net) if table == "b" else None)
+        rows.append(row)
+        try:
+            prog = absdsl.compile(model, domain, input_shape=shape,
+                                  memory_budget_mb=args.memory_budget_mb)
+            if domain in ("zonotope", "hbox"):
+                need = estimate_generator_gib(prog, domain, shape, batch)
+                row.extra["estimate_gib"] = round(need, 3)
+                if need > args.max_gib:
+                    row.note = f"skipped: needs ~{need:.1f} GiB (> --max-gib {args.max_gib:g})"
+                    log(f"  {net}/{data}/{domain}: {row.note}")
+                    continue
+            log(f"  {net}/{data}/{domain} ...")
+            with torch.no_grad():
+                row.ms = time_ms(lambda p=prog: p(lo, hi, spec=spec), args.repeats, args.warmup,
+                                 args.max_seconds)
+                row.peak_mib = peak_tensor_bytes(lambda p=prog: p(lo, hi, spec=spec)) / 2**20
+            if with_grad and row.ms > args.max_seconds * 1e3:
+                row.note = f"grad timing skipped: one call > {args.max_seconds:g} s"
+            elif with_grad:
+                def bounds_bwd(p=prog):
+                    model.zero_grad(set_to_none=True)
+                    lb, _ = p(lo, hi, spec=spec)
+                    (-lb).sum().backward()
+                row.grad_ms = time_ms(bounds_bwd, args.repeats, args.warmup, args.max_seconds)
+        except (RuntimeError, MemoryError, absdsl.AbsdslError) as err:
+            row.ms = row.peak_mib = row.grad_ms = None
+            row.note = f"error: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            log(f"  {net}/{data}/{domain}: {row.note}")
+    return rows
+
+
+# -- output --------------------------------------------------------------------------------
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(rows: list[Row], table: str) -> str:
+    if table == "a":
+        head = ["net", "data", "domain", "fwd ms", "bounds ms", "time x fwd", "fwd MiB",
+                "bounds MiB", "mem x fwd", "note"]
+        body = [[r.net, r.data, r.domain, _fmt(r.fwd_ms, ".2f"), _fmt(r.ms, ".2f"),
+                 _fmt(r.time_ratio, ".2f"), _fmt(r.fwd_peak_mib, ".2f"),
+                 _fmt(r.peak_mib, ".1f"), _fmt(r.mem_ratio, ".1f"), r.note] for r in rows]
+    else:
+        head = ["net", "domain", "fwd ms", "bounds ms", "time x fwd", "mem x fwd",
+                "grad: fwd+bwd ms", "bounds+bwd ms", "grad x", "auto_LiRPA ms", "speedup",
+                "note"]
+        body = []
+        for r in rows:
+            grad_ratio = (None if r.grad_ms is None or not r.fwd_grad_ms
+                          else r.grad_ms / r.fwd_grad_ms)
+            speed = None if r.ms is None or r.lirpa_ms is None else r.lirpa_ms / r.ms
+            body.append([r.net, r.domain, _fmt(r.fwd_ms, ".2f"), _fmt(r.ms, ".1f"),
+                         _fmt(r.time_ratio, ".1f"), _fmt(r.mem_ratio, ".1f"),
+                         _fmt(r.fwd_grad_ms, ".2f"), _fmt(r.grad_ms, ".1f"),
+                         _fmt(grad_ratio, ".1f"), _fmt(r.lirpa_ms, ".0f"),
+                         _fmt(speed, ".1f") + ("x" if speed is not None else ""), r.note])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
+              for i, h in enumerate(head)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for b in body:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True))
+                     + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+# -- the command ---------------------------------------------------------------------------
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", choices=("a", "b", "both"), default="both",
+                        help="a: Box/HBox/Zonotope on CNN3/5/7 (issue 2); b: DeepPoly/CROWN-IBP "
+                             "vs auto_LiRPA (issue 3); default both")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 warm-up, 2 repeats, no gradient timing")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 7)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls (default 2)")
+    parser.add_argument("--eps", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-a", type=int, default=128, help="table (a) batch (128)")
+    parser.add_argument("--batch-b", type=int, default=32, help="table (b) batch (32)")
+    parser.add_argument("--nets", default=None,
+                        help="comma-separated subset of nets (cnn3,cnn5,cnn7,mlp,fc,tiny)")
+    parser.add_argument("--data", default=None, help="table (a) shapes: mnist,cifar")
+    parser.add_argument("--domains", default=None, help="comma-separated subset of domains")
+    parser.add_argument("--max-gib", type=float, default=8.0,
+                        help="skip zonotope/hbox configs whose generators need more (8)")
+    parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
+                        help="DeepPoly back-substitution budget passed to absdsl.compile")
+    parser.add_argument("--no-grad-timing", action="store_true",
+                        help="table (b): skip the bounds + backward timing")
+    parser.add_argument("--max-seconds", type=float, default=10.0,
+                        help="a call slower than this is timed once, without gradients (10)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="write the measured numbers to PATH")
+
+
+def _subset(text: str | None, default: tuple[str, ...], known: tuple[str, ...] | list[str],
+            what: str) -> tuple[str, ...]:
+    from absdsl.errors import InputError
+
+    if text is None:
+        return default
+    items = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    bad = [s for s in items if s not in known]
+    if bad or not items:
+        raise InputError(f"unknown {what} {', '.join(bad) or text!r}; choose from "
+                         f"{', '.join(known)}")
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    from absdsl.errors import InputError
+
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if args.repeats < 1 or args.warmup < 0:
+        raise InputError("--repeats must be >= 1 and --warmup >= 0")
+    tables = ("a", "b") if args.table == "both" else (args.table,)
+    all_domains = TABLE_A_DOMAINS + TABLE_B_DOMAINS
+    nets = _subset(args.nets, (), tuple(NETS), "net")
+    domains = _subset(args.domains, (), all_domains, "domain")
+    datas = _subset(args.data, tuple(SHAPES), tuple(SHAPES), "data shape")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    print(f"# absdsl bench bounds: {machine()}; eps {args.eps}, median of {args.repeats} after "
+          f"{args.warmup} warm-up; memory = peak live tensor bytes (torch.profiler)")
+    result: dict[str, Any] = {"machine": machine(), "eps": args.eps, "repeats": args.repeats,
+                              "warmup": args.warmup, "threads": args.threads, "rows": []}
+    t_start = time.perf_counter()
+    for table in tables:
+        t_nets = (tuple(n for n in nets if n in NETS) if nets
+                  else (TABLE_A_NETS if table == "a" else TABLE_B_NETS))
+        own = TABLE_A_DOMAINS if table == "a" else TABLE_B_DOMAINS
+        t_domains = tuple(d for d in domains if d in own) if domains else own
+        if not t_domains:
+            continue
+        rows: list[Row] = []
+        if table == "a":
+            title = (f"(a) Box/HBox/Zonotope vs forward, batch {args.batch_a}, "
+                     f"ratios = bounds / forward")
+            for data in datas:
+                for net in t_nets:
+                    log(f"[a] {net} {data}")
+                    rows += measure_config("a", net, data, t_domains, args.batch_a, args, False,
+                                           log)
+        else:
+            title = (f"(b) DeepPoly/CROWN-IBP vs forward and auto_LiRPA 0.7 CROWN, batch "
+                     f"{args.batch_b}, MNIST shapes")
+            with_grad = not (args.quick or args.no_grad_timing)
+            for net in t_nets:
+                log(f"[b] {net} mnist")
+                rows += measure_config("b", net, "mnist", t_domains, args.batch_b, args,
+                                       with_grad, log)
+        print()
+        print(title)
+        print(format_table(rows, table))
+        sys.stdout.flush()
+        for r in rows:
+            d = asdict(r)
+            d.update(time_ratio=r.time_ratio, mem_ratio=r.mem_ratio)
+            result["rows"].append(d)
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_bounds", description=__doc__.splitlines()[0])
+    register(parser)
+    args = parser.parse_args(argv)
+    from absdsl.errors import AbsdslError
+
+    try:
+        return run(args)
+    except AbsdslError as err:
+        print(f"bench_bounds: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
