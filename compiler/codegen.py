@@ -356,7 +356,7 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
             users[i].append(n)
     lam = {target: "rows"}
     body.emit("k = rows.shape[1] // 2")
-    body.emit("acc = rows.new_zeros(rows.shape[0], rows.shape[1])")
+    body.emit("acc = rows.new_zeros(1, rows.shape[1])")
     contributions: dict[str, list[str]] = {n.name: [] for n in nodes}
 
     def push(dst: str, code: str) -> None:

@@ -64,7 +64,7 @@ _META_FUNCS = {getattr, operator.getitem, "size", "dim"}
 def _fn_name(target: Any) -> str:
     if isinstance(target, str):
         return f"Tensor.{target}"
-    mod = getattr(target, "__module__", "") or ""
+    mod = (getattr(target, "__module__", "") or "").lstrip("_")
     return f"{mod}.{getattr(target, '__name__', repr(target))}".lstrip(".")
 
 

@@ -96,7 +96,7 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         lo_b, hi_b = codegen.concretize(loaded.intermediate, out, state)
         l_var, u_var = out.fresh(f"{node.name}_l"), out.fresh(f"{node.name}_u")
         out.emit(f"{l_var}, {u_var} = {lo_b}, {hi_b}")
-        if loaded.refine:
+        if loaded.refine and _needs_backsub(graph, node.name):
             needs = []
             for a in users:
                 fn = relax_fn(a.op, a.attrs.get("params", {}))
@@ -126,6 +126,17 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
     out.emit(f"rows = torch.cat([spec, spec], 1).reshape(spec.shape[0], 2 * spec.shape[1], "
              f"*{shape})")
     out.emit(f"return {bs}(rows)")
+
+
+def _needs_backsub(graph: Graph, name: str) -> bool:
+    """False when Box is already exact: one affine map (and reshapes) from the input."""
+    affine = 0
+    for node in graph.ancestors(name):
+        if node.op == "affine":
+            affine += 1
+        elif node.op not in ("input", "reshape"):
+            return True
+    return affine > 1
 
 
 def _prod(shape: tuple[int, ...]) -> int:

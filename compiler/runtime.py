@@ -234,6 +234,8 @@ def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...]) -> T
     """sum over neurons of lam * b for rows lam [B, k, *out_shape]."""
     if not isinstance(bias, Tensor):
         return lam.flatten(2).sum(-1) * bias
+    if bias.dim() == 1 and len(out_shape) == 1:
+        return lam @ bias
     full = bias.expand(out_shape) if bias.dim() <= len(out_shape) else bias
     return (lam * full).flatten(2).sum(-1)
 
@@ -258,21 +260,31 @@ def relax_back(lam: Tensor, k: int, lines: tuple, acc: Tensor) -> tuple[Tensor, 
 def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor
                ) -> tuple[Tensor, Tensor]:
     """Bounds of rows lam over the input box (centre +- radius): lower rows, upper rows."""
-    mid = torch.einsum("bkn,bn->bk", lam.flatten(2), centre.flatten(1))
-    spread = torch.einsum("bkn,bn->bk", lam.flatten(2).abs(), radius.flatten(1))
+    flat = lam.flatten(2)
+    if flat.shape[0] == 1 and centre.shape[0] != 1:  # rows shared by the batch
+        mid = torch.einsum("kn,bn->bk", flat[0], centre.flatten(1))
+        spread = torch.einsum("kn,bn->bk", flat[0].abs(), radius.flatten(1))
+    else:
+        mid = torch.einsum("bkn,bn->bk", flat, centre.flatten(1))
+        spread = torch.einsum("bkn,bn->bk", flat.abs(), radius.flatten(1))
     total = mid + acc
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
 
 
 def unit_rows(index: Tensor, batch: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """Rows e_i for neurons ``index``, twice (lower and upper): [B, 2 * len(index), *shape]."""
+    """Rows e_i for neurons ``index``, twice (lower and upper): [1, 2 * len(index), *shape].
+
+    The rows are the same for every sample, so they stay batch-free until the first
+    relaxation multiplies in per-sample slopes: the transposed maps before it run once, not
+    once per sample.
+    """
     n = 1
     for s in shape:
         n *= s
     eye = torch.zeros(index.numel(), n, dtype=like.dtype, device=like.device)
     eye[torch.arange(index.numel(), device=like.device), index] = 1.0
     rows = eye.reshape(index.numel(), *shape)
-    return torch.cat([rows, rows], 0).unsqueeze(0).expand(batch, *([-1] * (len(shape) + 1)))
+    return torch.cat([rows, rows], 0).unsqueeze(0)
 
 
 def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor,
@@ -299,7 +311,8 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
         lo_rows, hi_rows = backsub(unit_rows(chunk, batch, shape, lower))
         new_l.append(lo_rows)
         new_u.append(hi_rows)
-    got_l, got_u = torch.cat(new_l, 1), torch.cat(new_u, 1)
+    got_l = torch.cat(new_l, 1).expand(batch, -1)
+    got_u = torch.cat(new_u, 1).expand(batch, -1)
     if select and index.numel() < n:
         got_l = flat_l.index_copy(1, index, torch.maximum(flat_l[:, index], got_l))
         got_u = flat_u.index_copy(1, index, torch.minimum(flat_u[:, index], got_u))
