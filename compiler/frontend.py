@@ -383,8 +383,9 @@ class _Lowering:
             if target is operator.getitem and args and isinstance(args[0], _Bound):
                 raise self.error(fx_node, "indexing an input-dependent tensor has no rule")
             return _Meta()
-        if not bound_args and not (target in _CAT and any(
-                isinstance(v, _Bound) for v in (args[0] if args and isinstance(args[0], (list, tuple)) else []))):
+        cat_parts = args[0] if target in _CAT and args and isinstance(args[0], (list, tuple)) \
+            else []
+        if not bound_args and not any(isinstance(self.value(v), _Bound) for v in cat_parts):
             return self.constant_op(fx_node)
         if target in _ALIAS:
             return bound_args[0]

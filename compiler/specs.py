@@ -13,7 +13,8 @@ def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     bounds on the logits.
     """
     if labels.dim() != 1:
-        raise ValueError(f"margin_spec: labels must be 1-D [batch], got shape {tuple(labels.shape)}")
+        raise ValueError(f"margin_spec: labels must be 1-D [batch], got shape "
+                         f"{tuple(labels.shape)}")
     if num_classes < 2:
         raise ValueError(f"margin_spec: need at least 2 classes, got {num_classes}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
