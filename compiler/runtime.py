@@ -23,6 +23,7 @@ Tensor = torch.Tensor
 class Block:
     data: Tensor
     diagonal: bool
+    index: Tensor | None = None  # for a dense block: which fresh generators its rows are
 
 
 class Gens:
@@ -49,7 +50,8 @@ class Gens:
             if b.diagonal:
                 out[k] = Block(b.data * s, True)
             else:
-                out[k] = Block(b.data * (s.unsqueeze(1) if isinstance(s, Tensor) else s), False)
+                out[k] = Block(b.data * (s.unsqueeze(1) if isinstance(s, Tensor) else s), False,
+                               b.index)
         return Gens(out, self.batch, self.shape)
 
     def __add__(self, other: Gens) -> Gens:
@@ -62,7 +64,8 @@ class Gens:
             if a.diagonal and b.diagonal:
                 out[k] = Block(a.data + b.data, True)
             else:
-                out[k] = Block(_dense(a) + _dense(b), False)
+                da, db, index = _align(a, b)
+                out[k] = Block(da + db, False, index)
         return Gens(out, self.batch, self.shape)
 
     def __neg__(self) -> Gens:
@@ -83,15 +86,14 @@ class Gens:
             elif b is not None and b.diagonal and a is None:
                 out[k] = Block(torch.where(mask, 0.0, b.data), True)
             else:
-                da = _dense(a) if a is not None else None
-                db = _dense(b) if b is not None else None
                 m = mask.unsqueeze(1)
-                if da is None:
-                    out[k] = Block(torch.where(m, 0.0, db), False)
-                elif db is None:
-                    out[k] = Block(torch.where(m, da, 0.0), False)
+                if a is None:
+                    out[k] = Block(torch.where(m, 0.0, b.data), False, b.index)
+                elif b is None:
+                    out[k] = Block(torch.where(m, a.data, 0.0), False, a.index)
                 else:
-                    out[k] = Block(torch.where(m, da, db), False)
+                    da, db, index = _align(a, b)
+                    out[k] = Block(torch.where(m, da, db), False, index)
         return Gens(out, self.batch, self.shape)
 
     def abs_sum(self) -> Tensor | float:
@@ -107,11 +109,11 @@ class Gens:
         out = {}
         shape = self.shape
         for k, b in self.blocks.items():
-            dense = _densify(b, compact)
+            dense, index = _densify(b, compact) if b.diagonal else (b.data, b.index)
             n_gen = dense.shape[1]
             flat = fn(dense.flatten(0, 1))
             shape = tuple(flat.shape[1:])
-            out[k] = Block(flat.unflatten(0, (self.batch, n_gen)), False)
+            out[k] = Block(flat.unflatten(0, (self.batch, n_gen)), False, index)
         if not self.blocks:
             return Gens({}, self.batch, shape)
         return Gens(out, self.batch, shape)
@@ -120,25 +122,20 @@ class Gens:
         out = {}
         for k, b in self.blocks.items():
             lead = b.data.shape[:1] if b.diagonal else b.data.shape[:2]
-            out[k] = Block(b.data.reshape(*lead, *shape), b.diagonal)
+            out[k] = Block(b.data.reshape(*lead, *shape), b.diagonal, b.index)
         return Gens(out, self.batch, shape)
 
     def spec(self, c: Tensor) -> Gens:
         """Generators of C x for a per-sample matrix C [B, k, n]."""
         out = {}
         for k, b in self.blocks.items():
-            dense = _densify(b, True) if b.diagonal else b.data
-            out[k] = Block(torch.einsum("bkn,bgn->bgk", c, dense.flatten(2)), False)
+            dense, index = _densify(b, True) if b.diagonal else (b.data, b.index)
+            out[k] = Block(torch.einsum("bkn,bgn->bgk", c, dense.flatten(2)), False, index)
         return Gens(out, self.batch, (c.shape[1],))
 
 
-def _dense(b: Block) -> Tensor:
-    return _densify(b, False) if b.diagonal else b.data
-
-
-def _densify(b: Block, compact: bool) -> Tensor:
-    if not b.diagonal:
-        return b.data
+def _densify(b: Block, compact: bool) -> tuple[Tensor, Tensor | None]:
+    """A diagonal block as dense generators, and which fresh generators they are (None: all)."""
     batch = b.data.shape[0]
     shape = tuple(b.data.shape[1:])
     flat = b.data.reshape(batch, -1)
@@ -146,8 +143,31 @@ def _densify(b: Block, compact: bool) -> Tensor:
         idx = (flat != 0).any(0).nonzero().squeeze(1)
         gens = torch.zeros(batch, idx.numel(), flat.shape[1], dtype=flat.dtype, device=flat.device)
         gens[:, torch.arange(idx.numel(), device=flat.device), idx] = flat[:, idx]
-        return gens.reshape(batch, idx.numel(), *shape)
-    return torch.diag_embed(flat).reshape(batch, flat.shape[1], *shape)
+        return gens.reshape(batch, idx.numel(), *shape), idx
+    return torch.diag_embed(flat).reshape(batch, flat.shape[1], *shape), None
+
+
+def _align(a: Block, b: Block) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Two blocks of the same fresh generators, as dense tensors over the same generator ids."""
+    da, ia = _densify(a, b.index is not None) if a.diagonal else (a.data, a.index)
+    db, ib = _densify(b, a.index is not None) if b.diagonal else (b.data, b.index)
+    if ia is None and ib is None:
+        return da, db, None
+    if ia is not None and ib is not None and ia.shape == ib.shape and bool((ia == ib).all()):
+        return da, db, ia
+    total = max(int(i.max()) + 1 if i is not None and i.numel() else 0 for i in (ia, ib))
+    total = max(total, da.shape[1] if ia is None else 0, db.shape[1] if ib is None else 0)
+    ia = torch.arange(da.shape[1], device=da.device) if ia is None else ia
+    ib = torch.arange(db.shape[1], device=db.device) if ib is None else ib
+    union = torch.unique(torch.cat([ia, ib]))
+    pos = torch.full((total,), -1, dtype=torch.long, device=da.device)
+    pos[union] = torch.arange(union.numel(), device=da.device)
+
+    def spread(d: Tensor, ids: Tensor) -> Tensor:
+        out = d.new_zeros(d.shape[0], union.numel(), *d.shape[2:])
+        return out.index_copy(1, pos[ids], d)
+
+    return spread(da, ia), spread(db, ib), union
 
 
 # ---- values of either kind ---------------------------------------------------------------
@@ -185,22 +205,22 @@ def cat(values: list, dim: int):
         keys = list(dict.fromkeys(k for v in values for k in v.blocks))
         out = {}
         for key in keys:
-            parts = []
-            n_gen = None
-            for v in values:
-                b = v.blocks.get(key)
-                if b is not None:
-                    parts.append(_dense(b))
-                    n_gen = parts[-1].shape[1]
+            present = [v.blocks[key] for v in values if key in v.blocks]
+            ref = present[0]
+            for other in present[1:]:  # bring every part onto the same generator ids
+                _, _, idx = _align(ref, other)
+                ref = Block(_align(ref, other)[0], False, idx)
+            if ref.diagonal:
+                ref = Block(*_densify(ref, True)[:1], False, _densify(ref, True)[1])
             pieces = []
             for v in values:
                 b = v.blocks.get(key)
                 if b is None:
-                    pieces.append(torch.zeros(batch, n_gen, *v.shape, dtype=parts[0].dtype,
-                                              device=parts[0].device))
+                    pieces.append(torch.zeros(batch, ref.data.shape[1], *v.shape,
+                                              dtype=ref.data.dtype, device=ref.data.device))
                 else:
-                    pieces.append(_dense(b))
-            out[key] = Block(torch.cat(pieces, dim + 2), False)
+                    pieces.append(_align(b, ref)[0])
+            out[key] = Block(torch.cat(pieces, dim + 2), False, ref.index)
         shape = list(values[0].shape)
         shape[dim] = sum(v.shape[dim] for v in values)
         return Gens(out, batch, tuple(shape))
