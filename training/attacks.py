@@ -18,12 +18,14 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class PGDConfig:
-    """steps per restart; step size = step_frac * eps, multiplied by ``decay`` at each
-    fraction of the steps listed in ``decay_at`` (a coarse-to-fine schedule)."""
+    """steps per restart; step size = step_scale * eps / steps, multiplied by ``decay`` at
+    each fraction of the steps listed in ``decay_at`` (coarse to fine). With the default
+    scale 4 the steps before the first decay can cross the whole ball (2 eps) from any start.
+    """
 
     steps: int = 20
     restarts: int = 1
-    step_frac: float = 0.25
+    step_scale: float = 4.0
     decay_at: tuple[float, ...] = (0.5, 0.75)
     decay: float = 0.2
     loss: str = "margin"  # "margin" (max_{i!=y} f_i - f_y) or "ce"
@@ -72,7 +74,7 @@ def pgd_attack(
         else:
             noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             adv = lo + (hi - lo) * noise
-        step = cfg.step_frac * eps
+        step = cfg.step_scale * eps / max(cfg.steps, 1)
         for it in range(cfg.steps):
             if it in milestones:
                 step *= cfg.decay

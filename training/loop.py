@@ -217,8 +217,9 @@ class Trainer:
                 sums[key], sums[f"#{key}"] = total + value * n, count + n
             if bar is not None:
                 bar.update(1)
+                acc = metrics.get("train_cert_acc", metrics.get("train_acc", float("nan")))
                 bar.set_postfix(loss=f"{metrics.get('loss', 0.0):.3f}", eps=f"{batch.eps:.4f}",
-                                acc=f"{metrics.get('train_acc', float('nan')):.2f}")
+                                acc=f"{acc:.2f}")
             if self.on_step is not None:
                 self.on_step(self, self.step)
             if self.stop_requested and self.batch < self.steps_per_epoch:

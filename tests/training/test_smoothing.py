@@ -28,10 +28,10 @@ from absdsl.training.steprule import TrainBatch, make_step_rule
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
-    """A small CNN for 1x28x28 inputs (MNIST shapes, so the mnist5k config fits)."""
+    """A very small CNN for 1x28x28 inputs (MNIST shapes, so the mnist5k config fits)."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 4, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 10)
+        nn.Conv2d(1, 3, 7, stride=7), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 10)
     ).eval()
 
 
@@ -178,16 +178,17 @@ def _robust_loss_at_centre(step, x, y, eps) -> float:
 @pytest.mark.parametrize("rule", ["pgpe", "rgs"])
 def test_smoothing_lowers_the_robust_loss_on_a_tiny_problem(rule: str) -> None:
     model = tiny_cnn()
-    cfg = config(domain="deeppoly", popsize=32, sigma=0.02, sigma_lr=0.0, rgs_samples=8)
+    cfg = config(domain="deeppoly", popsize=16, sigma=0.05, sigma_lr=0.0, rgs_samples=4)
+    cfg.lr, cfg.batch_size = 0.05, 16
     step = make_step_rule(rule, model, cfg, programs_for(model, "deeppoly"))
-    x, y = mnist_batch(64)
+    x, y = mnist_batch(32)
     before = _robust_loss_at_centre(step, x, y, 0.05)
-    for i in range(25):
-        xb, yb = x[(i % 2) * 32:(i % 2 + 1) * 32], y[(i % 2) * 32:(i % 2 + 1) * 32]
+    for i in range(10):
+        xb, yb = x[(i % 2) * 16:(i % 2 + 1) * 16], y[(i % 2) * 16:(i % 2 + 1) * 16]
         metrics = step.step(TrainBatch(x=xb, y=yb, eps=0.05, epoch=0, step=i))
         assert math.isfinite(metrics["loss"])
     after = _robust_loss_at_centre(step, x, y, 0.05)
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.7 * before, (before, after)
 
 
 def test_pgpe_state_resumes_exactly_through_weights_only_checkpoint(tmp_path) -> None:
