@@ -80,7 +80,8 @@ def available_step_rules() -> list[str]:
 
 def make_step_rule(name: str, model: nn.Module, config: Any, programs: dict[str, Any]) -> StepRule:
     """Build the step rule registered under ``name`` (plugins are imported on demand)."""
-    _load_plugins()
+    if name not in _REGISTRY:
+        _load_plugins()
     if name not in _REGISTRY:
         raise UnknownStepRuleError(
             f"unknown optimizer {name!r}; available: {', '.join(sorted(_REGISTRY))}"

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import absdsl
 
-HAS_COMPILER = hasattr(absdsl, "compile")
-needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="absdsl.compile not available yet")
-
-
-def tiny(**overrides):
+def _tiny(**overrides):
     """A resolved config for a run of a few seconds (256 train / 100 test digits)."""
     from absdsl.training.config import resolve
 
@@ -21,3 +16,9 @@ def tiny(**overrides):
     )
     base.update(overrides)
     return resolve(base)
+
+
+@pytest.fixture
+def tiny():
+    """The factory of tiny configs: ``tiny(epochs=1, domain="hbox")``."""
+    return _tiny
