@@ -27,8 +27,10 @@ one-op network is compiled) are not drawn for that domain and are listed as skip
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -588,7 +590,24 @@ def _check_net(domain: Any, spec_net: NetSpec, boxes: tuple[torch.Tensor, torch.
             compare(prop, desc, lo, hi, pts, cv, lb, ub, seen, spec=C)
 
 
-def _run_property(name: str, test: Any, max_examples: int, seed: int) -> PropertyResult:
+@contextlib.contextmanager
+def shrink_time_limit(seconds: float) -> Iterator[None]:
+    """Cap Hypothesis's shrinking time (each shrink step compiles programs: slow)."""
+    from hypothesis.internal.conjecture import engine
+
+    old = getattr(engine, "MAX_SHRINKING_SECONDS", None)
+    if old is None:  # another Hypothesis version: keep its default
+        yield
+        return
+    engine.MAX_SHRINKING_SECONDS = seconds
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = old
+
+
+def _run_property(name: str, test: Any, max_examples: int, seed: int,
+                  shrink_seconds: float = 30.0) -> PropertyResult:
     """Run a Hypothesis test; the last Violation recorded is the shrunk counterexample."""
     last: dict[str, Any] = {}
 
@@ -610,7 +629,8 @@ def _run_property(name: str, test: Any, max_examples: int, seed: int) -> Propert
 
     runner = hyp_seed(seed)(_settings(max_examples)(given(**test.strategies)(counted)))
     try:
-        runner()
+        with shrink_time_limit(shrink_seconds):
+            runner()
     except Violation:
         return PropertyResult(name, False, counter["n"], last.get("cex"))
     except Exception as err:  # a crash of the program is a failure too
@@ -782,8 +802,8 @@ def relaxation_property(domain: Any) -> _Test:
 # ---- entry point ---------------------------------------------------------------------------
 
 def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: int = 0,
-                 properties: tuple[str, ...] = ("bounds", "spec", "relaxations")
-                 ) -> CheckReport:
+                 properties: tuple[str, ...] = ("bounds", "spec", "relaxations"),
+                 shrink_seconds: float = 30.0) -> CheckReport:
     """Property-test ``domain_spec`` (a built-in name, a file path, ``path:Name``).
 
     Returns a :class:`CheckReport`: one :class:`PropertyResult` per property, a failing one
@@ -801,11 +821,11 @@ def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: in
     if "bounds" in properties:
         report.results.append(_run_property(
             "sound: concrete outputs of every layer lie in the bounds",
-            soundness_property(domain, ops, False), max_examples, seed))
+            soundness_property(domain, ops, False), max_examples, seed, shrink_seconds))
     if "spec" in properties:
         report.results.append(_run_property(
             "sound: C @ f(x) lies in the spec bounds (margin and random C)",
-            soundness_property(domain, ops, True), max_examples, seed + 1))
+            soundness_property(domain, ops, True), max_examples, seed + 1, shrink_seconds))
     if "relaxations" in properties and relaxation_functions(domain):
         fns = relaxation_functions(domain)
         grid_result = PropertyResult("relaxations: lower <= f <= upper on the guard grid",
@@ -821,5 +841,5 @@ def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: in
         report.results.append(grid_result)
         report.results.append(_run_property(
             "relaxations: lower <= f <= upper (random l <= u, x in [l, u])",
-            relaxation_property(domain), max_examples * 4, seed + 2))
+            relaxation_property(domain), max_examples * 4, seed + 2, shrink_seconds))
     return report

@@ -12,6 +12,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=50,
                         help="Hypothesis examples per property (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--shrink-seconds", type=float, default=30.0,
+                        help="time cap on shrinking a counterexample (default 30)")
     parser.add_argument("--property", action="append", dest="properties",
                         choices=["bounds", "spec", "relaxations"],
                         help="check only this property (repeatable; default all)")
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     props = tuple(args.properties) if args.properties else ("bounds", "spec", "relaxations")
     start = time.perf_counter()
     report = check_domain(args.domain, max_examples=args.examples, seed=args.seed,
-                          properties=props)
+                          properties=props, shrink_seconds=args.shrink_seconds)
     print(report.format())
     print(f"({time.perf_counter() - start:.1f} s, seed {args.seed})")
     return 0 if report.ok else 1
