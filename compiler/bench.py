@@ -305,6 +305,10 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _speed(v: float | None) -> str:
+    return "-" if v is None else format(v, ".2f" if v < 1 else ".1f") + "x"
+
+
 def format_table(rows: list[Row], table: str) -> str:
     if table == "a":
         head = ["net", "data", "domain", "fwd ms", "bounds ms", "time x fwd", "fwd MiB",
@@ -325,7 +329,7 @@ def format_table(rows: list[Row], table: str) -> str:
                          _fmt(r.time_ratio, ".1f"), _fmt(r.mem_ratio, ".1f"),
                          _fmt(r.fwd_grad_ms, ".2f"), _fmt(r.grad_ms, ".1f"),
                          _fmt(grad_ratio, ".1f"), _fmt(r.lirpa_ms, ".0f"),
-                         _fmt(speed, ".1f") + ("x" if speed is not None else ""), r.note])
+                         _speed(speed), r.note])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
               for i, h in enumerate(head)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
