@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
+from hypothesis.reporting import with_reporter
 
 DTYPE = torch.float64
 REL_TOL = 1e-9
@@ -629,8 +630,8 @@ def _run_property(name: str, test: Any, max_examples: int, seed: int,
 
     runner = hyp_seed(seed)(_settings(max_examples)(given(**test.strategies)(counted)))
     try:
-        with shrink_time_limit(shrink_seconds):
-            runner()
+        with shrink_time_limit(shrink_seconds), with_reporter(lambda _msg: None):
+            runner()  # Hypothesis's own prints are replaced by the report
     except Violation:
         return PropertyResult(name, False, counter["n"], last.get("cex"))
     except Exception as err:  # a crash of the program is a failure too
