@@ -9,7 +9,7 @@ from pathlib import Path
 
 from absdsl.dsl import ast
 from absdsl.dsl.parser import load_module
-from absdsl.errors import AbsdslError, DSLError
+from absdsl.errors import DSLError, InputError
 
 BUILTIN_FILES = {
     "box": "box.absd", "ibp": "box.absd",
@@ -52,7 +52,7 @@ def load_domain(spec: str | Path | LoadedDomain) -> LoadedDomain:
     if not Path(text).exists() and ":" in text:
         path, name = text.rsplit(":", 1)
     if not Path(path).exists():
-        raise AbsdslError(f"unknown domain {text!r}: not a built-in name "
+        raise InputError(f"unknown domain {text!r}: not a built-in name "
                           f"({', '.join(sorted(BUILTIN_FILES))}) and no such file")
     loaded = _from_file(Path(path), name)
     loaded.origin = text

@@ -35,8 +35,6 @@ def test_unknown_domain_name() -> None:
     assert "boxx" in str(err.value) and "box" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="api: an unknown domain name raises the bare "
-                   "AbsdslError base class, not a subclass (InputError expected)")
 def test_unknown_domain_name_is_input_error() -> None:
     with pytest.raises(InputError):
         absdsl.compile(mlp([2, 2]), "boxx")
