@@ -8,6 +8,7 @@ gives member-by-member losses (for tests and the benchmark) and vmapped gradient
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ class PopulationObjective:
         for members in (1, 2):
             values = centre.unsqueeze(0).repeat(members, 1)
             with torch.set_grad_enabled(kind != "loss"):
-                _, peak = peak_bytes(lambda v=values: fn(v))
+                _, peak = peak_bytes(functools.partial(fn, values))
             peaks.append(peak)
         per_member = max(peaks[1] - peaks[0], 1)
         fixed = max(peaks[0] - per_member, 0)
