@@ -45,6 +45,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--one-by-one-members", type=int, default=None, metavar="K",
                         help="time baseline (a) on K members and scale to the popsize "
                              "(for slow domains on a CPU; the table says so)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (1 gives stable CPU timings on a busy "
+                             "machine)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
 
@@ -180,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
         raise SmoothingConfigError("--device cuda but no GPU is available")
     if args.popsize < 2 or args.popsize % 2:
         raise SmoothingConfigError(f"--popsize must be even and >= 2, got {args.popsize}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SmoothingConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     budget = None if args.memory_budget_mib is None else int(args.memory_budget_mib * 2**20)
     settings = [(args.popsize, args.batch_size)]
     if args.large:
