@@ -141,6 +141,7 @@ class Trainer:
             "batch": self.batch,
             "step": self.step,
             "train_seconds": self.train_seconds,
+            "world_size": self.world.size,
             "rng": rng_state(),
         }
 

@@ -80,6 +80,8 @@ def available_step_rules() -> list[str]:
 
 def make_step_rule(name: str, model: nn.Module, config: Any, programs: dict[str, Any]) -> StepRule:
     """Build the step rule registered under ``name`` (plugins are imported on demand)."""
+    from . import grad  # noqa: F401 - registers "grad"
+
     if name not in _REGISTRY:
         _load_plugins()
     if name not in _REGISTRY:
