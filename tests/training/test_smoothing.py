@@ -269,3 +269,15 @@ def test_missing_ray_is_a_clear_error(monkeypatch) -> None:
     model = tiny_cnn()
     with pytest.raises(RayUnavailableError):
         PGPEStep(model, config(num_actors=2), programs_for(model, "box"))
+
+
+def test_a_diverged_member_is_ranked_worst_not_propagated() -> None:
+    centre = torch.zeros(6)
+    search = PGPESearch(centre, PGPEOptions(popsize=8, sigma_init=0.1, center_lr=0.1, seed=2))
+    values = search.ask()
+    losses = (values**2).sum(1)
+    losses[3] = float("nan")
+    losses[4] = float("inf")
+    search.tell(values, losses)
+    assert torch.isfinite(search.center).all() and torch.isfinite(search.sigma).all()
+    assert not torch.equal(search.center, centre)

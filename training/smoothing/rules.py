@@ -139,21 +139,29 @@ class PGPEStep(_SmoothingStep):
         self._set_batch(batch)
         values = self.search.ask()
         losses = self.evaluate(values)
-        mean = losses.mean()
+        finite = losses[torch.isfinite(losses)]
+        # a few diverged members are ranked worst by tell(); only a wholly non-finite
+        # population stops the run
+        mean = finite.mean() if finite.numel() else losses.mean()
         check_finite(mean, batch.epoch, batch.step)
         before = self.search.center.clone()
         self.search.tell(values, losses)
         self.layout.write(self.model, self.search.center)
         return {
             "loss": float(mean),
-            "loss_min": float(losses.min()),
-            "loss_std": float(losses.std()),
+            "loss_min": float(finite.min()),
+            "loss_std": float(finite.std()) if finite.numel() > 1 else 0.0,
+            "nonfinite": float(losses.numel() - finite.numel()),
             "sigma": float(self.search.sigma.mean()),
             "step_norm": float((self.search.center - before).norm()),
         }
 
     def on_epoch_end(self, epoch: int) -> None:
         self.search.set_lr_scale(self.lr_scale(epoch + 1))
+
+    def current_lr(self) -> float:
+        """The centre learning rate now (for the loop's metrics)."""
+        return float(self.search.state.optimizer_state.center_learning_rate)
 
     def state_dict(self) -> dict:
         return {"pgpe": self.search.state_dict()}
@@ -198,6 +206,9 @@ class RGSStep(_SmoothingStep):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return metrics
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def on_epoch_end(self, epoch: int) -> None:
         for group in self.optimizer.param_groups:
