@@ -9,7 +9,6 @@ gives member-by-member losses (for tests and the benchmark) and vmapped gradient
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,16 +24,20 @@ from .params import ParamLayout
 MiB = 1024 * 1024
 
 
+CPU_DEFAULT_BUDGET = 256 * MiB
+
+
 def default_memory_budget(device: torch.device) -> int:
-    """Bytes a population call may use: most of the free GPU memory, or a share of the RAM."""
+    """Bytes a population call may use when no budget is given.
+
+    On a GPU most of the free memory: big calls amortise kernel launches. On the CPU a
+    working set of a few hundred MiB: larger chunks fall out of the caches and run slower
+    than smaller ones (CNN3 + Box, batch 128: chunks of 8-16 members were 2x faster than 64).
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.7 * free)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 * 1024 * MiB
-    return int(min(0.25 * total, 4096 * MiB))
+    return CPU_DEFAULT_BUDGET
 
 
 @dataclass
