@@ -132,7 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+            group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text,
+                               metavar=key.upper())
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
