@@ -270,8 +270,10 @@ def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], ba
                   lirpa_ms=LIRPA_CROWN_MS.get(net) if table == "b" else None)
         rows.append(row)
         try:
+            start = time.perf_counter()
             prog = absdsl.compile(model, domain, input_shape=shape,
                                   memory_budget_mb=args.memory_budget_mb)
+            row.extra["compile_ms"] = round((time.perf_counter() - start) * 1e3, 1)
             if domain in ("zonotope", "hbox"):
                 need = estimate_generator_gib(prog, domain, shape, batch)
                 row.extra["estimate_gib"] = round(need, 3)
@@ -452,6 +454,9 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(title)
         print(format_table(rows, table))
+        print("compile (trace + generate + exec), ms: " + ", ".join(
+            f"{r.net}/{r.data}/{r.domain} {r.extra['compile_ms']:g}"
+            for r in rows if "compile_ms" in r.extra))
         sys.stdout.flush()
         for r in rows:
             d = asdict(r)

