@@ -43,23 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="absdsl", description="Certified training with abstract domains written in a DSL."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name, help_text in COMMANDS:
+    _add_commands(sub, COMMANDS)
+    bench = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
+    _add_commands(bench.add_subparsers(dest="bench", metavar="BENCH"), BENCHES)
+    return parser
+
+
+def _add_commands(sub, table: list[tuple[str, str, str]]) -> None:
+    for name, module_name, help_text in table:
         module = _load(module_name)
         if module is None:
             continue
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         module.register(cmd)
         cmd.set_defaults(run=module.run)
-    bench = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
-    for name, module_name, help_text in BENCHES:
-        module = _load(module_name)
-        if module is None:
-            continue
-        cmd = bench_sub.add_parser(name, help=help_text, description=help_text)
-        module.register(cmd)
-        cmd.set_defaults(run=module.run)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

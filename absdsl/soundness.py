@@ -703,7 +703,6 @@ def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]
     Generated exactly as bound programs generate them (``codegen.relax_function``).
     """
     from absdsl.compiler import codegen
-    from absdsl.compiler import runtime as rt
     from absdsl.dsl.loader import load_domain
 
     loaded = load_domain(domain)
@@ -714,11 +713,9 @@ def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]
             continue
         for params in RELAX_PARAMS[op]:
             em = codegen.Emitter(indent=0)
-            name, _ = codegen.relax_function(relax, op, params, em, loaded.domain,
-                                             relax.filename, relax.source)
-            ns: dict[str, Any] = {"torch": torch, "F": F, "rt": rt}
-            exec(compile("\n".join(em.lines), f"<relax {op}>", "exec"), ns)  # noqa: S102
-            fn = ns[name]
+            name = codegen.relax_function(relax, op, params, em, loaded.domain,
+                                          relax.filename, relax.source)
+            fn = codegen.load_generated("\n".join(em.lines), f"relax {op}")[name]
             out.append((op, params, lambda l, u, fn=fn: fn(l, u)[0]))
     return out
 

@@ -11,10 +11,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
+
+from absdsl.compiler import runtime as rt
 from absdsl.compiler.exprs import Scope, as_tensor, compile_expr, linearize, mentions, num
 from absdsl.compiler.ir import Graph, Node
 from absdsl.dsl import ast
 from absdsl.errors import DSLError, TraceError
+
+
+def load_generated(source: str, label: str) -> dict:
+    """Run generated source (ours, never user text: names are sanitised identifiers and
+    numbers pass through ``repr(float)``) and return the functions it defines."""
+    namespace: dict = {"torch": torch, "F": F, "rt": rt}
+    exec(compile(source, f"<absdsl {label}>", "exec"), namespace)  # noqa: S102
+    return namespace
+
 
 ACTIVATION_CODE = {
     "relu": lambda x, p: f"torch.relu({x})",
@@ -269,8 +282,8 @@ def concretize(domain: ast.Domain, out: Emitter, state: dict[str, str]) -> tuple
 # ---- relaxations -----------------------------------------------------------------------
 
 def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain: ast.Domain,
-                   filename: str, source: str) -> tuple[str, str]:
-    """Emit ``def relax_<op>(l, u)`` returning (a_lo, b_lo, a_hi, b_hi) and ``needs`` mask code.
+                   filename: str, source: str) -> str:
+    """Emit ``def relax_<op>(l, u)`` returning ((a_lo, b_lo, a_hi, b_hi), needs); its name.
 
     ``needs`` marks neurons whose lines depend on l or u: only those gain from tighter bounds.
     """
@@ -326,7 +339,7 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     out.emit(f"def {fn_name}(l, u):")
     out.lines.extend(body.lines)
     out.emit(f"    return ({', '.join(results)}), {needs_var}")
-    return fn_name, fn_name
+    return fn_name
 
 
 def relax_for(op: str, relaxes: list[ast.Relax]) -> ast.Relax | None:

@@ -15,10 +15,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from absdsl.compiler import codegen
-from absdsl.compiler import runtime as rt
 from absdsl.compiler.frontend import trace
 from absdsl.compiler.ir import ACTIVATIONS, Graph
 from absdsl.dsl.loader import LoadedDomain, load_domain
@@ -85,7 +83,7 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             if relax is None:
                 from absdsl.errors import TraceError
                 raise TraceError(f"domain {loaded.name} has no relaxation for {op}")
-            relax_fns[key], _ = codegen.relax_function(relax, op, params, out, loaded.domain,
+            relax_fns[key] = codegen.relax_function(relax, op, params, out, loaded.domain,
                                                        relax.filename, relax.source)
         return relax_fns[key]
 
@@ -171,6 +169,9 @@ class BoundProgram:
         self.loaded = load_domain(domain)
         self.memory_budget_mb = float(memory_budget_mb)
         self._compiled: dict[tuple[int, ...], _Compiled] = {}
+        # found once: walking every module on every call would sit on the training hot path
+        self._batch_norms = [(path, m) for path, m in model.named_modules()
+                             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._last: _Compiled | None = None
         if input_shape is not None:
             self._compile(tuple(input_shape))
@@ -185,9 +186,8 @@ class BoundProgram:
         device = ref.device if ref is not None else torch.device("cpu")
         graph, constants = trace(self.model, shape, dtype, device)
         source = generate(graph, self.loaded)
-        namespace: dict[str, Any] = {"torch": torch, "F": F, "rt": rt}
-        exec(compile(source, f"<absdsl {self.loaded.name}>", "exec"), namespace)  # noqa: S102
-        compiled = _Compiled(graph, constants, source, namespace["bound_program"])
+        fn = codegen.load_generated(source, self.loaded.name)["bound_program"]
+        compiled = _Compiled(graph, constants, source, fn)
         self._compiled[shape] = compiled
         self._last = compiled
         return compiled
@@ -216,11 +216,8 @@ class BoundProgram:
 
     # -- calling -----------------------------------------------------------------------
     def params(self) -> dict[str, torch.Tensor]:
-        named = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
-        compiled = self._last
-        if compiled is not None:
-            named.update(compiled.constants)
-        return named
+        """The model's parameters and buffers by qualified name (what programs read)."""
+        return dict(self.model.named_parameters()) | dict(self.model.named_buffers())
 
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,8 +256,8 @@ class BoundProgram:
         return rows
 
     def _check_modes(self) -> None:
-        for path, mod in self.model.named_modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
+        for path, mod in self._batch_norms:
+            if mod.training:
                 raise InputError(f"module '{path}' ({type(mod).__name__}) is in training mode; "
                                  f"call model.eval() before computing bounds")
 

@@ -111,11 +111,12 @@ BUILTIN: dict[str, Callable[[DatasetInfo], nn.Module]] = {
 }
 
 
-def _load_factory(spec: str) -> Callable[..., nn.Module]:
+def load_factory(spec: str) -> Callable[..., nn.Module]:
     """Resolve ``package.module:factory`` with importlib (never eval)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ModelError(f"model {spec!r}: expected a built-in name or 'module:factory'")
+        raise ModelError(f"model {spec!r}: expected a built-in name or 'module:factory' (or, "
+                         f"where a command takes one, a checkpoint file)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -123,7 +124,7 @@ def _load_factory(spec: str) -> Callable[..., nn.Module]:
     obj = module
     for part in attr.split("."):
         if not part.isidentifier() or not hasattr(obj, part):
-            raise ModelError(f"model {spec!r}: module {module_name!r} has no {attr!r}")
+            raise ModelError(f"model {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelError(f"model {spec!r}: {attr!r} is not callable")
@@ -140,7 +141,7 @@ def build_model(name: str, info: DatasetInfo) -> nn.Module:
     if key in BUILTIN:
         model = BUILTIN[key](info)
     elif ":" in name:
-        factory = _load_factory(name)
+        factory = load_factory(name)
         try:
             model = factory(info)
         except TypeError:

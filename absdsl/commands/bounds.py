@@ -13,7 +13,6 @@ set). Files are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from absdsl.errors import AbsdslError, InputError
+from absdsl.training.models import load_factory
 
 
 def parse_shape(text: str, flag: str) -> tuple[int, ...]:
@@ -31,25 +31,6 @@ def parse_shape(text: str, flag: str) -> tuple[int, ...]:
     if not shape or any(s <= 0 for s in shape):
         raise InputError(f"{flag}: expected positive integers like 1,28,28, got {text!r}")
     return shape
-
-
-def load_factory(spec: str) -> Any:
-    """Resolve ``package.module:factory`` with importlib (never eval)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InputError(f"--model {spec!r}: expected 'module:factory' or a checkpoint file")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise InputError(f"--model {spec!r}: cannot import module {module_name!r}: {err}") from err
-    obj: Any = module
-    for part in attr.split("."):
-        if not part.isidentifier() or not hasattr(obj, part):
-            raise InputError(f"--model {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise InputError(f"--model {spec!r}: {attr!r} is not callable")
-    return obj
 
 
 def _torch_load(path: Path, what: str) -> Any:
@@ -100,7 +81,7 @@ def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, tuple[
         shape = tuple(info.shape)
         _load_weights(model, _state_dict(obj, path), path)
     else:
-        factory = load_factory(spec)
+        factory = load_factory(spec)  # one resolver for every command
         try:
             model = factory()
         except TypeError as err:
@@ -230,4 +211,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register", "run", "load_model", "load_factory", "parse_shape", "AbsdslError"]
+__all__ = ["register", "run", "load_model", "parse_shape", "AbsdslError"]

@@ -67,7 +67,7 @@ def test_user_factories(user_module):
     [
         ("resnet50", "unknown model 'resnet50'"),
         ("no_such_module_xyz:f", "cannot import module"),
-        ("{m}:missing", "has no 'missing'"),
+        ("{m}:missing", "has no attribute 'missing'"),
         ("{m}:NOT_CALLABLE", "not callable"),
         ("{m}:wrong_out", r"outputs \(2, 7\)"),
         ("{m}:wrong_in", "does not accept mnist5k inputs"),
