@@ -1,0 +1,111 @@
+"""The IR as plain torch functions: one concrete function per node.
+
+Exact encodings (the MILP stage) and analyses (propagation tightness) need the network one
+node at a time: the dense matrix of an affine node, a node's output given its inputs, the
+value of every node at a point. The functions are generated from the same linear maps the
+bound programs use, so the IR that is encoded is the IR that is bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from absdsl.compiler import codegen
+from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
+from absdsl.errors import InputError
+
+NodeFn = Callable[..., torch.Tensor]
+
+
+def _node_body(node: Node) -> tuple[str, str]:
+    """Code of the node's op on batched inputs ``x0, x1, ...``: (with W, with |W| and no bias)."""
+    if node.op == "input":
+        return "x0", "x0"
+    if node.op == "affine":
+        m = node.attrs["map"]
+        plain = m.apply("x0")
+        if m.bias:
+            plain = f"({plain} + {m.bias})"
+        return plain, m.apply("x0", absolute=True)
+    if node.op == "add":
+        return "(x0 + x1)", "(x0 + x1)"
+    if node.op == "cat":
+        parts = ", ".join(f"x{i}" for i in range(len(node.inputs)))
+        code = f"torch.cat([{parts}], {node.attrs['dim'] + 1})"
+        return code, code
+    if node.op == "reshape":
+        code = f"x0.reshape(x0.shape[0], *{tuple(node.shape)})"
+        return code, code
+    if node.op in ACTIVATIONS:
+        code = codegen.ACTIVATION_CODE[node.op]("x0", node.attrs.get("params", {}))
+        return code, code
+    raise InputError(f"no concrete semantics for IR op {node.op!r} (node %{node.name})")
+
+
+def generate_concrete(graph: Graph) -> str:
+    """Source of ``concrete_nodes(p)``, which returns {node name: fn(*xs, absolute=False)}."""
+    lines = ["def concrete_nodes(p):"]
+    lines += [f"    {pre.name} = {pre.code}" for pre in graph.prelude]
+    lines.append("    fns = {}")
+    for i, node in enumerate(graph.nodes):
+        args = ", ".join(f"x{j}" for j in range(max(len(node.inputs), 1)))
+        plain, absolute = _node_body(node)
+        lines += [f"    # {node.describe()}",
+                  f"    def node_{i}({args}, absolute=False):",
+                  f"        return {absolute} if absolute else {plain}",
+                  f"    fns[{node.name!r}] = node_{i}"]
+    lines.append("    return fns")
+    return "\n".join(lines) + "\n"
+
+
+class ConcreteGraph:
+    """The traced IR with a concrete torch function per node, at fixed parameters."""
+
+    def __init__(self, graph: Graph, params: Mapping[str, torch.Tensor]) -> None:
+        self.graph = graph
+        self.source = generate_concrete(graph)
+        make = codegen.load_generated(self.source, "concrete")["concrete_nodes"]
+        self._fns: dict[str, NodeFn] = make(dict(params))
+        self._ref = next((t for t in params.values() if t.is_floating_point()), None)
+
+    def node_fn(self, name: str) -> NodeFn:
+        """``fn(*input_values, absolute=False)``: the node's own op on batched inputs.
+
+        ``absolute=True`` applies |W| and drops the bias of affine nodes (the denominator
+        of propagation tightness); every other op is the same either way.
+        """
+        if name not in self._fns:
+            raise InputError(f"no IR node %{name}; nodes: {', '.join(self._fns)}")
+        return self._fns[name]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every node's value at the batched point ``x`` ([B, *input shape])."""
+        values: dict[str, torch.Tensor] = {}
+        for node in self.graph.nodes:
+            if node.op == "input":
+                values[node.name] = x
+            else:
+                values[node.name] = self._fns[node.name](*(values[i] for i in node.inputs))
+        return values
+
+    def affine_matrix(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense ``(W [out_numel, in_numel], b [out_numel])`` of an affine node (C order)."""
+        node = self.graph.by_name.get(name)
+        if node is None or node.op != "affine":
+            raise InputError(f"%{name} is not an affine node of the IR")
+        src = self.graph.by_name[node.inputs[0]]
+        n_in = 1
+        for s in src.shape:
+            n_in *= s
+        ref = self._ref
+        dtype = ref.dtype if ref is not None else torch.float32
+        device = ref.device if ref is not None else torch.device("cpu")
+        fn = self._fns[name]
+        with torch.no_grad():
+            zero = torch.zeros(1, *src.shape, dtype=dtype, device=device)
+            bias = fn(zero).reshape(-1)
+            eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, *src.shape)
+            cols = fn(eye).reshape(n_in, -1) - bias
+        return cols.T.contiguous(), bias
