@@ -320,7 +320,8 @@ class _Lowering:
             in_shape[1 + i] - ((out_shape[1 + i] - 1) * stride[i] - 2 * padding[i]
                                + dilation[i] * (kernel[i] - 1) + 1)
             for i in range(dims))
-        conv = lm.Conv(dims, w, w_abs, b, stride, padding, dilation, groups, output_padding)
+        conv = lm.Conv(dims, w, w_abs, b, stride, padding, dilation, groups, output_padding,
+                       tuple(in_shape))
         return self.affine(fx_node, x, conv, **attrs)
 
     def _node_shape(self, x: _Bound) -> tuple[int, ...]:
@@ -560,7 +561,7 @@ def fold_batch_norm(graph: Graph) -> Graph:
                 new_map: Any = lm.Dense(w, w + "_abs", b)
             else:
                 new_map = lm.Conv(old.dims, w, w + "_abs", b, old.stride, old.padding,
-                                  old.dilation, old.groups, old.output_padding)
+                                  old.dilation, old.groups, old.output_padding, old.in_shape)
             prev.attrs["map"] = new_map
             prev.shape = node.shape
             prev.origin = f"{prev.origin} + {node.origin}"

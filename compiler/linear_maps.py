@@ -51,6 +51,7 @@ class Conv:
     dilation: tuple[int, ...]
     groups: int
     output_padding: tuple[int, ...]  # makes the transposed conv land on in_shape exactly
+    in_shape: tuple[int, ...] = ()  # per-sample input shape (channels first)
 
     def describe(self) -> str:
         return (f"conv{self.dims}d W={self.weight} stride={self.stride} padding={self.padding} "
@@ -63,9 +64,21 @@ class Conv:
                 f"{self.dilation}, {self.groups})")
 
     def transpose(self, lam: str) -> str:
+        if self._few_input_channels():
+            # CPU transposed convs to 1-4 channels are slow; one forward conv with
+            # stride**2 sub-kernels and a pixel shuffle computes the same sums
+            return (f"rt.conv_transpose_subpixel({lam}, {self.weight}, {self.stride}, "
+                    f"{self.padding}, {tuple(self.in_shape[1:])})")
         return (f"F.conv_transpose{self.dims}d({lam}.flatten(0, 1), {self.weight}, None, "
                 f"{self.stride}, {self.padding}, {self.output_padding}, {self.groups}, "
                 f"{self.dilation}).unflatten(0, {lam}.shape[:2])")
+
+
+    def _few_input_channels(self) -> bool:
+        return (self.dims == 2 and self.groups == 1 and self.dilation == (1, 1)
+                and len(self.in_shape) == 3 and self.in_shape[0] <= 4
+                and min(self.stride) > 1 and self.stride[0] == self.stride[1]
+                and all(o <= p for o, p in zip(self.output_padding, self.padding, strict=True)))
 
 
 @dataclass

@@ -113,7 +113,7 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         for a in users:
             fn = relax_fn(a.op, a.attrs.get("params", {}))
             lines[a.name] = out.fresh(f"lines_{a.name}")
-            out.emit(f"{lines[a.name]}, _ = {fn}({l_var}, {u_var})")
+            out.emit(f"{lines[a.name]} = rt.back_lines({fn}({l_var}, {u_var})[0])")
         if loaded.refine and set(state) == {"l", "u"}:
             return {"l": l_var, "u": u_var}
         return None

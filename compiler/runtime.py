@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
@@ -260,21 +261,56 @@ def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...]) -> T
     return (lam * full).flatten(2).sum(-1)
 
 
+def conv_transpose_subpixel(lam: Tensor, weight: Tensor, stride: tuple[int, int],
+                            padding: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """``conv_transpose2d`` of rows ``lam`` [b, k, C, H, W] as one forward conv.
+
+    Output pixel s*q + r (minus padding) sums lam[q - m] * W[s*m + r] over taps m, so the
+    s**2 residues r are s**2 ordinary convolutions with flipped sub-kernels; they run as one
+    conv with s**2 times the output channels, and a pixel shuffle interleaves them.
+    """
+    s = stride[0]
+    c_rows, c_out, kh, kw = weight.shape
+    mh, mw = -(-kh // s), -(-kw // s)
+    padded = F.pad(weight, (0, s * mw - kw, 0, s * mh - kh))
+    sub = padded.reshape(c_rows, c_out, mh, s, mw, s).permute(1, 3, 5, 0, 2, 4).flip(4, 5)
+    sub = sub.reshape(c_out * s * s, c_rows, mh, mw)
+    flat = lam.flatten(0, 1)
+    full = F.pixel_shuffle(F.conv2d(flat, sub, None, 1, (mh - 1, mw - 1)), s)
+    out = full[..., padding[0]:padding[0] + out_hw[0], padding[1]:padding[1] + out_hw[1]]
+    return out.unflatten(0, lam.shape[:2])
+
+
+def back_lines(lines: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Relaxation lines (a_lo, b_lo, a_hi, b_hi) recast once for back-substitution.
+
+    A lower row takes lam+ * a_lo + lam- * a_hi = lam * mid + |lam| * half with
+    mid = (a_lo + a_hi) / 2 and half = (a_lo - a_hi) / 2; an upper row the same with -half.
+    Stable neurons (a_lo = a_hi) get half = 0 exactly. Two fused passes over the rows
+    replace the clamp/multiply/select passes of the sign split.
+    """
+    a_lo, b_lo, a_hi, b_hi = lines
+    batch = a_lo.shape[0]
+    a_mid = ((a_lo + a_hi) / 2).reshape(batch, 1, 1, -1)
+    a_half = ((a_lo - a_hi) / 2).reshape(batch, 1, 1, -1)
+    b_mid = ((b_lo + b_hi) / 2).reshape(batch, 1, -1, 1)
+    b_half = ((b_lo - b_hi) / 2).reshape(batch, 1, -1, 1)
+    return a_mid, torch.cat([a_half, -a_half], 1), b_mid, torch.cat([b_half, -b_half], 1)
+
+
 def relax_back(lam: Tensor, k: int, lines: tuple, acc: Tensor) -> tuple[Tensor, Tensor]:
-    """Push rows through an activation relaxed by lines (a_lo, b_lo, a_hi, b_hi).
+    """Push rows through an activation relaxed by ``back_lines``.
 
     The first k rows bound from below (positive weights take the lower line), the last k
     from above (positive weights take the upper line).
     """
-    a_lo, b_lo, a_hi, b_hi = (t.unsqueeze(1) for t in lines)
-    low, up = lam[:, :k], lam[:, k:]
-    low_pos, low_neg = low.clamp(min=0), low.clamp(max=0)
-    up_pos, up_neg = up.clamp(min=0), up.clamp(max=0)
-    new_low = low_pos * a_lo + low_neg * a_hi
-    new_up = up_pos * a_hi + up_neg * a_lo
-    acc_low = (low_pos * b_lo + low_neg * b_hi).flatten(2).sum(-1)
-    acc_up = (up_pos * b_hi + up_neg * b_lo).flatten(2).sum(-1)
-    return torch.cat([new_low, new_up], 1), acc + torch.cat([acc_low, acc_up], 1)
+    a_mid, a_half, b_mid, b_half = lines
+    batch = max(lam.shape[0], a_mid.shape[0])
+    rows = lam.unflatten(1, (2, k)).flatten(3)  # [b, 2, k, n]
+    mag = rows.abs()
+    out = torch.addcmul(rows * a_mid, mag, a_half)
+    extra = (rows @ b_mid + mag @ b_half).reshape(batch, 2 * k)
+    return out.reshape(batch, 2 * k, *lam.shape[2:]), acc + extra
 
 
 def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor
