@@ -46,6 +46,7 @@ class CertifyOptions:
     pgd_restarts: int = 3
     batch_size: int = 250
     extra_stages: list[str] = field(default_factory=list)  # e.g. ["milp"] for --complete
+    milp_time_limit: float = 30.0  # seconds per input for the milp stage (--complete)
     seed: int = 0
 
 

@@ -28,6 +28,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, help="folder of torchvision data sets")
     parser.add_argument("--complete", action="store_true",
                         help="add the exact MILP stage for inputs left undecided")
+    parser.add_argument("--milp-time-limit", type=float, default=30.0, metavar="SECONDS",
+                        help="HiGHS time per input for --complete (default 30)")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="per-input results as JSON (default: RUN/certify_<domain>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         eps=cfg.eps if args.eps is None else args.eps, domain=domain,
         tolerance=args.tolerance, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
         batch_size=args.batch_size, extra_stages=["milp"] if args.complete else [],
+        milp_time_limit=args.milp_time_limit,
     )
     if args.complete:
         _load_complete_stage()

@@ -86,6 +86,8 @@ def mnist5k_split(seed: int = 0, n_test_per_class: int = 100) -> tuple[Split, Sp
 
     The split is a pure function of ``seed`` (default 0), so it never changes between runs
     or machines: within each class a fixed permutation puts the first 100 digits in test.
+    The shipped digits are sorted by label; both splits are stored class-interleaved
+    (0, 1, ..., 9, 0, 1, ...) so that every prefix (``subset(n)``, ``--num``) is balanced.
     Cached: callers must not modify the returned tensors.
     """
     try:
@@ -103,9 +105,17 @@ def mnist5k_split(seed: int = 0, n_test_per_class: int = 100) -> tuple[Split, Sp
         members = members[rng.permutation(len(members))]
         test_idx.append(members[:n_test_per_class])
         train_idx.append(members[n_test_per_class:])
-    tr = torch.from_numpy(np.sort(np.concatenate(train_idx)))
-    te = torch.from_numpy(np.sort(np.concatenate(test_idx)))
+    tr = _interleave(train_idx)
+    te = _interleave(test_idx)
     return Split(images[tr], labels[tr]), Split(images[te], labels[te])
+
+
+def _interleave(per_class: list[np.ndarray]) -> torch.Tensor:
+    """Indices taken round-robin over the classes, each class in ascending index order."""
+    ordered = [np.sort(m) for m in per_class]
+    rounds = max(len(m) for m in ordered)
+    out = [m[r] for r in range(rounds) for m in ordered if r < len(m)]
+    return torch.from_numpy(np.asarray(out, dtype=np.int64))
 
 
 def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> Split:

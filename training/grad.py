@@ -55,6 +55,10 @@ class GradStep:
     def on_epoch_end(self, epoch: int) -> None:
         self.set_epoch_lr(epoch + 1)
 
+    def current_lr(self) -> float:
+        """The learning rate of the next step (logged as ``lr``)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "base_lr": self.base_lr}
 

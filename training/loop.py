@@ -38,7 +38,7 @@ from .distributed import World, barrier, broadcast_model, init_from_env
 from .models import build_model, ibp_init
 from .programs import canonical_domain, compile_programs, required_domains
 from .schedules import LinearRamp, SmoothRamp
-from .steprule import StepRule, TrainBatch, make_step_rule
+from .steprule import StepRule, TrainBatch, close_rule, make_step_rule, rule_lr, rule_reductions
 
 FORMAT = "absdsl-train-checkpoint"
 
@@ -107,7 +107,9 @@ class Trainer:
             ibp_init(self.model)
         self.model.to(cfg.device)
         self.programs = compile_programs(self.model, required_domains(cfg.domain, cfg.method))
-        self.rule = make_step_rule(cfg.optimizer, self.model, cfg, self.programs)
+        self.rule = make_step_rule(
+            cfg.optimizer, self.model, cfg, self.programs, resume=checkpoint is not None
+        )
         if checkpoint is not None:
             self._restore(checkpoint)
         else:
@@ -156,6 +158,12 @@ class Trainer:
                         p.unlink(missing_ok=True)
         return path
 
+    def close(self) -> None:
+        """Release what the step rule holds (Ray actors); safe to call more than once."""
+        rule = getattr(self, "rule", None)
+        if rule is not None:
+            close_rule(rule)
+
     # ---- the loop ------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Finish the current step, save a checkpoint and stop (what Ctrl-C does)."""
@@ -194,7 +202,8 @@ class Trainer:
         cfg = self.cfg
         bar = self._bar()
         skip = self.batch
-        sums: dict[str, float] = {}
+        sums = _EpochMetrics(rule_reductions(self.rule))
+        shown = tuple(getattr(self.rule, "progress_metrics", ()) or ())
         start = time.perf_counter()
         batches = train_batches(
             self.train_split, int(cfg.batch_size or 1), cfg.seed, self.epoch,
@@ -212,15 +221,13 @@ class Trainer:
             metrics = self.rule.step(batch)
             self.step += 1
             self.batch = i + 1
-            n = float(x.shape[0])
-            for key, value in metrics.items():
-                total, count = sums.get(key, 0.0), sums.get(f"#{key}", 0.0)
-                sums[key], sums[f"#{key}"] = total + value * n, count + n
+            sums.add(metrics, float(x.shape[0]))
             if bar is not None:
                 bar.update(1)
                 acc = metrics.get("train_cert_acc", metrics.get("train_acc", float("nan")))
+                extra = {k: f"{metrics[k]:.3g}" for k in shown if k in metrics}
                 bar.set_postfix(loss=f"{metrics.get('loss', 0.0):.3f}", eps=f"{batch.eps:.4f}",
-                                acc=f"{acc:.2f}")
+                                acc=f"{acc:.2f}", **extra)
             if self.on_step is not None:
                 self.on_step(self, self.step)
             if self.stop_requested and self.batch < self.steps_per_epoch:
@@ -239,8 +246,8 @@ class Trainer:
             "eps": self.schedules.eps(max(self.step - 1, 0)),
             "kappa": self.schedules.kappa(max(self.step - 1, 0)),
             "beta": self.schedules.beta(max(self.step - 1, 0)),
-            **{k: v / max(sums[f"#{k}"], 1.0) for k, v in sums.items() if not k.startswith("#")},
-            "lr": self._lr(),
+            **sums.result(),
+            "lr": rule_lr(self.rule),
             "seconds": self.train_seconds,
         }
         self.epoch += 1
@@ -255,12 +262,6 @@ class Trainer:
                 shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
                 print(json.dumps(shown), flush=True)
         barrier()
-
-    def _lr(self) -> float:
-        opt = getattr(self.rule, "optimizer", None)
-        if opt is None or not hasattr(opt, "param_groups"):
-            return float("nan")
-        return float(opt.param_groups[0]["lr"])
 
     def _bar(self) -> Any:
         if not (self.progress and self.world.is_main):
@@ -304,6 +305,44 @@ class Trainer:
         out = {"test_natural_acc": correct / max(total, 1)}
         if prog is not None and self.cfg.eps > 0:
             out["test_certified_acc_f32"] = certified / max(total, 1)
+        return out
+
+
+class _EpochMetrics:
+    """Reduces per-step metrics over an epoch as the step rule asks (default: the mean
+    weighted by batch size; PGPE keeps the last sigma and sums non-finite members)."""
+
+    def __init__(self, reductions: dict[str, str]) -> None:
+        self.reductions = reductions
+        self.values: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float], n: float) -> None:
+        for key, value in metrics.items():
+            value = float(value)
+            how = self.reductions.get(key, "mean")
+            if key not in self.values:
+                self.values[key] = value * n if how == "mean" else value
+                self.weights[key] = n
+                continue
+            if how == "mean":
+                self.values[key] += value * n
+                self.weights[key] += n
+            elif how == "sum":
+                self.values[key] += value
+            elif how == "last":
+                self.values[key] = value
+            elif how == "min":
+                self.values[key] = min(self.values[key], value)
+            else:
+                self.values[key] = max(self.values[key], value)
+
+    def result(self) -> dict[str, float]:
+        out = {}
+        for key, value in self.values.items():
+            if self.reductions.get(key, "mean") == "mean":
+                value /= max(self.weights[key], 1.0)
+            out[key] = value
         return out
 
 
@@ -373,10 +412,13 @@ def run_training(
         prepare_run_dir(run_dir, cfg, overwrite)
     barrier()
     trainer = Trainer(cfg, run_dir, world=world, progress=progress, on_step=on_step)
-    trainer.setup(checkpoint)
-    if resume and world.is_main:
-        atomic_write_text(dump_toml(trainer.cfg), run_dir / "config.toml")
-    trainer.train()
+    try:
+        trainer.setup(checkpoint)
+        if resume and world.is_main:
+            atomic_write_text(dump_toml(trainer.cfg), run_dir / "config.toml")
+        trainer.train()
+    finally:  # Ray actors and the like go at the end, on errors and on Ctrl-C alike
+        trainer.close()
     result: dict[str, Any] = {
         "domain": trainer.cfg.domain,
         "eps": trainer.cfg.eps,

@@ -8,10 +8,11 @@ bound programs by domain name.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -37,8 +38,26 @@ class TrainBatch:
     weight: float = 1.0
 
 
+Reduction = Literal["mean", "last", "sum", "min", "max"]
+REDUCTIONS: tuple[str, ...] = ("mean", "last", "sum", "min", "max")
+
+# Options that only shape a fresh start. A resumed run takes its weights and step-rule state
+# from its own checkpoint, so these are dropped before the rule is rebuilt (the file they
+# name need not exist any more).
+FRESH_START_OPTIONS: frozenset[str] = frozenset({"init_checkpoint"})
+
+
 @runtime_checkable
 class StepRule(Protocol):
+    """What the loop needs from an update rule.
+
+    Besides the methods below, the loop reads these when present (see :func:`rule_lr`,
+    :func:`rule_reductions`, :func:`close_rule`): ``current_lr()``, ``close()``,
+    ``metric_reductions`` (metric name -> how an epoch reduces it: ``mean`` weighted by batch
+    size, the default, ``last``, ``sum``, ``min`` or ``max``) and ``progress_metrics`` (names
+    shown on the progress bar next to loss, eps and accuracy).
+    """
+
     name: str
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
@@ -54,6 +73,44 @@ class StepRule(Protocol):
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each finished epoch (0-based): learning-rate decay and the like."""
         ...
+
+    def current_lr(self) -> float:
+        """The learning rate the next step uses (logged as ``lr`` in metrics.jsonl)."""
+        ...
+
+    def close(self) -> None:
+        """Release workers (Ray actors) and the like; the loop calls it in a ``finally``."""
+        ...
+
+
+def rule_lr(rule: Any) -> float:
+    """The rule's learning rate: ``current_lr()``, else its torch optimiser's, else NaN."""
+    current = getattr(rule, "current_lr", None)
+    if callable(current):
+        return float(current())
+    opt = getattr(rule, "optimizer", None)
+    if opt is not None and hasattr(opt, "param_groups"):
+        return float(opt.param_groups[0]["lr"])
+    return float("nan")
+
+
+def rule_reductions(rule: Any) -> dict[str, str]:
+    """How the loop reduces each of the rule's metrics over an epoch (default: mean)."""
+    declared: Mapping[str, str] = getattr(rule, "metric_reductions", None) or {}
+    for key, how in declared.items():
+        if how not in REDUCTIONS:
+            raise ValueError(
+                f"step rule {getattr(rule, 'name', rule)!r}: metric {key!r} has reduction "
+                f"{how!r}; use one of {', '.join(REDUCTIONS)}"
+            )
+    return dict(declared)
+
+
+def close_rule(rule: Any) -> None:
+    """Call the rule's ``close()`` if it has one."""
+    close = getattr(rule, "close", None)
+    if callable(close):
+        close()
 
 
 Factory = Callable[[nn.Module, Any, dict[str, Any]], StepRule]
@@ -78,8 +135,14 @@ def available_step_rules() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_step_rule(name: str, model: nn.Module, config: Any, programs: dict[str, Any]) -> StepRule:
-    """Build the step rule registered under ``name`` (plugins are imported on demand)."""
+def make_step_rule(
+    name: str, model: nn.Module, config: Any, programs: dict[str, Any], *, resume: bool = False
+) -> StepRule:
+    """Build the step rule registered under ``name`` (plugins are imported on demand).
+
+    With ``resume`` the rule is about to receive a checkpoint's state, so the options in
+    :data:`FRESH_START_OPTIONS` are left out of the config it sees.
+    """
     from . import grad  # noqa: F401 - registers "grad"
 
     if name not in _REGISTRY:
@@ -88,7 +151,20 @@ def make_step_rule(name: str, model: nn.Module, config: Any, programs: dict[str,
         raise UnknownStepRuleError(
             f"unknown optimizer {name!r}; available: {', '.join(sorted(_REGISTRY))}"
         )
+    if resume:
+        config = _without_fresh_start_options(config)
     return _REGISTRY[name](model, config, programs)
+
+
+def _without_fresh_start_options(config: Any) -> Any:
+    """A shallow copy of ``config`` whose ``options`` lack the fresh-start-only keys."""
+    options = dict(getattr(config, "options", None) or {})
+    kept = {k: v for k, v in options.items() if k.replace("-", "_") not in FRESH_START_OPTIONS}
+    if len(kept) == len(options):
+        return config
+    out = copy.copy(config)
+    out.options = kept
+    return out
 
 
 def _load_plugins() -> None:

@@ -21,6 +21,9 @@ def test_mnist5k_split_is_stratified_disjoint_and_fixed():
     assert len(train) == 4000 and len(test) == 1000
     assert torch.bincount(train.labels).tolist() == [400] * 10
     assert torch.bincount(test.labels).tolist() == [100] * 10
+    # every prefix is balanced: the shipped digits are sorted by label, the splits are not
+    assert torch.bincount(test.subset(50).labels).tolist() == [5] * 10
+    assert train.labels[:20].tolist() == list(range(10)) * 2
     assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 28, 28)
     # no test image appears in train
     tr = {bytes(img.numpy()) for img in train.images}

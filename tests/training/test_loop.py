@@ -123,3 +123,101 @@ def test_batch_norm_model_updates_running_stats(tiny, tmp_path):
     state = _weights(tmp_path / "r")
     assert float(state["2.running_mean"].abs().sum()) > 0  # natural forward ran in train mode
     assert int(state["2.num_batches_tracked"]) == 2
+
+
+# -- step-rule hooks: learning rate, metric reductions, progress bar, close ---------------------
+class _HookedRule:
+    """GRAD plus every optional hook the loop reads, recording what the loop did."""
+
+    name = "hooked"
+    metric_reductions = {"probe_last": "last", "probe_sum": "sum", "probe_min": "min"}
+    progress_metrics = ("probe_last",)
+
+    def __init__(self, model, config, programs, fail_at: int | None = None) -> None:
+        from absdsl.training.grad import GradStep
+
+        self.inner = GradStep(model, config, programs)
+        self.closes = 0
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def step(self, batch):
+        metrics = self.inner.step(batch)
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt  # what a second Ctrl-C does inside a step
+        value = float(self.calls)
+        return metrics | {"probe_last": value, "probe_sum": value, "probe_min": value,
+                          "probe_mean": value}
+
+    def current_lr(self) -> float:
+        return 0.125  # not the optimiser's lr: the loop must ask the rule
+
+    def close(self) -> None:
+        self.closes += 1
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.inner.on_epoch_end(epoch)
+
+
+@pytest.fixture
+def hooked(monkeypatch):
+    """Register the ``hooked`` rule for one test; the built rules land in the list."""
+    from absdsl.training import steprule
+
+    made: list[_HookedRule] = []
+    options: dict = {}
+
+    def factory(model, config, programs):
+        made.append(_HookedRule(model, config, programs, **options))
+        return made[-1]
+
+    monkeypatch.setitem(steprule._REGISTRY, "hooked", factory)
+    return made, options
+
+
+def _small(tiny, **overrides):
+    return tiny(optimizer="hooked", train_subset=64, batch_size=16, epochs=1, **overrides)
+
+
+def test_loop_uses_the_rules_lr_and_metric_reductions(tiny, tmp_path, hooked, capsys):
+    made, _ = hooked
+    run_training(_small(tiny), tmp_path / "r", progress=True, final_eval=False)
+    record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text())
+    assert record["lr"] == 0.125
+    # 4 steps reporting 1, 2, 3, 4
+    assert record["probe_last"] == 4.0 and record["probe_sum"] == 10.0
+    assert record["probe_min"] == 1.0 and record["probe_mean"] == pytest.approx(2.5)
+    assert made[0].closes == 1
+    assert "probe_last" in capsys.readouterr().err  # on the progress bar (tqdm writes stderr)
+
+
+def test_rule_is_closed_after_a_stop_and_after_a_hard_ctrl_c(tiny, tmp_path, hooked):
+    made, options = hooked
+
+    def stop(trainer, step):
+        if step == 2:
+            trainer.request_stop()
+
+    with pytest.raises(Interrupted):
+        run_training(_small(tiny), tmp_path / "a", progress=False, final_eval=False,
+                     on_step=stop)
+    assert made[-1].closes == 1
+    options["fail_at"] = 2
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_small(tiny), tmp_path / "b", progress=False, final_eval=False)
+    assert made[-1].closes == 1 and made[-1].calls == 2
+
+
+def test_grad_rule_logs_its_learning_rate(tiny, tmp_path):
+    run_training(tiny(epochs=2, train_subset=64, batch_size=32, lr=2e-3, lr_milestones=[1],
+                      lr_decay=0.5), tmp_path / "r", progress=False, final_eval=False)
+    lines = [json.loads(s) for s in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    # logged after on_epoch_end: the rate the next epoch will use
+    assert [r["lr"] for r in lines] == [pytest.approx(1e-3), pytest.approx(1e-3)]

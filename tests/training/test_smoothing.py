@@ -13,6 +13,7 @@ from torch import nn
 import absdsl
 from absdsl.errors import MemoryBudgetError
 from absdsl.training.smoothing import (
+    ParamLayout,
     PGPEOptions,
     PGPESearch,
     PGPEStep,
@@ -24,6 +25,7 @@ from absdsl.training.smoothing import (
     smoothed_gradient,
 )
 from absdsl.training.smoothing.distributed import ensure_ray
+from absdsl.training.smoothing.fitness import Plan, PlanTuner
 from absdsl.training.steprule import TrainBatch, make_step_rule
 
 
@@ -35,12 +37,15 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
     ).eval()
 
 
-def mnist_batch(n: int = 32, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def mnist_batch(
+    n: int = 32, offset: int = 0, classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n training digits from the first ``classes`` classes (the split is class-interleaved)."""
     from absdsl.training.data import load_dataset
 
     _, train, _ = load_dataset("mnist5k", None, False)
-    part = train.subset(offset + n)
-    x, y = part.images[offset:], part.labels[offset:]
+    keep = torch.nonzero(train.labels < classes).squeeze(1)[offset:offset + n]
+    x, y = train.images[keep], train.labels[keep]
     return x.float() / 255.0 if x.dtype == torch.uint8 else x, y
 
 
@@ -76,6 +81,82 @@ def test_vmapped_population_equals_member_by_member(domain: str) -> None:
 
     expected = certified_loss(objective.programs[domain], None, x, y, 0.05, num_classes=10)
     assert torch.allclose(centre[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_every_population_plan_gives_the_member_by_member_losses() -> None:
+    model = tiny_cnn()
+    progs = programs_for(model, "box")
+    x, y = mnist_batch(16)
+    values = PGPESearch(ParamLayout.of(model).flatten(model),
+                        PGPEOptions(popsize=12, sigma_init=0.05)).ask()
+    reference = None
+    for mode in ("loop", "vmap", "auto"):
+        objective = PopulationObjective(model, progs, "box", 10, mode=mode)
+        objective.set_batch(x, y, 0.05)
+        if reference is None:
+            reference = objective.losses_one_by_one(values)
+        for _ in range(4):  # auto: populations evaluated while its plans are being timed
+            got = objective.losses(values)
+            if mode == "loop":
+                assert torch.equal(got, reference)  # the same calls: bit for bit
+            else:
+                torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SmoothingConfigError, match="population evaluation mode"):
+        PopulationObjective(model, progs, "box", 10, mode="parallel")
+    with pytest.raises(SmoothingConfigError, match="population_eval"):
+        PGPEStep(model, config(population_eval="fast"), progs)
+
+
+def test_plan_tuner_keeps_the_fastest_minimum_and_survives_a_checkpoint(tmp_path) -> None:
+    loop, v2, v4, v8 = Plan("loop"), Plan("vmap", 2), Plan("vmap", 4), Plan("vmap", 8)
+    tuner = PlanTuner([loop, v2, v4, v8], trials=2)
+    for plan, seconds in [(loop, 1.0), (v2, 0.9), (v4, 0.35), (v8, 0.3), (loop, 0.2),
+                          (v2, 0.3)]:
+        tuner.record(plan, seconds, 1)
+        assert tuner.chosen is None  # v4 and v8 have one timing each
+    tuner.record(v8, 8.0, 8)  # 1 s per member this time; its fastest (0.3) still counts
+    assert tuner.pending() == [v4]
+    tuner.record(v4, 8.0, 4)  # a slow outlier (a busy machine) does not hide its best timing
+    assert tuner.chosen == loop  # min 0.2 beats 0.3 and 0.35
+    slow = PlanTuner([loop, v2], trials=3)
+    slow.record(loop, 0.1, 1)
+    slow.record(v2, 0.5, 1)  # 5x the loop: dropped after one timing
+    assert slow.pending() == [loop]
+    again = PlanTuner.from_state(tuner.state_dict())
+    assert again.chosen == loop and again.times == tuner.times
+
+    # an auto objective settles after some populations; its plan comes back from a
+    # weights-only checkpoint, and with it the very same losses
+    model = tiny_cnn()
+    progs = programs_for(model, "box")
+    x, y = mnist_batch(16)
+    values = PGPESearch(ParamLayout.of(model).flatten(model),
+                        PGPEOptions(popsize=8, sigma_init=0.05)).ask()
+    objective = PopulationObjective(model, progs, "box", 10)
+    objective.set_batch(x, y, 0.05)
+    assert objective.plan("loss", 8) is None
+    for _ in range(20):
+        objective.losses(values)
+    chosen = objective.plan("loss", 8)
+    assert chosen is not None and chosen.label in {"loop", "vmap:2", "vmap:4", "vmap:8"}
+    torch.save(objective.plan_state(), tmp_path / "plan.pt")
+    restored = PopulationObjective(model, progs, "box", 10)
+    restored.load_plan_state(torch.load(tmp_path / "plan.pt", weights_only=True))
+    restored.set_batch(x, y, 0.05)
+    assert restored.plan("loss", 8) == chosen
+    assert torch.equal(restored.losses(values), objective.losses(values))
+
+
+@pytest.mark.parametrize("domain", ["box", "deeppoly"])
+def test_memory_probe_on_a_few_samples_covers_the_full_batch(domain: str) -> None:
+    model = tiny_cnn()
+    objective = PopulationObjective(model, programs_for(model, domain), domain, 10)
+    x, y = mnist_batch(48)
+    objective.set_batch(x, y, 0.05)
+    estimates = objective.probe_peaks()  # from 4 and 8 samples, extrapolated to 48
+    exact = objective._probe_peaks("loss", objective.batch)  # 1 and 2 members, 48 samples
+    for peak, estimate in zip(exact, estimates, strict=True):
+        assert peak <= estimate <= 1.25 * peak, (exact, estimates)
 
 
 def test_memory_budget_sets_chunks_and_rejects_less_than_one_member() -> None:
@@ -181,9 +262,9 @@ def test_smoothing_lowers_the_robust_loss_on_a_tiny_problem(rule: str) -> None:
     cfg = config(domain="deeppoly", popsize=16, sigma=0.05, sigma_lr=0.0, rgs_samples=4)
     cfg.lr, cfg.batch_size = 0.05, 16
     step = make_step_rule(rule, model, cfg, programs_for(model, "deeppoly"))
-    x, y = mnist_batch(32)
+    x, y = mnist_batch(32, classes=2)  # tiny: zeros against ones
     before = _robust_loss_at_centre(step, x, y, 0.05)
-    for i in range(10):
+    for i in range(20):
         xb, yb = x[(i % 2) * 16:(i % 2 + 1) * 16], y[(i % 2) * 16:(i % 2 + 1) * 16]
         metrics = step.step(TrainBatch(x=xb, y=yb, eps=0.05, epoch=0, step=i))
         assert math.isfinite(metrics["loss"])

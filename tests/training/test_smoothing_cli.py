@@ -52,3 +52,38 @@ def test_bad_pgpe_option_is_reported_before_training(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "even" in err
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
+def test_pgpe_metrics_reach_metrics_jsonl(tmp_path) -> None:
+    run = tmp_path / "run"
+    assert main([*COMMON, "--optimizer", "pgpe", "--popsize", "8", "--sigma", "0.01",
+                 "--sigma-lr", "0.1", "--epochs", "2", "--out", str(run)]) == 0
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    # the centre learning rate (not NaN), decayed by 0.2 at milestone 1
+    assert [r["lr"] for r in lines] == [pytest.approx(0.001), pytest.approx(0.001)]
+    for r in lines:
+        assert r["loss_min"] <= r["loss"]
+        assert r["loss_std"] > 0 and r["step_norm"] > 0 and r["nonfinite"] == 0
+    # sigma is the value at the epoch's end: the checkpoint's mean sigma
+    final = _final_weights(run)["step_rule"]["pgpe"]["sigma"]
+    assert lines[-1]["sigma"] == pytest.approx(float(final.mean()), rel=1e-6)
+    assert lines[0]["sigma"] != pytest.approx(0.01)  # sigma_lr > 0: it moved
+
+
+def test_resume_does_not_need_the_init_checkpoint(tmp_path) -> None:
+    from absdsl.training.data import dataset_info
+    from absdsl.training.models import cnn3
+
+    init = tmp_path / "init.pt"
+    torch.manual_seed(7)
+    torch.save({"model": cnn3(dataset_info("mnist5k")).state_dict()}, init)
+    run = tmp_path / "run"
+    extra = ["--optimizer", "pgpe", "--popsize", "8", "--init-checkpoint", str(init)]
+    assert main([*COMMON, *extra, "--epochs", "1", "--out", str(run)]) == 0
+    init.unlink()  # moved or deleted after the run started: the run's checkpoint has it all
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet",
+                 "--no-final-eval"]) == 0
+    assert _final_weights(run)["epoch"] == 2
+    # a fresh run with the missing file still fails, before any work
+    code = main([*COMMON, *extra, "--epochs", "1", "--out", str(tmp_path / "fresh")])
+    assert code == 2

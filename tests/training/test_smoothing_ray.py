@@ -53,3 +53,36 @@ def test_two_actors_give_the_same_update_as_one(local_ray) -> None:
                 assert not torch.allclose(fresh, local[0])
         finally:
             evaluator.close()
+
+
+def test_training_closes_its_actors_at_the_end_and_on_ctrl_c(local_ray, tmp_path) -> None:
+    """The loop calls the PGPE rule's close() in a finally: after a finished run and after a
+    Ctrl-C stop, the actors that evaluated the populations are gone."""
+    from absdsl.training.config import resolve
+    from absdsl.training.loop import Interrupted, run_training
+
+    cfg = dict(
+        dataset="mnist5k", model="cnn3", domain="box", eps=0.05, epochs=1, batch_size=16,
+        lr=1e-3, warmup_epochs=0, ramp_epochs=0, train_subset=32, test_subset=16,
+        eval_every=0, optimizer="pgpe", options={"popsize": 4, "num_actors": 2},
+    )
+    seen: list = []
+
+    def capture(trainer, step) -> None:
+        seen.append(list(trainer.rule.remote.problem.actors))
+
+    def stop(trainer, step) -> None:
+        capture(trainer, step)
+        trainer.request_stop()
+
+    run_training(resolve(cfg), tmp_path / "done", progress=False, final_eval=False,
+                 on_step=capture)
+    with pytest.raises(Interrupted):
+        run_training(resolve(cfg), tmp_path / "stopped", progress=False, final_eval=False,
+                     on_step=stop)
+    assert len(seen) == 3 and all(len(actors) == 2 for actors in seen)
+    for actors in (seen[0], seen[-1]):
+        for actor in actors:
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(actor.call.remote("__repr__", [], {}), timeout=60)
+    assert ray.is_initialized()  # the cluster belongs to whoever started it (the fixture)

@@ -18,8 +18,12 @@ from .errors import RayUnavailableError, SmoothingConfigError
 from .fitness import PopulationObjective
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Import Ray and connect (or start a local cluster); fail with a clear error otherwise."""
+def ensure_ray(address: str | None = None) -> bool:
+    """Import Ray and connect (or start a local cluster); fail with a clear error otherwise.
+
+    Returns True when this call connected (so the caller should disconnect when done),
+    False when Ray was already initialised by someone else.
+    """
     try:
         import ray
     except ImportError as err:
@@ -27,7 +31,7 @@ def ensure_ray(address: str | None = None) -> None:
             "num_actors is set but Ray is not installed; `pip install ray` or drop num_actors"
         ) from err
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address is None:
@@ -37,6 +41,7 @@ def ensure_ray(address: str | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - any failure to connect means no cluster
         where = address or "a new local cluster"
         raise RayUnavailableError(f"cannot reach Ray at {where}: {err}") from err
+    return True
 
 
 def _make_problem_class() -> type:
@@ -100,9 +105,13 @@ class RayEvaluator:
     ) -> None:
         if num_actors < 1:
             raise SmoothingConfigError(f"num_actors must be >= 1, got {num_actors}")
-        ensure_ray(address)
+        self._owns_ray = ensure_ray(address)
         self.objective = objective
-        self.problem = _make_problem_class()(objective, num_actors, gpus_per_actor)
+        try:
+            self.problem = _make_problem_class()(objective, num_actors, gpus_per_actor)
+        except BaseException:
+            self._disconnect()
+            raise
 
     def losses(self, values: torch.Tensor) -> torch.Tensor:
         from evotorch import SolutionBatch
@@ -114,6 +123,17 @@ class RayEvaluator:
         return evals.clone().to(values.device)
 
     def close(self) -> None:
-        """Stop the actors (the Ray cluster itself is left to whoever started it)."""
-        if self.problem.actors is not None:
-            self.problem.kill_actors()
+        """Stop the actors, and disconnect from Ray if :func:`ensure_ray` connected for us
+        (a local cluster started here stops with it; one started by the caller stays)."""
+        try:
+            if self.problem.actors is not None:
+                self.problem.kill_actors()
+        finally:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._owns_ray:
+            import ray
+
+            self._owns_ray = False
+            ray.shutdown()

@@ -31,6 +31,9 @@ OPTION_HELP: dict[str, tuple[type, str]] = {
     "rgs_samples": (int, "RGS: perturbed weight vectors per step"),
     "memory_budget_mib": (float, "memory one vmapped population call may use (MiB)"),
     "chunk_size": (int, "members per vmapped call (overrides the memory budget)"),
+    "population_eval": (str, "how populations are split into calls: auto (CPU: the fastest "
+                             "of a member loop and vmapped chunks, measured; GPU: the largest "
+                             "chunk), vmap or loop"),
     "num_actors": (int, "evaluate populations on this many Ray actors (0: in process)"),
     "gpus_per_actor": (float, "GPUs per Ray actor"),
     "ray_address": (str, "address of a running Ray cluster (default: start a local one)"),
@@ -46,6 +49,7 @@ class SmoothingOptions:
     rgs: RGSOptions
     memory_budget: int | None
     chunk_size: int | None
+    population_eval: str
     num_actors: int
     gpus_per_actor: float | None
     ray_address: str | None
@@ -107,6 +111,11 @@ def parse_options(raw: dict[str, Any], *, lr: float, seed: int) -> SmoothingOpti
     chunk = opts.get("chunk_size")
     if chunk is not None and chunk < 1:
         raise SmoothingConfigError(f"chunk_size must be >= 1, got {chunk}")
+    mode = opts.get("population_eval", "auto")
+    if mode not in ("auto", "vmap", "loop"):
+        raise SmoothingConfigError(
+            f"population_eval must be auto, vmap or loop, got {mode!r}"
+        )
     actors = opts.get("num_actors", 0)
     if actors < 0:
         raise SmoothingConfigError(f"num_actors must be >= 0, got {actors}")
@@ -115,6 +124,7 @@ def parse_options(raw: dict[str, Any], *, lr: float, seed: int) -> SmoothingOpti
         rgs=rgs,
         memory_budget=None if budget is None else int(budget * MiB),
         chunk_size=chunk,
+        population_eval=mode,
         num_actors=actors,
         gpus_per_actor=opts.get("gpus_per_actor"),
         ray_address=opts.get("ray_address"),

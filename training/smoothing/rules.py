@@ -71,6 +71,7 @@ def _setup(
     objective = PopulationObjective(
         model, programs, config.domain, info.num_classes,
         memory_budget=opts.memory_budget, chunk_size=opts.chunk_size,
+        mode=opts.population_eval,
     )
     return opts, objective
 
@@ -117,6 +118,10 @@ class PGPEStep(_SmoothingStep):
     """One PGPE generation per minibatch: sample, evaluate in one batched call, update."""
 
     name = "pgpe"
+    # per epoch in metrics.jsonl: sigma at the epoch's end, non-finite members summed, the
+    # rest (loss, loss_min, loss_std, step_norm) averaged over the epoch's minibatches
+    metric_reductions = {"sigma": "last", "nonfinite": "sum"}
+    progress_metrics = ("sigma", "step_norm", "nonfinite")
 
     def __init__(self, model: nn.Module, config: Any, programs: dict[str, Any]) -> None:
         opts, objective = _setup(model, config, programs)
@@ -163,11 +168,20 @@ class PGPEStep(_SmoothingStep):
         """The centre learning rate now (for the loop's metrics)."""
         return float(self.search.state.optimizer_state.center_learning_rate)
 
+    def close(self) -> None:
+        """Stop the Ray actors (if any); called by the loop in a ``finally``."""
+        remote, self.remote = self.remote, None
+        self.evaluate = self.objective.losses
+        if remote is not None:
+            remote.close()
+
     def state_dict(self) -> dict:
-        return {"pgpe": self.search.state_dict()}
+        return {"pgpe": self.search.state_dict(), "plan": self.objective.plan_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.search.load_state_dict(state["pgpe"])
+        if "plan" in state:
+            self.objective.load_plan_state(state["plan"])
         self.layout.write(self.model, self.search.center)
 
 
@@ -219,9 +233,12 @@ class RGSStep(_SmoothingStep):
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "base_lr": self.base_lr,
+            "plan": self.objective.plan_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if "plan" in state:
+            self.objective.load_plan_state(state["plan"])
         self.generator.set_state(state["generator"])
         self.base_lr = float(state.get("base_lr", self.base_lr))
