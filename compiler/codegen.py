@@ -176,8 +176,8 @@ class RuleCompiler:
 
 
 def _map_code(node_map, compact: str):
-    def linop_code(x: str, absolute: bool) -> str:
-        return node_map.apply(x, absolute)
+    def linop_code(x: str, absolute: bool, with_bias: bool = False) -> str:
+        return node_map.apply(x, absolute, with_bias)
 
     def gens_map(g: str, absolute: bool) -> str:
         return f"{g}.map(lambda t: {node_map.apply('t', absolute)}, {compact})"
@@ -254,7 +254,7 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: 
     fake = Node("spec", "affine", [], ())
     s = rc.scope(state, ref, fake)
 
-    def linop_code(x: str, absolute: bool) -> str:
+    def linop_code(x: str, absolute: bool, with_bias: bool = False) -> str:
         return f"torch.einsum('bkn,bn->bk', {'spec_abs' if absolute else 'spec'}, {x}.flatten(1))"
 
     def gens_map(g: str, absolute: bool) -> str:

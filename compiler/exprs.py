@@ -30,7 +30,7 @@ class Scope:
     fresh: Callable[[str], str]
     ref: str  # a tensor in scope, to give numbers a dtype/device/shape
     linop: object | None = None  # the linear map of an affine rule
-    linop_code: Callable[[str, bool], str] | None = None
+    linop_code: Callable[..., str] | None = None  # (x, absolute, with_bias=False) -> code
     gens_map: Callable[[str, bool], str] | None = None
     activation: Callable[[str], str] | None = None
     inputs: dict[str, dict[str, Value]] = field(default_factory=dict)
@@ -145,8 +145,14 @@ def compile_expr(e: ast.Expr, s: Scope) -> Value:
 def _binop(e: ast.BinOp, s: Scope) -> Value:
     if e.op == "@":
         return _matmul(e, s)
+    if _is_affine_with_bias(e, s):
+        assert isinstance(e.left, ast.BinOp) and s.linop_code is not None
+        x, _ = compile_expr(e.left.right, s)
+        return s.tmp(s.linop_code(x, False, True), "m"), "bound"
     a, ka = compile_expr(e.left, s)
     b, kb = compile_expr(e.right, s)
+    if e.op in "+-" and kb == "num" and float(b) == 0.0 and ka in ("bound", "gens"):
+        return a, ka  # x + 0 (a spec's zero bias, a missing bias): no pass over x
     for k in (ka, kb):
         if k in ("linop", "absgens", "bool"):
             what = {"linop": "a linear map outside 'W @ x'",
@@ -185,6 +191,18 @@ def _binop(e: ast.BinOp, s: Scope) -> Value:
     if s.in_guard:
         return f"rt.safe_div({a}, {b})", "bound"
     return f"({a} / {b})", "bound"
+
+
+def _is_affine_with_bias(e: ast.BinOp, s: Scope) -> bool:
+    """``W @ x + b`` with x a bound and b the map's own bias: one call computes both."""
+    if not (e.op == "+" and isinstance(e.left, ast.BinOp) and e.left.op == "@"
+            and isinstance(e.left.left, ast.Name) and e.left.left.ident == "W"
+            and isinstance(e.right, ast.Name) and e.right.ident == "b"):
+        return False
+    bias = getattr(s.linop, "bias", None)
+    if bias is None or s.names.get("b") != (bias, "bound") or "W" in s.names:
+        return False
+    return compile_expr(e.left.right, s)[1] == "bound"
 
 
 def _matmul(e: ast.BinOp, s: Scope) -> Value:

@@ -3,7 +3,8 @@
 A map turns a per-sample tensor x of shape ``in_shape`` into ``W x`` of shape ``out_shape``.
 Each class emits torch code (strings over variable names) for three things:
 
-* ``apply(x, absolute)``: ``W x`` (or ``|W| x``) for x of shape [N, *in_shape];
+* ``apply(x, absolute, with_bias)``: ``W x`` (or ``|W| x``) for x of shape [N, *in_shape];
+  ``with_bias`` adds ``bias`` in the same call (one pass over the output instead of two);
 * ``transpose(lam)``: ``lam W`` for rows lam of shape [B, k, *out_shape] -> [B, k, *in_shape]
   (back-substitution);
 * ``bias``: the name of a per-sample tensor broadcastable to ``out_shape``, or None.
@@ -31,8 +32,9 @@ class Dense:
     def describe(self) -> str:
         return f"linear W={self.weight}" + (f" b={self.bias}" if self.bias else "")
 
-    def apply(self, x: str, absolute: bool = False) -> str:
-        return f"F.linear({x}, {self.weight_abs if absolute else self.weight})"
+    def apply(self, x: str, absolute: bool = False, with_bias: bool = False) -> str:
+        b = f", {self.bias}" if with_bias and self.bias else ""
+        return f"F.linear({x}, {self.weight_abs if absolute else self.weight}{b})"
 
     def transpose(self, lam: str) -> str:
         return f"({lam} @ {self.weight})"
@@ -58,9 +60,10 @@ class Conv:
                 f"dilation={self.dilation} groups={self.groups}"
                 + (f" b={self.bias}" if self.bias else ""))
 
-    def apply(self, x: str, absolute: bool = False) -> str:
+    def apply(self, x: str, absolute: bool = False, with_bias: bool = False) -> str:
         w = self.weight_abs if absolute else self.weight
-        return (f"F.conv{self.dims}d({x}, {w}, None, {self.stride}, {self.padding}, "
+        b = f"{self.bias}.flatten()" if with_bias and self.bias else "None"  # [C, 1..] -> [C]
+        return (f"F.conv{self.dims}d({x}, {w}, {b}, {self.stride}, {self.padding}, "
                 f"{self.dilation}, {self.groups})")
 
     def transpose(self, lam: str) -> str:
@@ -105,8 +108,9 @@ class Elementwise:
             return x
         return f"({x} * {_num(s) if isinstance(s, float) else s})"
 
-    def apply(self, x: str, absolute: bool = False) -> str:
-        return self._times(x, self.scale_abs if absolute else self.scale)
+    def apply(self, x: str, absolute: bool = False, with_bias: bool = False) -> str:
+        scaled = self._times(x, self.scale_abs if absolute else self.scale)
+        return f"({scaled} + {self.bias})" if with_bias and self.bias else scaled
 
     def transpose(self, lam: str) -> str:
         return self._times(lam, self.scale)

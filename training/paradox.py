@@ -150,9 +150,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         dataset="mnist5k", model="absdsl.training.paradox:quick_fc", eps=[0.1],
         domains=["box", "hbox", "crown-ibp", "deeppoly"], optimizers=["grad", "pgpe"],
         batch_size=64, pgd_epochs=3, pgd_lr=1e-3, pgd_steps=5,
-        grad_epochs=1, grad_lr=5e-4, grad_milestones=[], grad_decay=1.0,
-        grad_ramp_epochs={}, pgpe_epochs=1, pgpe_lr=5e-4, pgpe_milestones=[],
-        pgpe_decay=1.0, pgpe_ramp_epochs={}, pgpe_batch_size=128, popsize=8, sigma=1e-3,
+        grad_epochs=2, grad_lr=5e-4, grad_milestones=[], grad_decay=1.0,
+        grad_ramp_epochs={}, pgpe_epochs=3, pgpe_lr=1e-3, pgpe_milestones=[],
+        pgpe_decay=1.0, pgpe_ramp_epochs={}, pgpe_batch_size=128, popsize=16, sigma=1e-3,
         train_subset=None, test_subset=300, tightness_subset=100, tightness_eps_max=3.0,
         tightness_n_eps=6, eval_pgd_steps=20, eval_pgd_restarts=2,
         pgpe_memory_mib=2048.0,  # one HBox member at batch 128 needs ~760 MiB
@@ -541,8 +541,8 @@ def seed_from_start(cfg: Any, run_dir: Path, init: Path) -> None:
 
 
 def spread_subset(split: Any, n: int | None) -> Any:
-    """n examples spread evenly over the split (its first n may all be one class: mnist5k's
-    splits are sorted by label), the same for every network."""
+    """n examples spread evenly over the split, the same for every network (balanced for a
+    split in any order, not only the class-interleaved mnist5k splits)."""
     from .data import Split
 
     if n is None or n >= len(split):
