@@ -8,6 +8,7 @@ population stacked for ``torch.func.vmap``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -332,7 +333,7 @@ class BoundProgram:
         if ref is not None and (ref.dtype != lo.dtype or ref.device != lo.device):
             raise InputError(f"the model's parameters are {ref.dtype} on {ref.device} but the "
                              f"input box is {lo.dtype} on {lo.device}; convert one of them")
-        if check_values:
+        if check_values and not _box_is_valid(lo, hi):
             for name, t in (("lo", lo), ("hi", hi)):
                 bad = ~torch.isfinite(t)
                 if bool(bad.any()):
@@ -372,3 +373,16 @@ class BoundProgram:
 
     def __repr__(self) -> str:
         return f"BoundProgram(domain={self.loaded.name}, model={type(self.model).__name__})"
+
+
+def _box_is_valid(lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    """One pass and one reduction: hi - lo is finite and >= 0 everywhere.
+
+    A NaN or infinity in lo or hi makes some difference NaN or infinite, and lo > hi makes one
+    negative; only then are the slower per-check scans run to name the entry (they also
+    accept a box whose difference merely overflows).
+    """
+    if lo.numel() == 0:
+        return True
+    smallest, largest = torch.aminmax(hi - lo)
+    return bool((smallest >= 0) & (largest < math.inf))
