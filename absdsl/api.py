@@ -22,7 +22,9 @@ def compile(model: nn.Module, domain: str | Path | LoadedDomain = "box", *,  # n
     traced per input shape on its first call (or now, given ``input_shape``).
     ``memory_budget_mb`` caps the rows back-substituted at once (DeepPoly).
     """
-    return BoundProgram(model, domain, input_shape=input_shape,
+    # BoundProgram's loader takes a path as text (``path:DomainName`` is text, too).
+    spec = str(domain) if isinstance(domain, Path) else domain
+    return BoundProgram(model, spec, input_shape=input_shape,
                         memory_budget_mb=memory_budget_mb)
 
 

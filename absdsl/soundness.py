@@ -149,25 +149,31 @@ def n_weights(layer: Layer, shape: tuple[int, ...]) -> int:
 def build_layer(layer: Layer, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
     """The module of a layer on inputs of per-sample ``shape`` and its output shape."""
     op, a = layer.op, layer.args
+    mod: nn.Module
     if op == "linear":
-        mod: nn.Module = nn.Linear(shape[0], a[0]).to(DTYPE)
-        _fill([mod.weight, mod.bias], layer.weights)
+        linear = nn.Linear(shape[0], a[0]).to(DTYPE)
+        _fill([linear.weight, linear.bias], layer.weights)
+        mod = linear
     elif op == "conv":
         out_ch, k, s, p, groups = a
-        mod = nn.Conv2d(shape[0], out_ch, k, stride=s, padding=p, groups=groups).to(DTYPE)
-        _fill([mod.weight, mod.bias], layer.weights)
+        conv = nn.Conv2d(shape[0], out_ch, k, stride=s, padding=p, groups=groups).to(DTYPE)
+        assert conv.bias is not None  # built with bias=True (the default)
+        _fill([conv.weight, conv.bias], layer.weights)
+        mod = conv
     elif op == "bn":
         bn_cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-        mod = bn_cls(shape[0]).to(DTYPE)
+        bn = bn_cls(shape[0]).to(DTYPE)
+        # affine and track_running_stats (the defaults): all four tensors exist
+        assert bn.running_mean is not None and bn.running_var is not None
         w = layer.weights
         c = shape[0]
         with torch.no_grad():
             vals = torch.tensor(w, dtype=DTYPE) if w else torch.ones(4 * c, dtype=DTYPE)
-            mod.weight.copy_(vals[:c])
-            mod.bias.copy_(vals[c:2 * c])
-            mod.running_mean.copy_(vals[2 * c:3 * c])
-            mod.running_var.copy_(vals[3 * c:4 * c].abs() + 1e-3)
-        mod.eval()
+            bn.weight.copy_(vals[:c])
+            bn.bias.copy_(vals[c:2 * c])
+            bn.running_mean.copy_(vals[2 * c:3 * c])
+            bn.running_var.copy_(vals[3 * c:4 * c].abs() + 1e-3)
+        mod = bn.eval()
     elif op == "avgpool":
         k, s, p = a
         mod = nn.AvgPool2d(k, stride=s, padding=p)
@@ -600,7 +606,7 @@ def shrink_time_limit(seconds: float) -> Iterator[None]:
     if old is None:  # another Hypothesis version: keep its default
         yield
         return
-    engine.MAX_SHRINKING_SECONDS = seconds
+    engine.MAX_SHRINKING_SECONDS = math.ceil(seconds)  # declared int; whole seconds suffice
     try:
         yield
     finally:

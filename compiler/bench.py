@@ -103,6 +103,7 @@ def build_net(name: str, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
     model = NETS[name](shape)
     for m in model.modules():  # non-trivial batch-norm statistics, as after training
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            assert m.running_mean is not None and m.running_var is not None
             with torch.no_grad():
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
@@ -282,11 +283,13 @@ def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], ba
                     log(f"  {net}/{data}/{domain}: {row.note}")
                     continue
             log(f"  {net}/{data}/{domain} ...")
+            def bounds(p: Any = prog) -> Any:
+                return p(lo, hi, spec=spec)
+
             with torch.no_grad():
-                row.fwd_ms, row.ms = paired_ms(lambda: model(x),
-                                               lambda p=prog: p(lo, hi, spec=spec),
+                row.fwd_ms, row.ms = paired_ms(lambda: model(x), bounds,
                                                args.repeats, args.warmup, args.max_seconds)
-                row.peak_mib = peak_tensor_bytes(lambda p=prog: p(lo, hi, spec=spec)) / 2**20
+                row.peak_mib = peak_tensor_bytes(bounds) / 2**20
             if with_grad and row.ms > args.max_seconds * 1e3:
                 row.note = f"grad timing skipped: one call > {args.max_seconds:g} s"
             elif with_grad:
@@ -340,6 +343,17 @@ def format_table(rows: list[Row], table: str) -> str:
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True))
                      + " |")
     return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    """Progress to stderr, so stdout holds only the tables."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine_state() -> tuple[float, float]:
+    """The 1-minute load average and the fp32 matmul GFLOP/s now (how much CPU a run had)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return load, throughput_gflops()
 
 
 def machine() -> str:
@@ -414,11 +428,7 @@ def run(args: argparse.Namespace) -> int:
     domains = _subset(args.domains, (), all_domains, "domain")
     datas = _subset(args.data, tuple(SHAPES), tuple(SHAPES), "data shape")
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    gflops = throughput_gflops()
+    load, gflops = machine_state()
     print(f"# absdsl bench bounds: {machine()}; eps {args.eps}, median of {args.repeats} after "
           f"{args.warmup} warm-up, forward and bounds called alternately; memory = peak live "
           f"tensor bytes (torch.profiler); at start: load average {load:.1f}, "

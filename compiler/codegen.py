@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from absdsl.compiler import linear_maps as lm
 from absdsl.compiler import runtime as rt
 from absdsl.compiler.exprs import Scope, as_tensor, compile_expr, linearize, mentions, num
 from absdsl.compiler.ir import Graph, Node
@@ -144,7 +145,7 @@ class RuleCompiler:
         s.names[target] = (var, kind)
 
     def _guarded(self, stmt: ast.Guarded, s: Scope) -> None:
-        conds = []
+        conds: list[str | None] = []
         for br in stmt.branches:
             if br.cond is None:
                 conds.append(None)
@@ -416,5 +417,113 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
     else:
         body.emit("raise RuntimeError('back-substitution did not reach the input')")
     out.emit(f"def {name}(rows):")
+    out.lines.extend(body.lines)
+    return name
+
+
+# ---- back-substitution in patches -------------------------------------------------------
+
+PATCH_SAVING = 0.5  # use patches when their rows are at most this fraction of dense rows
+
+
+def _patch_chain(graph: Graph, target: str) -> list[Node] | None:
+    """The nodes from ``target`` back to the input when patches apply, else None.
+
+    Patches need a chain (no add, cat or reshape) of 2-d convolutions, elementwise affine
+    maps and activations over [C, H, W] maps, from an input of that shape.
+    """
+    chain = []
+    node = graph.by_name[target]
+    while True:
+        chain.append(node)
+        if len(node.shape) != 3:
+            return None
+        if node.op == "input":
+            return chain
+        if len(node.inputs) != 1:
+            return None
+        if node.op == "affine":
+            m = node.attrs["map"]
+            if isinstance(m, lm.Conv):
+                if m.dims != 2 or not m.kernel:
+                    return None
+            elif not isinstance(m, lm.Elementwise):
+                return None
+        elif node.op not in ACTIVATION_CODE:
+            return None
+        node = graph.by_name[node.inputs[0]]
+
+
+Geometry = tuple[int, int, int, int, int, int, int, int]
+
+
+def patch_geometry(graph: Graph, target: str) -> list[Geometry] | None:
+    """Per node of the chain (target first), the window geometry of rows on its output map:
+    ``(kh, kw, stride_h, stride_w, offset_h, offset_w, grid_h, grid_w)``; None when patches
+    do not apply or would not save enough over dense rows."""
+    chain = _patch_chain(graph, target)
+    if chain is None:
+        return None
+    grid = chain[0].shape[1:]
+    kh, kw, sh, sw, oh, ow = 1, 1, 1, 1, 0, 0
+    geoms = []
+    patch_size = dense_size = 0
+    for node in chain:
+        geoms.append((kh, kw, sh, sw, oh, ow, grid[0], grid[1]))
+        patch_size += node.shape[0] * kh * kw
+        dense_size += node.shape[0] * node.shape[1] * node.shape[2]
+        if node.op == "affine" and isinstance(node.attrs["map"], lm.Conv):
+            m = node.attrs["map"]
+            kh = (kh - 1) * m.stride[0] + m.dilation[0] * (m.kernel[0] - 1) + 1
+            kw = (kw - 1) * m.stride[1] + m.dilation[1] * (m.kernel[1] - 1) + 1
+            oh, ow = oh * m.stride[0] - m.padding[0], ow * m.stride[1] - m.padding[1]
+            sh, sw = sh * m.stride[0], sw * m.stride[1]
+    if patch_size > PATCH_SAVING * dense_size:
+        return None
+    return geoms
+
+
+def patch_backsub_function(graph: Graph, target: str, patch_lines: dict[str, str],
+                           out: Emitter) -> str | None:
+    """Emit ``def backsub_<target>(index)`` computing bounds of neurons ``index`` of
+    ``target`` with rows in patch form (see ``rt.patch_start``); None when ineligible."""
+    geoms = patch_geometry(graph, target)
+    if geoms is None:
+        return None
+    chain = _patch_chain(graph, target)
+    assert chain is not None
+    name = out.fresh(f"backsub_patches_{target}")
+    body = Emitter(indent=out.indent + 1, used=out.used)
+    body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
+    body.emit("k = index.numel()")
+    outside = False  # may rows be non-zero outside their map?
+    for node, geom in zip(chain, geoms, strict=True):
+        body.emit(f"# {node.op} %{node.name}: windows {geom[0]}x{geom[1]}")
+        if node.op == "input":
+            body.emit(f"return rt.patch_concretize(rows, k, centre, radius, {geom}, pos, acc)")
+        elif node.op in ACTIVATION_CODE:
+            body.emit(f"rows, acc = rt.patch_relax(rows, k, {patch_lines[node.name]}, {geom}, "
+                      f"pos, acc)")
+            outside = False
+        elif isinstance(node.attrs["map"], lm.Elementwise):
+            m = node.attrs["map"]
+            if m.bias is not None:
+                body.emit(f"acc = rt.patch_bias(rows, k, {m.bias}, {geom}, pos, {node.shape}, "
+                          f"acc)")
+            if m.scale is not None:
+                scale = num(m.scale) if isinstance(m.scale, float) else m.scale
+                body.emit(f"rows = rt.patch_scale(rows, k, {scale}, {geom}, pos, "
+                          f"{node.shape})")
+        else:
+            m = node.attrs["map"]
+            if outside:
+                body.emit(f"rows = rt.patch_mask(rows, k, {node.shape[1:]}, {geom}, pos)")
+            if m.bias is not None:
+                body.emit(f"acc = rt.patch_bias(rows, k, {m.bias}, {geom}, pos, {node.shape}, "
+                          f"acc)")
+            body.emit(f"rows = rt.patch_conv_back(rows, {m.weight}, {geom[:2]}, {m.stride}, "
+                      f"{m.dilation}, {m.groups})")
+            outside = True
+    out.emit(f"def {name}(index):")
     out.lines.extend(body.lines)
     return name

@@ -132,13 +132,13 @@ def compile_expr(e: ast.Expr, s: Scope) -> Value:
         cond, kc = compile_expr(e.cond, s)
         if kc != "bool":
             raise s.error("the condition of '?:' must be a comparison", e.pos)
-        a, b = compile_expr(e.then, s), compile_expr(e.other, s)
-        kinds = {a[1], b[1]}
+        then, other = compile_expr(e.then, s), compile_expr(e.other, s)
+        kinds = {then[1], other[1]}
         if kinds <= {"num", "bound"}:
-            return s.tmp(f"torch.where({cond}, {as_tensor(a, s)}, {b[0]})"), "bound"
+            return s.tmp(f"torch.where({cond}, {as_tensor(then, s)}, {other[0]})"), "bound"
         if kinds <= {"num", "gens"}:
-            return s.tmp(f"rt.where({cond}, {a[0]}, {b[0]})"), "gens"
-        raise s.error(f"the branches of '?:' have kinds {a[1]} and {b[1]}", e.pos)
+            return s.tmp(f"rt.where({cond}, {then[0]}, {other[0]})"), "gens"
+        raise s.error(f"the branches of '?:' have kinds {then[1]} and {other[1]}", e.pos)
     raise s.error(f"unsupported expression {type(e).__name__}", getattr(e, "pos", ast.Pos(0, 0)))
 
 
@@ -160,10 +160,10 @@ def _binop(e: ast.BinOp, s: Scope) -> Value:
                     "bool": "a condition"}[k]
             raise s.error(f"'{e.op}' cannot take {what}", e.pos)
     if ka == "num" and kb == "num":
-        x, y = float(a), float(b)
-        if e.op == "/" and y == 0.0:
+        fa, fb = float(a), float(b)
+        if e.op == "/" and fb == 0.0:
             raise s.error("division by zero", e.pos)
-        val = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0.0}[e.op]
+        val = {"+": fa + fb, "-": fa - fb, "*": fa * fb, "/": fa / fb if fb else 0.0}[e.op]
         return num(val), "num"
     if e.op in "+-":
         if "gens" in (ka, kb):

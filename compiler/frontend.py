@@ -183,6 +183,18 @@ class _Lowering:
             return float(arg)
         return arg
 
+    def number_arg(self, fx_node: fx.Node, args: list[Any], name: str, index: int,
+                   default: float) -> float:
+        """An op's number argument, by keyword or position: a computed one has no rule and is
+        reported as such rather than failing inside ``float()``."""
+        raw = fx_node.kwargs[name] if name in fx_node.kwargs else (
+            args[index] if len(args) > index else default)
+        value = self.value(raw)
+        if not isinstance(value, float):
+            raise self.error(fx_node, f"argument {name!r} must be a number, not a computed "
+                                      f"value ({type(value).__name__}); no rule")
+        return value
+
     def per_sample_const(self, fx_node: fx.Node, c: _Const, out_shape: tuple[int, ...]) -> str:
         """A constant operand as a tensor that broadcasts against per-sample shape."""
         if len(c.shape) > len(out_shape):
@@ -286,7 +298,7 @@ class _Lowering:
     def affine(self, fx_node: fx.Node, x: _Bound, linear: Any, **attrs: Any) -> _Bound:
         return self.add_node(fx_node, "affine", [x.node], {"map": linear, **attrs})
 
-    def conv(self, fx_node: fx.Node, x: _Bound, mod: nn.Module, path: str) -> _Bound:
+    def conv(self, fx_node: fx.Node, x: _Bound, mod: nn.Conv1d | nn.Conv2d, path: str) -> _Bound:
         dims = 1 if isinstance(mod, nn.Conv1d) else 2
         if mod.padding_mode != "zeros":
             raise self.error(fx_node, f"padding_mode={mod.padding_mode!r} has no rule; only "
@@ -321,13 +333,14 @@ class _Lowering:
                                + dilation[i] * (kernel[i] - 1) + 1)
             for i in range(dims))
         conv = lm.Conv(dims, w, w_abs, b, stride, padding, dilation, groups, output_padding,
-                       tuple(in_shape))
+                       tuple(in_shape), tuple(kernel))
         return self.affine(fx_node, x, conv, **attrs)
 
     def _node_shape(self, x: _Bound) -> tuple[int, ...]:
         return next(n.shape for n in self.nodes if n.name == x.node)
 
-    def batch_norm(self, fx_node: fx.Node, x: _Bound, mod: nn.Module, path: str) -> _Bound:
+    def batch_norm(self, fx_node: fx.Node, x: _Bound, mod: nn.BatchNorm1d | nn.BatchNorm2d,
+                   path: str) -> _Bound:
         if mod.training:
             raise self.error(fx_node, "is in training mode; bounds use running statistics, "
                                       "call model.eval() first")
@@ -399,12 +412,12 @@ class _Lowering:
         if target in _TANH:
             return self.add_node(fx_node, "tanh", [bound_args[0].node], {})
         if target is F.leaky_relu:
-            slope = fx_node.kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-            return self.leaky(fx_node, bound_args[0], float(slope))
+            slope = self.number_arg(fx_node, args, "negative_slope", 1, 0.01)
+            return self.leaky(fx_node, bound_args[0], slope)
         if target in (F.hardtanh, F.relu6):
             lo_v, hi_v = (0.0, 6.0) if target is F.relu6 else (
-                float(fx_node.kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)),
-                float(fx_node.kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)))
+                self.number_arg(fx_node, args, "min_val", 1, -1.0),
+                self.number_arg(fx_node, args, "max_val", 2, 1.0))
             return self.add_node(fx_node, "hardtanh", [bound_args[0].node],
                                  {"params": {"min_val": lo_v, "max_val": hi_v}})
         if target is F.avg_pool2d:
@@ -426,7 +439,7 @@ class _Lowering:
 
     def cat(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
         parts = args[0]
-        dim = int(fx_node.kwargs.get("dim", args[1] if len(args) > 1 else 0))
+        dim = int(self.number_arg(fx_node, args, "dim", 1, 0))
         vals = [self.value(p) for p in parts]
         if not all(isinstance(v, _Bound) for v in vals):
             raise self.error(fx_node, "concatenating input-dependent tensors with constants "
@@ -561,7 +574,8 @@ def fold_batch_norm(graph: Graph) -> Graph:
                 new_map: Any = lm.Dense(w, w + "_abs", b)
             else:
                 new_map = lm.Conv(old.dims, w, w + "_abs", b, old.stride, old.padding,
-                                  old.dilation, old.groups, old.output_padding, old.in_shape)
+                                  old.dilation, old.groups, old.output_padding, old.in_shape,
+                                  old.kernel)
             prev.attrs["map"] = new_map
             prev.shape = node.shape
             prev.origin = f"{prev.origin} + {node.origin}"

@@ -54,6 +54,7 @@ class Conv:
     groups: int
     output_padding: tuple[int, ...]  # makes the transposed conv land on in_shape exactly
     in_shape: tuple[int, ...] = ()  # per-sample input shape (channels first)
+    kernel: tuple[int, ...] = ()  # kernel size (patch geometry of back-substitution)
 
     def describe(self) -> str:
         return (f"conv{self.dims}d W={self.weight} stride={self.stride} padding={self.padding} "

@@ -82,6 +82,7 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         if node.op in ACTIVATIONS:
             pre_activation.setdefault(node.inputs[0], []).append(node.name)
     lines: dict[str, str] = {}
+    patch_lines: dict[str, str] = {}
     relax_fns: dict[tuple, str] = {}
 
     def relax_fn(op: str, params: dict) -> str:
@@ -107,14 +108,25 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             for a in users:
                 fn = relax_fn(a.op, a.attrs.get("params", {}))
                 needs.append(f"{fn}({l_var}, {u_var})[1]")
-            bs = codegen.backsub_function(graph, node.name, lines, out)
-            out.emit(f"{l_var}, {u_var} = rt.refine({bs}, {l_var}, {u_var}, "
-                     f"{' | '.join(needs)}, rows_per_chunk, compact)")
+            patches = codegen.patch_backsub_function(graph, node.name, patch_lines, out)
+            if patches is not None:
+                factor = _patch_chunk_factor(graph, node.name)
+                backsub = patches
+            else:
+                factor = 1
+                bs = codegen.backsub_function(graph, node.name, lines, out)
+                backsub = f"lambda index: {bs}(rt.unit_rows(index, {node.shape}, lo))"
+            out.emit(f"{l_var}, {u_var} = rt.refine({backsub}, {l_var}, {u_var}, "
+                     f"{' | '.join(needs)}, rows_per_chunk * {factor}, compact)")
         out.emit(f"if record is not None: record[{node.name!r}] = ({l_var}, {u_var})")
         for a in users:
             fn = relax_fn(a.op, a.attrs.get("params", {}))
             lines[a.name] = out.fresh(f"lines_{a.name}")
             out.emit(f"{lines[a.name]} = rt.back_lines({fn}({l_var}, {u_var})[0])")
+            if len(node.shape) == 3:
+                patch_lines[a.name] = out.fresh(f"patch_lines_{a.name}")
+                out.emit(f"{patch_lines[a.name]} = rt.patch_lines({fn}({l_var}, {u_var})[0], "
+                         f"{node.shape})")
         if loaded.refine and set(state) == {"l", "u"}:
             return {"l": l_var, "u": u_var}
         return None
@@ -126,13 +138,23 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
     shape = graph.by_name[graph.output].shape
     out.emit("if spec is None:")
     out.emit(f"    n_out = {_prod(shape)}")
-    out.emit(f"    rows = rt.unit_rows(torch.arange(n_out, device=lo.device), lo.shape[0], "
-             f"{shape}, lo)")
+    out.emit(f"    rows = rt.unit_rows(torch.arange(n_out, device=lo.device), {shape}, lo)")
     out.emit(f"    lb, ub = {bs}(rows)")
     out.emit(f"    return lb.reshape(lo.shape[0], *{shape}), ub.reshape(lo.shape[0], *{shape})")
     out.emit(f"rows = torch.cat([spec, spec], 1).reshape(spec.shape[0], 2 * spec.shape[1], "
              f"*{shape})")
     out.emit(f"return {bs}(rows)")
+
+
+def _patch_chunk_factor(graph: Graph, target: str) -> int:
+    """How many more rows fit a chunk in patch form than dense (the budget is per dense row)."""
+    geoms = codegen.patch_geometry(graph, target)
+    assert geoms is not None
+    chain = codegen._patch_chain(graph, target)
+    assert chain is not None
+    widest = max(_prod(n.shape) for n in graph.nodes)
+    largest = max(n.shape[0] * g[0] * g[1] for n, g in zip(chain, geoms, strict=True))
+    return max(1, widest // largest)
 
 
 def _pre_activation_nodes(graph: Graph) -> set[str]:

@@ -89,6 +89,7 @@ class Gens:
             else:
                 m = mask.unsqueeze(1)
                 if a is None:
+                    assert b is not None  # k comes from one of the two block sets
                     out[k] = Block(torch.where(m, 0.0, b.data), False, b.index)
                 elif b is None:
                     out[k] = Block(torch.where(m, a.data, 0.0), False, a.index)
@@ -327,7 +328,7 @@ def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
 
 
-def unit_rows(index: Tensor, batch: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+def unit_rows(index: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """Rows e_i for neurons ``index``, twice (lower and upper): [1, 2 * len(index), *shape].
 
     The rows are the same for every sample, so they stay batch-free until the first
@@ -347,6 +348,8 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
            needs: Tensor, rows_per_chunk: int, select: bool) -> tuple[Tensor, Tensor]:
     """Tighten [lower, upper] of one node by back-substitution.
 
+    ``backsub(index)`` bounds the neurons ``index`` (flat indices into the node's shape).
+
     Only neurons where ``needs`` holds for some sample are back-substituted when ``select``
     (not under vmap, where shapes must not depend on data); results are intersected with the
     given sound bounds.
@@ -364,7 +367,7 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     new_l, new_u = [], []
     for start in range(0, index.numel(), rows_per_chunk):
         chunk = index[start:start + rows_per_chunk]
-        lo_rows, hi_rows = backsub(unit_rows(chunk, batch, shape, lower))
+        lo_rows, hi_rows = backsub(chunk)
         new_l.append(lo_rows)
         new_u.append(hi_rows)
     got_l = torch.cat(new_l, 1).expand(batch, -1)
@@ -375,3 +378,146 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     else:
         got_l, got_u = torch.maximum(flat_l, got_l), torch.minimum(flat_u, got_u)
     return got_l.reshape(batch, *shape), got_u.reshape(batch, *shape)
+
+
+# ---- back-substitution in patches (chains of convolutions) ------------------------------
+#
+# A neuron of a conv layer depends on a window of each earlier feature map, so its rows need
+# not span whole maps. In patch form the rows of k neurons at grid positions ``pos`` of the
+# target map are [b, 2k, C * kh * kw]: for each row, the channels and the kh x kw window of
+# the current map whose top-left corner is ``offset + stride * (y, x)``. The geometry
+# ``(kh, kw, stride, offset, grid)`` is static (the code generator computes it per map); the
+# windows overhang the map at its borders, where feature maps and the input box read as 0.
+
+
+def patch_start(index: Tensor, shape: tuple[int, ...], like: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches, twice.
+
+    Returns rows [1, 2k, C], their grid positions [k] and a zero accumulator [1, 2k].
+    """
+    channels, height, width = shape
+    k = index.numel()
+    rows = torch.zeros(k, channels, dtype=like.dtype, device=like.device)
+    rows[torch.arange(k, device=like.device), index // (height * width)] = 1.0
+    pos = index % (height * width)
+    return torch.cat([rows, rows], 0).unsqueeze(0), pos, rows.new_zeros(1, 2 * k)
+
+
+def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
+    """Windows of ``maps`` [b, C, H, W] at the rows' positions: [b, k, C * kh * kw].
+
+    Outside the map the windows read 0 (zero padding; a crop where they stop short of it).
+    """
+    kh, kw, sh, sw, oh, ow, gh, gw = geom
+    height, width = maps.shape[-2:]
+    bottom = (gh - 1) * sh + oh + kh - height
+    right = (gw - 1) * sw + ow + kw - width
+    padded = F.pad(maps, (-ow, right, -oh, bottom))
+    cols = F.unfold(padded, (kh, kw), stride=(sh, sw))  # [b, C*kh*kw, gh*gw]
+    # rows gather whole windows: contiguous [b, gh*gw, D] first, then one row copy each
+    return cols.transpose(1, 2).contiguous().index_select(1, pos)
+
+
+def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
+    """Relaxation lines as one map [b, 4C, H, W]: mid and half of the slopes and offsets
+    (stacked along channels, so one gather serves all four)."""
+    a_lo, b_lo, a_hi, b_hi = (t.reshape(t.shape[0], *shape) for t in lines)
+    return torch.cat([(a_lo + a_hi) / 2, (a_lo - a_hi) / 2, (b_lo + b_hi) / 2,
+                      (b_lo - b_hi) / 2], 1)
+
+
+def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: Tensor,
+                acc: Tensor) -> tuple[Tensor, Tensor]:
+    """Push patch rows through an activation (see :func:`back_lines` for the algebra)."""
+    a_mid, a_half, b_mid, b_half = patch_gather(maps, geom, pos).unflatten(
+        2, (4, -1)).unbind(2)  # each [b, k, D]
+    lower, upper = rows[:, :k], rows[:, k:]
+    mag_lo, mag_hi = lower.abs(), upper.abs()
+    out = torch.cat([torch.addcmul(lower * a_mid, mag_lo, a_half),
+                     torch.addcmul(upper * a_mid, mag_hi, a_half, value=-1.0)], 1)
+    extra = torch.cat([(lower * b_mid + mag_lo * b_half).sum(-1),
+                       (upper * b_mid - mag_hi * b_half).sum(-1)], 1)
+    return out, acc + extra
+
+
+def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...],
+               pos: Tensor) -> Tensor:
+    """Zero the entries of rows that fall outside a map of spatial ``size`` (no neuron)."""
+    ones = rows.new_ones(1, 1, *size)
+    inside = patch_gather(ones, geom, pos)  # [1, k, kh*kw]
+    r = rows.unflatten(1, (2, k)).unflatten(-1, (-1, inside.shape[-1]))
+    return (r * inside.unsqueeze(1).unsqueeze(3)).flatten(-2).flatten(1, 2)
+
+
+def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...],
+               pos: Tensor, shape: tuple[int, ...], acc: Tensor) -> Tensor:
+    """acc + sum of rows * bias over each window (bias broadcastable to [C, H, W])."""
+    if not isinstance(bias, Tensor):
+        inside = patch_gather(rows.new_ones(1, 1, *shape[1:]), geom, pos)  # [1, k, kh*kw]
+        r = rows.unflatten(1, (2, k)).unflatten(-1, (shape[0], -1)).sum(-2)
+        return acc + (r * inside.unsqueeze(1)).sum(-1).flatten(1) * bias
+    full = bias.expand(*bias.shape[:-3], *shape) if bias.dim() >= 3 else bias.expand(shape)
+    if full.dim() == 3:
+        full = full.unsqueeze(0)
+    windows = patch_gather(full, geom, pos)  # [1 or b, k, D]
+    return acc + (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).sum(-1).flatten(1)
+
+
+def patch_scale(rows: Tensor, k: int, scale: Tensor | float, geom: tuple[int, ...],
+                pos: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Rows times an elementwise scale (a number, per channel, or a full map)."""
+    if not isinstance(scale, Tensor):
+        return rows * scale
+    full = scale.expand(*scale.shape[:-3], *shape) if scale.dim() >= 3 else scale.expand(shape)
+    if full.dim() == 3:
+        full = full.unsqueeze(0)
+    windows = patch_gather(full, geom, pos)
+    return (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).flatten(1, 2)
+
+
+_PATCH_GEMM_ELEMENTS = 1 << 22  # largest dense window map (16 MiB in float32)
+_GEMM_OVER_CONV = 6  # a CPU matrix product runs about this many times a transposed conv's MACs
+
+
+def patch_conv_back(rows: Tensor, weight: Tensor, window: tuple[int, int],
+                    stride: tuple[int, int], dilation: tuple[int, int], groups: int
+                    ) -> Tensor:
+    """Rows on a conv's output windows -> rows on its input windows (transposed conv).
+
+    A window of the output maps to a larger window of the input by the same linear map at
+    every position, so when that map is small it is built once (the transposed conv of a
+    basis) and applied as one matrix product, which CPUs run far faster than a transposed
+    convolution over many small images; otherwise the transposed conv runs on the rows.
+    """
+    kh, kw = window
+    c_out = weight.shape[0]
+    d = c_out * kh * kw
+    out_h = (kh - 1) * stride[0] + dilation[0] * (weight.shape[-2] - 1) + 1
+    out_w = (kw - 1) * stride[1] + dilation[1] * (weight.shape[-1] - 1) + 1
+    c_in = weight.shape[1] * groups
+    d_in = c_in * out_h * out_w
+    taps = weight.shape[1] * weight.shape[-2] * weight.shape[-1]  # conv MACs per entry
+    if d * d_in <= _PATCH_GEMM_ELEMENTS and d_in <= _GEMM_OVER_CONV * taps:
+        basis = torch.eye(d, dtype=rows.dtype, device=rows.device).reshape(d, c_out, kh, kw)
+        matrix = F.conv_transpose2d(basis, weight, None, stride, 0, 0, groups, dilation)
+        return rows @ matrix.flatten(1)
+    flat = rows.reshape(1, -1, c_out, kh, kw)
+    if (c_in <= 4 and groups == 1 and dilation == (1, 1) and stride[0] == stride[1] > 1):
+        out = conv_transpose_subpixel(flat, weight, stride, (0, 0), (out_h, out_w))[0]
+    else:
+        out = F.conv_transpose2d(flat[0], weight, None, stride, 0, 0, groups, dilation)
+    return out.reshape(*rows.shape[:2], -1)
+
+
+def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
+                     geom: tuple[int, ...], pos: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds of patch rows over the input box: lower rows, upper rows."""
+    c = patch_gather(centre, geom, pos)  # [B, k, D]
+    r = patch_gather(radius, geom, pos)
+    rr = rows.unflatten(1, (2, k))
+    mid = torch.einsum("bskd,bkd->bsk", rr.expand(c.shape[0], -1, -1, -1), c).flatten(1)
+    spread = torch.einsum("bskd,bkd->bsk", rr.abs().expand(c.shape[0], -1, -1, -1),
+                          r).flatten(1)
+    total = mid + acc
+    return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]

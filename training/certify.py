@@ -191,7 +191,8 @@ class CertifyReport:
         }
 
     def to_json(self) -> dict[str, Any]:
-        out = {"summary": self.summary(), "inputs": [asdict(r) for r in self.records]}
+        out: dict[str, Any] = {"summary": self.summary(),
+                               "inputs": [asdict(r) for r in self.records]}
         if self.skipped_domains:
             out["summary"]["skipped_domains"] = self.skipped_domains
         return out

@@ -77,7 +77,9 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 
 def rng_state() -> dict[str, Any]:
     """The RNG states that training touches (torch CPU, CUDA if present, numpy, python)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    # The global generator is MT19937, whose legacy state is a tuple (a dict only for others).
+    assert isinstance(np_state, tuple), "numpy's global generator is not MT19937"
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

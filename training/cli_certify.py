@@ -58,11 +58,24 @@ def load_run_model(target: Path, data_root: str | None = None) -> tuple[Any, Any
     return cfg, model, path, run_dir
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Options checked before the checkpoint or the data are read (one clear line each)."""
+    from .certify import CertifyError
+
+    limit = args.milp_time_limit
+    if not (isinstance(limit, (int, float)) and limit > 0):  # also refuses NaN
+        raise CertifyError(f"--milp-time-limit must be a positive number of seconds, got "
+                           f"{limit:g}")
+    if args.num is not None and args.num < 1:
+        raise CertifyError(f"-n/--num must be >= 1, got {args.num}")
+
+
 def run(args: argparse.Namespace) -> int:
     from .certify import CertifyOptions, certify_model
     from .checkpoint import atomic_write_text
     from .data import load_dataset
 
+    check_options(args)
     cfg, model, path, run_dir = load_run_model(Path(args.target), args.data_root)
     info, train, test = load_dataset(cfg.dataset, cfg.data_root, False)
     split = (test if args.split == "test" else train).subset(args.num)

@@ -259,8 +259,9 @@ class Trainer:
             with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
             if self.progress:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-                print(json.dumps(shown), flush=True)
+                rounded = {k: round(v, 4) if isinstance(v, float) else v
+                           for k, v in record.items()}
+                print(json.dumps(rounded), flush=True)
         barrier()
 
     def _bar(self) -> Any:

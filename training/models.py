@@ -25,6 +25,9 @@ class ModelError(AbsdslError):
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as a layer, so that eps stays in pixel units."""
 
+    mean: torch.Tensor  # buffers, declared so that they are typed as tensors
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))

@@ -49,6 +49,9 @@ TABLE_DOMAINS = ("box", "hbox", "zonotope", "crown-ibp", "deeppoly")
 METRICS = ("natural", "certified", "adversarial")
 # settings that change where or how fast the experiment runs, not what it measures
 NOT_COMPARED = ("device", "data_root", "download", "pgpe_memory_mib")
+# settings added after a saved paradox_config.json may have been written: a saved config
+# without them ran with these values
+ADDED_DEFAULTS: dict[str, Any] = {"complete": False, "milp_time_limit": 30.0}
 
 
 class ParadoxError(AbsdslError):
@@ -116,6 +119,8 @@ class ParadoxConfig:
     eval_pgd_steps: int
     eval_pgd_restarts: int
     tolerance: float = 1e-6
+    complete: bool = False  # add the exact MILP stage (HiGHS) to the certification cascade
+    milp_time_limit: float = 30.0  # seconds per input for the MILP stage
     seed: int = 0
     device: str = "cpu"
     pgpe_memory_mib: float | None = None  # PGPE's memory_budget_mib (None: its default)
@@ -261,6 +266,12 @@ def validate(cfg: ParadoxConfig) -> None:
             raise ParadoxError(f"{name} must be a number > 0, got {value!r}")
     if cfg.tightness_n_eps < 2:
         raise ParadoxError(f"tightness_n_eps must be >= 2, got {cfg.tightness_n_eps}")
+    if not isinstance(cfg.complete, bool):
+        raise ParadoxError(f"complete must be true or false, got {cfg.complete!r}")
+    limit = cfg.milp_time_limit
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+        raise ParadoxError(f"--milp-time-limit must be a positive number of seconds, got "
+                           f"{limit!r}")
     if max(cfg.eps) * cfg.tightness_eps_max > 1.0:
         cfg.tightness_eps_max = 1.0 / max(cfg.eps)  # the curve stops at eps 1
 
@@ -307,7 +318,7 @@ def run_name(eps: float, optimizer: str, domain: str | None, several_eps: bool) 
 def plan(cfg: ParadoxConfig) -> list[RunSpec]:
     """The PGD start and the fine-tunings, per eps, in the order they run."""
     several = len(cfg.eps) > 1
-    common = dict(
+    common: dict[str, Any] = dict(
         dataset=cfg.dataset, data_root=cfg.data_root, download=cfg.download, model=cfg.model,
         seed=cfg.seed, device=cfg.device, train_subset=cfg.train_subset,
         eval_every=0, tolerance=cfg.tolerance,
@@ -318,9 +329,10 @@ def plan(cfg: ParadoxConfig) -> list[RunSpec]:
     out: list[RunSpec] = []
     for eps in cfg.eps:
         key = eps_key(eps)
-        start = dict(common, method="pgd", optimizer="grad", domain="box", eps=eps,
-                     epochs=cfg.pgd_epochs, lr=cfg.pgd_lr, batch_size=cfg.batch_size,
-                     lr_milestones=[], lr_decay=1.0, ramp_epochs=0, pgd_steps=cfg.pgd_steps)
+        start: dict[str, Any] = dict(
+            common, method="pgd", optimizer="grad", domain="box", eps=eps,
+            epochs=cfg.pgd_epochs, lr=cfg.pgd_lr, batch_size=cfg.batch_size,
+            lr_milestones=[], lr_decay=1.0, ramp_epochs=0, pgd_steps=cfg.pgd_steps)
         out.append(RunSpec(run_name(eps, "pgd", None, several), eps, "pgd", None, start))
         for opt in cfg.optimizers:
             for domain in cfg.domains:
@@ -403,6 +415,8 @@ def prepare_out(out: Path, cfg: ParadoxConfig, overwrite: bool) -> None:
             raise ParadoxError(f"{saved_path} is not a readable paradox configuration; "
                                "remove it or choose another --out")
         old = {k: v for k, v in saved.get("config", {}).items() if k not in NOT_COMPARED}
+        for key, value in ADDED_DEFAULTS.items():
+            old.setdefault(key, value)
         if old != cfg.compared():
             if not overwrite:
                 diff = sorted(k for k in set(old) | set(cfg.compared())
@@ -553,15 +567,47 @@ def spread_subset(split: Any, n: int | None) -> Any:
 
 def load_network(run_dir: Path, checkpoint: Path) -> tuple[nn.Module, DatasetInfo]:
     """The trained network of a run, on the CPU in eval mode (weights-only load)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
     from .data import dataset_info
     from .models import build_model
 
     ckpt = load_checkpoint(checkpoint)
     info = dataset_info(ckpt["config"]["dataset"])
     model = build_model(ckpt["config"]["model"], info)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint}: weights do not fit model "
+                              f"{ckpt['config']['model']!r}: {err}") from err
     return model.cpu().eval(), info
+
+
+def check_domains(cfg: ParadoxConfig) -> None:
+    """Compile every domain (and, with ``complete``, the MILP encoding) for the model now.
+
+    A domain without a rule for one of the model's ops then fails before the first training
+    instead of after the PGD start has been trained and certified.
+    """
+    from .analysis.tightness import compile_domain, float64_copy
+    from .data import dataset_info
+    from .models import build_model
+
+    info = dataset_info(cfg.dataset)
+    model = float64_copy(build_model(cfg.model, info))
+    shape = tuple(info.shape)
+    for name in cfg.domains:
+        try:
+            compile_domain(model, name, shape)
+        except AbsdslError as err:
+            raise ParadoxError(f"domain {name!r} cannot train or bound model {cfg.model!r}: "
+                               f"{str(err).splitlines()[0]}") from err
+    if cfg.complete:
+        from .milp import NetworkMilp
+
+        try:
+            NetworkMilp(model, shape)
+        except AbsdslError as err:
+            raise ParadoxError(f"--complete: {str(err).splitlines()[0]}") from err
 
 
 def certify_run(outcome: RunOutcome, cfg: ParadoxConfig, test_split: Any,
@@ -569,17 +615,25 @@ def certify_run(outcome: RunOutcome, cfg: ParadoxConfig, test_split: Any,
     """The cascade on the run's network (cached in the run folder by checkpoint hash)."""
     from .certify import CertifyOptions, certify_model
 
-    key = {"checkpoint_sha256": outcome.sha256, "eps": outcome.spec.eps, "domain": "tightest",
-           "n": len(test_split), "pgd_steps": cfg.eval_pgd_steps,
-           "pgd_restarts": cfg.eval_pgd_restarts, "tolerance": cfg.tolerance, "seed": cfg.seed}
+    key: dict[str, Any] = {
+        "checkpoint_sha256": outcome.sha256, "eps": outcome.spec.eps, "domain": "tightest",
+        "n": len(test_split), "pgd_steps": cfg.eval_pgd_steps,
+        "pgd_restarts": cfg.eval_pgd_restarts, "tolerance": cfg.tolerance, "seed": cfg.seed}
+    if cfg.complete:  # (without it the key is the one earlier versions wrote)
+        key.update(stages=["milp"], milp_time_limit=cfg.milp_time_limit)
     cache = outcome.run_dir / CERTIFY_CACHE
     cached = _read_json(cache)
     if cached is not None and cached.get("key") == key:
         return cached["summary"]
     model, info = load_network(outcome.run_dir, outcome.checkpoint)
+    if cfg.complete:
+        import importlib
+
+        importlib.import_module(f"{__package__}.milp")  # registers the "milp" stage
     opts = CertifyOptions(eps=outcome.spec.eps, domain="tightest", tolerance=cfg.tolerance,
                           pgd_steps=cfg.eval_pgd_steps, pgd_restarts=cfg.eval_pgd_restarts,
-                          seed=cfg.seed)
+                          seed=cfg.seed, extra_stages=["milp"] if cfg.complete else [],
+                          milp_time_limit=cfg.milp_time_limit)
     report = certify_model(model, info, test_split, opts)
     summary = report.summary()
     if report.skipped_domains:
@@ -616,9 +670,10 @@ def tightness_run(outcome: RunOutcome, cfg: ParadoxConfig, x: torch.Tensor, y: t
         tau_note = "Mao et al. propagation tightness at the run's eps, mean over inputs and margins"
     except AbsdslError as err:
         tau, tau_note = None, f"not available: {str(err).splitlines()[0]}"
-    result = {"auc": {d: c["auc"] for d, c in curves.items()}, "curves": curves,
-              "propagation_tightness": tau, "propagation_tightness_note": tau_note,
-              "seconds": time.perf_counter() - start}
+    result: dict[str, Any] = {
+        "auc": {d: c["auc"] for d, c in curves.items()}, "curves": curves,
+        "propagation_tightness": tau, "propagation_tightness_note": tau_note,
+        "seconds": time.perf_counter() - start}
     _write_json(cache, {"key": key, "result": result})
     aucs = ", ".join(f"{d} {a:.3f}" for d, a in result["auc"].items())
     _log(quiet, f"  {outcome.spec.name}: tightness AUC {aucs} in {result['seconds']:.1f} s")
@@ -822,6 +877,7 @@ def experiment(cfg: ParadoxConfig, out: Path, *, overwrite: bool = False, quiet:
     specs = plan(cfg)
     for spec in specs:  # every training config is checked before any work
         train_config(spec, Path("start.pt") if spec.optimizer == "pgpe" else None)
+    check_domains(cfg)
     prepare_out(out, cfg, overwrite)
     wall = time.perf_counter()
     info_start = machine()
@@ -862,7 +918,10 @@ def experiment(cfg: ParadoxConfig, out: Path, *, overwrite: bool = False, quiet:
         },
         "certification": {
             "domain": "tightest", "cascade": "clean -> box, hbox, zonotope, crown-ibp, "
-            "deeppoly bounds (float64, margin > tolerance) -> PGD", "eps": cfg.eps,
+            "deeppoly bounds (float64, margin > tolerance) -> PGD" + (
+                f" -> exact MILP (HiGHS, {cfg.milp_time_limit:g} s per input)"
+                if cfg.complete else ""),
+            "complete": cfg.complete, "eps": cfg.eps,
             "n_test": len(test_split), "tolerance": cfg.tolerance,
         },
         "tightness": {"eps_max_factor": cfg.tightness_eps_max, "n_eps": cfg.tightness_n_eps,
@@ -909,6 +968,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-subset", type=int, default=None,
                         help="certify the first N test examples")
     parser.add_argument("--device", default=None, help="training device (cpu, cuda, ...)")
+    parser.add_argument("--complete", action="store_true", default=None,
+                        help="certify with the exact MILP stage too (as absdsl certify "
+                             "--complete): every network, the same cascade")
+    parser.add_argument("--milp-time-limit", type=float, default=None, metavar="SECONDS",
+                        help="HiGHS time per input with --complete (default 30)")
     parser.add_argument("--data-root", default=None, help="folder of the full data sets")
     parser.add_argument("--download", action="store_true", default=None,
                         help="download the data set where the machine is online")
@@ -931,6 +995,7 @@ def config_from_args(args: argparse.Namespace) -> ParadoxConfig:
         "pgd_epochs": args.pgd_epochs, "popsize": args.popsize, "model": args.model,
         "train_subset": args.train_subset, "test_subset": args.test_subset,
         "device": args.device, "data_root": args.data_root, "download": args.download,
+        "complete": args.complete, "milp_time_limit": args.milp_time_limit,
     }
     overrides.pop("epochs")
     epochs = args.epochs

@@ -74,13 +74,9 @@ class StepRule(Protocol):
         """Called after each finished epoch (0-based): learning-rate decay and the like."""
         ...
 
-    def current_lr(self) -> float:
-        """The learning rate the next step uses (logged as ``lr`` in metrics.jsonl)."""
-        ...
-
-    def close(self) -> None:
-        """Release workers (Ray actors) and the like; the loop calls it in a ``finally``."""
-        ...
+    # ``current_lr()`` (the learning rate the next step uses, logged as ``lr``) and ``close()``
+    # (release Ray actors and the like; called in a ``finally``) are optional, so they are not
+    # members here: a rule without them is still a StepRule.
 
 
 def rule_lr(rule: Any) -> float:

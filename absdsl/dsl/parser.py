@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import lark
 from lark import Token, Transformer, v_args
@@ -29,6 +31,13 @@ def _parser() -> lark.Lark:
 
 def _pos(meta_or_token) -> ast.Pos:
     return ast.Pos(getattr(meta_or_token, "line", 0) or 0, getattr(meta_or_token, "column", 0) or 0)
+
+
+def _binary(op: str) -> Callable[[Any, Any, list[Any]], ast.BinOp]:
+    """A transformer callback for one binary operator (the grammar has one rule per operator)."""
+    def build(self: Any, meta: Any, children: list[Any]) -> ast.BinOp:
+        return ast.BinOp(op, children[0], children[1], _pos(meta))
+    return build
 
 
 @v_args(meta=True)
@@ -57,16 +66,11 @@ class _ToAst(Transformer):
     def neg(self, meta, children):
         return ast.Neg(children[0], _pos(meta))
 
-    def _bin(op):  # noqa: N805 - a small factory for the binary-operator callbacks
-        def build(self, meta, children):
-            return ast.BinOp(op, children[0], children[1], _pos(meta))
-        return build
-
-    add = _bin("+")
-    sub = _bin("-")
-    mul = _bin("*")
-    div = _bin("/")
-    matmul = _bin("@")
+    add = _binary("+")
+    sub = _binary("-")
+    mul = _binary("*")
+    div = _binary("/")
+    matmul = _binary("@")
 
     def compare(self, meta, children):
         left, op, right = children
@@ -186,7 +190,7 @@ def parse_source(source: str, filename: str = "<domain>") -> ast.Module:
     try:
         tree = _parser().parse(source)
     except lark.UnexpectedCharacters as err:
-        raise DSLError(f"unexpected character {source[err.pos_in_stream]!r}", source, filename,
+        raise DSLError(f"unexpected character {err.char!r}", source, filename,
                        err.line, err.column) from None
     except lark.UnexpectedToken as err:
         tok = err.token

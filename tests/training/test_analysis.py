@@ -119,6 +119,67 @@ def test_tightness_never_exceeds_one_and_numerator_is_the_jacobian(seed):
         assert torch.allclose(per_conv[i], tau, atol=1e-12)
 
 
+def _conv_bn_net(seed: int) -> nn.Sequential:
+    """Conv + BN (folded by the compiler), ReLU, BN after a ReLU (its own node), strided conv,
+    ReLU, flatten, Linear + BatchNorm1d (folded), ReLU, Linear; negative BN scales included."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                          nn.BatchNorm2d(3), nn.Conv2d(3, 2, 3, stride=2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(),
+                          nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        for bn in (model[1], model[3], model[8]):
+            bn.weight.uniform_(-1.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _dense(fn, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) of an affine map of flat vectors, by autograd at 0 (independent of the IR)."""
+    zero = torch.zeros(n_in, dtype=torch.float64)
+    return torch.autograd.functional.jacobian(fn, zero), fn(zero).detach()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tightness_with_conv_batch_norm_and_flatten_matches_dense_matrices(seed):
+    m = _conv_bn_net(seed)
+    assert any(float(m[i].weight.detach().min()) < 0 for i in (1, 3, 8))  # |BN scale| matters
+    # the four affine layers between the ReLUs, as dense matrices of flat vectors
+    layers = [
+        _dense(lambda v: m[1](m[0](v.reshape(1, 1, 5, 5))).reshape(-1), 25),
+        _dense(lambda v: m[4](m[3](v.reshape(1, 3, 5, 5))).reshape(-1), 75),
+        _dense(lambda v: m[8](m[7](v.reshape(1, 8))).reshape(-1), 8),
+        _dense(lambda v: m[10](v.reshape(1, 6)).reshape(-1), 6),
+    ]
+    x, y = _data(seed + 20, n=8, shape=(1, 5, 5))
+    eps = 0.1
+    per = propagation_tightness_per_margin(m, x, y, eps)
+    assert per.shape == (8, 2)
+    for i in range(x.shape[0]):
+        xi = x[i].reshape(-1)
+        e = ((xi + eps).clamp(0, 1) - (xi - eps).clamp(0, 1)) / 2
+        gates, h = [], xi
+        for w, b in layers[:-1]:  # D_j from the pre-activations at the clean x
+            pre = w @ h + b
+            gates.append(torch.diag((pre > 0).double()))
+            h = gates[-1] @ pre
+        with torch.no_grad():
+            assert torch.allclose(layers[-1][0] @ h + layers[-1][1], m(x[i:i + 1])[0],
+                                  atol=1e-12)
+        c = absdsl.margin_spec(y[i:i + 1], 3)[0].double()
+        (w1, _), (w2, _), (w3, _), (w4, _) = layers
+        d1, d2, d3 = gates
+        linear = c @ w4 @ d3 @ w3 @ d2 @ w2 @ d1 @ w1
+        jac = torch.autograd.functional.jacobian(lambda v: m(v.reshape(1, 1, 5, 5))[0], xi)
+        assert torch.allclose(linear, c @ jac, atol=1e-12)  # the numerator is C J(x)
+        num = linear.abs() @ e
+        den = (c @ w4).abs() @ d3 @ w3.abs() @ d2 @ w2.abs() @ d1 @ w1.abs() @ e
+        assert torch.allclose(per[i], num / den, atol=1e-12, rtol=1e-10), (i, per[i], num / den)
+    assert bool((per < 1 - 1e-3).any())  # a non-trivial case: IBP loses something
+
+
 def test_tightness_rejects_a_sigmoid_network():
     model = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).double()
     x, y = _data(0, shape=(4,))
@@ -238,10 +299,33 @@ def test_landscape_finds_the_deeppoly_jump_of_the_worked_example(tmp_path):
     # sensitivity: the discontinuity at theta makes |dL| / r grow like 1 / r for DeepPoly
     s_poly, s_box = res.sensitivity["deeppoly"]["mean"], res.sensitivity["box"]["mean"]
     assert s_poly[0] > 10 * s_poly[1] and s_poly[0] > 100 * s_box[0]
-    data = res.to_json()
-    json.dumps(data)
+    data = json.loads(json.dumps(res.to_json()))  # the JSON holds every number measured
+    (jump,) = data["jumps"]["deeppoly"]
+    assert jump["index"] == 25 and jump["t_right"] == pytest.approx(0.02)
+    assert jump["t_left"] == pytest.approx(0.0, abs=1e-12)
+    assert jump["delta"] == pytest.approx(res.loss["deeppoly"][26] - res.loss["deeppoly"][25])
+    assert jump["delta"] > 0.3  # L jumps from log(1 + e^-1) to about log 2
+    assert 0 < jump["local_scale"] < jump["delta"] / data["jump_options"]["ratio"]
+    assert data["jumps"]["box"] == [] and "ratio" in data["jump_rule"]
+    for name in ("box", "deeppoly"):
+        band = data["smoothed"][name]["0.001"]
+        assert band["sigma"] == 1e-3 and band["n"] == 4
+        assert all(len(band[k]) == 51 for k in ("mean", "std", "lower", "upper"))
+        assert all(lo <= mu <= hi for lo, mu, hi in
+                   zip(band["lower"], band["mean"], band["upper"], strict=True))
+        sens = data["sensitivity"]["per_domain"][name]
+        assert sens["mean"] == pytest.approx(res.sensitivity[name]["mean"])
+        assert len(sens["std"]) == len(sens["max"]) == 2
+        assert all(mx >= mu for mx, mu in zip(sens["max"], sens["mean"], strict=True))
+    assert data["sensitivity"]["radii"] == [1e-4, 1e-2]
+    assert data["sensitivity"]["samples"] == 3 and "/ r" in data["sensitivity"]["rule"]
+    assert "1.96" in data["smoothing_rule"] and data["direction"]["kind"] == "file"
     png = plot_landscape(data, tmp_path / "fig.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    head = png.read_bytes()
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    # figure 6's layout: one row, (a) the loss, one panel per sigma, then the sensitivity
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert (width, height) == (round(3.4 * 3 * 120), round(3.2 * 120))
 
 
 def test_landscape_loss_matches_the_training_objective():
@@ -260,6 +344,32 @@ def test_landscape_loss_matches_the_training_objective():
     # the gradient direction ascends: the loss grows with t near 0 (smooth enough here)
     assert res.loss["crown-ibp"][3] > res.loss["crown-ibp"][1]
     assert res.direction["kind"] == "gradient"
+
+
+def test_random_direction_is_filter_normalised_unit_and_seeded():
+    from absdsl.training.analysis.landscape import random_direction
+
+    model = _mlp(6, (4, 6, 3))
+    d = random_direction(model, seed=3)
+    assert float(d.norm()) == pytest.approx(1.0, abs=1e-12)
+    assert torch.equal(d, random_direction(model, seed=3))
+    assert not torch.allclose(d, random_direction(model, seed=4))
+    # every filter (row of a weight, or a whole bias) has the norm of theta's filter, up to
+    # the one global scale
+    ratios, offset = [], 0
+    for p in model.parameters():
+        rows = p.detach().reshape(p.shape[0], -1) if p.dim() >= 2 else p.detach().reshape(1, -1)
+        part = d[offset:offset + p.numel()].reshape(rows.shape)
+        ratios += (part.norm(dim=1) / rows.norm(dim=1)).tolist()
+        offset += p.numel()
+    assert offset == d.numel()
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-10)
+    x, y = _data(7, n=6)
+    res = loss_landscape(model, x, y, 0.05, domains=["box"], direction="random", seed=3,
+                         span=1e-2, points=3, sigmas=[1e-4], samples=2, radii=[1e-3],
+                         sensitivity_samples=1)
+    assert res.direction == {"kind": "random", "detail": "seed 3", "n_parameters": d.numel()}
+    assert res.loss["box"][1] == pytest.approx(res.loss_at_0["box"], rel=1e-12)
 
 
 def test_find_jumps_reports_steps_and_not_kinks():
@@ -300,6 +410,10 @@ def test_direction_file_is_shape_checked(tmp_path):
     ({"direction": "nowhere.pt"}, "does not exist"),
     ({"memory_budget_mb": 0.0}, "memory budget must be > 0"),
     ({"device": "nowhere"}, "unknown device 'nowhere'"),
+    ({"direction": torch.ones(5, dtype=torch.float64)},
+     r"a direction tensor must be flat with 6 entries .* got shape \(5,\)"),
+    ({"direction": torch.ones(1, 6, dtype=torch.float64)}, r"got shape \(1, 6\)"),
+    ({"direction": torch.zeros(6, dtype=torch.float64)}, "direction is zero"),
 ])
 def test_landscape_rejects_bad_options(kwargs, message):
     model = _toy()
@@ -323,17 +437,22 @@ def run_dir(tmp_path_factory):
 
 def test_cli_tightness_end_to_end(run_dir, tmp_path, capsys):
     out = tmp_path / "t"
-    code = main(["analyze", "tightness", str(run_dir), "--domains", "box,hbox,crown-ibp",
+    code = main(["analyze", "tightness", str(run_dir), "--domains", "box,hbox,crown-ibp,deeppoly",
                  "--eps-max", "0.02", "--n-eps", "3", "--samples", "10", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     text = capsys.readouterr().out
-    assert "propagation tightness" in text and "hbox" in text
+    assert "propagation tightness" in text and "hbox" in text and "deeppoly" in text
     data = json.loads((out / "tightness.json").read_text())
     assert data["n_inputs"] == 10 and data["eps"] == pytest.approx([0.0, 0.01, 0.02])
-    assert set(data["domains"]) == {"box", "hbox", "crown-ibp"}
+    assert set(data["domains"]) == {"box", "hbox", "crown-ibp", "deeppoly"}
     box, hbox = data["domains"]["box"], data["domains"]["hbox"]
     assert all(h >= b for h, b in zip(hbox["certified"], box["certified"], strict=True))
-    assert 0.0 < data["propagation_tightness"]["value"] <= 1.0
+    for d in data["domains"].values():  # each AUC is the stated trapezoid over its curve
+        assert d["auc"] == pytest.approx(trapezoid_auc(data["eps"], d["certified"]))
+        assert d["certified"][0] == box["certified"][0]  # eps 0: every domain is exact
+    tau = data["propagation_tightness"]
+    assert 0.0 < tau["min"] <= tau["value"] <= tau["max"] <= 1.0 and tau["eps"] == 0.02
+    assert "D_i = diag(1[pre-activation at the clean x > 0])" in tau["definition"]
     assert "trapezoid" in data["auc_normalisation"]
 
 
@@ -348,7 +467,14 @@ def test_cli_landscape_end_to_end(run_dir, tmp_path, capsys):
     assert data["domains"] == ["box"] and len(data["loss"]["box"]) == 5
     assert data["loss"]["box"][2] == pytest.approx(data["loss_at_0"]["box"], rel=1e-12)
     assert data["smoothed"]["box"]["0.0001"]["n"] == 2
+    band = data["smoothed"]["box"]["0.0001"]
+    assert len(band["lower"]) == len(band["upper"]) == 5
+    assert all(lo <= hi for lo, hi in zip(band["lower"], band["upper"], strict=True))
+    assert isinstance(data["jumps"]["box"], list) and data["jump_options"]["ratio"] == 10.0
+    assert len(data["sensitivity"]["per_domain"]["box"]["mean"]) == 1
+    assert data["direction"]["kind"] == "gradient" and data["checkpoint"].endswith(".pt")
     assert (out / "landscape.png").read_bytes()[:4] == b"\x89PNG"
+    assert "jumps" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -385,3 +511,56 @@ def test_cli_rejects_a_checkpoint_that_does_not_fit_its_model(run_dir, tmp_path,
     assert main(["analyze", "tightness", str(path), "--samples", "2"]) == 2
     err = capsys.readouterr().err
     assert "do not fit model 'fc'" in err and "Traceback" not in err, err
+
+
+_SIGMOID_FACTORY = """
+import torch.nn as nn
+
+def make(info):
+    c, h, w = info.shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 8), nn.Sigmoid(),
+                         nn.Linear(8, info.num_classes))
+"""
+
+
+@pytest.fixture(scope="module")
+def sigmoid_run(tmp_path_factory):
+    """A run of a sigmoid network (factory on sys.path): Box has a sigmoid rule, HBox none."""
+    import sys
+
+    root = tmp_path_factory.mktemp("sigmoid")
+    (root / "analysis_sigmoid_net.py").write_text(_SIGMOID_FACTORY)
+    sys.path.insert(0, str(root))
+    try:
+        run = root / "run"
+        assert main(["train", "--model", "analysis_sigmoid_net:make", "--method", "natural",
+                     "--train-subset", "32", "--test-subset", "8", "--batch-size", "32",
+                     "--epochs", "1", "--eval-every", "0", "--no-final-eval", "--quiet",
+                     "--out", str(run)]) == 0
+        yield run
+    finally:
+        sys.path.remove(str(root))
+
+
+@pytest.mark.parametrize("args", [
+    ["tightness", "--domains", "box,hbox", "--samples", "4"],
+    ["landscape", "--domain", "box,hbox", "--inputs", "2", "--points", "3"],
+])
+def test_cli_rejects_a_domain_without_a_rule_for_an_op_before_any_work(sigmoid_run, tmp_path,
+                                                                       capsys, args):
+    out = tmp_path / "never"
+    assert main(["analyze", args[0], str(sigmoid_run), *args[1:], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "HBox has no rule for sigmoid" in err and "Sigmoid" in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()  # refused before any bound was computed or file written
+
+
+def test_cli_tightness_reports_tau_as_unavailable_for_a_sigmoid_net(sigmoid_run, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "t"
+    assert main(["analyze", "tightness", str(sigmoid_run), "--domains", "box", "--eps-max",
+                 "0.02", "--n-eps", "2", "--samples", "4", "--out", str(out)]) == 0
+    assert "propagation tightness: n/a" in capsys.readouterr().out
+    tau = json.loads((out / "tightness.json").read_text())["propagation_tightness"]
+    assert tau["value"] is None and "sigmoid" in tau["reason"]

@@ -57,6 +57,40 @@ def test_certificate_needs_margin_above_tolerance_in_float64(monkeypatch):
     assert summary["certified_acc"] == pytest.approx(0.2)
 
 
+def test_pgd_falsifies_only_points_in_the_ball_that_the_float64_model_misclassifies(
+        monkeypatch):
+    """The PGD stage's point is clipped into the ball and re-checked by a forward pass."""
+    import absdsl.training.certify as certify_mod
+
+    monkeypatch.setattr(absdsl, "compile",
+                        lambda model, domain: _StubProgram({89: -1.0, 115: -1.0}))
+
+    def attack(model, x, y, eps, cfg, generator=None):
+        adv = x.clone()
+        adv[1, 0, 0, 0] = 1.0  # would flip the label, but lies far outside the ball
+        adv[2, 0, 0, 0] = 0.55  # inside the ball around 115/255 and across the boundary
+        return adv
+
+    monkeypatch.setattr(certify_mod, "pgd_attack", attack)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # f_0 = 0.5, f_1 = first pixel
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.fill_(-10.0)
+        model[1].bias[0] = 0.5
+        model[1].bias[1] = 0.0
+        model[1].weight[1, 0] = 1.0
+    images = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor([89, 89, 115], dtype=torch.uint8)
+    report = certify_model(model, dataset_info("mnist5k"),
+                           Split(images, torch.zeros(3, dtype=torch.long)),
+                           CertifyOptions(eps=0.1, tolerance=1e-6))
+    # row 0: PGD found nothing; row 1: its point, clipped into the ball (0.449), is still
+    # class 0; row 2: a real counterexample
+    assert [r.status for r in report.records] == ["unknown", "unknown", "falsified"]
+    assert report.records[2].stage == "pgd"
+    assert report.summary()["adversarial_acc"] == pytest.approx(2 / 3)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     from absdsl.training.config import resolve

@@ -147,17 +147,21 @@ def test_milp_is_exact_for_other_piecewise_linear_activations(act):
     assert _check_exact(model, lo, hi, _grid(lo, hi)) == 2
 
 
-def test_falsification_is_a_real_counterexample():
+def _boundary_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
+    """A 2-class net whose decision boundary runs through the box (half of it is class 1)."""
     model = _mlp(0, widths=(2, 8, 8, 2))
     lo = torch.tensor([[-0.5, -0.5]], dtype=torch.float64)
     hi = lo + 2.0
     grid = _grid(lo, hi)
-    label = 0
-    with torch.no_grad():  # move the decision boundary through the box: half of it is class 1
+    with torch.no_grad():
         logits = model(grid)
         model[-1].bias[0] -= float((logits[:, 0] - logits[:, 1]).median())
-    with torch.no_grad():
-        assert bool((model(grid).argmax(1) != label).any())  # the box holds another class
+        assert bool((model(grid).argmax(1) != 0).any())  # the box holds another class
+    return model, lo, hi, 0
+
+
+def test_falsification_is_a_real_counterexample():
+    model, lo, hi, label = _boundary_case()
     nm = NetworkMilp(model, (2,))
     outcome = nm.verify(lo, hi, label, TOL, time_limit=20.0)
     assert outcome.status == "falsified"
@@ -165,6 +169,23 @@ def test_falsification_is_a_real_counterexample():
     assert bool((cex >= lo).all() and (cex <= hi).all())
     with torch.no_grad():
         assert int(model(cex).argmax(1)) != label
+
+
+def test_a_solver_point_is_no_falsification_without_the_forward_check(monkeypatch):
+    model, lo, hi, label = _boundary_case()
+    nm = NetworkMilp(model, (2,))
+    checked: list[int] = []
+
+    def never_flips(point: np.ndarray, lab: int) -> bool:
+        checked.append(lab)
+        return False
+
+    monkeypatch.setattr(nm, "flips", never_flips)
+    outcome = nm.verify(lo, hi, label, TOL, time_limit=20.0)
+    assert checked == [label]  # HiGHS's point went through the forward pass
+    # a negative minimum (not a proof) and no checked counterexample: undecided
+    assert outcome.status == "unknown" and outcome.counterexample is None
+    assert outcome.margins[0].upper is not None and outcome.margins[0].upper < 0
 
 
 def test_certified_box_has_every_margin_proved_by_a_bound():
@@ -277,6 +298,28 @@ def test_certify_complete_rejects_a_zero_time_limit(mlp_run, capsys):
     assert "--milp-time-limit must be a positive number of seconds, got 0" in err
     assert "Traceback" not in err
     assert not (mlp_run / "never.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_certify_rejects_a_bad_time_limit_even_without_complete(mlp_run, capsys, value):
+    assert main(["certify", str(mlp_run), "--milp-time-limit", value, "--quiet", "--out",
+                 str(mlp_run / "never.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--milp-time-limit must be a positive number of seconds" in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (mlp_run / "never.json").exists()
+
+
+def test_certify_rejects_a_checkpoint_that_does_not_fit_its_model(mlp_run, tmp_path, capsys):
+    ckpt = torch.load(sorted((mlp_run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    ckpt["config"]["model"] = "fc"
+    path = tmp_path / "wrong.pt"
+    torch.save(ckpt, path)
+    assert main(["certify", str(path), "--complete", "-n", "2", "--quiet", "--out",
+                 str(tmp_path / "never.json")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit model 'fc'" in err and "Traceback" not in err, err
+    assert not (tmp_path / "never.json").exists()
 
 
 def test_encoding_uses_binaries_only_for_unstable_neurons_that_matter():

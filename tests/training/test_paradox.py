@@ -130,6 +130,9 @@ def _error(args: list[str], capsys) -> str:
         (["--eps", "a lot"], "eps 'a lot' is not a number"),
         (["--popsize", "5"], "popsize must be an even integer"),
         (["--epochs", "0"], "grad_epochs must be an integer >= 1"),
+        (["--complete", "--milp-time-limit", "0"],
+         "--milp-time-limit must be a positive number of seconds, got 0.0"),
+        (["--milp-time-limit", "nan"], "--milp-time-limit must be a positive number"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(tmp_path, capsys, args, needle) -> None:
@@ -211,3 +214,137 @@ def test_findings_detect_the_paradox_and_its_reversal() -> None:
         {"domain": "PGD", "grad": {"natural": 0.9, "certified": 0.1, "adversarial": 0.5},
          "pgpe": None, "tightness": None}, *rows], "findings": f}], "mnist5k")
     assert "Nat. Acc. [%]" in text and "DeepPoly" in text and "70.00" in text
+
+
+_SIGMOID = """
+import torch.nn as nn
+
+def make(info):
+    c, h, w = info.shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 8), nn.Sigmoid(),
+                         nn.Linear(8, info.num_classes))
+"""
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--domains", "box,hbox"], "domain 'hbox' cannot train or bound model"),
+    (["--domains", "box", "--complete"], "piecewise-linear networks only"),
+])
+def test_a_domain_without_a_rule_for_an_op_fails_before_any_training(
+        tmp_path, capsys, monkeypatch, extra, needle) -> None:
+    (tmp_path / "paradox_sigmoid_net.py").write_text(_SIGMOID)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "px"
+    err = _error(["--preset", "micro", "--model", "paradox_sigmoid_net:make", *extra,
+                  "--out", str(out)], capsys)
+    assert needle in err and "sigmoid" in err
+    assert not out.exists()  # no start was trained, no folder made
+
+
+def test_complete_adds_the_milp_stage_to_every_certification(tmp_path, capsys,
+                                                             monkeypatch) -> None:
+    import absdsl.training.certify as certify_mod
+    from absdsl.training import milp
+
+    stages: list[milp.MilpStage] = []
+
+    def keep(*args):
+        stages.append(milp.MilpStage(*args))
+        return stages[-1]
+
+    monkeypatch.setitem(certify_mod._STAGES, "milp", keep)
+    # the cascade's PGD finds nothing here, so every correct input that no bound certifies
+    # reaches HiGHS (on the micro networks PGD would otherwise decide them all)
+    monkeypatch.setattr(certify_mod, "pgd_attack", lambda model, x, *a, **k: x.clone())
+    out = tmp_path / "px"
+    args = ["paradox", "--preset", "micro", "--optimizers", "grad", "--domains", "box",
+            "--complete", "--milp-time-limit", "10", "--test-subset", "10", "--out", str(out),
+            "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    data = json.loads((out / "paradox.json").read_text())
+    assert data["config"]["complete"] is True and data["certification"]["complete"] is True
+    assert data["certification"]["cascade"].endswith("-> exact MILP (HiGHS, 10 s per input)")
+    assert len(stages) == 2 and all(st.time_limit == 10.0 for st in stages)  # one per network
+    for name, stage in zip(("pgd", "grad-box"), stages, strict=True):
+        summary = data["runs"][name]["certify"]
+        counts = summary["counts"]
+        # a 784-16-10 network: HiGHS decides every input the earlier stages left
+        assert counts["unknown"] == 0, counts
+        assert sum(counts.values()) == summary["n"] == 10
+        assert summary["certified_acc"] <= summary["adversarial_acc"] <= summary["natural_acc"]
+        by_milp = {k: sum(st["status"] == k for st in stage.stats)
+                   for k in ("certified", "falsified", "unknown")}
+        # PGD falsified nothing: every falsified input is a (checked) MILP counterexample,
+        # and the MILP saw exactly the correct inputs that no bound certified
+        assert counts["falsified"] == by_milp["falsified"]
+        bound_certified = counts["certified"] - by_milp["certified"]
+        assert len(stage.stats) == summary["n"] - counts["misclassified"] - bound_certified
+        cache = json.loads((out / "runs" / name / paradox.CERTIFY_CACHE).read_text())
+        assert cache["key"]["stages"] == ["milp"] and cache["key"]["milp_time_limit"] == 10
+    assert sum(len(st.stats) for st in stages) >= 1  # HiGHS really ran
+    # the same folder without --complete is another experiment
+    err = _error(["--preset", "micro", "--optimizers", "grad", "--domains", "box",
+                  "--test-subset", "10", "--out", str(out)], capsys)
+    assert "different configuration" in err and "complete" in err
+
+
+def test_a_config_saved_before_complete_existed_still_matches(tmp_path) -> None:
+    out = tmp_path / "px"
+    cfg = make_config("micro")
+    old = cfg.to_dict()
+    for key in paradox.ADDED_DEFAULTS:
+        del old[key]
+    out.mkdir()
+    (out / paradox.CONFIG_FILE).write_text(json.dumps({"format": paradox.FORMAT, "version": 1,
+                                                       "config": old}))
+    paradox.prepare_out(out, cfg, overwrite=False)  # the same experiment: accepted
+    with pytest.raises(ParadoxError, match="differs in: complete"):
+        paradox.prepare_out(out, make_config("micro", {"complete": True}), overwrite=False)
+
+
+def test_an_interrupted_paradox_resumes_from_the_runs_it_finished(tmp_path, capsys,
+                                                                  monkeypatch) -> None:
+    from absdsl.training import loop
+    from absdsl.training.checkpoint import CheckpointError
+
+    out = tmp_path / "px"
+    args = ["paradox", "--preset", "micro", "--optimizers", "grad", "--domains",
+            "box,deeppoly", "--out", str(out), "--quiet"]
+    real = loop.run_training
+
+    def ctrl_c_in_the_third_run(cfg, run_dir, **kwargs):
+        if Path(run_dir).name == "grad-deeppoly":  # Ctrl-C: the loop saves, then raises
+            raise loop.Interrupted("interrupted; checkpoint saved")
+        return real(cfg, run_dir, **kwargs)
+
+    monkeypatch.setattr(loop, "run_training", ctrl_c_in_the_third_run)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "grad-deeppoly" in err and "again to resume" in err and err.count("\n") == 1
+    assert not (out / "paradox.json").exists()
+    for name in ("pgd", "grad-box"):
+        assert json.loads((out / "runs" / name / paradox.RUN_MARKER).read_text())["finished"]
+    assert not json.loads((out / "runs/grad-deeppoly" / paradox.RUN_MARKER).read_text())[
+        "finished"]
+    before = _snapshot(out)
+
+    monkeypatch.setattr(loop, "run_training", real)
+    assert main(args) == 0
+    capsys.readouterr()
+    status = json.loads((out / "paradox.json").read_text())["timings"]["runs"]
+    assert {n: s["status"] for n, s in status.items()} == {
+        "pgd": "skipped", "grad-box": "skipped", "grad-deeppoly": "resumed"}
+    after = _snapshot(out)
+    for key, mtime in before.items():  # the finished runs: not retrained, not re-certified
+        if not key.startswith("runs/grad-deeppoly/"):
+            assert after[key] == mtime, key
+    assert (out / "runs/grad-deeppoly/checkpoints/epoch_0001.pt").is_file()
+
+    # a checkpoint whose weights do not fit the model its config names: a clear error
+    ckpt = torch.load(out / "runs/pgd/checkpoints/epoch_0001.pt", weights_only=True)
+    ckpt["config"]["model"] = "fc"
+    wrong = tmp_path / "wrong.pt"
+    torch.save(ckpt, wrong)
+    with pytest.raises(CheckpointError, match="do not fit model 'fc'"):
+        paradox.load_network(out / "runs/pgd", wrong)

@@ -336,7 +336,7 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
                                 f"(the trainable parameters), got shape "
                                 f"{tuple(direction.shape)}")
         d = _unit(direction.detach().double().cpu(), "given")
-        info = {"kind": "tensor", "detail": "given as a flat tensor"}
+        info: dict[str, Any] = {"kind": "tensor", "detail": "given as a flat tensor"}
     elif direction == "random":
         d = random_direction(model64, seed)
         info = {"kind": "random", "detail": f"seed {seed}"}

@@ -391,15 +391,13 @@ class PopulationObjective:
                 timed = False  # the first call on a new input shape compiles the program
             self._warm.add(shape)
             begin = time.perf_counter()
-            if plan.mode == "loop":
-                single = (self.flat_loss if kind == "loss"
-                          else torch.func.grad_and_value(self.flat_loss))
-                results = [single(v) for v in part]
-                if kind == "loss":
-                    out: Any = torch.stack(results)
-                else:
-                    out = (torch.stack([g for g, _ in results]),
-                           torch.stack([v for _, v in results]))
+            out: Any
+            if plan.mode == "loop" and kind == "loss":
+                out = torch.stack([self.flat_loss(v) for v in part])
+            elif plan.mode == "loop":
+                grad_and_loss = torch.func.grad_and_value(self.flat_loss)
+                pairs = [grad_and_loss(v) for v in part]
+                out = (torch.stack([g for g, _ in pairs]), torch.stack([v for _, v in pairs]))
             else:
                 out = self._batched(kind)(part)
             if timed:
