@@ -176,6 +176,25 @@ def test_memory_budget_sets_chunks_and_rejects_less_than_one_member() -> None:
         tight.losses(torch.zeros(2, tight.layout.size))
 
 
+
+def test_automatic_cpu_budget_takes_at_least_one_member(monkeypatch) -> None:
+    """Without a budget, a member larger than the CPU default runs one member per call
+    (what the CPU prefers anyway) instead of failing; an explicit budget still fails."""
+    from absdsl.training.smoothing import fitness
+
+    model = tiny_cnn()
+    progs = programs_for(model, "box")
+    x, y = mnist_batch(16)
+    probe = PopulationObjective(model, progs, "box", 10)
+    probe.set_batch(x, y, 0.05)
+    fixed, per_member = probe.probe()
+    monkeypatch.setattr(fitness, "CPU_DEFAULT_BUDGET", max(fixed // 2, 1))
+    auto = PopulationObjective(model, progs, "box", 10)
+    auto.set_batch(x, y, 0.05)
+    assert auto.chunk_size() == 1
+    losses = auto.losses(torch.zeros(2, auto.layout.size))
+    assert losses.shape == (2,) and bool(torch.isfinite(losses).all())
+
 # -- the PGPE estimate on a smooth loss --------------------------------------------------------
 def _smooth_problem(dim: int = 24, seed: int = 1):
     """L(t) = sum_j c_j sin(a_j . t) + |t|^2 / 2, whose Gaussian smoothing is closed-form:

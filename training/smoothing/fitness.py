@@ -251,6 +251,8 @@ class PopulationObjective:
             budget = self.memory_budget
             if budget is None:
                 budget = default_memory_budget(b.x.device)
+                if b.x.device.type == "cpu":  # automatic: at least one member per call
+                    budget = max(budget, fixed + per_member)
             if fixed + per_member > budget:
                 raise MemoryBudgetError(
                     f"memory budget {budget / MiB:.1f} MiB is below one population member "
