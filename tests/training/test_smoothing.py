@@ -159,13 +159,19 @@ def test_memory_probe_on_a_few_samples_covers_the_full_batch(domain: str) -> Non
         assert peak <= estimate <= 1.25 * peak, (exact, estimates)
 
 
-def test_memory_budget_sets_chunks_and_rejects_less_than_one_member() -> None:
+def _probed_box_problem():
+    """A tiny Box problem and its probed (fixed, per-member) peak bytes."""
     model = tiny_cnn()
     progs = programs_for(model, "box")
     x, y = mnist_batch(16)
     probe = PopulationObjective(model, progs, "box", 10)
     probe.set_batch(x, y, 0.05)
     fixed, per_member = probe.probe()
+    return model, progs, x, y, fixed, per_member
+
+
+def test_memory_budget_sets_chunks_and_rejects_less_than_one_member() -> None:
+    model, progs, x, y, fixed, per_member = _probed_box_problem()
     assert per_member > 0
     roomy = PopulationObjective(model, progs, "box", 10, memory_budget=fixed + 5 * per_member)
     roomy.set_batch(x, y, 0.05)
@@ -176,24 +182,19 @@ def test_memory_budget_sets_chunks_and_rejects_less_than_one_member() -> None:
         tight.losses(torch.zeros(2, tight.layout.size))
 
 
-
 def test_automatic_cpu_budget_takes_at_least_one_member(monkeypatch) -> None:
     """Without a budget, a member larger than the CPU default runs one member per call
     (what the CPU prefers anyway) instead of failing; an explicit budget still fails."""
     from absdsl.training.smoothing import fitness
 
-    model = tiny_cnn()
-    progs = programs_for(model, "box")
-    x, y = mnist_batch(16)
-    probe = PopulationObjective(model, progs, "box", 10)
-    probe.set_batch(x, y, 0.05)
-    fixed, per_member = probe.probe()
+    model, progs, x, y, fixed, _ = _probed_box_problem()
     monkeypatch.setattr(fitness, "CPU_DEFAULT_BUDGET", max(fixed // 2, 1))
     auto = PopulationObjective(model, progs, "box", 10)
     auto.set_batch(x, y, 0.05)
     assert auto.chunk_size() == 1
     losses = auto.losses(torch.zeros(2, auto.layout.size))
     assert losses.shape == (2,) and bool(torch.isfinite(losses).all())
+
 
 # -- the PGPE estimate on a smooth loss --------------------------------------------------------
 def _smooth_problem(dim: int = 24, seed: int = 1):
