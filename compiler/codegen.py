@@ -426,7 +426,7 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
 PATCH_SAVING = 0.5  # use patches when their rows are at most this fraction of dense rows
 
 
-def _patch_chain(graph: Graph, target: str) -> list[Node] | None:
+def patch_chain(graph: Graph, target: str) -> list[Node] | None:
     """The nodes from ``target`` back to the input when patches apply, else None.
 
     Patches need a chain (no add, cat or reshape) of 2-d convolutions, elementwise affine
@@ -461,7 +461,7 @@ def patch_geometry(graph: Graph, target: str) -> list[Geometry] | None:
     """Per node of the chain (target first), the window geometry of rows on its output map:
     ``(kh, kw, stride_h, stride_w, offset_h, offset_w, grid_h, grid_w)``; None when patches
     do not apply or would not save enough over dense rows."""
-    chain = _patch_chain(graph, target)
+    chain = patch_chain(graph, target)
     if chain is None:
         return None
     grid = chain[0].shape[1:]
@@ -483,15 +483,25 @@ def patch_geometry(graph: Graph, target: str) -> list[Geometry] | None:
     return geoms
 
 
-def patch_backsub_function(graph: Graph, target: str, patch_lines: dict[str, str],
-                           out: Emitter) -> str | None:
+def patch_backsub_function(graph: Graph, target: str, raw_lines: dict[str, str],
+                           patch_lines: dict[str, str], out: Emitter) -> str | None:
     """Emit ``def backsub_<target>(index)`` computing bounds of neurons ``index`` of
-    ``target`` with rows in patch form (see ``rt.patch_start``); None when ineligible."""
+    ``target`` with rows in patch form (see ``rt.patch_start``); None when ineligible.
+
+    ``raw_lines`` names each activation's relaxation lines; their map form is emitted into
+    ``patch_lines`` the first time a patch function needs it.
+    """
     geoms = patch_geometry(graph, target)
     if geoms is None:
         return None
-    chain = _patch_chain(graph, target)
+    chain = patch_chain(graph, target)
     assert chain is not None
+    for node in chain:
+        if node.op in ACTIVATION_CODE and node.name not in patch_lines:
+            shape = graph.by_name[node.inputs[0]].shape
+            patch_lines[node.name] = out.fresh(f"patch_lines_{node.name}")
+            out.emit(f"{patch_lines[node.name]} = rt.patch_lines({raw_lines[node.name]}, "
+                     f"{shape})")
     name = out.fresh(f"backsub_patches_{target}")
     body = Emitter(indent=out.indent + 1, used=out.used)
     body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")

@@ -82,7 +82,8 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         if node.op in ACTIVATIONS:
             pre_activation.setdefault(node.inputs[0], []).append(node.name)
     lines: dict[str, str] = {}
-    patch_lines: dict[str, str] = {}
+    raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, b_lo, ...)
+    patch_lines: dict[str, str] = {}  # the same as maps for patches, made when first used
     relax_fns: dict[tuple, str] = {}
 
     def relax_fn(op: str, params: dict) -> str:
@@ -108,7 +109,8 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             for a in users:
                 fn = relax_fn(a.op, a.attrs.get("params", {}))
                 needs.append(f"{fn}({l_var}, {u_var})[1]")
-            patches = codegen.patch_backsub_function(graph, node.name, patch_lines, out)
+            patches = codegen.patch_backsub_function(graph, node.name, raw_lines, patch_lines,
+                                                     out)
             if patches is not None:
                 factor = _patch_chunk_factor(graph, node.name)
                 backsub = patches
@@ -121,12 +123,11 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         out.emit(f"if record is not None: record[{node.name!r}] = ({l_var}, {u_var})")
         for a in users:
             fn = relax_fn(a.op, a.attrs.get("params", {}))
+            raw = out.fresh(f"relaxed_{a.name}")
+            out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
+            raw_lines[a.name] = raw
             lines[a.name] = out.fresh(f"lines_{a.name}")
-            out.emit(f"{lines[a.name]} = rt.back_lines({fn}({l_var}, {u_var})[0])")
-            if len(node.shape) == 3:
-                patch_lines[a.name] = out.fresh(f"patch_lines_{a.name}")
-                out.emit(f"{patch_lines[a.name]} = rt.patch_lines({fn}({l_var}, {u_var})[0], "
-                         f"{node.shape})")
+            out.emit(f"{lines[a.name]} = rt.back_lines({raw})")
         if loaded.refine and set(state) == {"l", "u"}:
             return {"l": l_var, "u": u_var}
         return None
@@ -150,7 +151,7 @@ def _patch_chunk_factor(graph: Graph, target: str) -> int:
     """How many more rows fit a chunk in patch form than dense (the budget is per dense row)."""
     geoms = codegen.patch_geometry(graph, target)
     assert geoms is not None
-    chain = codegen._patch_chain(graph, target)
+    chain = codegen.patch_chain(graph, target)
     assert chain is not None
     widest = max(_prod(n.shape) for n in graph.nodes)
     largest = max(n.shape[0] * g[0] * g[1] for n, g in zip(chain, geoms, strict=True))
