@@ -413,10 +413,19 @@ def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     height, width = maps.shape[-2:]
     bottom = (gh - 1) * sh + oh + kh - height
     right = (gw - 1) * sw + ow + kw - width
-    padded = F.pad(maps, (-ow, right, -oh, bottom))
-    cols = F.unfold(padded, (kh, kw), stride=(sh, sw))  # [b, C*kh*kw, gh*gw]
-    # rows gather whole windows: contiguous [b, gh*gw, D] first, then one row copy each
-    return cols.transpose(1, 2).contiguous().index_select(1, pos)
+    padded = F.pad(maps, (-ow, right, -oh, bottom))  # window (0, 0) starts at the corner
+    if 2 * pos.numel() >= gh * gw:
+        # most grid positions are read: unfold them all (never more than the rows' size)
+        cols = F.unfold(padded, (kh, kw), stride=(sh, sw))  # [b, C*kh*kw, gh*gw]
+        return cols.transpose(-2, -1).contiguous().index_select(-2, pos)
+    # few rows: read only their windows, channels last so each read is a contiguous run
+    wp = padded.shape[-1]
+    ys = ((pos // gw) * sh)[:, None] + torch.arange(kh, device=pos.device)  # [k, kh]
+    xs = ((pos % gw) * sw)[:, None] + torch.arange(kw, device=pos.device)  # [k, kw]
+    flat = (ys[:, :, None] * wp + xs[:, None, :]).reshape(-1)  # [k * kh * kw]
+    picked = padded.flatten(-2).transpose(-2, -1).index_select(-2, flat)  # [b, k*kh*kw, C]
+    picked = picked.unflatten(-2, (pos.numel(), kh * kw)).transpose(-2, -1)  # [b, k, C, kh*kw]
+    return picked.flatten(-2)
 
 
 def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
