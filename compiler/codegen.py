@@ -457,10 +457,12 @@ def patch_chain(graph: Graph, target: str) -> list[Node] | None:
 Geometry = tuple[int, int, int, int, int, int, int, int]
 
 
-def patch_geometry(graph: Graph, target: str) -> list[Geometry] | None:
-    """Per node of the chain (target first), the window geometry of rows on its output map:
-    ``(kh, kw, stride_h, stride_w, offset_h, offset_w, grid_h, grid_w)``; None when patches
-    do not apply or would not save enough over dense rows."""
+def patch_geometry(graph: Graph, target: str
+                   ) -> tuple[list[Node], list[Geometry]] | None:
+    """The chain from ``target`` back to the input and, per node (target first), the window
+    geometry of rows on its output map: ``(kh, kw, stride_h, stride_w, offset_h, offset_w,
+    grid_h, grid_w)``; None when patches do not apply or would not save enough over dense
+    rows."""
     chain = patch_chain(graph, target)
     if chain is None:
         return None
@@ -480,22 +482,21 @@ def patch_geometry(graph: Graph, target: str) -> list[Geometry] | None:
             sh, sw = sh * m.stride[0], sw * m.stride[1]
     if patch_size > PATCH_SAVING * dense_size:
         return None
-    return geoms
+    return chain, geoms
 
 
 def patch_backsub_function(graph: Graph, target: str, raw_lines: dict[str, str],
                            patch_lines: dict[str, str], out: Emitter) -> str | None:
-    """Emit ``def backsub_<target>(index)`` computing bounds of neurons ``index`` of
+    """Emit ``def backsub_patches_<target>(index)`` computing bounds of neurons ``index`` of
     ``target`` with rows in patch form (see ``rt.patch_start``); None when ineligible.
 
     ``raw_lines`` names each activation's relaxation lines; their map form is emitted into
     ``patch_lines`` the first time a patch function needs it.
     """
-    geoms = patch_geometry(graph, target)
-    if geoms is None:
+    found = patch_geometry(graph, target)
+    if found is None:
         return None
-    chain = patch_chain(graph, target)
-    assert chain is not None
+    chain, geoms = found
     for node in chain:
         if node.op in ACTIVATION_CODE and node.name not in patch_lines:
             shape = graph.by_name[node.inputs[0]].shape

@@ -149,10 +149,9 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
 
 def _patch_chunk_factor(graph: Graph, target: str) -> int:
     """How many more rows fit a chunk in patch form than dense (the budget is per dense row)."""
-    geoms = codegen.patch_geometry(graph, target)
-    assert geoms is not None
-    chain = codegen.patch_chain(graph, target)
-    assert chain is not None
+    found = codegen.patch_geometry(graph, target)
+    assert found is not None
+    chain, geoms = found
     widest = max(_prod(n.shape) for n in graph.nodes)
     largest = max(n.shape[0] * g[0] * g[1] for n, g in zip(chain, geoms, strict=True))
     return max(1, widest // largest)

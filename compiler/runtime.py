@@ -413,7 +413,10 @@ def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     height, width = maps.shape[-2:]
     bottom = (gh - 1) * sh + oh + kh - height
     right = (gw - 1) * sw + ow + kw - width
-    padded = F.pad(maps, (-ow, right, -oh, bottom))  # window (0, 0) starts at the corner
+    # window (0, 0) starts at the corner; windows may stop short of the far edges (crop), even
+    # before the map starts (a conv output that reads padding only), so pad first, then crop
+    padded = F.pad(maps, (-ow, max(right, 0), -oh, max(bottom, 0)))
+    padded = padded[..., :(gh - 1) * sh + kh, :(gw - 1) * sw + kw]
     if 2 * pos.numel() >= gh * gw:
         # most grid positions are read: unfold them all (never more than the rows' size)
         cols = F.unfold(padded, (kh, kw), stride=(sh, sw))  # [b, C*kh*kw, gh*gw]
@@ -438,7 +441,11 @@ def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
 
 def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: Tensor,
                 acc: Tensor) -> tuple[Tensor, Tensor]:
-    """Push patch rows through an activation (see :func:`back_lines` for the algebra)."""
+    """Push patch rows through an activation (the algebra of :func:`back_lines`).
+
+    ``maps`` (from :func:`patch_lines`) stacks mid slope, half slope, mid offset and half
+    offset along channels; lower rows add the half terms, upper rows subtract them.
+    """
     a_mid, a_half, b_mid, b_half = patch_gather(maps, geom, pos).unflatten(
         2, (4, -1)).unbind(2)  # each [b, k, D]
     lower, upper = rows[:, :k], rows[:, k:]
@@ -461,7 +468,10 @@ def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...
 
 def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...],
                pos: Tensor, shape: tuple[int, ...], acc: Tensor) -> Tensor:
-    """acc + sum of rows * bias over each window (bias broadcastable to [C, H, W])."""
+    """acc + sum of rows * bias over each window (bias broadcastable to [C, H, W]).
+
+    The windows read the bias map as 0 outside the map, so rows there need no mask.
+    """
     if not isinstance(bias, Tensor):
         inside = patch_gather(rows.new_ones(1, 1, *shape[1:]), geom, pos)  # [1, k, kh*kw]
         r = rows.unflatten(1, (2, k)).unflatten(-1, (shape[0], -1)).sum(-2)
@@ -502,10 +512,11 @@ def patch_conv_back(rows: Tensor, weight: Tensor, window: tuple[int, int],
     kh, kw = window
     c_out = weight.shape[0]
     d = c_out * kh * kw
-    out_h = (kh - 1) * stride[0] + dilation[0] * (weight.shape[-2] - 1) + 1
-    out_w = (kw - 1) * stride[1] + dilation[1] * (weight.shape[-1] - 1) + 1
+    # the window on the conv's input
+    in_h = (kh - 1) * stride[0] + dilation[0] * (weight.shape[-2] - 1) + 1
+    in_w = (kw - 1) * stride[1] + dilation[1] * (weight.shape[-1] - 1) + 1
     c_in = weight.shape[1] * groups
-    d_in = c_in * out_h * out_w
+    d_in = c_in * in_h * in_w
     taps = weight.shape[1] * weight.shape[-2] * weight.shape[-1]  # conv MACs per entry
     if d * d_in <= _PATCH_GEMM_ELEMENTS and d_in <= _GEMM_OVER_CONV * taps:
         basis = torch.eye(d, dtype=rows.dtype, device=rows.device).reshape(d, c_out, kh, kw)
@@ -513,7 +524,7 @@ def patch_conv_back(rows: Tensor, weight: Tensor, window: tuple[int, int],
         return rows @ matrix.flatten(1)
     flat = rows.reshape(1, -1, c_out, kh, kw)
     if (c_in <= 4 and groups == 1 and dilation == (1, 1) and stride[0] == stride[1] > 1):
-        out = conv_transpose_subpixel(flat, weight, stride, (0, 0), (out_h, out_w))[0]
+        out = conv_transpose_subpixel(flat, weight, stride, (0, 0), (in_h, in_w))[0]
     else:
         out = F.conv_transpose2d(flat[0], weight, None, stride, 0, 0, groups, dilation)
     return out.reshape(*rows.shape[:2], -1)

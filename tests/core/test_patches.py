@@ -185,3 +185,30 @@ def test_window_reads_agree_for_few_and_many_rows(geom) -> None:
             y0, x0 = 10 + oh + (p // gw) * sh, 10 + ow + (p % gw) * sw
             want = padded[:, :, y0:y0 + kh, x0:x0 + kw].flatten(1)
             torch.testing.assert_close(got[:, j], want, rtol=0, atol=0)
+
+
+def test_windows_that_end_before_the_map_starts_read_zeros() -> None:
+    """A window wholly in the padding (a conv output column that reads padding only)."""
+    from absdsl.compiler import runtime as rt
+
+    geom = (3, 1, 1, 16, -1, -2, 12, 1)  # one grid column, its window is column -2
+    maps = torch.randn(2, 3, 12, 12, dtype=DTYPE)
+    got = rt.patch_gather(maps, geom, torch.arange(12))
+    assert torch.equal(got, torch.zeros(2, 12, 3 * 3, dtype=DTYPE))
+
+
+def test_patches_equal_dense_when_a_conv_output_reads_only_padding(monkeypatch) -> None:
+    # output width floor((12 + 2 * 2 - 1) / 16) + 1 = 1: that column is padding (bias) only;
+    # the sigmoid's relaxation reads l and u everywhere, so every neuron is back-substituted
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 4, (3, 1), stride=(1, 16), padding=(1, 2)), nn.Sigmoid(),
+                          nn.Flatten(), nn.Linear(4 * 12 * 1, 3)).to(DTYPE).eval()
+    lo, hi = box((1, 12, 12), batch=2, eps=0.3, seed=1)
+    out = {}
+    for patches in (True, False):
+        prog = _compile(model, patches, monkeypatch)
+        assert (_uses_patches(prog, lo) > 0) == patches
+        out[patches] = prog(lo, hi)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-10, atol=1e-10)
