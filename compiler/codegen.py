@@ -485,18 +485,16 @@ def patch_geometry(graph: Graph, target: str
     return chain, geoms
 
 
-def patch_backsub_function(graph: Graph, target: str, raw_lines: dict[str, str],
-                           patch_lines: dict[str, str], out: Emitter) -> str | None:
+def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
+                           geoms: list[Geometry], raw_lines: dict[str, str],
+                           patch_lines: dict[str, str], out: Emitter) -> str:
     """Emit ``def backsub_patches_<target>(index)`` computing bounds of neurons ``index`` of
-    ``target`` with rows in patch form (see ``rt.patch_start``); None when ineligible.
+    ``target`` with rows in patch form (see ``rt.patch_start``), for the chain and windows of
+    :func:`patch_geometry`.
 
     ``raw_lines`` names each activation's relaxation lines; their map form is emitted into
     ``patch_lines`` the first time a patch function needs it.
     """
-    found = patch_geometry(graph, target)
-    if found is None:
-        return None
-    chain, geoms = found
     for node in chain:
         if node.op in ACTIVATION_CODE and node.name not in patch_lines:
             shape = graph.by_name[node.inputs[0]].shape

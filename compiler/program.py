@@ -20,7 +20,7 @@ import torch.nn as nn
 from absdsl.compiler import codegen
 from absdsl.compiler.concrete import ConcreteGraph
 from absdsl.compiler.frontend import trace
-from absdsl.compiler.ir import ACTIVATIONS, Graph
+from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
 from absdsl.dsl.loader import LoadedDomain, load_domain
 from absdsl.errors import InputError, MemoryBudgetError
 
@@ -109,11 +109,11 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             for a in users:
                 fn = relax_fn(a.op, a.attrs.get("params", {}))
                 needs.append(f"{fn}({l_var}, {u_var})[1]")
-            patches = codegen.patch_backsub_function(graph, node.name, raw_lines, patch_lines,
-                                                     out)
-            if patches is not None:
-                factor = _patch_chunk_factor(graph, node.name)
-                backsub = patches
+            found = codegen.patch_geometry(graph, node.name)
+            if found is not None:
+                factor = _patch_chunk_factor(graph, *found)
+                backsub = codegen.patch_backsub_function(graph, node.name, *found, raw_lines,
+                                                         patch_lines, out)
             else:
                 factor = 1
                 bs = codegen.backsub_function(graph, node.name, lines, out)
@@ -147,11 +147,9 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
     out.emit(f"return {bs}(rows)")
 
 
-def _patch_chunk_factor(graph: Graph, target: str) -> int:
+def _patch_chunk_factor(graph: Graph, chain: list[Node], geoms: list[codegen.Geometry]
+                        ) -> int:
     """How many more rows fit a chunk in patch form than dense (the budget is per dense row)."""
-    found = codegen.patch_geometry(graph, target)
-    assert found is not None
-    chain, geoms = found
     widest = max(_prod(n.shape) for n in graph.nodes)
     largest = max(n.shape[0] * g[0] * g[1] for n, g in zip(chain, geoms, strict=True))
     return max(1, widest // largest)

@@ -466,6 +466,13 @@ def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...
     return (r * inside.unsqueeze(1).unsqueeze(3)).flatten(-2).flatten(1, 2)
 
 
+def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor,
+                      shape: tuple[int, ...]) -> Tensor:
+    """Windows of a constant broadcastable to the [C, H, W] map (per channel, a full map)."""
+    full = t.expand(*t.shape[:-3], *shape) if t.dim() > 3 else t.expand(shape).unsqueeze(0)
+    return patch_gather(full, geom, pos)
+
+
 def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...],
                pos: Tensor, shape: tuple[int, ...], acc: Tensor) -> Tensor:
     """acc + sum of rows * bias over each window (bias broadcastable to [C, H, W]).
@@ -476,10 +483,7 @@ def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...]
         inside = patch_gather(rows.new_ones(1, 1, *shape[1:]), geom, pos)  # [1, k, kh*kw]
         r = rows.unflatten(1, (2, k)).unflatten(-1, (shape[0], -1)).sum(-2)
         return acc + (r * inside.unsqueeze(1)).sum(-1).flatten(1) * bias
-    full = bias.expand(*bias.shape[:-3], *shape) if bias.dim() >= 3 else bias.expand(shape)
-    if full.dim() == 3:
-        full = full.unsqueeze(0)
-    windows = patch_gather(full, geom, pos)  # [1 or b, k, D]
+    windows = _constant_windows(bias, geom, pos, shape)  # [1 or b, k, D]
     return acc + (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).sum(-1).flatten(1)
 
 
@@ -488,10 +492,7 @@ def patch_scale(rows: Tensor, k: int, scale: Tensor | float, geom: tuple[int, ..
     """Rows times an elementwise scale (a number, per channel, or a full map)."""
     if not isinstance(scale, Tensor):
         return rows * scale
-    full = scale.expand(*scale.shape[:-3], *shape) if scale.dim() >= 3 else scale.expand(shape)
-    if full.dim() == 3:
-        full = full.unsqueeze(0)
-    windows = patch_gather(full, geom, pos)
+    windows = _constant_windows(scale, geom, pos, shape)
     return (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).flatten(1, 2)
 
 

@@ -61,11 +61,9 @@ def load_run_model(target: Path, data_root: str | None = None) -> tuple[Any, Any
 def check_options(args: argparse.Namespace) -> None:
     """Options checked before the checkpoint or the data are read (one clear line each)."""
     from .certify import CertifyError
+    from .milp import check_time_limit
 
-    limit = args.milp_time_limit
-    if not (isinstance(limit, (int, float)) and limit > 0):  # also refuses NaN
-        raise CertifyError(f"--milp-time-limit must be a positive number of seconds, got "
-                           f"{limit:g}")
+    check_time_limit(args.milp_time_limit)
     if args.num is not None and args.num < 1:
         raise CertifyError(f"-n/--num must be >= 1, got {args.num}")
 

@@ -552,8 +552,8 @@ class NetworkMilp:
 
 
 def check_time_limit(seconds: float) -> float:
-    """The per-input time limit must be a positive number of seconds."""
-    if not (isinstance(seconds, (int, float)) and seconds > 0):
+    """The per-input time limit must be a positive number of seconds (not NaN, not a bool)."""
+    if isinstance(seconds, bool) or not (isinstance(seconds, (int, float)) and seconds > 0):
         raise MilpError(f"--milp-time-limit must be a positive number of seconds, got {seconds}")
     return float(seconds)
 

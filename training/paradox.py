@@ -268,10 +268,12 @@ def validate(cfg: ParadoxConfig) -> None:
         raise ParadoxError(f"tightness_n_eps must be >= 2, got {cfg.tightness_n_eps}")
     if not isinstance(cfg.complete, bool):
         raise ParadoxError(f"complete must be true or false, got {cfg.complete!r}")
-    limit = cfg.milp_time_limit
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
-        raise ParadoxError(f"--milp-time-limit must be a positive number of seconds, got "
-                           f"{limit!r}")
+    from .milp import MilpError, check_time_limit
+
+    try:
+        check_time_limit(cfg.milp_time_limit)
+    except MilpError as err:
+        raise ParadoxError(str(err)) from err
     if max(cfg.eps) * cfg.tightness_eps_max > 1.0:
         cfg.tightness_eps_max = 1.0 / max(cfg.eps)  # the curve stops at eps 1
 
