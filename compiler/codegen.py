@@ -44,9 +44,17 @@ class Emitter:
     lines: list[str] = field(default_factory=list)
     indent: int = 1
     used: set[str] = field(default_factory=set)
+    shared: dict[str, str] = field(default_factory=dict)  # expression -> variable holding it
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.indent + line)
+
+    def value(self, stem: str, expr: str) -> str:
+        """A variable holding ``expr``, emitted once per program (straight-line code only)."""
+        if expr not in self.shared:
+            self.shared[expr] = self.fresh(stem)
+            self.emit(f"{self.shared[expr]} = {expr}")
+        return self.shared[expr]
 
     def fresh(self, stem: str) -> str:
         stem = re.sub(r"[^0-9A-Za-z_]", "_", stem).strip("_") or "v"
@@ -389,12 +397,15 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
         cur = lam[node.name]
         body.emit(f"# {node.op} %{node.name}")
         if node.op == "input":
-            body.emit(f"return rt.concretize({cur}, k, centre, radius, acc)")
+            body.emit(f"return rt.concretize({cur}, k, centre, radius, acc, compact)")
+            break
+        if node.op == "affine" and _only_user_of_input(graph, node, users):
+            body.emit(_first_layer_return(node, cur, out))
             break
         if node.op == "affine":
             m = node.attrs["map"]
             if m.bias is not None:
-                body.emit(f"acc = acc + rt.bias_dot({cur}, {m.bias}, {node.shape})")
+                body.emit(f"acc = acc + rt.bias_dot({cur}, {m.bias}, {node.shape}, compact)")
             push(node.inputs[0], m.transpose(cur))
         elif node.op == "reshape":
             src = graph.by_name[node.inputs[0]]
@@ -419,6 +430,33 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
     out.emit(f"def {name}(rows):")
     out.lines.extend(body.lines)
     return name
+
+
+def _only_user_of_input(graph: Graph, node: Node, users: dict[str, list[Node]]) -> bool:
+    src = graph.by_name[node.inputs[0]]
+    return src.op == "input" and [u.name for u in users[src.name]] == [node.name]
+
+
+def _first_layer_return(node: Node, cur: str, out: Emitter) -> str:
+    """Concretise rows at the first affine map over the input box in one step.
+
+    The centre term is taken one layer up, lam . (W c + b) with W c + b computed once per
+    call: that replaces the bias dot and the centre dot over the input-sized rows. Rows that
+    reach the input by the sub-pixel transposed conv are read before the pixel shuffle, with
+    the radius laid out the same way, since only the dot with the radius is needed.
+    """
+    m = node.attrs["map"]
+    centre = out.value(f"centre_{node.name}", m.apply("centre", with_bias=True))
+    radius = "radius"
+    if isinstance(m, lm.Conv) and m._few_input_channels():
+        radius = out.value(f"radius_{node.name}", (
+            f"rt.subpixel_phases(radius, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
+            f"{tuple(node.shape[1:])})"))
+        lam_in = (f"rt.conv_transpose_subpixel({cur}, {m.weight}, {m.stride}, {m.padding}, "
+                  f"{tuple(m.in_shape[1:])}, compact, phases=True)")
+    else:
+        lam_in = m.transpose(cur)
+    return f"return rt.concretize_after({cur}, k, {centre}, {lam_in}, {radius}, acc, compact)"
 
 
 # ---- back-substitution in patches -------------------------------------------------------

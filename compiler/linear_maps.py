@@ -6,7 +6,7 @@ Each class emits torch code (strings over variable names) for three things:
 * ``apply(x, absolute, with_bias)``: ``W x`` (or ``|W| x``) for x of shape [N, *in_shape];
   ``with_bias`` adds ``bias`` in the same call (one pass over the output instead of two);
 * ``transpose(lam)``: ``lam W`` for rows lam of shape [B, k, *out_shape] -> [B, k, *in_shape]
-  (back-substitution);
+  (back-substitution; the code may read the program's ``compact`` flag, false under vmap);
 * ``bias``: the name of a per-sample tensor broadcastable to ``out_shape``, or None.
 
 Weights are names of prelude values, so a program reads the current parameters each call.
@@ -72,7 +72,10 @@ class Conv:
             # CPU transposed convs to 1-4 channels are slow; one forward conv with
             # stride**2 sub-kernels and a pixel shuffle computes the same sums
             return (f"rt.conv_transpose_subpixel({lam}, {self.weight}, {self.stride}, "
-                    f"{self.padding}, {tuple(self.in_shape[1:])})")
+                    f"{self.padding}, {tuple(self.in_shape[1:])}, compact)")
+        if self.dims == 2:
+            return (f"rt.conv_back({lam}, {self.weight}, {self.stride}, {self.padding}, "
+                    f"{self.output_padding}, {self.groups}, {self.dilation}, compact)")
         return (f"F.conv_transpose{self.dims}d({lam}.flatten(0, 1), {self.weight}, None, "
                 f"{self.stride}, {self.padding}, {self.output_padding}, {self.groups}, "
                 f"{self.dilation}).unflatten(0, {lam}.shape[:2])")

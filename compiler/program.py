@@ -127,7 +127,7 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
             raw_lines[a.name] = raw
             lines[a.name] = out.fresh(f"lines_{a.name}")
-            out.emit(f"{lines[a.name]} = rt.back_lines({raw})")
+            out.emit(f"{lines[a.name]} = rt.back_lines({raw}, compact)")
         if loaded.refine and set(state) == {"l", "u"}:
             return {"l": l_var, "u": u_var}
         return None

@@ -252,23 +252,74 @@ def avgpool_weight(channels: int, kernel: tuple[int, int], like: Tensor) -> Tens
 
 # ---- back-substitution -------------------------------------------------------------------
 
-def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...]) -> Tensor:
+def rows_channels_last(lam: Tensor, layouts: bool) -> bool:
+    """Whether rows [B, k, C, H, W] are stored channels last (the layout transposed convs
+    return, and the one :func:`conv_back` asks for because oneDNN runs it 2-3x faster).
+
+    ``layouts`` is false under vmap, which cannot query memory formats: rows then keep the
+    default layout throughout.
+    """
+    return (layouts and lam.dim() == 5 and lam.shape[2] > 1 and not lam.is_contiguous()
+            and lam.flatten(0, 1).is_contiguous(memory_format=torch.channels_last))
+
+
+def flat_neurons(t: Tensor, lead: int, channels_last: bool) -> Tensor:
+    """``t`` with its neuron dims (all after the first ``lead``) flattened; channels last
+    puts C innermost, the order of channels-last storage (a view when ``t`` is so stored)."""
+    if channels_last and t.dim() == lead + 3:
+        t = t.movedim(lead, -1)
+    return t.flatten(lead)
+
+
+def unflat_neurons(t: Tensor, shape: tuple[int, ...], channels_last: bool) -> Tensor:
+    """Inverse of :func:`flat_neurons` on the last dim (a view with channels-last strides)."""
+    if channels_last and len(shape) == 3:
+        c, h, w = shape
+        return t.unflatten(-1, (h, w, c)).movedim(-1, -3)
+    return t.unflatten(-1, shape)
+
+
+def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...],
+             layouts: bool = False) -> Tensor:
     """sum over neurons of lam * b for rows lam [B, k, *out_shape]."""
     if not isinstance(bias, Tensor):
         return lam.flatten(2).sum(-1) * bias
     if bias.dim() == 1 and len(out_shape) == 1:
         return lam @ bias
+    if (len(out_shape) == 3 and bias.dim() == 3 and bias.shape[1:] == (1, 1)
+            and bias.shape[0] == out_shape[0]):  # one bias per channel: sum the maps first
+        return lam.sum((-2, -1)) @ bias.flatten()
+    cl = rows_channels_last(lam, layouts)
     full = bias.expand(out_shape) if bias.dim() <= len(out_shape) else bias
-    return (lam * full).flatten(2).sum(-1)
+    flat = flat_neurons(full, full.dim() - len(out_shape), cl)
+    if flat.dim() == 1:
+        return flat_neurons(lam, 2, cl) @ flat
+    return (flat_neurons(lam, 2, cl) @ flat.unsqueeze(-1)).squeeze(-1)
+
+
+def conv_back(lam: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
+              output_padding: tuple[int, int], groups: int, dilation: tuple[int, int],
+              layouts: bool = False) -> Tensor:
+    """``lam W`` for rows [B, k, C, H, W] through a 2-d conv: one transposed conv over all
+    rows, in channels-last layout when ``layouts`` (its output stays channels last)."""
+    flat = lam.flatten(0, 1)
+    if layouts and flat.shape[0] > 1 and flat.shape[1] > 1:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    out = F.conv_transpose2d(flat, weight, None, stride, padding, output_padding, groups,
+                             dilation)
+    return out.unflatten(0, lam.shape[:2])
 
 
 def conv_transpose_subpixel(lam: Tensor, weight: Tensor, stride: tuple[int, int],
-                            padding: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+                            padding: tuple[int, int], out_hw: tuple[int, int],
+                            layouts: bool = False, phases: bool = False) -> Tensor:
     """``conv_transpose2d`` of rows ``lam`` [b, k, C, H, W] as one forward conv.
 
     Output pixel s*q + r (minus padding) sums lam[q - m] * W[s*m + r] over taps m, so the
     s**2 residues r are s**2 ordinary convolutions with flipped sub-kernels; they run as one
     conv with s**2 times the output channels, and a pixel shuffle interleaves them.
+    ``phases`` returns the conv's output before the shuffle and the crop (see
+    :func:`subpixel_phases` for a per-pixel tensor in the same layout).
     """
     s = stride[0]
     c_rows, c_out, kh, kw = weight.shape
@@ -277,54 +328,142 @@ def conv_transpose_subpixel(lam: Tensor, weight: Tensor, stride: tuple[int, int]
     sub = padded.reshape(c_rows, c_out, mh, s, mw, s).permute(1, 3, 5, 0, 2, 4).flip(4, 5)
     sub = sub.reshape(c_out * s * s, c_rows, mh, mw)
     flat = lam.flatten(0, 1)
-    full = F.pixel_shuffle(F.conv2d(flat, sub, None, 1, (mh - 1, mw - 1)), s)
+    if layouts and flat.shape[0] > 1 and flat.shape[1] > 1:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    conv = F.conv2d(flat, sub, None, 1, (mh - 1, mw - 1))
+    if phases:
+        return conv.unflatten(0, lam.shape[:2])
+    full = F.pixel_shuffle(conv, s)
     out = full[..., padding[0]:padding[0] + out_hw[0], padding[1]:padding[1] + out_hw[1]]
     return out.unflatten(0, lam.shape[:2])
 
 
-def back_lines(lines: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Relaxation lines (a_lo, b_lo, a_hi, b_hi) recast once for back-substitution.
+def subpixel_phases(t: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                    padding: tuple[int, int], rows_hw: tuple[int, int]) -> Tensor:
+    """Per-pixel values ``t`` [b, C, H, W] of a transposed conv's output, laid out like
+    ``conv_transpose_subpixel(..., phases=True)`` for rows over ``rows_hw`` maps; pixels the
+    crop drops read 0, so sums of products with the un-shuffled rows are unchanged."""
+    s = stride[0]
+    full_h = s * (rows_hw[0] + -(-kernel[0] // s) - 1)
+    full_w = s * (rows_hw[1] + -(-kernel[1] // s) - 1)
+    height, width = t.shape[-2:]
+    padded = F.pad(t, (padding[1], full_w - padding[1] - width,
+                       padding[0], full_h - padding[0] - height))
+    return F.pixel_unshuffle(padded, s)
+
+
+def _dot_rows(rows: Tensor, per_neuron: Tensor, layouts: bool) -> Tensor:
+    """sum over neurons of rows [B, 2k, *shape] times per-sample values [b, *shape]."""
+    cl = rows_channels_last(rows, layouts)
+    flat, vec = flat_neurons(rows, 2, cl), flat_neurons(per_neuron, 1, cl)
+    if flat.shape[0] == 1 and vec.shape[0] != 1:  # rows shared by the batch
+        return torch.einsum("kn,bn->bk", flat[0], vec)
+    return torch.einsum("bkn,bn->bk", flat, vec)
+
+
+def concretize_after(lam: Tensor, k: int, centre_after: Tensor, lam_in: Tensor,
+                     radius_in: Tensor, acc: Tensor, layouts: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+    """:func:`concretize` of rows ``lam_in = lam W`` at the input, with the centre term
+    taken one layer up: lam . (W c + b) for ``centre_after = W c + b`` (bias included)."""
+    total = _dot_rows(lam, centre_after, layouts) + acc
+    spread = _dot_rows(lam_in.abs(), radius_in, layouts)
+    return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
+
+
+SPARSE_LINES = 0.25  # relax only the sign-dependent columns when they are at most this share
+
+
+@dataclass
+class BackLines:
+    """Relaxation lines of one activation, recast once per call for back-substitution.
 
     A lower row takes lam+ * a_lo + lam- * a_hi = lam * mid + |lam| * half with
-    mid = (a_lo + a_hi) / 2 and half = (a_lo - a_hi) / 2; an upper row the same with -half.
-    Stable neurons (a_lo = a_hi) get half = 0 exactly. Two fused passes over the rows
-    replace the clamp/multiply/select passes of the sign split.
+    mid = (a_lo + a_hi) / 2 and half = (a_lo - a_hi) / 2; an upper row the same with -half
+    (offsets b alike). Stable neurons (equal lines) have half = 0, and for ReLU also b = 0:
+    only the other columns depend on the sign of lam. When those are few in every sample
+    (``columns``, padded per sample with weight-0 entries), the rows are scaled by ``mid``
+    in one pass and only the picked columns get the sign-dependent terms.
+
+    Vectors are flat over the neurons, channels last for [C, H, W] maps (the layout dense
+    conv rows are kept in).
+    """
+
+    shape: tuple[int, ...]
+    channels_last: bool
+    a_mid: Tensor  # [b, 1, 1, n]
+    a_half: Tensor  # [b, 2, 1, n] (+half for lower rows, -half for upper rows)
+    b_mid: Tensor  # [b, 1, n, 1]
+    b_half: Tensor  # [b, 2, n, 1]
+    columns: Tensor | None = None  # [b, m] sign-dependent columns, padded
+    a_half_at: Tensor | None = None  # [b, 2, 1, m]
+    b_mid_at: Tensor | None = None  # [b, 1, m, 1]
+    b_half_at: Tensor | None = None  # [b, 2, m, 1]
+
+
+def back_lines(lines: tuple, compact: bool = False) -> BackLines:
+    """Relaxation lines (a_lo, b_lo, a_hi, b_hi) [b, *shape] recast for :func:`relax_back`.
+
+    ``compact`` (not under vmap: shapes may depend on data) allows the sparse form.
     """
     a_lo, b_lo, a_hi, b_hi = lines
-    batch = a_lo.shape[0]
-    a_mid = ((a_lo + a_hi) / 2).reshape(batch, 1, 1, -1)
-    a_half = ((a_lo - a_hi) / 2).reshape(batch, 1, 1, -1)
-    b_mid = ((b_lo + b_hi) / 2).reshape(batch, 1, -1, 1)
-    b_half = ((b_lo - b_hi) / 2).reshape(batch, 1, -1, 1)
-    return a_mid, torch.cat([a_half, -a_half], 1), b_mid, torch.cat([b_half, -b_half], 1)
+    batch, shape = a_lo.shape[0], tuple(a_lo.shape[1:])
+    cl = compact and len(shape) == 3 and shape[0] > 1
+    flat = [flat_neurons(t, 1, cl) for t in (a_lo, b_lo, a_hi, b_hi)]
+    a_lo, b_lo, a_hi, b_hi = flat
+    a_mid, a_half = (a_lo + a_hi) / 2, (a_lo - a_hi) / 2
+    b_mid, b_half = (b_lo + b_hi) / 2, (b_lo - b_hi) / 2
+    both = lambda t: torch.stack([t, -t], 1)  # noqa: E731
+    out = BackLines(shape, cl, a_mid.reshape(batch, 1, 1, -1), both(a_half).unsqueeze(2),
+                    b_mid.reshape(batch, 1, -1, 1), both(b_half).unsqueeze(3))
+    if not compact:
+        return out
+    signed = (a_half != 0) | (b_mid != 0) | (b_half != 0)
+    counts = signed.sum(1)
+    width = int(counts.max()) if counts.numel() else 0
+    if width > SPARSE_LINES * signed.shape[1]:
+        return out
+    # per sample: its signed columns first (stable sort keeps their order), then padding
+    order = torch.sort((~signed).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=order.device) < counts.unsqueeze(1)
+    pick = lambda t: torch.where(valid, t.gather(1, order), 0.0)  # noqa: E731
+    out.columns = order
+    out.a_half_at = both(pick(a_half)).unsqueeze(2)
+    out.b_mid_at = pick(b_mid).reshape(batch, 1, -1, 1)
+    out.b_half_at = both(pick(b_half)).unsqueeze(3)
+    return out
 
 
-def relax_back(lam: Tensor, k: int, lines: tuple, acc: Tensor) -> tuple[Tensor, Tensor]:
-    """Push rows through an activation relaxed by ``back_lines``.
+def relax_back(lam: Tensor, k: int, lines: BackLines, acc: Tensor) -> tuple[Tensor, Tensor]:
+    """Push rows through an activation relaxed by :func:`back_lines`.
 
     The first k rows bound from below (positive weights take the lower line), the last k
     from above (positive weights take the upper line).
     """
-    a_mid, a_half, b_mid, b_half = lines
-    batch = max(lam.shape[0], a_mid.shape[0])
-    rows = lam.unflatten(1, (2, k)).flatten(3)  # [b, 2, k, n]
-    mag = rows.abs()
-    out = torch.addcmul(rows * a_mid, mag, a_half)
-    extra = (rows @ b_mid + mag @ b_half).reshape(batch, 2 * k)
-    return out.reshape(batch, 2 * k, *lam.shape[2:]), acc + extra
-
-
-def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor
-               ) -> tuple[Tensor, Tensor]:
-    """Bounds of rows lam over the input box (centre +- radius): lower rows, upper rows."""
-    flat = lam.flatten(2)
-    if flat.shape[0] == 1 and centre.shape[0] != 1:  # rows shared by the batch
-        mid = torch.einsum("kn,bn->bk", flat[0], centre.flatten(1))
-        spread = torch.einsum("kn,bn->bk", flat[0].abs(), radius.flatten(1))
+    batch = max(lam.shape[0], lines.a_mid.shape[0])
+    rows = flat_neurons(lam, 2, lines.channels_last).unflatten(1, (2, k))  # [B, 2, k, n]
+    if lines.columns is None:
+        mag = rows.abs()
+        out = torch.addcmul(rows * lines.a_mid, mag, lines.a_half)
+        extra = rows @ lines.b_mid + mag @ lines.b_half
     else:
-        mid = torch.einsum("bkn,bn->bk", flat, centre.flatten(1))
-        spread = torch.einsum("bkn,bn->bk", flat.abs(), radius.flatten(1))
-    total = mid + acc
+        assert lines.a_half_at is not None and lines.b_mid_at is not None
+        assert lines.b_half_at is not None
+        out = rows * lines.a_mid
+        at = lines.columns[:, None, None, :].expand(batch, 2, k, -1)
+        picked = rows.expand(batch, -1, -1, -1).gather(3, at)
+        mag = picked.abs()
+        out.scatter_add_(3, at, mag * lines.a_half_at)
+        extra = picked @ lines.b_mid_at + mag @ lines.b_half_at
+    out = unflat_neurons(out.flatten(1, 2), lines.shape, lines.channels_last)
+    return out, acc + extra.reshape(batch, 2 * k)
+
+
+def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor,
+               layouts: bool = False) -> tuple[Tensor, Tensor]:
+    """Bounds of rows lam over the input box (centre +- radius): lower rows, upper rows."""
+    total = _dot_rows(lam, centre, layouts) + acc
+    spread = _dot_rows(lam.abs(), radius, layouts)
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
 
 

@@ -1,0 +1,156 @@
+"""Dense back-substitution rows: channels-last storage and sparse relaxation lines.
+
+Outside vmap, dense rows over [C, H, W] maps are kept channels last (transposed convs run
+2-3x faster so), and an activation whose sign-dependent columns are few in every sample
+relaxes only those columns. Both are storage and scheduling choices: these tests pin the
+bounds to the plain form (default layout, every column relaxed) in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from core_helpers import DTYPE, box
+
+import absdsl
+from absdsl.compiler import codegen
+from absdsl.compiler import runtime as rt
+
+
+def relu_lines(batch: int, shape: tuple[int, ...], unstable: float, seed: int) -> tuple:
+    """DeepPoly ReLU lines with about ``unstable`` of the neurons unstable, the rest split
+    between active (slope 1) and dead (slope 0)."""
+    g = torch.Generator().manual_seed(seed)
+    kind = torch.rand(batch, *shape, generator=g, dtype=DTYPE)
+    lower = torch.rand(batch, *shape, generator=g, dtype=DTYPE) - 1.0
+    upper = torch.rand(batch, *shape, generator=g, dtype=DTYPE) + 0.01
+    dead, active = kind > unstable + (1 - unstable) / 2, kind > unstable
+    lower = torch.where(active, -lower * 0.5 + 0.01, lower)
+    upper = torch.where(dead, -upper, upper)
+    lam_up = upper / (upper - lower)
+    zeros, ones = torch.zeros_like(lower), torch.ones_like(lower)
+    is_unstable = (lower < 0) & (upper > 0)
+    stable_slope = torch.where(upper <= 0, zeros, ones)
+    a_lo = torch.where(is_unstable, (upper > -lower).to(DTYPE), stable_slope)
+    a_hi = torch.where(is_unstable, lam_up, stable_slope)
+    b_hi = torch.where(is_unstable, -lam_up * lower, zeros)
+    return a_lo, zeros, a_hi, b_hi
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4), (40,)])
+@pytest.mark.parametrize("rows_batch", [1, 3])
+def test_sparse_lines_equal_dense_lines(shape, rows_batch) -> None:
+    batch, k = 3, 4
+    lines = relu_lines(batch, shape, unstable=0.1, seed=1)
+    dense, sparse = rt.back_lines(lines, compact=False), rt.back_lines(lines, compact=True)
+    assert dense.columns is None and sparse.columns is not None
+    assert sparse.columns.shape[1] <= rt.SPARSE_LINES * torch.Size(shape).numel()
+    lam = torch.randn(rows_batch, 2 * k, *shape, dtype=DTYPE, requires_grad=True)
+    acc = torch.randn(batch, 2 * k, dtype=DTYPE)
+    want, want_acc = rt.relax_back(lam, k, dense, acc)
+    got, got_acc = rt.relax_back(lam, k, sparse, acc)
+    assert got.shape == want.shape == (batch, 2 * k, *shape)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_acc, want_acc, rtol=1e-12, atol=1e-12)
+    if len(shape) == 3:  # channels-last lines give channels-last rows
+        assert rt.rows_channels_last(got, True)
+    weights = torch.randn_like(want)
+    g_want, = torch.autograd.grad((want * weights).sum() + want_acc.sum(), lam)
+    g_got, = torch.autograd.grad((got * weights).sum() + got_acc.sum(), lam)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+
+
+def test_many_sign_dependent_columns_keep_the_dense_form() -> None:
+    lines = relu_lines(2, (30,), unstable=0.6, seed=2)
+    assert rt.back_lines(lines, compact=True).columns is None
+
+
+@pytest.mark.parametrize(("groups", "dilation", "stride"), [(1, 1, 2), (2, 2, 1), (4, 1, 3)])
+def test_channels_last_conv_back_equals_conv_transpose(groups, dilation, stride) -> None:
+    torch.manual_seed(groups)
+    weight = torch.randn(8, 8 // groups, 3, 3, dtype=DTYPE)
+    rows = torch.randn(2, 5, 8, 6, 6, dtype=DTYPE)
+    want = F.conv_transpose2d(rows.flatten(0, 1), weight, None, stride, 1, 0, groups,
+                              dilation).unflatten(0, (2, 5))
+    got = rt.conv_back(rows, weight, (stride,) * 2, (1, 1), (0, 0), groups, (dilation,) * 2,
+                       True)
+    assert rt.rows_channels_last(got, True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias_shape", [(4, 1, 1), (4, 3, 5), (3, 5), ()])
+def test_bias_dot_in_either_layout(bias_shape) -> None:
+    torch.manual_seed(0)
+    shape = (4, 3, 5)
+    lam = torch.randn(2, 6, *shape, dtype=DTYPE)
+    bias = torch.randn(bias_shape, dtype=DTYPE)
+    want = (lam * bias).flatten(2).sum(-1)
+    stored_cl = lam.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 6))
+    assert rt.rows_channels_last(stored_cl, True)
+    for rows in (lam, stored_cl):
+        torch.testing.assert_close(rt.bias_dot(rows, bias, shape, True), want)
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(6 * 4 * 4, 20), nn.ReLU(),
+                         nn.Linear(20, 3)).to(DTYPE).eval()
+
+
+def test_programs_give_the_same_bounds_in_every_form(monkeypatch) -> None:
+    """Sparse lines + channels-last rows (forced on) against the plain form (vmap, which
+    turns both off) and against sparse lines switched off."""
+    monkeypatch.setattr(codegen, "PATCH_SAVING", -1.0)  # dense rows through the convs
+    model = _cnn()
+    lo, hi = box((1, 16, 16), batch=3, eps=0.15, seed=7)
+    C = absdsl.margin_spec(torch.tensor([0, 2, 1]), 3).to(DTYPE)
+    prog = absdsl.compile(model, "deeppoly")
+    seen = {"sparse": 0, "channels_last": 0}
+    relax = rt.relax_back
+
+    def spy(lam, k, lines, acc):
+        seen["sparse"] += lines.columns is not None
+        seen["channels_last"] += lines.channels_last
+        return relax(lam, k, lines, acc)
+
+    monkeypatch.setattr(rt, "relax_back", spy)
+    monkeypatch.setattr(rt, "SPARSE_LINES", 1.0)
+    fast = prog(lo, hi, spec=C)
+    assert seen["sparse"] > 0 and seen["channels_last"] > 0
+    monkeypatch.setattr(rt, "SPARSE_LINES", -1.0)
+    dense = prog(lo, hi, spec=C)
+    params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
+    plain = torch.func.vmap(lambda p: prog.functional(p, lo, hi, C))(params)
+    for got in (dense, (plain[0][0], plain[1][0])):
+        torch.testing.assert_close(fast[0], got[0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fast[1], got[1], rtol=1e-10, atol=1e-10)
+    box_lb = absdsl.compile(model, "box")(lo, hi, spec=C)[0]
+    assert (fast[0] - box_lb).max() > 1e-3  # back-substitution did tighten something
+
+
+def test_float32_rows_run_channels_last_and_match_the_plain_form(monkeypatch) -> None:
+    """oneDNN keeps float32 transposed convs channels last (float64 falls back to the default
+    layout), so this path is checked in float32, to float32 rounding."""
+    monkeypatch.setattr(codegen, "PATCH_SAVING", -1.0)
+    model = _cnn().float()
+    lo, hi = (t.float() for t in box((1, 16, 16), batch=3, eps=0.15, seed=8))
+    C = absdsl.margin_spec(torch.tensor([1, 0, 2]), 3)
+    prog = absdsl.compile(model, "deeppoly")
+    outputs = []
+    conv_back = rt.conv_back
+
+    def spy(*args):
+        outputs.append(conv_back(*args))
+        return outputs[-1]
+
+    monkeypatch.setattr(rt, "conv_back", spy)
+    lb, ub = prog(lo, hi, spec=C)
+    assert outputs and all(rt.rows_channels_last(o, True) for o in outputs)
+    params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
+    plain = torch.func.vmap(lambda p: prog.functional(p, lo, hi, C))(params)
+    torch.testing.assert_close(lb, plain[0][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ub, plain[1][0], rtol=1e-4, atol=1e-4)
