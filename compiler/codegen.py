@@ -252,9 +252,20 @@ def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
     return states
 
 
-def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: str
-              ) -> dict[str, str]:
-    """Apply the domain's affine rule with W = spec (per sample) and b = 0."""
+def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: str,
+              last: lm.Dense | None = None) -> dict[str, str]:
+    """Apply the domain's affine rule with W = spec (per sample) and b = 0.
+
+    With ``last`` (the output's linear layer, ``state`` its input's state) the spec is folded
+    into it: W = spec @ W_last and b = spec @ b_last. Margins of the folded layer are tighter
+    for non-relational domains (Box bounds each logit separately, then subtracts) and equal
+    for zonotopes (affine maps are exact there).
+    """
+    if last is not None:
+        out.emit(f"spec_w = torch.matmul(spec, {last.weight})")
+        out.emit("spec_w_abs = spec_w.abs()")
+        if last.bias is not None:
+            out.emit(f"spec_b = torch.matmul(spec, {last.bias})")
     rc = RuleCompiler(domain, out, compact)
     rule = domain.rule_for("affine")
     if rule is None:
@@ -263,14 +274,18 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: 
     fake = Node("spec", "affine", [], ())
     s = rc.scope(state, ref, fake)
 
+    w = "spec" if last is None else "spec_w"
+
     def linop_code(x: str, absolute: bool, with_bias: bool = False) -> str:
-        return f"torch.einsum('bkn,bn->bk', {'spec_abs' if absolute else 'spec'}, {x}.flatten(1))"
+        code = f"torch.einsum('bkn,bn->bk', {w + '_abs' if absolute else w}, {x}.flatten(1))"
+        return f"({code} + spec_b)" if with_bias and has_bias else code
 
     def gens_map(g: str, absolute: bool) -> str:
-        return f"{g}.spec(spec)"
+        return f"{g}.spec({w}, {compact})"
 
+    has_bias = last is not None and last.bias is not None
     s.linop, s.linop_code, s.gens_map = object(), linop_code, gens_map
-    s.names["b"] = ("0.0", "num")
+    s.names["b"] = ("spec_b", "bound") if has_bias else ("0.0", "num")
     return rc.run(fake, rule, s, state)
 
 

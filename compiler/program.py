@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from absdsl.compiler import codegen
+from absdsl.compiler import linear_maps as lm
 from absdsl.compiler.concrete import ConcreteGraph
 from absdsl.compiler.frontend import trace
 from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
@@ -43,7 +44,8 @@ def generate(graph: Graph, loaded: LoadedDomain) -> str:
     stage and the analysis tools need); ``None`` on the hot path.
     """
     out = codegen.Emitter()
-    for reserved in ("p", "lo", "hi", "spec", "spec_abs", "compact", "rows_per_chunk", "centre",
+    for reserved in ("p", "lo", "hi", "spec", "spec_abs", "spec_w", "spec_w_abs", "spec_b",
+                     "compact", "rows_per_chunk", "centre",
                      "record",
                      "radius", "lb", "ub", "rows", "k", "acc", "l", "u", "t"):
         out.used.add(reserved)
@@ -55,13 +57,19 @@ def generate(graph: Graph, loaded: LoadedDomain) -> str:
                                       _recording_hook(graph, loaded, out))
         final = states[graph.output]
         out.emit("")
-        out.emit("# output: concretise (with the spec as one more affine map when given)")
+        out.emit("# output: concretise (with the spec as one more affine map when given,")
+        out.emit("# folded into the last linear layer when there is one)")
         out.emit("if spec is None:")
         out.indent += 1
         lb, ub = codegen.concretize(loaded.domain, out, final)
         out.emit(f"return {lb}, {ub}")
         out.indent -= 1
-        spec_state = codegen.spec_rule(loaded.domain, out, final, "compact")
+        last = graph.by_name[graph.output]
+        folds = (last.op == "affine" and isinstance(last.attrs["map"], lm.Dense)
+                 and not any(graph.output in n.inputs for n in graph.nodes))
+        spec_state = (codegen.spec_rule(loaded.domain, out, states[last.inputs[0]], "compact",
+                                        last.attrs["map"]) if folds
+                      else codegen.spec_rule(loaded.domain, out, final, "compact"))
         lb, ub = codegen.concretize(loaded.domain, out, spec_state)
         out.emit(f"return {lb}, {ub}")
     else:

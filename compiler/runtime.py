@@ -127,11 +127,11 @@ class Gens:
             out[k] = Block(b.data.reshape(*lead, *shape), b.diagonal, b.index)
         return Gens(out, self.batch, shape)
 
-    def spec(self, c: Tensor) -> Gens:
+    def spec(self, c: Tensor, compact: bool = True) -> Gens:
         """Generators of C x for a per-sample matrix C [B, k, n]."""
         out = {}
         for k, b in self.blocks.items():
-            dense, index = _densify(b, True) if b.diagonal else (b.data, b.index)
+            dense, index = _densify(b, compact) if b.diagonal else (b.data, b.index)
             out[k] = Block(torch.einsum("bkn,bgn->bgk", c, dense.flatten(2)), False, index)
         return Gens(out, self.batch, (c.shape[1],))
 

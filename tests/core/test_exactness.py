@@ -251,3 +251,46 @@ def test_finds_hbox_discontinuity_at_l_zero() -> None:
     assert float(ws[i]) < 0 < float(ws[i + 1])     # ... exactly where l = w crosses 0
     for domain in ("box", "zonotope"):              # continuous: steps of order the grid
         assert float(_scan(domain, ws).diff().abs().max()) < 3 * step
+
+
+# ---- the spec folded into the last linear layer (forward domains) -------------------------
+
+class ScaledOutput(nn.Module):
+    """``model(x) * 1.0``: the output node is no longer a linear layer, so nothing folds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * 1.0
+
+
+def test_box_folds_the_spec_into_the_last_linear_layer() -> None:
+    model = mlp([4, 8, 8, 4], seed=7)
+    lo, hi = box((4,), batch=6, eps=0.3, seed=7)
+    C = absdsl.margin_spec(torch.tensor([0, 1, 2, 3, 0, 1]), 4).to(DTYPE)
+    lb, ub = absdsl.compile(model, "box")(lo, hi, spec=C)
+    # reference: IBP up to the last layer, then the per-sample matrix C W as one layer
+    hl, hu = absdsl.compile(model[:-1], "box")(lo, hi)
+    w, b = C @ model[-1].weight, C @ model[-1].bias
+    mid = torch.einsum("bkn,bn->bk", w, (hu + hl) / 2) + b
+    rad = torch.einsum("bkn,bn->bk", w.abs(), (hu - hl) / 2)
+    torch.testing.assert_close(lb, mid - rad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ub, mid + rad, rtol=1e-12, atol=1e-12)
+    unfolded_lb, _ = absdsl.compile(ScaledOutput(model), "box")(lo, hi, spec=C)
+    assert (lb >= unfolded_lb - 1e-12).all()
+    assert (lb - unfolded_lb).max() > 1e-3
+
+
+def test_zonotope_margins_do_not_change_with_folding() -> None:
+    """Affine maps are exact on zonotopes: folding the spec is the same bound."""
+    model = mlp([4, 8, 8, 4], seed=8)
+    lo, hi = box((4,), batch=5, eps=0.3, seed=8)
+    C = absdsl.margin_spec(torch.tensor([3, 1, 2, 0, 1]), 4).to(DTYPE)
+    prog = absdsl.compile(model, "zonotope")
+    folded = prog(lo, hi, spec=C)
+    assert "spec_w = torch.matmul(spec" in prog.code
+    after = absdsl.compile(ScaledOutput(model), "zonotope")(lo, hi, spec=C)
+    torch.testing.assert_close(folded[0], after[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(folded[1], after[1], rtol=1e-10, atol=1e-10)
