@@ -557,7 +557,7 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
     name = out.fresh(f"backsub_patches_{target}")
     body = Emitter(indent=out.indent + 1, used=out.used)
     body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
-    body.emit("k = index.numel()")
+    body.emit("k = index.shape[-1]")
     outside = False  # may rows be non-zero outside their map?
     for node, geom in zip(chain, geoms, strict=True):
         body.emit(f"# {node.op} %{node.name}: windows {geom[0]}x{geom[1]}")

@@ -127,7 +127,8 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
                 bs = codegen.backsub_function(graph, node.name, lines, out)
                 backsub = f"lambda index: {bs}(rt.unit_rows(index, {node.shape}, lo))"
             out.emit(f"{l_var}, {u_var} = rt.refine({backsub}, {l_var}, {u_var}, "
-                     f"{' | '.join(needs)}, rows_per_chunk * {factor}, compact)")
+                     f"{' | '.join(needs)}, rows_per_chunk * {factor}, compact, "
+                     f"{found is not None})")
         out.emit(f"if record is not None: record[{node.name!r}] = ({l_var}, {u_var})")
         for a in users:
             fn = relax_fn(a.op, a.attrs.get("params", {}))

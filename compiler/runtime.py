@@ -484,38 +484,53 @@ def unit_rows(index: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor,
-           needs: Tensor, rows_per_chunk: int, select: bool) -> tuple[Tensor, Tensor]:
-    """Tighten [lower, upper] of one node by back-substitution.
+           needs: Tensor, rows_per_chunk: int, select: bool, per_sample: bool = False
+           ) -> tuple[Tensor, Tensor]:
+    """Tighten [lower, upper] of one node by back-substitution where ``needs`` holds.
 
-    ``backsub(index)`` bounds the neurons ``index`` (flat indices into the node's shape).
+    ``backsub(index)`` bounds the neurons ``index``: flat indices into the node's shape,
+    [m] shared by the batch, or [b, m] per sample when ``per_sample`` (patch rows, whose
+    windows can differ per sample).
 
-    Only neurons where ``needs`` holds for some sample are back-substituted when ``select``
-    (not under vmap, where shapes must not depend on data); results are intersected with the
-    given sound bounds.
+    Which neurons run depends on ``select`` (false under vmap, where shapes must not depend
+    on data: all of them) and ``per_sample`` (each sample's own, padded with its other
+    neurons to the largest count; else the union over the batch). Whatever ran, a sample's
+    bounds change only where its own ``needs`` holds, intersected with the given sound
+    bounds: so bounds are the same in every form and do not depend on the other samples in
+    the batch.
     """
     batch = lower.shape[0]
     shape = tuple(lower.shape[1:])
     flat_l, flat_u = lower.flatten(1), upper.flatten(1)
     n = flat_l.shape[1]
-    if select:
-        index = needs.flatten(1).any(0).nonzero().squeeze(1)
-        if index.numel() == 0:
-            return lower, upper
+    need = needs.flatten(1).expand(batch, n)
+    if select and per_sample:
+        width = int(need.sum(1).max()) if batch else 0
+        # each sample's needed neurons first (a stable sort keeps their order), then others
+        index = torch.sort((~need).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    elif select:
+        index = need.any(0).nonzero().squeeze(1)
+        width = index.numel()
     else:
         index = torch.arange(n, device=lower.device)
+        width = n
+    if width == 0:
+        return lower, upper
     new_l, new_u = [], []
-    for start in range(0, index.numel(), rows_per_chunk):
-        chunk = index[start:start + rows_per_chunk]
+    for start in range(0, width, rows_per_chunk):
+        chunk = index[..., start:start + rows_per_chunk]
         lo_rows, hi_rows = backsub(chunk)
         new_l.append(lo_rows)
         new_u.append(hi_rows)
     got_l = torch.cat(new_l, 1).expand(batch, -1)
     got_u = torch.cat(new_u, 1).expand(batch, -1)
-    if select and index.numel() < n:
-        got_l = flat_l.index_copy(1, index, torch.maximum(flat_l[:, index], got_l))
-        got_u = flat_u.index_copy(1, index, torch.minimum(flat_u[:, index], got_u))
-    else:
-        got_l, got_u = torch.maximum(flat_l, got_l), torch.minimum(flat_u, got_u)
+    if index.dim() == 1:
+        index = index.expand(batch, -1)
+    old_l, old_u, here = flat_l.gather(1, index), flat_u.gather(1, index), need.gather(1, index)
+    got_l = torch.where(here, torch.maximum(old_l, got_l), old_l)
+    got_u = torch.where(here, torch.minimum(old_u, got_u), old_u)
+    if width < n:  # indices are distinct within a sample, so the scatter is well defined
+        got_l, got_u = flat_l.scatter(1, index, got_l), flat_u.scatter(1, index, got_u)
     return got_l.reshape(batch, *shape), got_u.reshape(batch, *shape)
 
 
@@ -533,20 +548,22 @@ def patch_start(index: Tensor, shape: tuple[int, ...], like: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches, twice.
 
-    Returns rows [1, 2k, C], their grid positions [k] and a zero accumulator [1, 2k].
+    ``index`` is [k] (shared by the batch) or [b, k] (per sample). Returns rows [1 or b, 2k,
+    C], their grid positions (shaped like ``index``) and a zero accumulator [1 or b, 2k].
     """
     channels, height, width = shape
-    k = index.numel()
-    rows = torch.zeros(k, channels, dtype=like.dtype, device=like.device)
-    rows[torch.arange(k, device=like.device), index // (height * width)] = 1.0
+    per_sample = index if index.dim() == 2 else index.unsqueeze(0)
+    rows = torch.zeros(*per_sample.shape, channels, dtype=like.dtype, device=like.device)
+    rows.scatter_(2, (per_sample // (height * width)).unsqueeze(2), 1.0)
     pos = index % (height * width)
-    return torch.cat([rows, rows], 0).unsqueeze(0), pos, rows.new_zeros(1, 2 * k)
+    return torch.cat([rows, rows], 1), pos, rows.new_zeros(rows.shape[0], 2 * rows.shape[1])
 
 
 def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     """Windows of ``maps`` [b, C, H, W] at the rows' positions: [b, k, C * kh * kw].
 
-    Outside the map the windows read 0 (zero padding; a crop where they stop short of it).
+    ``pos`` is [k] (shared) or [b, k] (per sample). Outside the map the windows read 0 (zero
+    padding; a crop where they stop short of it).
     """
     kh, kw, sh, sw, oh, ow, gh, gw = geom
     height, width = maps.shape[-2:]
@@ -556,18 +573,32 @@ def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     # before the map starts (a conv output that reads padding only), so pad first, then crop
     padded = F.pad(maps, (-ow, max(right, 0), -oh, max(bottom, 0)))
     padded = padded[..., :(gh - 1) * sh + kh, :(gw - 1) * sw + kw]
-    if 2 * pos.numel() >= gh * gw:
+    k = pos.shape[-1]
+    if 2 * k >= gh * gw:
         # most grid positions are read: unfold them all (never more than the rows' size)
-        cols = F.unfold(padded, (kh, kw), stride=(sh, sw))  # [b, C*kh*kw, gh*gw]
-        return cols.transpose(-2, -1).contiguous().index_select(-2, pos)
+        cols = F.unfold(padded, (kh, kw), stride=(sh, sw)).transpose(-2, -1)  # [b, gh*gw, D]
+        return _take_rows(cols.contiguous(), pos)
     # few rows: read only their windows, channels last so each read is a contiguous run
     wp = padded.shape[-1]
-    ys = ((pos // gw) * sh)[:, None] + torch.arange(kh, device=pos.device)  # [k, kh]
-    xs = ((pos % gw) * sw)[:, None] + torch.arange(kw, device=pos.device)  # [k, kw]
-    flat = (ys[:, :, None] * wp + xs[:, None, :]).reshape(-1)  # [k * kh * kw]
-    picked = padded.flatten(-2).transpose(-2, -1).index_select(-2, flat)  # [b, k*kh*kw, C]
-    picked = picked.unflatten(-2, (pos.numel(), kh * kw)).transpose(-2, -1)  # [b, k, C, kh*kw]
+    ys = ((pos // gw) * sh).unsqueeze(-1) + torch.arange(kh, device=pos.device)  # [.., k, kh]
+    xs = ((pos % gw) * sw).unsqueeze(-1) + torch.arange(kw, device=pos.device)  # [.., k, kw]
+    flat = (ys.unsqueeze(-1) * wp + xs.unsqueeze(-2)).flatten(-3)  # [.., k * kh * kw]
+    picked = _take_rows(padded.flatten(-2).transpose(-2, -1), flat)  # [b, k*kh*kw, C]
+    picked = picked.unflatten(-2, (k, kh * kw)).transpose(-2, -1)  # [b, k, C, kh*kw]
     return picked.flatten(-2)
+
+
+def _take_rows(t: Tensor, index: Tensor) -> Tensor:
+    """t[:, index] for t [b, n, D] and index [k] (shared) or [b', k] (per sample)."""
+    if index.dim() == 1:
+        return t.index_select(-2, index)
+    batch, n, width = max(t.shape[0], index.shape[0]), t.shape[1], t.shape[2]
+    index = index.expand(batch, -1)
+    if t.shape[0] == 1:  # one table for every sample
+        flat = index.reshape(-1)
+    else:  # rows of sample i start at i * n (index_select copies whole rows: fast)
+        flat = (index + torch.arange(batch, device=index.device).unsqueeze(1) * n).reshape(-1)
+    return t.reshape(-1, width).index_select(0, flat).reshape(batch, -1, width)
 
 
 def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:

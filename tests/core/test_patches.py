@@ -212,3 +212,32 @@ def test_patches_equal_dense_when_a_conv_output_reads_only_padding(monkeypatch) 
         out[patches] = prog(lo, hi)
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("patches", [True, False])
+def test_a_samples_bounds_do_not_depend_on_its_batch(patches, monkeypatch) -> None:
+    """Neurons are refined where their own sample needs it (patch rows: only those run),
+    so a sample bounded in a batch gets what it gets alone."""
+    model = conv_chain(4)
+    lo, hi = box((1, 8, 8), batch=5, eps=0.25, seed=11)
+    hi = lo + (hi - lo) * torch.linspace(0.2, 1.0, 5, dtype=DTYPE).view(5, 1, 1, 1)
+    C = absdsl.margin_spec(torch.tensor([0, 1, 2, 0, 1]), 3).to(DTYPE)
+    prog = _compile(model, patches, monkeypatch)
+    assert (_uses_patches(prog, lo) > 0) == patches
+    widths = []
+    refine = absdsl.compiler.runtime.refine
+
+    def spy(backsub, lower, upper, needs, rows, select, per_sample=False):
+        widths.append((per_sample, needs.flatten(1).sum(1).tolist(),
+                       int(needs.flatten(1).any(0).sum())))
+        return refine(backsub, lower, upper, needs, rows, select, per_sample)
+
+    monkeypatch.setattr(absdsl.compiler.runtime, "refine", spy)
+    together = prog(lo, hi, spec=C)
+    # the samples differ in which neurons they need, so per-sample rows are fewer
+    assert any(max(per) < union for _, per, union in widths)
+    assert any(p for p, _, _ in widths) == patches
+    for i in range(5):
+        alone = prog(lo[i:i + 1], hi[i:i + 1], spec=C[i:i + 1])
+        torch.testing.assert_close(together[0][i:i + 1], alone[0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(together[1][i:i + 1], alone[1], rtol=1e-10, atol=1e-10)
