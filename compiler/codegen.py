@@ -51,6 +51,7 @@ class Emitter:
 
     def value(self, stem: str, expr: str) -> str:
         """A variable holding ``expr``, emitted once per program (straight-line code only)."""
+        assert self.indent == 1, "shared values live at the program's top level"
         if expr not in self.shared:
             self.shared[expr] = self.fresh(stem)
             self.emit(f"{self.shared[expr]} = {expr}")
@@ -463,7 +464,7 @@ def _first_layer_return(node: Node, cur: str, out: Emitter) -> str:
     m = node.attrs["map"]
     centre = out.value(f"centre_{node.name}", m.apply("centre", with_bias=True))
     radius = "radius"
-    if isinstance(m, lm.Conv) and m._few_input_channels():
+    if isinstance(m, lm.Conv) and m.uses_subpixel():
         radius = out.value(f"radius_{node.name}", (
             f"rt.subpixel_phases(radius, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
             f"{tuple(node.shape[1:])})"))

@@ -68,7 +68,7 @@ class Conv:
                 f"{self.dilation}, {self.groups})")
 
     def transpose(self, lam: str) -> str:
-        if self._few_input_channels():
+        if self.uses_subpixel():
             # CPU transposed convs to 1-4 channels are slow; one forward conv with
             # stride**2 sub-kernels and a pixel shuffle computes the same sums
             return (f"rt.conv_transpose_subpixel({lam}, {self.weight}, {self.stride}, "
@@ -81,7 +81,8 @@ class Conv:
                 f"{self.dilation}).unflatten(0, {lam}.shape[:2])")
 
 
-    def _few_input_channels(self) -> bool:
+    def uses_subpixel(self) -> bool:
+        """Whether ``transpose`` runs as the sub-pixel forward conv (1-4 input channels)."""
         return (self.dims == 2 and self.groups == 1 and self.dilation == (1, 1)
                 and len(self.in_shape) == 3 and self.in_shape[0] <= 4
                 and min(self.stride) > 1 and self.stride[0] == self.stride[1]

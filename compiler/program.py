@@ -66,6 +66,7 @@ def generate(graph: Graph, loaded: LoadedDomain) -> str:
         out.indent -= 1
         last = graph.by_name[graph.output]
         folds = (last.op == "affine" and isinstance(last.attrs["map"], lm.Dense)
+                 and len(last.shape) == 1  # a Linear on [..., n] maps more than one vector
                  and not any(graph.output in n.inputs for n in graph.nodes))
         spec_state = (codegen.spec_rule(loaded.domain, out, states[last.inputs[0]], "compact",
                                         last.attrs["map"]) if folds

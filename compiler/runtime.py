@@ -421,7 +421,7 @@ def back_lines(lines: tuple, compact: bool = False) -> BackLines:
     signed = (a_half != 0) | (b_mid != 0) | (b_half != 0)
     counts = signed.sum(1)
     width = int(counts.max()) if counts.numel() else 0
-    if width > SPARSE_LINES * signed.shape[1]:
+    if width > SPARSE_LINES * signed.shape[1]:  # decided before any sort
         return out
     # per sample: its signed columns first (stable sort keeps their order), then padding
     order = torch.sort((~signed).to(torch.uint8), dim=1, stable=True).indices[:, :width]
@@ -529,7 +529,9 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     old_l, old_u, here = flat_l.gather(1, index), flat_u.gather(1, index), need.gather(1, index)
     got_l = torch.where(here, torch.maximum(old_l, got_l), old_l)
     got_u = torch.where(here, torch.minimum(old_u, got_u), old_u)
-    if width < n:  # indices are distinct within a sample, so the scatter is well defined
+    if per_sample or width < n:  # else index is 0..n-1 in order: results are in place
+        # indices are distinct within a sample, so the scatter is well defined; per-sample
+        # indices are each sample's own order, so they are scattered even when width == n
         got_l, got_u = flat_l.scatter(1, index, got_l), flat_u.scatter(1, index, got_u)
     return got_l.reshape(batch, *shape), got_u.reshape(batch, *shape)
 

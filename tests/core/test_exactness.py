@@ -294,3 +294,19 @@ def test_zonotope_margins_do_not_change_with_folding() -> None:
     after = absdsl.compile(ScaledOutput(model), "zonotope")(lo, hi, spec=C)
     torch.testing.assert_close(folded[0], after[0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(folded[1], after[1], rtol=1e-10, atol=1e-10)
+
+
+def test_a_last_linear_on_a_matrix_input_gets_the_spec_after_it() -> None:
+    """nn.Linear on [2, 4] per sample maps two vectors; the spec over its 6 outputs cannot
+    fold into the [3, 4] weight, so it is applied to the output box."""
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).to(DTYPE).eval()
+    lo, hi = box((2, 4), batch=3, eps=0.3, seed=9)
+    C = absdsl.margin_spec(torch.tensor([0, 4, 5]), 6).to(DTYPE)
+    prog = absdsl.compile(model, "box")
+    lb, ub = prog(lo, hi, spec=C)
+    assert "spec_w" not in prog.code
+    l, u = (t.flatten(1) for t in prog(lo, hi))
+    want_lb = torch.einsum("bkn,bn->bk", C.clamp(min=0), l) + torch.einsum(
+        "bkn,bn->bk", C.clamp(max=0), u)
+    torch.testing.assert_close(lb, want_lb, rtol=1e-12, atol=1e-12)

@@ -241,3 +241,37 @@ def test_a_samples_bounds_do_not_depend_on_its_batch(patches, monkeypatch) -> No
         alone = prog(lo[i:i + 1], hi[i:i + 1], spec=C[i:i + 1])
         torch.testing.assert_close(together[0][i:i + 1], alone[0], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(together[1][i:i + 1], alone[1], rtol=1e-10, atol=1e-10)
+
+
+def test_per_sample_rows_when_one_sample_needs_every_neuron(monkeypatch) -> None:
+    """A huge box makes every neuron of a layer unstable for its sample; the other samples'
+    results (in their own neuron order) must still land on their own neurons."""
+    model = conv_chain(1)
+    lo, hi = box((1, 8, 8), batch=2, eps=0.02, seed=12)
+    lo[0], hi[0] = lo[0] - 3.0, hi[0] + 3.0
+    C = absdsl.margin_spec(torch.tensor([1, 2]), 3).to(DTYPE)
+    prog = _compile(model, True, monkeypatch)
+    assert _uses_patches(prog, lo) > 0
+    full = []
+    refine = absdsl.compiler.runtime.refine
+
+    def spy(backsub, lower, upper, needs, rows, select, per_sample=False):
+        per = needs.flatten(1).sum(1)
+        full.append(per_sample and int(per.max()) == needs[0].numel() and int(per.min()) > 0)
+        return refine(backsub, lower, upper, needs, rows, select, per_sample)
+
+    monkeypatch.setattr(absdsl.compiler.runtime, "refine", spy)
+    together = prog(lo, hi, spec=C)
+    inter = prog.intermediate_bounds(lo, hi)
+    assert any(full)
+    alone = prog(lo[1:], hi[1:], spec=C[1:])
+    torch.testing.assert_close(together[0][1:], alone[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(together[1][1:], alone[1], rtol=1e-10, atol=1e-10)
+    g = torch.Generator().manual_seed(3)
+    x = lo[1:] + (hi[1:] - lo[1:]) * torch.rand(2000, 1, 8, 8, generator=g, dtype=DTYPE)
+    with torch.no_grad():
+        margins = torch.einsum("kn,sn->sk", C[1], model(x))
+        pre = model[0](x)  # the first pre-activation node's values
+    assert (margins >= together[0][1] - 1e-9).all() and (margins <= together[1][1] + 1e-9).all()
+    first = next(iter(inter.values()))
+    assert (pre >= first[0][1] - 1e-9).all() and (pre <= first[1][1] + 1e-9).all()
