@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -51,3 +52,31 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # and the run really trained: the weights moved during the second epoch
     first = load_checkpoint(double / "checkpoints" / "epoch_0001.pt")["model"]
     assert any(not torch.equal(v, first[k]) for k, v in b["model"].items())
+
+
+def test_a_run_interrupted_with_one_process_resumes_with_two(tmp_path):
+    """The data order is global and ranks split each batch, so the world size may change
+    at a resume: one process for epoch 1, two for epoch 2, ends where one process does."""
+    single, resumed = tmp_path / "single", tmp_path / "resumed"
+    for out in (single, resumed):  # two epochs each
+        subprocess.run([sys.executable, "-m", "absdsl", *ARGS, "--out", str(out)],
+                       check=True, env=_env(), cwd=tmp_path, capture_output=True, timeout=300)
+    # the state of a run stopped during epoch 2: its last checkpoint and metrics line gone
+    (resumed / "checkpoints" / "epoch_0002.pt").unlink()
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    (resumed / "metrics.jsonl").write_text("\n".join(lines[:1]) + "\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "absdsl", "train", "--resume", str(resumed), "--quiet"]
+    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_checkpoint(latest_checkpoint(single))
+    b = load_checkpoint(latest_checkpoint(resumed))
+    assert a["step"] == b["step"] == 6
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], rtol=1e-4, atol=1e-6), key
+    epochs = [json.loads(line)["epoch"]
+              for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
