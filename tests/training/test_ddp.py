@@ -32,23 +32,36 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "absdsl", *ARGS, "--out", str(single)],
-                   check=True, env=_env(), cwd=tmp_path, capture_output=True, timeout=300)
-    double = tmp_path / "double"
+def _single(out: Path, cwd: Path) -> None:
+    subprocess.run([sys.executable, "-m", "absdsl", *ARGS, "--out", str(out)],
+                   check=True, env=_env(), cwd=cwd, capture_output=True, timeout=300)
+
+
+def _two_processes(args: list[str], cwd: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "-m", "absdsl", *ARGS, "--out", str(double)]
-    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True,
+           "-m", "absdsl", *args]
+    proc = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _same_final_weights(single: Path, double: Path) -> dict:
+    """Both runs ended at step 6, on 1 and 2 processes, with the same weights."""
     a = load_checkpoint(latest_checkpoint(single))
     b = load_checkpoint(latest_checkpoint(double))
     assert a["step"] == b["step"] == 6
     assert (a["world_size"], b["world_size"]) == (1, 2)
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], rtol=1e-4, atol=1e-6), key
+    return b
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    _single(single, tmp_path)
+    _two_processes([*ARGS, "--out", str(double)], tmp_path)
+    b = _same_final_weights(single, double)
     # and the run really trained: the weights moved during the second epoch
     first = load_checkpoint(double / "checkpoints" / "epoch_0001.pt")["model"]
     assert any(not torch.equal(v, first[k]) for k, v in b["model"].items())
@@ -59,24 +72,13 @@ def test_a_run_interrupted_with_one_process_resumes_with_two(tmp_path):
     at a resume: one process for epoch 1, two for epoch 2, ends where one process does."""
     single, resumed = tmp_path / "single", tmp_path / "resumed"
     for out in (single, resumed):  # two epochs each
-        subprocess.run([sys.executable, "-m", "absdsl", *ARGS, "--out", str(out)],
-                       check=True, env=_env(), cwd=tmp_path, capture_output=True, timeout=300)
+        _single(out, tmp_path)
     # the state of a run stopped during epoch 2: its last checkpoint and metrics line gone
     (resumed / "checkpoints" / "epoch_0002.pt").unlink()
     lines = (resumed / "metrics.jsonl").read_text().splitlines()
     (resumed / "metrics.jsonl").write_text("\n".join(lines[:1]) + "\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           "-m", "absdsl", "train", "--resume", str(resumed), "--quiet"]
-    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a = load_checkpoint(latest_checkpoint(single))
-    b = load_checkpoint(latest_checkpoint(resumed))
-    assert a["step"] == b["step"] == 6
-    assert (a["world_size"], b["world_size"]) == (1, 2)
-    for key, value in a["model"].items():
-        assert torch.allclose(value, b["model"][key], rtol=1e-4, atol=1e-6), key
+    _two_processes(["train", "--resume", str(resumed), "--quiet"], tmp_path)
+    _same_final_weights(single, resumed)
     epochs = [json.loads(line)["epoch"]
               for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
