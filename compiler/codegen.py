@@ -276,6 +276,7 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: 
     s = rc.scope(state, ref, fake)
 
     w = "spec" if last is None else "spec_w"
+    has_bias = last is not None and last.bias is not None
 
     def linop_code(x: str, absolute: bool, with_bias: bool = False) -> str:
         code = f"torch.einsum('bkn,bn->bk', {w + '_abs' if absolute else w}, {x}.flatten(1))"
@@ -284,7 +285,6 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: 
     def gens_map(g: str, absolute: bool) -> str:
         return f"{g}.spec({w}, {compact})"
 
-    has_bias = last is not None and last.bias is not None
     s.linop, s.linop_code, s.gens_map = object(), linop_code, gens_map
     s.names["b"] = ("spec_b", "bound") if has_bias else ("0.0", "num")
     return rc.run(fake, rule, s, state)

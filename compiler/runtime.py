@@ -413,7 +413,9 @@ def back_lines(lines: tuple, compact: bool = False) -> BackLines:
     a_lo, b_lo, a_hi, b_hi = flat
     a_mid, a_half = (a_lo + a_hi) / 2, (a_lo - a_hi) / 2
     b_mid, b_half = (b_lo + b_hi) / 2, (b_lo - b_hi) / 2
-    both = lambda t: torch.stack([t, -t], 1)  # noqa: E731
+    def both(t: Tensor) -> Tensor:  # +t for lower rows, -t for upper rows
+        return torch.stack([t, -t], 1)
+
     out = BackLines(shape, cl, a_mid.reshape(batch, 1, 1, -1), both(a_half).unsqueeze(2),
                     b_mid.reshape(batch, 1, -1, 1), both(b_half).unsqueeze(3))
     if not compact:
@@ -426,7 +428,10 @@ def back_lines(lines: tuple, compact: bool = False) -> BackLines:
     # per sample: its signed columns first (stable sort keeps their order), then padding
     order = torch.sort((~signed).to(torch.uint8), dim=1, stable=True).indices[:, :width]
     valid = torch.arange(width, device=order.device) < counts.unsqueeze(1)
-    pick = lambda t: torch.where(valid, t.gather(1, order), 0.0)  # noqa: E731
+
+    def pick(t: Tensor) -> Tensor:  # the picked columns; padding gets weight 0
+        return torch.where(valid, t.gather(1, order), 0.0)
+
     out.columns = order
     out.a_half_at = both(pick(a_half)).unsqueeze(2)
     out.b_mid_at = pick(b_mid).reshape(batch, 1, -1, 1)
