@@ -216,7 +216,7 @@ def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
             states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
             for k, var in states[node.name].items():
                 parts = ", ".join(states[i][k] for i in node.inputs)
-                out.emit(f"{var} = rt.cat([{parts}], {node.attrs['dim']})")
+                out.emit(f"{var} = rt.cat([{parts}], {node.attrs['dim']}, {compact})")
         else:
             rule = rc.rule(node)
             if node.op == "input":

@@ -200,8 +200,12 @@ def reshape(value, batch: int, shape: tuple[int, ...]):
     return value.reshape(batch, *shape)
 
 
-def cat(values: list, dim: int):
-    """Concatenate per-sample along ``dim`` (per-sample dimension index)."""
+def cat(values: list, dim: int, compact: bool = True):
+    """Concatenate per-sample along ``dim`` (per-sample dimension index).
+
+    ``compact`` is the program's flag: false under vmap, where a diagonal block becomes all
+    of its generators rather than the data-dependent set of nonzero ones.
+    """
     if any(isinstance(v, Gens) for v in values):
         batch = next(v.batch for v in values if isinstance(v, Gens))
         keys = list(dict.fromkeys(k for v in values for k in v.blocks))
@@ -213,7 +217,8 @@ def cat(values: list, dim: int):
                 _, _, idx = _align(ref, other)
                 ref = Block(_align(ref, other)[0], False, idx)
             if ref.diagonal:
-                ref = Block(*_densify(ref, True)[:1], False, _densify(ref, True)[1])
+                dense, index = _densify(ref, compact)
+                ref = Block(dense, False, index)
             pieces = []
             for v in values:
                 b = v.blocks.get(key)
