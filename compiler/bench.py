@@ -5,7 +5,10 @@ Two tables, each measured in one run (so ratios compare like with like on the sa
 (a) Box, HBox and Zonotope programs on CNN3, CNN5 and CNN7 at batch 128 on MNIST (1x28x28) and
     CIFAR (3x32x32) shapes;
 (b) DeepPoly and CROWN-IBP programs on MLP 784-64-32-10, CNN3, FC 784-400-200-100-100-10 and
-    CNN5 at batch 32 on MNIST shapes, against the reference times of auto_LiRPA 0.7 CROWN.
+    CNN5 at batch 32 on MNIST shapes, against the reference times of auto_LiRPA 0.7 CROWN;
+    with ``--lirpa``, also against auto_LiRPA itself (installed by
+    ``benchmarks/setup_lirpa.sh``) on the same inputs in the same run, checking that its
+    bounds equal ours.
 
 Inputs are random images in [0, 1], an L-inf box of radius eps (0.02) around them, and the
 margin spec of random labels. Time: median of ``--repeats`` calls after ``--warmup`` calls,
@@ -224,6 +227,9 @@ class Row:
     fwd_grad_ms: float | None = None
     grad_ms: float | None = None
     lirpa_ms: float | None = None
+    lirpa_live_ms: float | None = None  # auto_LiRPA measured in this run (--lirpa)
+    ours_paired_ms: float | None = None  # our time in the same alternating loop as it
+    lirpa_max_diff: float | None = None  # max |bound difference| to auto_LiRPA's, margins
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -246,6 +252,51 @@ def _inputs(shape: tuple[int, ...], batch: int, eps: float, seed: int):
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
     lo, hi = absdsl.linf_ball(x, eps)
     return x, y, lo, hi, absdsl.margin_spec(y, NUM_CLASSES)
+
+
+# -- the reference library, measured in the same run (--lirpa) -----------------------------
+LIRPA_METHODS = {"deeppoly": "CROWN", "crown-ibp": "CROWN-IBP"}
+
+
+def lirpa_version() -> str:
+    """auto_LiRPA's version, or a clear error naming how to install it."""
+    from absdsl.errors import InputError
+
+    try:
+        import auto_LiRPA
+    except ImportError as err:
+        raise InputError(
+            "--lirpa needs auto_LiRPA, which is not installed here: "
+            "benchmarks/setup_lirpa.sh VENV installs it next to this torch (docs/benchmarks.md)"
+        ) from err
+    return str(getattr(auto_LiRPA, "__version__", "unknown"))
+
+
+def lirpa_program(model: nn.Module, domain: str, lo: torch.Tensor, hi: torch.Tensor,
+                  spec: torch.Tensor) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """auto_LiRPA's bounds of the same margins on the same box, as a call to time.
+
+    CROWN is DeepPoly's back-substitution (adaptive ReLU lower slope, the library default);
+    CROWN-IBP takes intermediate bounds from IBP, as the crown-ibp domain does. Only the
+    public API is used: ``BoundedModule``, ``BoundedTensor``, ``PerturbationLpNorm``.
+    """
+    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+    bounded = BoundedModule(model, torch.zeros_like(lo[:1]), bound_opts={"relu": "adaptive"})
+    ball = BoundedTensor((lo + hi) / 2, PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi))
+    method = LIRPA_METHODS[domain]
+
+    def bounds() -> tuple[torch.Tensor, torch.Tensor]:
+        lb, ub = bounded.compute_bounds(x=(ball,), method=method, C=spec)
+        return lb, ub
+
+    return bounds
+
+
+def max_bound_difference(a: tuple[torch.Tensor, torch.Tensor],
+                         b: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Largest |difference| between two (lower, upper) pairs of margin bounds."""
+    return max(float((x.detach() - y.detach()).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], batch: int,
@@ -298,6 +349,12 @@ def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], ba
                     lb, _ = p(lo, hi, spec=spec)
                     (-lb).sum().backward()
                 row.grad_ms = time_ms(bounds_bwd, args.repeats, args.warmup, args.max_seconds)
+            if getattr(args, "lirpa", False) and domain in LIRPA_METHODS:
+                lirpa_bounds = lirpa_program(model, domain, lo, hi, spec)
+                with torch.no_grad():
+                    row.lirpa_max_diff = max_bound_difference(lirpa_bounds(), bounds())
+                    row.lirpa_live_ms, row.ours_paired_ms = paired_ms(
+                        lirpa_bounds, bounds, args.repeats, args.warmup, args.max_seconds)
         except (RuntimeError, MemoryError, absdsl.AbsdslError) as err:
             row.ms = row.peak_mib = row.grad_ms = None
             row.note = f"error: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -324,17 +381,22 @@ def format_table(rows: list[Row], table: str) -> str:
     else:
         head = ["net", "domain", "fwd ms", "bounds ms", "time x fwd", "mem x fwd",
                 "grad: fwd+bwd ms", "bounds+bwd ms", "grad x", "auto_LiRPA ms", "speedup",
-                "note"]
+                "live: auto_LiRPA ms / ours ms", "live speedup", "max |diff|", "note"]
         body = []
         for r in rows:
             grad_ratio = (None if r.grad_ms is None or not r.fwd_grad_ms
                           else r.grad_ms / r.fwd_grad_ms)
             speed = None if r.ms is None or r.lirpa_ms is None else r.lirpa_ms / r.ms
+            live_speed = (None if r.lirpa_live_ms is None or not r.ours_paired_ms
+                          else r.lirpa_live_ms / r.ours_paired_ms)
+            live = ("-" if r.lirpa_live_ms is None or r.ours_paired_ms is None
+                    else f"{r.lirpa_live_ms:.1f} / {r.ours_paired_ms:.1f}")
             body.append([r.net, r.domain, _fmt(r.fwd_ms, ".2f"), _fmt(r.ms, ".1f"),
                          _fmt(r.time_ratio, ".1f"), _fmt(r.mem_ratio, ".1f"),
                          _fmt(r.fwd_grad_ms, ".2f"), _fmt(r.grad_ms, ".1f"),
                          _fmt(grad_ratio, ".1f"), _fmt(r.lirpa_ms, ".0f"),
-                         _speed(speed), r.note])
+                         _speed(speed), live, _speed(live_speed),
+                         _fmt(r.lirpa_max_diff, ".1e"), r.note])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
               for i, h in enumerate(head)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
@@ -394,6 +456,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="table (b): skip the bounds + backward timing")
     parser.add_argument("--max-seconds", type=float, default=10.0,
                         help="a call slower than this is timed once, without gradients (10)")
+    parser.add_argument("--lirpa", action="store_true",
+                        help="table (b): also run auto_LiRPA (if installed) on the same inputs, "
+                             "alternating with ours, and compare the bounds")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="write the measured numbers to PATH")
 
@@ -428,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
     domains = _subset(args.domains, (), all_domains, "domain")
     datas = _subset(args.data, tuple(SHAPES), tuple(SHAPES), "data shape")
 
+    lirpa = lirpa_version() if args.lirpa else None
     load, gflops = machine_state()
     print(f"# absdsl bench bounds: {machine()}; eps {args.eps}, median of {args.repeats} after "
           f"{args.warmup} warm-up, forward and bounds called alternately; memory = peak live "
@@ -435,7 +501,7 @@ def run(args: argparse.Namespace) -> int:
           f"1024^2 matmul {gflops:.1f} GFLOP/s")
     result: dict[str, Any] = {"machine": machine(), "eps": args.eps, "repeats": args.repeats,
                               "warmup": args.warmup, "threads": args.threads, "load_average": load,
-                              "matmul_gflops": gflops, "rows": []}
+                              "matmul_gflops": gflops, "auto_lirpa": lirpa, "rows": []}
     t_start = time.perf_counter()
     for table in tables:
         t_nets = (tuple(n for n in nets if n in NETS) if nets
@@ -454,8 +520,12 @@ def run(args: argparse.Namespace) -> int:
                     rows += measure_config("a", net, data, t_domains, args.batch_a, args, False,
                                            log)
         else:
-            title = (f"(b) DeepPoly/CROWN-IBP vs forward and auto_LiRPA 0.7 CROWN, batch "
-                     f"{args.batch_b}, MNIST shapes")
+            title = (f"(b) DeepPoly/CROWN-IBP vs forward and auto_LiRPA 0.7 CROWN (the "
+                     f"issue's reference figures), batch {args.batch_b}, MNIST shapes")
+            if lirpa is not None:
+                title += (f"; live: auto_LiRPA {lirpa} (CROWN for deeppoly, CROWN-IBP for "
+                          f"crown-ibp) and ours called alternately, max |diff| of the margin "
+                          f"bounds")
             with_grad = not (args.quick or args.no_grad_timing)
             for net in t_nets:
                 log(f"[b] {net} mnist")

@@ -37,7 +37,7 @@ class Dense:
         return f"F.linear({x}, {self.weight_abs if absolute else self.weight}{b})"
 
     def transpose(self, lam: str) -> str:
-        return f"({lam} @ {self.weight})"
+        return f"rt.dense_back({lam}, {self.weight}, compact)"
 
 
 @dataclass

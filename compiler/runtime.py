@@ -302,6 +302,65 @@ def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...],
     return (flat_neurons(lam, 2, cl) @ flat.unsqueeze(-1)).squeeze(-1)
 
 
+ZERO_COLUMNS = 0.9  # skip a sample's all-zero columns when it keeps at most this share
+_GATHER_OVER_GEMM = 16  # a copied element costs about this many multiply-adds of a matrix product
+
+
+def dense_back(lam: Tensor, weight: Tensor, compact: bool) -> Tensor:
+    """``lam @ weight`` for rows [B, k, out] of a Linear layer [out, in], back to [B, k, in].
+
+    After a relaxation, a sample's rows are zero together at its stably inactive neurons
+    (both lines 0), so each sample multiplies only its other columns by those rows of the
+    weight (:func:`live_columns`). Under vmap (``compact`` false: shapes must not depend on
+    data) the plain product runs.
+    """
+    order = live_columns(lam) if compact else None
+    if order is None:
+        return lam @ weight
+    return _LiveColumnsProduct.apply(lam, weight, order)
+
+
+class _LiveColumnsProduct(torch.autograd.Function):
+    """``lam @ weight`` from the live columns only; its backward is the plain product's.
+
+    The skipped entries of lam are zero, but they may still carry a derivative (a slope
+    that is a function of l, u and happens to be 0), so the gradient is taken in full.
+    """
+
+    @staticmethod
+    def forward(ctx, lam: Tensor, weight: Tensor, order: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(lam, weight)
+        picked = lam.gather(2, order.unsqueeze(1).expand(lam.shape[0], lam.shape[1], -1))
+        return torch.bmm(picked, weight[order])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        lam, weight = ctx.saved_tensors
+        grad_lam = grad @ weight.T if ctx.needs_input_grad[0] else None
+        grad_weight = (lam.flatten(0, 1).T @ grad.flatten(0, 1)
+                       if ctx.needs_input_grad[1] else None)
+        return grad_lam, grad_weight, None
+
+
+def live_columns(lam: Tensor) -> Tensor | None:
+    """Per sample, the columns where some row of ``lam`` [B, k, n] is nonzero, [B, m].
+
+    Each sample's live columns come first in order, padded to the largest count m in the
+    batch with columns that are zero in all its rows (they add nothing). None when that
+    does not pay: m above ``ZERO_COLUMNS`` of n, or the product saved smaller than the cost
+    of gathering m weight rows per sample.
+    """
+    if lam.dim() != 3 or lam.shape[0] < 2 or lam.shape[2] < 2:
+        return None
+    rows, n = lam.shape[1], lam.shape[2]
+    live = (lam != 0).any(1)  # [B, n]
+    width = int(live.sum(1).max())
+    if width > ZERO_COLUMNS * n or width == n or \
+            rows * (n - width) < _GATHER_OVER_GEMM * (width + rows):
+        return None
+    return torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+
+
 def conv_back(lam: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
               output_padding: tuple[int, int], groups: int, dilation: tuple[int, int],
               layouts: bool = False) -> Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import types
 
 import pytest
 import torch
@@ -144,3 +146,61 @@ def test_bench_skips_big_zonotope(capsys):
 
 def test_public_api_still_importable():
     assert callable(absdsl.compile)
+
+
+def test_bench_lirpa_without_auto_lirpa_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "auto_LiRPA", None)  # importing it raises ImportError
+    code = main(["bench", "bounds", "--quick", "--table", "b", "--nets", "tiny", "--lirpa"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--lirpa needs auto_LiRPA" in err and "benchmarks/setup_lirpa.sh" in err
+
+
+def _fake_lirpa(shift: float) -> types.ModuleType:
+    """auto_LiRPA's public API over absdsl's own domains, with lower bounds ``shift`` below
+    ours: the bench must report that difference and time the calls."""
+    fake = types.ModuleType("auto_LiRPA")
+    fake.__version__ = "fake"
+    methods = {"CROWN": "deeppoly", "CROWN-IBP": "crown-ibp"}
+
+    class PerturbationLpNorm:
+        def __init__(self, norm, x_L, x_U):
+            assert norm == float("inf")
+            self.x_L, self.x_U = x_L, x_U
+
+    class BoundedTensor:
+        def __init__(self, centre, ptb):
+            self.ptb = ptb
+
+    class BoundedModule:
+        def __init__(self, model, example, bound_opts):
+            assert bound_opts == {"relu": "adaptive"}
+            self.model = model
+
+        def compute_bounds(self, x, method, C):
+            ptb = x[0].ptb
+            lb, ub = absdsl.compile(self.model, methods[method])(ptb.x_L, ptb.x_U, spec=C)
+            return lb - shift, ub
+
+    fake.PerturbationLpNorm, fake.BoundedTensor = PerturbationLpNorm, BoundedTensor
+    fake.BoundedModule = BoundedModule
+    return fake
+
+
+def test_bench_lirpa_reports_live_times_and_bound_differences(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "auto_LiRPA", _fake_lirpa(0.25))
+    path = tmp_path / "b.json"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["bench", "bounds", "--quick", "--table", "b", "--nets", "tiny",
+                     "--batch-b", "3", "--threads", "1", "--lirpa", "--json", str(path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "live speedup" in out and "auto_LiRPA fake" in out
+    result = json.loads(path.read_text())
+    assert result["auto_lirpa"] == "fake"
+    for r in result["rows"]:
+        assert r["lirpa_max_diff"] == pytest.approx(0.25, abs=1e-5), r
+        assert r["lirpa_live_ms"] > 0 and r["ours_paired_ms"] > 0, r

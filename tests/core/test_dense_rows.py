@@ -2,8 +2,9 @@
 
 Outside vmap, dense rows over [C, H, W] maps are kept channels last (transposed convs run
 2-3x faster so), and an activation whose sign-dependent columns are few in every sample
-relaxes only those columns. Both are storage and scheduling choices: these tests pin the
-bounds to the plain form (default layout, every column relaxed) in float64.
+relaxes only those columns; a Linear layer's transposed product skips each sample's
+all-zero columns (its stably inactive neurons). All are storage and scheduling choices: these
+tests pin the bounds to the plain form (default layout, every column) in float64.
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ def _cnn() -> nn.Sequential:
                          nn.Linear(20, 3)).to(DTYPE).eval()
 
 
+def _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C) -> None:
+    """``fast`` equals the program's bounds now (the faster form switched off by the caller)
+    and under vmap (which turns the data-dependent forms off)."""
+    plain = prog(lo, hi, spec=C)
+    params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
+    mapped = torch.func.vmap(lambda p: prog.functional(p, lo, hi, C))(params)
+    for got in (plain, (mapped[0][0], mapped[1][0])):
+        torch.testing.assert_close(fast[0], got[0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fast[1], got[1], rtol=1e-10, atol=1e-10)
+
+
 def test_programs_give_the_same_bounds_in_every_form(monkeypatch) -> None:
     """Sparse lines + channels-last rows (forced on) against the plain form (vmap, which
     turns both off) and against sparse lines switched off."""
@@ -122,12 +134,7 @@ def test_programs_give_the_same_bounds_in_every_form(monkeypatch) -> None:
     fast = prog(lo, hi, spec=C)
     assert seen["sparse"] > 0 and seen["channels_last"] > 0
     monkeypatch.setattr(rt, "SPARSE_LINES", -1.0)
-    dense = prog(lo, hi, spec=C)
-    params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
-    plain = torch.func.vmap(lambda p: prog.functional(p, lo, hi, C))(params)
-    for got in (dense, (plain[0][0], plain[1][0])):
-        torch.testing.assert_close(fast[0], got[0], rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(fast[1], got[1], rtol=1e-10, atol=1e-10)
+    _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C)
     box_lb = absdsl.compile(model, "box")(lo, hi, spec=C)[0]
     assert (fast[0] - box_lb).max() > 1e-3  # back-substitution did tighten something
 
@@ -154,3 +161,78 @@ def test_float32_rows_run_channels_last_and_match_the_plain_form(monkeypatch) ->
     plain = torch.func.vmap(lambda p: prog.functional(p, lo, hi, C))(params)
     torch.testing.assert_close(lb, plain[0][0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ub, plain[1][0], rtol=1e-4, atol=1e-4)
+
+
+# ---- Linear layers skip each sample's all-zero columns ----------------------------------
+
+def test_dense_back_skips_each_samples_zero_columns() -> None:
+    """Rows zero at different columns per sample (stably inactive neurons): the gathered
+    product equals ``lam @ W`` and so do its gradients, to the rows and to the weight."""
+    g = torch.Generator().manual_seed(3)
+    batch, rows, n, n_in = 4, 128, 40, 30
+    dead = torch.rand(batch, 1, n, generator=g, dtype=DTYPE) < 0.7
+    dead[0, 0, :] = False  # the sample with the fewest zero columns pads the others' counts
+    dead[0, 0, :20] = True
+    lam = torch.where(dead, 0.0, torch.randn(batch, rows, n, generator=g, dtype=DTYPE))
+    lam.requires_grad_(True)
+    weight = torch.randn(n, n_in, generator=g, dtype=DTYPE, requires_grad=True)
+    order = rt.live_columns(lam)
+    assert order is not None and order.shape == (batch, n - 20)
+    for b in range(batch):  # every live column is kept (so nothing nonzero is dropped)
+        live = set((lam[b] != 0).any(0).nonzero().squeeze(1).tolist())
+        assert live <= set(order[b].tolist())
+    got = rt.dense_back(lam, weight, compact=True)
+    want = lam @ weight
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(want)
+    g_got = torch.autograd.grad((got * w).sum(), (lam, weight))
+    g_want = torch.autograd.grad((want * w).sum(), (lam, weight))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_back_keeps_the_plain_product_when_skipping_does_not_pay() -> None:
+    g = torch.Generator().manual_seed(4)
+    lam = torch.randn(3, 64, 40, generator=g, dtype=DTYPE)
+    assert rt.live_columns(lam) is None  # no zero column
+    lam[:, :, :2] = 0.0
+    assert rt.live_columns(lam) is None  # 38 of 40 kept: above ZERO_COLUMNS
+    few = torch.randn(3, 2, 40, generator=g, dtype=DTYPE)
+    few[:, :, :20] = 0.0
+    assert rt.live_columns(few) is None  # 2 rows: gathering the weight costs more
+    assert rt.live_columns(lam[:1]) is None  # rows shared by the batch
+
+
+def test_programs_skip_zero_columns_with_the_same_bounds(monkeypatch) -> None:
+    """An MLP whose first layer has stably inactive neurons: the program takes the gathered
+    product there and its bounds equal those with skipping switched off and under vmap."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(),
+                          nn.Linear(24, 4)).to(DTYPE).eval()
+    with torch.no_grad():
+        model[0].bias[:24] -= 3.0  # half of the first layer is inactive on the box
+    lo, hi = box((6,), batch=5, eps=0.2, seed=6)
+    C = absdsl.margin_spec(torch.tensor([0, 1, 2, 3, 0]), 4).to(DTYPE)
+    prog = absdsl.compile(model, "deeppoly")
+    taken = []
+    live_columns = rt.live_columns
+
+    def spy(lam):
+        taken.append(live_columns(lam) is not None)
+        return None if not taken[-1] else live_columns(lam)
+
+    monkeypatch.setattr(rt, "live_columns", spy)
+    fast = prog(lo, hi, spec=C)
+    assert any(taken)
+    monkeypatch.setattr(rt, "ZERO_COLUMNS", -1.0)
+    _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C)
+    grads = []
+    for share in (rt.ZERO_COLUMNS, 0.9):  # off (as set above), then on: same gradients
+        monkeypatch.setattr(rt, "ZERO_COLUMNS", share)
+        model.zero_grad()
+        lb, ub = prog(lo, hi, spec=C)
+        (lb.sum() - 0.5 * ub.sum()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert float(grads[1][0].abs().sum()) > 0
