@@ -350,7 +350,8 @@ def live_columns(lam: Tensor) -> Tensor | None:
     does not pay: m above ``ZERO_COLUMNS`` of n, or the product saved smaller than the cost
     of gathering m weight rows per sample.
     """
-    if lam.dim() != 3 or lam.shape[0] < 2 or lam.shape[2] < 2:
+    if lam.dim() != 3 or lam.shape[0] < 2 or lam.shape[1] < _GATHER_OVER_GEMM \
+            or lam.shape[2] < 2:  # few rows (a spec): the gather would never pay
         return None
     rows, n = lam.shape[1], lam.shape[2]
     live = (lam != 0).any(1)  # [B, n]
