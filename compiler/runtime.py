@@ -304,6 +304,7 @@ def bias_dot(lam: Tensor, bias: Tensor | float, out_shape: tuple[int, ...],
 
 ZERO_COLUMNS = 0.9  # skip a sample's all-zero columns when it keeps at most this share
 _GATHER_OVER_GEMM = 16  # a copied element costs about this many multiply-adds of a matrix product
+_MIN_ROWS = 16  # fewer rows (a spec's) never repay gathering the weight rows
 
 
 def dense_back(lam: Tensor, weight: Tensor, compact: bool) -> Tensor:
@@ -320,18 +321,47 @@ def dense_back(lam: Tensor, weight: Tensor, compact: bool) -> Tensor:
     return _LiveColumnsProduct.apply(lam, weight, order)
 
 
+def live_columns(lam: Tensor) -> Tensor | None:
+    """Per sample, the columns where some row of ``lam`` [B, k, n] is nonzero, [B, m].
+
+    Each sample's live columns come first in order, padded to the largest count m in the
+    batch with columns that are zero in all its rows (they add nothing). None when that
+    does not pay: m above ``ZERO_COLUMNS`` of n, fewer than ``_MIN_ROWS`` rows, or the
+    product saved (k (n - m) multiply-adds per sample) smaller than the copies it needs
+    (m weight rows and k x m entries of lam, each worth ``_GATHER_OVER_GEMM`` of them).
+    """
+    if lam.dim() != 3 or lam.shape[1] < _MIN_ROWS or lam.shape[2] < 2:
+        return None
+    rows, n = lam.shape[1], lam.shape[2]
+    live = (lam != 0).any(1)  # [B, n]
+    width = int(live.sum(1).max())
+    if width > ZERO_COLUMNS * n or width == n or \
+            rows * (n - width) < _GATHER_OVER_GEMM * (width + rows):
+        return None
+    return torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+
+
 class _LiveColumnsProduct(torch.autograd.Function):
-    """``lam @ weight`` from the live columns only; its backward is the plain product's.
+    """``lam @ weight`` from the live columns only; its derivatives are the plain product's.
 
     The skipped entries of lam are zero, but they may still carry a derivative (a slope
-    that is a function of l, u and happens to be 0), so the gradient is taken in full.
+    that is a function of l, u and happens to be 0), so gradients (backward) and tangents
+    (jvp, forward mode) are taken in full. Written with ``setup_context`` so that
+    ``torch.func`` transforms (grad, jacrev, jvp) can run through it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, lam: Tensor, weight: Tensor, order: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(lam, weight)
+    def forward(lam: Tensor, weight: Tensor, order: Tensor) -> Tensor:  # type: ignore[override]
         picked = lam.gather(2, order.unsqueeze(1).expand(lam.shape[0], lam.shape[1], -1))
         return torch.bmm(picked, weight[order])
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:  # type: ignore[override]
+        lam, weight, _ = inputs
+        ctx.save_for_backward(lam, weight)
+        ctx.save_for_forward(lam, weight)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
@@ -341,25 +371,15 @@ class _LiveColumnsProduct(torch.autograd.Function):
                        if ctx.needs_input_grad[1] else None)
         return grad_lam, grad_weight, None
 
-
-def live_columns(lam: Tensor) -> Tensor | None:
-    """Per sample, the columns where some row of ``lam`` [B, k, n] is nonzero, [B, m].
-
-    Each sample's live columns come first in order, padded to the largest count m in the
-    batch with columns that are zero in all its rows (they add nothing). None when that
-    does not pay: m above ``ZERO_COLUMNS`` of n, or the product saved smaller than the cost
-    of gathering m weight rows per sample.
-    """
-    if lam.dim() != 3 or lam.shape[0] < 2 or lam.shape[1] < _GATHER_OVER_GEMM \
-            or lam.shape[2] < 2:  # few rows (a spec): the gather would never pay
-        return None
-    rows, n = lam.shape[1], lam.shape[2]
-    live = (lam != 0).any(1)  # [B, n]
-    width = int(live.sum(1).max())
-    if width > ZERO_COLUMNS * n or width == n or \
-            rows * (n - width) < _GATHER_OVER_GEMM * (width + rows):
-        return None
-    return torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    @staticmethod
+    def jvp(ctx, t_lam: Tensor | None, t_weight: Tensor | None, _t_order: None  # type: ignore[override]
+            ) -> Tensor:
+        lam, weight = ctx.saved_tensors
+        out = t_lam @ weight if t_lam is not None else None
+        if t_weight is not None:
+            out = lam @ t_weight if out is None else out + lam @ t_weight
+        assert out is not None  # jvp runs only when some input has a tangent
+        return out
 
 
 def conv_back(lam: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],

@@ -156,9 +156,10 @@ def test_bench_lirpa_without_auto_lirpa_is_a_clear_error(monkeypatch, capsys):
     assert "--lirpa needs auto_LiRPA" in err and "benchmarks/setup_lirpa.sh" in err
 
 
-def _fake_lirpa(shift: float) -> types.ModuleType:
+def _fake_lirpa(shift: float, fails: bool = False) -> types.ModuleType:
     """auto_LiRPA's public API over absdsl's own domains, with lower bounds ``shift`` below
-    ours: the bench must report that difference and time the calls."""
+    ours (the bench must report that difference and time the calls), or raising a
+    ValueError from ``compute_bounds`` when ``fails``."""
     fake = types.ModuleType("auto_LiRPA")
     fake.__version__ = "fake"
     methods = {"CROWN": "deeppoly", "CROWN-IBP": "crown-ibp"}
@@ -178,6 +179,8 @@ def _fake_lirpa(shift: float) -> types.ModuleType:
             self.model = model
 
         def compute_bounds(self, x, method, C):
+            if fails:
+                raise ValueError("unsupported op in the reference")
             ptb = x[0].ptb
             lb, ub = absdsl.compile(self.model, methods[method])(ptb.x_L, ptb.x_U, spec=C)
             return lb - shift, ub
@@ -204,3 +207,34 @@ def test_bench_lirpa_reports_live_times_and_bound_differences(monkeypatch, tmp_p
     for r in result["rows"]:
         assert r["lirpa_max_diff"] == pytest.approx(0.25, abs=1e-5), r
         assert r["lirpa_live_ms"] > 0 and r["ours_paired_ms"] > 0, r
+
+
+def test_bench_lirpa_failure_is_a_note_and_keeps_our_times(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "auto_LiRPA", _fake_lirpa(0.0, fails=True))
+    path = tmp_path / "b.json"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["bench", "bounds", "--quick", "--table", "b", "--nets", "tiny",
+                     "--batch-b", "2", "--threads", "1", "--no-grad-timing", "--lirpa",
+                     "--domains", "deeppoly", "--json", str(path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    row, = json.loads(path.read_text())["rows"]
+    assert row["ms"] > 0 and row["peak_mib"] is not None
+    assert row["lirpa_live_ms"] is None and row["lirpa_max_diff"] is None
+    assert row["note"] == "auto_LiRPA error: ValueError: unsupported op in the reference"
+    assert "auto_LiRPA error: ValueError" in capsys.readouterr().out
+
+
+def test_bench_lirpa_with_table_a_only_needs_no_auto_lirpa(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "auto_LiRPA", None)
+    threads = torch.get_num_threads()
+    try:
+        code = main(["bench", "bounds", "--quick", "--table", "a", "--nets", "tiny", "--data",
+                     "mnist", "--batch-a", "2", "--domains", "box", "--threads", "1",
+                     "--lirpa"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    assert "time x fwd" in capsys.readouterr().out

@@ -199,20 +199,29 @@ def test_dense_back_keeps_the_plain_product_when_skipping_does_not_pay() -> None
     assert rt.live_columns(lam) is None  # 38 of 40 kept: above ZERO_COLUMNS
     few = torch.randn(3, 2, 40, generator=g, dtype=DTYPE)
     few[:, :, :20] = 0.0
-    assert rt.live_columns(few) is None  # 2 rows: gathering the weight costs more
-    assert rt.live_columns(lam[:1]) is None  # rows shared by the batch
+    assert rt.live_columns(few) is None  # 2 rows (a spec's): gathering the weight costs more
+    many = torch.randn(1, 256, 40, generator=g, dtype=DTYPE)
+    many[:, :, :20] = 0.0
+    order = rt.live_columns(many)  # one sample, or rows shared by the batch, pays as well
+    assert order is not None and sorted(order[0].tolist()) == list(range(20, 40))
 
 
-def test_programs_skip_zero_columns_with_the_same_bounds(monkeypatch) -> None:
-    """An MLP whose first layer has stably inactive neurons: the program takes the gathered
-    product there and its bounds equal those with skipping switched off and under vmap."""
+def _half_dead_mlp():
+    """An MLP whose first layer is half stably inactive on the box, with its inputs."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(),
                           nn.Linear(24, 4)).to(DTYPE).eval()
     with torch.no_grad():
-        model[0].bias[:24] -= 3.0  # half of the first layer is inactive on the box
+        model[0].bias[:24] -= 3.0
     lo, hi = box((6,), batch=5, eps=0.2, seed=6)
     C = absdsl.margin_spec(torch.tensor([0, 1, 2, 3, 0]), 4).to(DTYPE)
+    return model, lo, hi, C
+
+
+def test_programs_skip_zero_columns_with_the_same_bounds(monkeypatch) -> None:
+    """The program takes the gathered product where the first layer is inactive, and its
+    bounds equal those with skipping switched off and under vmap."""
+    model, lo, hi, C = _half_dead_mlp()
     prog = absdsl.compile(model, "deeppoly")
     taken = []
     live_columns = rt.live_columns
@@ -236,3 +245,43 @@ def test_programs_skip_zero_columns_with_the_same_bounds(monkeypatch) -> None:
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert float(grads[1][0].abs().sum()) > 0
+
+
+def test_zero_column_skipping_under_torch_func_and_forward_mode(monkeypatch) -> None:
+    """grad, jacrev, jvp and forward-mode AD run through the gathered product (it takes the
+    plain product's derivatives) and agree with skipping switched off."""
+    import torch.autograd.forward_ad as fwAD
+
+    model, lo, hi, C = _half_dead_mlp()
+    prog = absdsl.compile(model, "deeppoly")
+    calls = []
+    product = rt._LiveColumnsProduct.apply
+
+    def spy(*args):
+        calls.append(1)
+        return product(*args)
+
+    monkeypatch.setattr(rt._LiveColumnsProduct, "apply", spy)
+    tangent = torch.randn_like(lo)
+
+    def margins(low):
+        return prog(low, hi, spec=C)[0].sum()
+
+    def derivatives():
+        grad = torch.func.grad(margins)(lo)
+        jac = torch.func.jacrev(margins)(lo)
+        _, jvp = torch.func.jvp(margins, (lo,), (tangent,))
+        with fwAD.dual_level():
+            dual = prog(fwAD.make_dual(lo, tangent), hi, spec=C)[0].sum()
+            forward = fwAD.unpack_dual(dual).tangent
+        return grad, jac, jvp, forward
+
+    skipping = derivatives()
+    assert len(calls) >= 4  # every transform went through the gathered product
+    monkeypatch.setattr(rt, "ZERO_COLUMNS", -1.0)
+    calls.clear()
+    plain = derivatives()
+    assert not calls
+    for a, b in zip(skipping, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert float(skipping[0].abs().sum()) > 0
