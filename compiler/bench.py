@@ -292,8 +292,7 @@ def lirpa_program(model: nn.Module, domain: str, lo: torch.Tensor, hi: torch.Ten
     method = LIRPA_METHODS[domain]
 
     def bounds() -> tuple[torch.Tensor, torch.Tensor]:
-        lb, ub = bounded.compute_bounds(x=(ball,), method=method, C=spec)
-        return lb, ub
+        return bounded.compute_bounds(x=(ball,), method=method, C=spec)
 
     return bounds
 

@@ -45,9 +45,8 @@ def generate(graph: Graph, loaded: LoadedDomain) -> str:
     """
     out = codegen.Emitter()
     for reserved in ("p", "lo", "hi", "spec", "spec_abs", "spec_w", "spec_w_abs", "spec_b",
-                     "compact", "rows_per_chunk", "centre",
-                     "record",
-                     "radius", "lb", "ub", "rows", "k", "acc", "l", "u", "t"):
+                     "compact", "rows_per_chunk", "record", "centre", "radius", "lb", "ub",
+                     "rows", "k", "acc", "l", "u", "t"):
         out.used.add(reserved)
     for pre in graph.prelude:
         out.used.add(pre.name)

@@ -214,8 +214,8 @@ def cat(values: list, dim: int, compact: bool = True):
             present = [v.blocks[key] for v in values if key in v.blocks]
             ref = present[0]
             for other in present[1:]:  # bring every part onto the same generator ids
-                _, _, idx = _align(ref, other)
-                ref = Block(_align(ref, other)[0], False, idx)
+                data, _, idx = _align(ref, other)
+                ref = Block(data, False, idx)
             if ref.diagonal:
                 dense, index = _densify(ref, compact)
                 ref = Block(dense, False, index)
@@ -256,6 +256,13 @@ def avgpool_weight(channels: int, kernel: tuple[int, int], like: Tensor) -> Tens
 
 
 # ---- back-substitution -------------------------------------------------------------------
+
+def selected_first(mask: Tensor, width: int) -> Tensor:
+    """Per row of ``mask`` [b, n], the indices where it holds first (in order: the sort is
+    stable), then the others, cut to ``width``: each sample's selection, padded to a common
+    count with unselected indices."""
+    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+
 
 def rows_channels_last(lam: Tensor, layouts: bool) -> bool:
     """Whether rows [B, k, C, H, W] are stored channels last (the layout transposed convs
@@ -338,7 +345,7 @@ def live_columns(lam: Tensor) -> Tensor | None:
     if width > ZERO_COLUMNS * n or width == n or \
             rows * (n - width) < _GATHER_OVER_GEMM * (width + rows):
         return None
-    return torch.sort((~live).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    return selected_first(live, width)
 
 
 class _LiveColumnsProduct(torch.autograd.Function):
@@ -510,8 +517,7 @@ def back_lines(lines: tuple, compact: bool = False) -> BackLines:
     width = int(counts.max()) if counts.numel() else 0
     if width > SPARSE_LINES * signed.shape[1]:  # decided before any sort
         return out
-    # per sample: its signed columns first (stable sort keeps their order), then padding
-    order = torch.sort((~signed).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    order = selected_first(signed, width)  # padded per sample
     valid = torch.arange(width, device=order.device) < counts.unsqueeze(1)
 
     def pick(t: Tensor) -> Tensor:  # the picked columns; padding gets weight 0
@@ -596,8 +602,7 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     need = needs.flatten(1).expand(batch, n)
     if select and per_sample:
         width = int(need.sum(1).max()) if batch else 0
-        # each sample's needed neurons first (a stable sort keeps their order), then others
-        index = torch.sort((~need).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+        index = selected_first(need, width)
     elif select:
         index = need.any(0).nonzero().squeeze(1)
         width = index.numel()

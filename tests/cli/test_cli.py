@@ -118,14 +118,19 @@ def test_ir_needs_shape(capsys):
     assert "--input-shape" in capsys.readouterr().err
 
 
+def _bench(argv: list[str]) -> int:
+    """``absdsl bench bounds ARGV`` in-process, restoring torch's thread count after it."""
+    threads = torch.get_num_threads()
+    try:
+        return main(["bench", "bounds", *argv])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bench_bounds_quick(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    torch_threads = torch.get_num_threads()
-    try:
-        code = main(["bench", "bounds", "--quick", "--nets", "tiny", "--data", "mnist",
-                     "--batch-a", "4", "--batch-b", "4", "--threads", "1", "--json", str(path)])
-    finally:
-        torch.set_num_threads(torch_threads)
+    code = _bench(["--quick", "--nets", "tiny", "--data", "mnist",
+                   "--batch-a", "4", "--batch-b", "4", "--threads", "1", "--json", str(path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "time x fwd" in out and "auto_LiRPA" in out
@@ -137,9 +142,9 @@ def test_bench_bounds_quick(tmp_path, capsys):
 
 
 def test_bench_skips_big_zonotope(capsys):
-    code = main(["bench", "bounds", "--quick", "--table", "a", "--nets", "tiny", "--data",
-                 "mnist", "--batch-a", "2", "--domains", "zonotope", "--max-gib", "1e-9",
-                 "--threads", "1"])
+    code = _bench(["--quick", "--table", "a", "--nets", "tiny", "--data", "mnist",
+                   "--batch-a", "2", "--domains", "zonotope", "--max-gib", "1e-9",
+                   "--threads", "1"])
     assert code == 0
     assert "skipped: needs ~" in capsys.readouterr().out
 
@@ -150,7 +155,7 @@ def test_public_api_still_importable():
 
 def test_bench_lirpa_without_auto_lirpa_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "auto_LiRPA", None)  # importing it raises ImportError
-    code = main(["bench", "bounds", "--quick", "--table", "b", "--nets", "tiny", "--lirpa"])
+    code = _bench(["--quick", "--table", "b", "--nets", "tiny", "--lirpa"])
     assert code == 2
     err = capsys.readouterr().err
     assert "--lirpa needs auto_LiRPA" in err and "benchmarks/setup_lirpa.sh" in err
@@ -193,12 +198,8 @@ def _fake_lirpa(shift: float, fails: bool = False) -> types.ModuleType:
 def test_bench_lirpa_reports_live_times_and_bound_differences(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "auto_LiRPA", _fake_lirpa(0.25))
     path = tmp_path / "b.json"
-    threads = torch.get_num_threads()
-    try:
-        code = main(["bench", "bounds", "--quick", "--table", "b", "--nets", "tiny",
-                     "--batch-b", "3", "--threads", "1", "--lirpa", "--json", str(path)])
-    finally:
-        torch.set_num_threads(threads)
+    code = _bench(["--quick", "--table", "b", "--nets", "tiny",
+                   "--batch-b", "3", "--threads", "1", "--lirpa", "--json", str(path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "live speedup" in out and "auto_LiRPA fake" in out
@@ -212,13 +213,9 @@ def test_bench_lirpa_reports_live_times_and_bound_differences(monkeypatch, tmp_p
 def test_bench_lirpa_failure_is_a_note_and_keeps_our_times(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "auto_LiRPA", _fake_lirpa(0.0, fails=True))
     path = tmp_path / "b.json"
-    threads = torch.get_num_threads()
-    try:
-        code = main(["bench", "bounds", "--quick", "--table", "b", "--nets", "tiny",
-                     "--batch-b", "2", "--threads", "1", "--no-grad-timing", "--lirpa",
-                     "--domains", "deeppoly", "--json", str(path)])
-    finally:
-        torch.set_num_threads(threads)
+    code = _bench(["--quick", "--table", "b", "--nets", "tiny",
+                   "--batch-b", "2", "--threads", "1", "--no-grad-timing", "--lirpa",
+                   "--domains", "deeppoly", "--json", str(path)])
     assert code == 0
     row, = json.loads(path.read_text())["rows"]
     assert row["ms"] > 0 and row["peak_mib"] is not None
@@ -229,12 +226,8 @@ def test_bench_lirpa_failure_is_a_note_and_keeps_our_times(monkeypatch, tmp_path
 
 def test_bench_lirpa_with_table_a_only_needs_no_auto_lirpa(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "auto_LiRPA", None)
-    threads = torch.get_num_threads()
-    try:
-        code = main(["bench", "bounds", "--quick", "--table", "a", "--nets", "tiny", "--data",
-                     "mnist", "--batch-a", "2", "--domains", "box", "--threads", "1",
-                     "--lirpa"])
-    finally:
-        torch.set_num_threads(threads)
+    code = _bench(["--quick", "--table", "a", "--nets", "tiny", "--data",
+                   "mnist", "--batch-a", "2", "--domains", "box", "--threads", "1",
+                   "--lirpa"])
     assert code == 0
     assert "time x fwd" in capsys.readouterr().out
