@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: list[tuple[str, str, str]] = [
     ("bounds", "absdsl.commands.bounds", "print bounds of a model on an input for a domain"),
     ("check", "absdsl.commands.check", "property-test a domain file for soundness"),
+    ("prove", "absdsl.commands.prove", "prove a domain file's per-neuron rules sound (z3)"),
     ("ir", "absdsl.commands.ir", "print the IR and the generated program of a model"),
     ("train", "absdsl.training.cli_train", "certified training (GRAD, PGPE, RGS)"),
     ("certify", "absdsl.training.cli_certify", "natural, adversarial and certified accuracy"),

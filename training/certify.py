@@ -10,14 +10,27 @@ Each input passes through the stages until one decides it:
 
 anything left is ``unknown``. Working in float64 and demanding a margin above a stated
 positive tolerance is how a certificate is kept from being claimed by floating-point
-accident (DESIGN.md section 8); the report says so.
+accident; the tolerance grows with the magnitude of the computation: an input is certified
+only when its margin lower bound exceeds ``tolerance + rel_tolerance * M``, M the largest
+magnitude of the input box, every activation's bounds and the margin bounds for that input
+(``certificate_threshold``). PGD then also attacks the certified inputs: a counterexample to a
+certificate is a soundness error of the domain, reported as such and never counted.
+
+Trust (``domain_trust``, called by every certification path through ``certify_model``): a
+domain that is not built in certifies only when that exact file (content hash, imports
+included) has passed ``absdsl check`` (``absdsl.checkcache``), or when the caller passes
+``uncertified_domain=True``, which marks every result as coming from an unchecked domain.
+Every report names the domain files and their hashes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -31,10 +44,93 @@ from .data import DatasetInfo, Split, eval_batches
 from .programs import CASCADE_ORDER, canonical_domain
 
 PRECISION = "float64"
+REL_TOLERANCE = 1e-9  # per unit of magnitude of the computation (the property tests' policy)
 
 
 class CertifyError(AbsdslError):
     """Bad certification input: unknown domain, eps out of range, unknown stage."""
+
+
+class UncheckedDomainError(CertifyError):
+    """A domain file that has not passed ``absdsl check`` (as it is now) was asked to certify."""
+
+
+@dataclass
+class DomainTrust:
+    """Where a certifying domain comes from and why its certificates are trusted."""
+
+    domain: str
+    file: str
+    sha256: str
+    trust: str  # built-in | checked | uncertified-domain
+    check: dict[str, Any] | None = None  # the absdsl check cache entry (trust "checked")
+
+
+_ALLOW_UNCHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "absdsl_allow_unchecked_domain", default=False)
+
+
+@contextlib.contextmanager
+def allow_unchecked_domains() -> Iterator[None]:
+    """Certifications inside run with unchecked domain files, marked uncertified-domain
+    (for callers that do not build the options themselves, e.g. the end of training)."""
+    token = _ALLOW_UNCHECKED.set(True)
+    try:
+        yield
+    finally:
+        _ALLOW_UNCHECKED.reset(token)
+
+
+def domain_trust(domain: str, uncertified_domain: bool = False) -> DomainTrust:
+    """The gate every certification passes: built-in domains (by name, or a file whose
+    content and imports equal a shipped one) and files that passed ``absdsl check`` as they
+    are now are trusted; any other file raises :class:`UncheckedDomainError` unless
+    ``uncertified_domain`` (or :func:`allow_unchecked_domains`) marks the results."""
+    from absdsl import checkcache
+    from absdsl.dsl.loader import BUILTIN_FILES, builtin_path
+
+    key = domain.strip().lower()
+    if key in BUILTIN_FILES:
+        path = builtin_path(BUILTIN_FILES[key])
+        return DomainTrust(key, str(path), checkcache.domain_digest(path), "built-in")
+    path = checkcache.domain_file(domain)
+    digest = checkcache.domain_digest(path)
+    if digest in checkcache.builtin_digests():
+        return DomainTrust(domain, str(path.resolve()), digest, "built-in")
+    entry = checkcache.lookup(path)
+    if entry is not None:
+        return DomainTrust(domain, str(path.resolve()), digest, "checked", entry)
+    if uncertified_domain or _ALLOW_UNCHECKED.get():
+        return DomainTrust(domain, str(path.resolve()), digest, "uncertified-domain")
+    raise UncheckedDomainError(
+        f"domain file {path} (sha256 {digest[:12]}...) has not passed absdsl check as it is "
+        f"now, so it cannot certify: run 'absdsl check {domain}' first, or pass "
+        f"--uncertified-domain to mark every result as coming from an unchecked domain "
+        f"(cache: {checkcache.cache_path()})")
+
+
+def certificate_threshold(prog: Any, lo: torch.Tensor, hi: torch.Tensor, lb: torch.Tensor,
+                          ub: torch.Tensor, tolerance: float,
+                          rel_tolerance: float = REL_TOLERANCE) -> torch.Tensor:
+    """Per input, what its worst margin lower bound must exceed: ``tolerance +
+    rel_tolerance * M``, M the largest magnitude in the computation of its bounds (the input
+    box, every activation's pre-activation bounds, the margin bounds). A non-finite value
+    makes M infinite, so nothing is certified from it. Costs one extra bound pass, run by
+    callers only for the inputs whose margin already exceeds ``tolerance``."""
+    tensors = [lo, hi, lb, ub]
+    inter = getattr(prog, "intermediate_bounds", None)
+    if inter is not None and lo.shape[0] > 0:
+        with torch.no_grad():
+            for a, b in inter(lo, hi).values():
+                tensors += [a, b]
+    mags = []
+    for t in tensors:
+        flat = t.detach().reshape(t.shape[0], -1).double().abs()
+        flat = torch.where(torch.isnan(flat), torch.full_like(flat, math.inf), flat)
+        mags.append(flat.max(1).values if flat.shape[1] else torch.zeros(t.shape[0],
+                                                                         dtype=flat.dtype))
+    m = torch.stack(mags, 1).max(1).values
+    return tolerance + rel_tolerance * m
 
 
 @dataclass
@@ -48,6 +144,8 @@ class CertifyOptions:
     extra_stages: list[str] = field(default_factory=list)  # e.g. ["milp"] for --complete
     milp_time_limit: float = 30.0  # seconds per input for the milp stage (--complete)
     seed: int = 0
+    rel_tolerance: float = REL_TOLERANCE  # the threshold grows by this per unit of magnitude
+    uncertified_domain: bool = False  # allow unchecked domain files, marking every result
 
 
 @dataclass
@@ -58,6 +156,9 @@ class InputResult:
     status: str = "unknown"  # misclassified | certified | falsified | unknown
     stage: str | None = None  # the stage that decided it
     margin_lower: dict[str, float] = field(default_factory=dict)  # per domain: min_i lb
+    threshold: float | None = None  # what the certifying stage's margin had to exceed
+    soundness_error: str | None = None  # a certificate that PGD refuted
+    uncertified_domain: bool = False  # certified by a domain file absdsl check never passed
 
 
 @dataclass
@@ -122,22 +223,35 @@ class BoundStage:
         lo = torch.clamp(x - ctx.options.eps, 0.0, 1.0)
         hi = torch.clamp(x + ctx.options.eps, 0.0, 1.0)
         with torch.no_grad():
-            lb, _ = self.prog(lo, hi, spec=margin_spec(y, self.num_classes).to(torch.float64))
+            lb, ub = self.prog(lo, hi, spec=margin_spec(y, self.num_classes).to(torch.float64))
         worst = lb.min(dim=1).values
+        opts = ctx.options
+        cand = (worst > opts.tolerance).nonzero().flatten()
+        threshold = torch.full_like(worst, math.inf)
+        if cand.numel():
+            threshold[cand] = certificate_threshold(
+                self.prog, lo[cand], hi[cand], lb[cand], ub[cand], opts.tolerance,
+                opts.rel_tolerance).to(threshold.dtype)
         for j, i in enumerate(idx.tolist()):
             rec = ctx.records[i]
             rec.margin_lower[self.domain] = float(worst[j])
-            if bool(worst[j] > ctx.options.tolerance):
+            if bool(worst[j] > threshold[j]):
                 rec.status, rec.stage = "certified", self.name
+                rec.threshold = float(threshold[j])
 
 
 class PGDStage:
-    """Falsify with PGD; the point must be misclassified by the float64 model."""
+    """Falsify with PGD; the point must be misclassified by the float64 model.
+
+    It attacks the certified inputs too: a PGD point that breaks a certificate is a
+    soundness error of the certifying domain (the input is falsified, never certified).
+    """
 
     name = "pgd"
 
     def run(self, ctx: StageContext) -> None:
-        idx = ctx.pending()
+        idx = torch.tensor([i for i, r in enumerate(ctx.records)
+                            if r.stage is None or r.status == "certified"], dtype=torch.long)
         if idx.numel() == 0 or ctx.options.eps <= 0:
             return
         opts = ctx.options
@@ -153,7 +267,15 @@ class PGDStage:
             wrong = ctx.model(adv).argmax(1) != ctx.y[idx]
         for j, i in enumerate(idx.tolist()):
             if bool(wrong[j]):
-                ctx.records[i].status, ctx.records[i].stage = "falsified", self.name
+                rec = ctx.records[i]
+                if rec.status == "certified":
+                    dom = str(rec.stage).removeprefix("bound:")
+                    rec.soundness_error = (
+                        f"{rec.stage} certified this input (margin lower bound "
+                        f"{rec.margin_lower.get(dom, math.nan):.6g}) but PGD found "
+                        f"a point in the ball that the float64 model misclassifies: the domain "
+                        f"is unsound")
+                rec.status, rec.stage = "falsified", self.name
 
 
 @dataclass
@@ -163,6 +285,15 @@ class CertifyReport:
     records: list[InputResult]
     seconds: float
     skipped_domains: dict[str, str] = field(default_factory=dict)
+    trust: list[DomainTrust] = field(default_factory=list)
+
+    @property
+    def uncertified_domain(self) -> bool:
+        return any(t.trust == "uncertified-domain" for t in self.trust)
+
+    @property
+    def soundness_errors(self) -> list[InputResult]:
+        return [r for r in self.records if r.soundness_error is not None]
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.records if r.status == status)
@@ -171,7 +302,7 @@ class CertifyReport:
         n = max(len(self.records), 1)
         correct = len(self.records) - self.count("misclassified")
         domain = self.options.domain
-        return {
+        out: dict[str, Any] = {
             "natural_acc": correct / n,
             "adversarial_acc": (correct - self.count("falsified")) / n,
             "certified_acc": self.count("certified") / n,
@@ -183,12 +314,24 @@ class CertifyReport:
                        ("certified", "falsified", "unknown", "misclassified")},
             "precision": PRECISION,
             "tolerance": self.options.tolerance,
+            "rel_tolerance": self.options.rel_tolerance,
             "certificate_rule": (
-                f"certified iff every margin lower bound > {self.options.tolerance:g}, "
-                f"computed in {PRECISION} on a {PRECISION} copy of the model"
+                ("UNCERTIFIED DOMAIN (a domain file that has not passed absdsl check; not "
+                 "certificates): " if self.uncertified_domain else "")
+                + f"certified iff every margin lower bound > {self.options.tolerance:g} + "
+                f"{self.options.rel_tolerance:g} * M (M: the largest magnitude in the input's "
+                f"bound computation), computed in {PRECISION} on a {PRECISION} copy of the "
+                f"model; PGD also attacks certified inputs"
             ),
+            "domain_files": [asdict(t) for t in self.trust],
+            "uncertified_domain": self.uncertified_domain,
+            "soundness_errors": [{"index": r.index, "error": r.soundness_error}
+                                 for r in self.soundness_errors],
             "certify_seconds": self.seconds,
         }
+        if len(self.trust) == 1:
+            out["domain_file"], out["domain_sha256"] = self.trust[0].file, self.trust[0].sha256
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"summary": self.summary(),
@@ -218,6 +361,10 @@ def certify_model(
         raise CertifyError(f"eps must lie in [0, 1] (pixel units), got {options.eps}")
     if options.tolerance <= 0:
         raise CertifyError(f"tolerance must be > 0, got {options.tolerance}")
+    if options.rel_tolerance < 0:
+        raise CertifyError(f"rel_tolerance must be >= 0, got {options.rel_tolerance}")
+    trust = {name: domain_trust(name, options.uncertified_domain)
+             for name in _domains(options.domain)}  # the gate, before any work
     start = time.perf_counter()
     model32 = copy.deepcopy(model).float().cpu().eval()
     model64 = copy.deepcopy(model).double().cpu().eval()
@@ -257,13 +404,16 @@ def certify_model(
         ctx = StageContext(model64, model32, x64, y, options, batch_records)
         for stage in stages:
             stage.run(ctx)
+        unchecked = any(trust[d].trust == "uncertified-domain" for d in used)
         for r in batch_records:
             if r.stage is None:
                 r.status = "unknown"
+            r.uncertified_domain = unchecked
         records.extend(batch_records)
         offset += y.shape[0]
         if bar is not None:
             bar.update(y.shape[0])
     if bar is not None:
         bar.close()
-    return CertifyReport(options, used, records, time.perf_counter() - start, skipped)
+    return CertifyReport(options, used, records, time.perf_counter() - start, skipped,
+                         [trust[d] for d in used])

@@ -1,9 +1,14 @@
-"""``absdsl check DOMAIN_FILE``: property-test a domain for soundness (absdsl.soundness)."""
+"""``absdsl check DOMAIN_FILE``: prove what can be proved (z3, when installed), then
+property-test the domain for soundness (absdsl.soundness). A file that passes is recorded in
+the check cache (absdsl.checkcache), which certification requires of domains that are not
+built in."""
 
 from __future__ import annotations
 
 import argparse
 import time
+
+PROPERTIES = ("bounds", "spec", "relaxations")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -15,20 +20,49 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shrink-seconds", type=float, default=30.0,
                         help="time cap on shrinking a counterexample (default 30)")
     parser.add_argument("--property", action="append", dest="properties",
-                        choices=["bounds", "spec", "relaxations"],
+                        choices=list(PROPERTIES),
                         help="check only this property (repeatable; default all)")
+    parser.add_argument("--no-prove", action="store_true",
+                        help="skip the SMT proofs (absdsl prove) that run first when z3 is "
+                             "installed")
+    parser.add_argument("--prove-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="solver time per claim (default 20)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from absdsl.checkcache import cache_path, domain_file, record_pass
+    from absdsl.commands.prove import run_proofs
+    from absdsl.dsl.loader import BUILTIN_FILES, load_domain
     from absdsl.errors import InputError
+    from absdsl.prove import solver_available
     from absdsl.soundness import check_domain
 
     if args.examples < 1:
         raise InputError(f"--examples must be at least 1, got {args.examples}")
-    props = tuple(args.properties) if args.properties else ("bounds", "spec", "relaxations")
+    if args.prove_timeout <= 0:
+        raise InputError(f"--prove-timeout must be > 0, got {args.prove_timeout}")
+    props = tuple(args.properties) if args.properties else PROPERTIES
+    load_domain(args.domain)  # syntax and type errors (file:line:col) before any test runs
     start = time.perf_counter()
+    proved = "skipped (--no-prove)" if args.no_prove else "z3 not installed"
+    if not args.no_prove and solver_available():
+        ok, text = run_proofs(args.domain, args.prove_timeout)
+        print(text)
+        if not ok:
+            print("a rule is refuted: the property tests are not run "
+                  f"({time.perf_counter() - start:.1f} s)")
+            return 1
+        proved = "no rule refuted"
+    elif not args.no_prove:
+        print("proofs skipped: z3 is not installed (pip install z3-solver)")
     report = check_domain(args.domain, max_examples=args.examples, seed=args.seed,
                           properties=props, shrink_seconds=args.shrink_seconds)
     print(report.format())
     print(f"({time.perf_counter() - start:.1f} s, seed {args.seed})")
+    builtin = args.domain.lower() in BUILTIN_FILES
+    if report.ok and not builtin and set(props) == set(PROPERTIES):
+        record_pass(domain_file(args.domain), {
+            "examples": args.examples, "seed": args.seed, "properties": list(props),
+            "proofs": proved})
+        print(f"recorded as checked in {cache_path()}")
     return 0 if report.ok else 1
