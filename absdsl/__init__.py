@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-from absdsl.api import compile, linf_ball  # noqa: A004 - the public name is the contract
+from absdsl.api import compile, linf_ball, load_onnx  # noqa: A004 - the public name is the contract
 from absdsl.compiler.specs import margin_spec, margin_spec_full
 from absdsl.cpu_memory import apply_default as _keep_freed_memory
 from absdsl.errors import AbsdslError, DSLError, InputError, MemoryBudgetError, TraceError
 
-__all__ = ["compile", "linf_ball", "margin_spec", "margin_spec_full", "AbsdslError", "DSLError",
-           "InputError", "MemoryBudgetError", "TraceError", "BUILTIN_DOMAINS"]
+__all__ = ["compile", "linf_ball", "load_onnx", "margin_spec", "margin_spec_full", "AbsdslError",
+           "DSLError", "InputError", "MemoryBudgetError", "TraceError", "BUILTIN_DOMAINS"]
 
 BUILTIN_DOMAINS = ("box", "ibp", "hbox", "zonotope", "deepz", "deeppoly", "crown", "crown-ibp")
 __version__ = "0.1.0"

@@ -43,3 +43,14 @@ def linf_ball(x: torch.Tensor, eps: float | torch.Tensor,
             raise InputError(f"linf_ball: clip range {clip} is empty")
         lo, hi = lo.clamp(clip[0], clip[1]), hi.clamp(clip[0], clip[1])
     return lo, hi
+
+
+def load_onnx(path: str | Path) -> nn.Module:
+    """An ONNX network as an ``nn.Module`` (eval mode) that :func:`compile` traces.
+
+    Needs the ``onnx`` extra; every op is checked now, so one without a rule fails here with
+    the ONNX node's name and op type (``absdsl/onnx_io.py``).
+    """
+    from absdsl.onnx_io import load_onnx as _load
+
+    return _load(path)

@@ -21,6 +21,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("certify", "absdsl.training.cli_certify", "natural, adversarial and certified accuracy"),
     ("analyze", "absdsl.training.analysis.cli", "tightness and loss-landscape analysis"),
     ("paradox", "absdsl.training.paradox", "the paradox experiment: GRAD vs PGPE per domain"),
+    ("export", "absdsl.commands.export", "write a trained run as ONNX, checked by onnxruntime"),
+    ("verify", "absdsl.commands.verify", "decide a VNN-LIB property on an ONNX network"),
 ]
 BENCHES: list[tuple[str, str, str]] = [
     ("bounds", "absdsl.compiler.bench", "time and memory of bound programs vs a forward pass"),

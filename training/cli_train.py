@@ -17,7 +17,7 @@ from .config import METHODS, ConfigError, load_toml, parse_option, resolve
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--dataset", "dataset", str, "mnist5k (embedded), mnist, fashion-mnist, cifar10"),
     ("--data-root", "data_root", str, "folder of the torchvision data sets"),
-    ("--model", "model", str, "cnn3, cnn5, cnn7, fc, or module:factory"),
+    ("--model", "model", str, "cnn3, cnn5, cnn7, fc, module:factory or file.onnx"),
     ("--domain", "domain", str, "box|ibp, hbox, zonotope|deepz, deeppoly|crown, crown-ibp, "
                                 "or a domain file"),
     ("--method", "method", str, f"training method: {', '.join(METHODS)} (default certified)"),

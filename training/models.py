@@ -143,6 +143,10 @@ def build_model(name: str, info: DatasetInfo) -> nn.Module:
     key = name.lower()
     if key in BUILTIN:
         model = BUILTIN[key](info)
+    elif key.endswith(".onnx"):  # an ONNX file (absdsl/onnx_io.py), its weights included
+        from absdsl.onnx_io import load_onnx
+
+        model = load_onnx(name)
     elif ":" in name:
         factory = load_factory(name)
         try:
@@ -155,7 +159,8 @@ def build_model(name: str, info: DatasetInfo) -> nn.Module:
             )
     else:
         raise ModelError(
-            f"unknown model {name!r}; choose one of {', '.join(BUILTIN)} or give 'module:factory'"
+            f"unknown model {name!r}; choose one of {', '.join(BUILTIN)} or give 'module:factory' "
+            f"or a file.onnx"
         )
     check_model_shapes(model, info, name)
     return model

@@ -64,6 +64,13 @@ def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, tuple[
     """The model (eval mode) and, for a training checkpoint, the data set's input shape."""
     path = Path(spec)
     shape: tuple[int, ...] | None = None
+    if path.suffix.lower() == ".onnx":  # an ONNX network knows its input shape
+        if weights is not None:
+            raise InputError("--weights goes with --model module:factory, not with an ONNX file")
+        from absdsl.onnx_io import load_onnx
+
+        net = load_onnx(path)
+        return net.eval(), net.input_shape
     if ":" not in spec or path.suffix in (".pt", ".pth") or path.is_file():
         if not path.is_file():
             raise InputError(f"--model {spec!r}: expected 'module:factory' or a checkpoint "
@@ -100,7 +107,7 @@ def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, tuple[
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="module:factory, or an absdsl training checkpoint (.pt)")
+                        help="module:factory, an absdsl training checkpoint (.pt) or an ONNX file")
     parser.add_argument("--weights", default=None, help="state_dict or checkpoint for the factory")
     parser.add_argument("--domain", default="box",
                         help="box/ibp, hbox, zonotope/deepz, deeppoly/crown, crown-ibp or a .absd "

@@ -12,7 +12,7 @@ from absdsl.commands.bounds import load_model, parse_shape
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="module:factory, or an absdsl training checkpoint (.pt)")
+                        help="module:factory, an absdsl training checkpoint (.pt) or an ONNX file")
     parser.add_argument("--weights", default=None, help="state_dict or checkpoint for the factory")
     parser.add_argument("--input-shape", default=None,
                         help="input shape without the batch axis, e.g. 1,28,28 (a checkpoint "
