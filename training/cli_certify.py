@@ -21,7 +21,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("-n", "--num", type=int, default=None, help="first N inputs only")
     parser.add_argument("--tolerance", type=float, default=1e-6,
-                        help="a margin lower bound (float64) must exceed this (default 1e-6)")
+                        help="a margin lower bound (float64) must exceed this plus "
+                             "--rel-tolerance times the computation's magnitude (default 1e-6)")
+    parser.add_argument("--rel-tolerance", type=float, default=1e-9,
+                        help="growth of the threshold per unit of the largest magnitude in the "
+                             "input's bound computation (default 1e-9)")
+    parser.add_argument("--uncertified-domain", action="store_true",
+                        help="certify with a domain file that has not passed absdsl check; "
+                             "every result is marked uncertified-domain")
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--pgd-restarts", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=250)
@@ -69,22 +76,25 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .certify import CertifyOptions, certify_model
+    from .certify import CertifyOptions, certify_model, domain_trust
     from .checkpoint import atomic_write_text
     from .data import load_dataset
 
     check_options(args)
     cfg, model, path, run_dir = load_run_model(Path(args.target), args.data_root)
-    info, train, test = load_dataset(cfg.dataset, cfg.data_root, False)
-    split = (test if args.split == "test" else train).subset(args.num)
     domain = args.domain or cfg.certify_domain or cfg.domain
     if cfg.method in ("pgd", "natural") and args.domain is None and cfg.certify_domain is None:
         domain = "box"
+    if domain != "tightest":  # the trust gate, before the data are read
+        domain_trust(domain, args.uncertified_domain)
+    info, train, test = load_dataset(cfg.dataset, cfg.data_root, False)
+    split = (test if args.split == "test" else train).subset(args.num)
     options = CertifyOptions(
         eps=cfg.eps if args.eps is None else args.eps, domain=domain,
         tolerance=args.tolerance, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
         batch_size=args.batch_size, extra_stages=["milp"] if args.complete else [],
-        milp_time_limit=args.milp_time_limit,
+        milp_time_limit=args.milp_time_limit, rel_tolerance=args.rel_tolerance,
+        uncertified_domain=args.uncertified_domain,
     )
     if args.complete:
         _load_complete_stage()
@@ -100,10 +110,25 @@ def run(args: argparse.Namespace) -> int:
           f"certified {s['certified_acc']:.4f}")
     print(f"counts: {s['counts']}")
     print(f"certificates: {s['certificate_rule']}")
+    for t in report.trust:
+        print(f"domain {t.domain}: {t.trust}, {t.file} (sha256 {t.sha256[:16]})")
     if report.skipped_domains:
         print(f"skipped domains: {report.skipped_domains}")
     print(f"per-input results: {out}")
-    return 0
+    return 1 if report_soundness_errors(s["soundness_errors"]) else 0
+
+
+def report_soundness_errors(errors: list[dict[str, Any]]) -> bool:
+    """Print every certificate PGD refuted (a bug in the domain: the summary's
+    ``soundness_errors``); True if there was one."""
+    import sys
+
+    for e in errors:
+        print(f"SOUNDNESS ERROR: input {e['index']}: {e['error']}", file=sys.stderr)
+    if errors:
+        print(f"SOUNDNESS ERROR: {len(errors)} certificate(s) refuted by PGD; they are counted "
+              f"as falsified, not certified", file=sys.stderr)
+    return bool(errors)
 
 
 def _load_complete_stage() -> None:

@@ -75,6 +75,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-final-eval", action="store_true",
                         help="skip the final adversarial and certified evaluation")
+    parser.add_argument("--uncertified-domain", action="store_true",
+                        help="certify at the end with a domain file that has not passed "
+                             "absdsl check; every result is marked uncertified-domain")
     group = parser.add_argument_group("training settings (override the config file)")
     for flag, dest, kind, help_text in _FLAGS:
         group.add_argument(flag, dest=f"cfg_{dest}", type=kind, default=None, help=help_text)
@@ -111,27 +114,49 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _check_certify_domain(cfg: Any, args: argparse.Namespace) -> None:
+    """The final certification's trust gate, run before training starts (not after it)."""
+    from .certify import domain_trust
+
+    if args.no_final_eval:
+        return
+    domain = cfg.certify_domain or ("box" if cfg.method in ("pgd", "natural") else cfg.domain)
+    if domain != "tightest":
+        domain_trust(domain, args.uncertified_domain)
+
+
 def run(args: argparse.Namespace) -> int:
-    from .loop import run_training
+    import contextlib
+
+    from .certify import allow_unchecked_domains
+    from .cli_certify import report_soundness_errors
+    from .loop import resume_state, run_training
 
     progress = not args.quiet
+    trust = allow_unchecked_domains() if args.uncertified_domain else contextlib.nullcontext()
     if args.resume:
-        result = run_training(
-            None, Path(args.resume), resume=True, epochs=getattr(args, "cfg_epochs", None),
-            progress=progress, final_eval=not args.no_final_eval,
-        )
+        _check_certify_domain(resume_state(Path(args.resume))[0], args)
+        with trust:
+            result = run_training(
+                None, Path(args.resume), resume=True, epochs=getattr(args, "cfg_epochs", None),
+                progress=progress, final_eval=not args.no_final_eval,
+            )
         run_dir = Path(args.resume)
     else:
         if not args.out:
             raise ConfigError("give a run folder with --out RUN (or continue one with --resume)")
         cfg = resolve(overrides_from_args(args))
+        _check_certify_domain(cfg, args)
         run_dir = Path(args.out)
-        result = run_training(cfg, run_dir, overwrite=args.overwrite, progress=progress,
-                              final_eval=not args.no_final_eval)
+        with trust:
+            result = run_training(cfg, run_dir, overwrite=args.overwrite, progress=progress,
+                                  final_eval=not args.no_final_eval)
     shown = {k: result[k] for k in ("natural_acc", "adversarial_acc", "certified_acc",
                                     "domain", "eps", "seconds") if k in result}
     print(json.dumps(shown))
     if "certificate_rule" in result:
         print(f"certificates: {result['certificate_rule']}")
+    for t in result.get("domain_files", []):
+        print(f"domain {t['domain']}: {t['trust']}, {t['file']} (sha256 {t['sha256'][:16]})")
     print(f"run folder: {run_dir}")
-    return 0
+    return 1 if report_soundness_errors(result.get("soundness_errors") or []) else 0

@@ -13,6 +13,7 @@ set). Files are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", type=int, nargs="+", default=None,
                         help="true class(es) for --spec margins (one, or one per input)")
     parser.add_argument("--memory-budget-mb", type=float, default=2048.0)
+    parser.add_argument("--tolerance", type=float, default=1e-6,
+                        help="--spec margins: 'certified' needs every float64 margin lower bound "
+                             "above this plus 1e-9 times the computation's magnitude (as "
+                             "absdsl certify)")
 
 
 def _read_input(path: Path) -> torch.Tensor:
@@ -194,20 +199,42 @@ def run(args: argparse.Namespace) -> int:
         if bool(((labels < 0) | (labels >= n_out)).any()):
             raise InputError(f"--label must be in 0..{n_out - 1}, got {args.label}")
         spec = absdsl.margin_spec(labels, n_out).to(dtype)
+    trust = None
+    if spec is not None:  # the certification policy: float64 model and box, a threshold
+        from absdsl.training.certify import domain_trust
+
+        if args.tolerance <= 0:
+            raise InputError(f"--tolerance must be > 0, got {args.tolerance}")
+        trust = domain_trust(args.domain, uncertified_domain=True)
+        model = copy.deepcopy(model).double()
+        x, spec = x.double(), spec.double()
+        with torch.no_grad():
+            out = model(x)
     lo, hi = absdsl.linf_ball(x, args.eps, clip=None if args.no_clip else (0.0, 1.0))
     prog = absdsl.compile(model, args.domain, memory_budget_mb=args.memory_budget_mb)
     with torch.no_grad():
         lb, ub = prog(lo, hi, spec=spec)
     print(f"# {prog.domain} bounds, eps {args.eps:g}, input {tuple(x.shape)}"
-          + (", margins f_y - f_i" if spec is not None else ""))
+          + (", margins f_y - f_i, float64" if spec is not None else ""))
+    if trust is not None:
+        from absdsl.training.certify import certificate_threshold
+
+        threshold = certificate_threshold(prog, lo, hi, lb, ub, args.tolerance)
+        print(f"# certified iff every margin lower bound > {args.tolerance:g} + 1e-9 * M (M: "
+              f"the largest magnitude in the input's bound computation); domain "
+              f"{trust.trust} (sha256 {trust.sha256[:16]})")
     for b in range(x.shape[0]):
         pred = int(out[b].argmax())
         if spec is not None:
             y = int(labels[b])
             others = [i for i in range(n_out) if i != y]
-            cert = bool((lb[b] > 0).all())
-            print(f"input {b}: label {y}, predicted {pred}, "
-                  f"{'certified' if cert else 'not certified'}")
+            cert = bool((lb[b] > threshold[b]).all()) and pred == y
+            verdict = "certified" if cert else "not certified"
+            if cert and trust is not None and trust.trust == "uncertified-domain":
+                verdict = ("margins above the threshold, but the domain file has not passed "
+                           "absdsl check: not certified")
+            print(f"input {b}: label {y}, predicted {pred}, {verdict} "
+                  f"(threshold {float(threshold[b]):.3g})")
             for j, i in enumerate(others):
                 print(f"  f_{y} - f_{i}: [{float(lb[b, j]):+.6f}, {float(ub[b, j]):+.6f}]")
         else:
