@@ -6,7 +6,8 @@ of the case's polytopes ``A y <= b``. The cascade of ``absdsl certify --complete
 
 1. **bounds**: every domain of the certification cascade (cheap first) bounds the rows ``A y``
    over the box in float64; a polytope is refuted when some row's lower bound exceeds its
-   ``b`` by more than ``tolerance`` (no output of the box can satisfy that row);
+   ``b`` by more than the threshold of ``absdsl certify`` (``tolerance`` + 1e-9 times the
+   largest magnitude in the computation): no output of the box can satisfy that row;
 2. **PGD** (float64) minimises the largest row violation ``max_i (A f(x) - b)_i`` from the box
    centre and random starts;
 3. **MILP**: the network on the box as an exact MILP (``training/milp.py``'s encoding, solved
@@ -180,19 +181,33 @@ class _Verifier:
                 hi = torch.from_numpy(case.hi).reshape(1, *self.input_shape)
                 try:
                     with torch.no_grad():
-                        lb, _ = prog(lo, hi, spec=spec)
+                        lb, ub = prog(lo, hi, spec=spec)
                 except AbsdslError as err:
                     self.result.notes.append(f"bound:{domain} failed: "
                                              f"{str(err).splitlines()[0]}")
                     break
-                lbs = lb[0].numpy()
+                gaps = lb[0].numpy() - np.concatenate([p.b for p in polys if p.A.shape[0]])
+                if not bool(np.any(gaps > self.tol)):
+                    continue
+                threshold = self.threshold(prog, lo, hi, lb, ub, polys)
                 done, at = [], 0
                 for k, p in zip(keys, polys, strict=True):
                     m = p.A.shape[0]
-                    if m and bool(np.any(lbs[at:at + m] - p.b > self.tol)):
+                    if m and bool(np.any(gaps[at:at + m] > threshold)):
                         done.append((c, k))
                     at += m
                 self.refute(f"bound:{domain}", done)
+
+    def threshold(self, prog: Any, lo: torch.Tensor, hi: torch.Tensor, lb: torch.Tensor,
+                  ub: torch.Tensor, polys: list[Polytope]) -> float:
+        """What a row's lb - b must exceed: the certification policy of ``absdsl certify``
+        (tolerance + 1e-9 x the largest magnitude in the bound computation), the magnitude
+        also taken over the right-hand sides b."""
+        from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
+
+        base = float(certificate_threshold(prog, lo, hi, lb, ub, self.tol)[0])
+        b_max = max((float(np.max(np.abs(p.b))) for p in polys if p.b.size), default=0.0)
+        return base + REL_TOLERANCE * b_max
 
     def pgd(self) -> bool:
         for c, k in sorted(self.open):
