@@ -203,3 +203,13 @@ def test_check_records_a_pass_that_certification_then_accepts(tmp_path, cache, c
     trust = domain_trust(str(mine))
     assert trust.trust == "checked" and trust.check is not None
     assert trust.check["settings"]["examples"] == 2
+
+
+def test_train_refuses_an_unchecked_certify_domain_before_training(tmp_path, capsys):
+    mine = _copy(tmp_path, "mybox.absd", "# unchecked\n" + BOX.read_text())
+    run = tmp_path / "run"
+    assert main(["train", "--domain", str(mine), "--out", str(run), "--epochs", "1",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has not passed absdsl check" in err and "--uncertified-domain" in err
+    assert not run.exists()  # refused before the run folder was made
