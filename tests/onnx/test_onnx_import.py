@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnx_helpers import export, mlp, res_cnn
+from onnx_helpers import export, mlp, res_cnn, vnnlib
 
 import absdsl
 from absdsl.cli import main
@@ -114,12 +114,18 @@ def test_hand_built_graph_matches_onnxruntime_and_is_sound(tmp_path: Path) -> No
         assert bool((ys >= lb - 1e-9).all() and (ys <= ub + 1e-9).all()), domain
 
 
-def test_op_without_lowering_names_the_onnx_node(tmp_path: Path) -> None:
+def test_op_without_lowering_names_the_onnx_node(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     nodes = [helper.make_node("Softmax", ["x"], ["y"], name="head/softmax", axis=1)]
     path = tmp_path / "softmax.onnx"
     onnx.save(_model(nodes, [], [1, 4], [1, 4]), str(path))
     with pytest.raises(OnnxError, match=r"ONNX node 'head/softmax' \(Softmax\) has no lowering"):
         absdsl.load_onnx(path)
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(vnnlib([(0.0, 1.0)] * 4, 4, "(>= Y_0 Y_1)"))
+    assert main(["verify", str(path), str(prop)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "'head/softmax' (Softmax)" in out.err
 
 
 def test_lowered_op_outside_its_rule_names_the_onnx_node(tmp_path: Path) -> None:
