@@ -264,6 +264,10 @@ class _Parser:
             out: list[list[_Ineq]] = [[]]
             for a in args:
                 parts = self.formula(a)
+                if len(parts) == 1:  # no new disjuncts: extend in place
+                    for c in out:
+                        c.extend(parts[0])
+                    continue
                 out = [c + p for c in out for p in parts]
                 if len(out) > MAX_DISJUNCTS:
                     raise self.err(node, f"the property has more than {MAX_DISJUNCTS} "
@@ -325,6 +329,10 @@ def parse_vnnlib(text: str, path: str = "<vnnlib>") -> Property:
     dnf: list[list[_Ineq]] = [[]]
     for a in assertions:  # syntax and linearity errors first, with their line:col
         parts = parser.formula(a)
+        if len(parts) == 1:  # a plain conjunction (box bounds): extend in place, no copies
+            for c in dnf:
+                c.extend(parts[0])
+            continue
         dnf = [c + p for c in dnf for p in parts]
         if len(dnf) > MAX_DISJUNCTS:
             raise VnnlibError(f"{path}: the property has more than {MAX_DISJUNCTS} disjuncts "
