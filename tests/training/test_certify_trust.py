@@ -213,3 +213,36 @@ def test_train_refuses_an_unchecked_certify_domain_before_training(tmp_path, cap
     err = capsys.readouterr().err
     assert "has not passed absdsl check" in err and "--uncertified-domain" in err
     assert not run.exists()  # refused before the run folder was made
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    """A run folder with one checkpoint of an untrained CNN3 on mnist5k (no training)."""
+    from absdsl.training.checkpoint import FORMAT
+    from absdsl.training.models import build_model
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model = build_model("cnn3", dataset_info("mnist5k"))
+    torch.save({"format": FORMAT, "version": 1,
+                "config": {"model": "cnn3", "dataset": "mnist5k", "eps": 0.01},
+                "model": model.state_dict(), "epoch": 1, "batch": 0},
+               run / "checkpoints" / "epoch_0001.pt")
+    return run
+
+
+def test_cli_certify_gate_and_flag(tmp_path, capsys):
+    import json
+
+    run = _run_folder(tmp_path)
+    mine = _copy(tmp_path, "mybox.absd", "# unchecked\n" + BOX.read_text())
+    argv = ["certify", str(run), "--domain", str(mine), "-n", "4", "--quiet",
+            "--pgd-steps", "2", "--pgd-restarts", "1", "--out", str(tmp_path / "c.json")]
+    assert main(argv) == 2
+    assert "has not passed absdsl check" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+    assert main(argv + ["--uncertified-domain"]) == 0
+    out = capsys.readouterr().out
+    assert "UNCERTIFIED DOMAIN" in out and "uncertified-domain" in out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["summary"]["domain_sha256"] == checkcache.domain_digest(mine)
+    assert all(r["uncertified_domain"] for r in data["inputs"])
