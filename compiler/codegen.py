@@ -190,7 +190,21 @@ def _map_code(node_map, compact: str):
         return node_map.apply(x, absolute, with_bias)
 
     def gens_map(g: str, absolute: bool) -> str:
-        return f"{g}.map(lambda t: {node_map.apply('t', absolute)}, {compact})"
+        # generator sets get the map's structure, so windows and scales stay compact
+        fn = f"lambda t: {node_map.apply('t', absolute)}"
+        if isinstance(node_map, lm.Elementwise):
+            if node_map.scale is None:
+                return g
+            return f"{g}.elementwise(scale={node_map.scale!r}, fn={fn}, compact={compact})" \
+                if isinstance(node_map.scale, float) else \
+                f"{g}.elementwise(scale={node_map.scale}, fn={fn}, compact={compact})"
+        if isinstance(node_map, lm.Conv) and node_map.dims == 2:
+            return (f"{g}.conv2d(weight={node_map.weight}, stride={node_map.stride}, "
+                    f"padding={node_map.padding}, dilation={node_map.dilation}, "
+                    f"groups={node_map.groups}, fn={fn}, compact={compact})")
+        if isinstance(node_map, lm.Dense):
+            return f"{g}.linear(weight={node_map.weight}, fn={fn}, compact={compact})"
+        return f"{g}.map({fn}, {compact})"
 
     return linop_code, gens_map
 

@@ -52,6 +52,7 @@ def cat(values: list, dim: int, compact: bool = True):
     of its generators rather than the data-dependent set of nonzero ones.
     """
     if any(isinstance(v, Gens) for v in values):
+        values = [v.without_patches(compact) if isinstance(v, Gens) else v for v in values]
         batch = next(v.batch for v in values if isinstance(v, Gens))
         keys = list(dict.fromkeys(k for v in values for k in v.blocks))
         out = {}
