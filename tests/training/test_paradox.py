@@ -1,4 +1,5 @@
-"""``absdsl paradox``: the micro preset end to end, resume, redo of a partial run, bad input."""
+"""``absdsl paradox``: the micro preset end to end (GRAD from scratch, PGPE and RGS from the
+PGD start), resume, redo of a partial run, the presets, the estimate, bad input."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import torch
 
 from absdsl.cli import main
 from absdsl.training import paradox
+from absdsl.training.data import dataset_info
 from absdsl.training.paradox import ParadoxError, make_config
 
-RUNS = ("pgd", "grad-box", "grad-deeppoly", "pgpe-box", "pgpe-deeppoly")
+RUNS = ("pgd", "grad-box", "grad-deeppoly", "pgpe-box", "pgpe-deeppoly", "rgs-box",
+        "rgs-deeppoly")
 
 
 def _snapshot(out: Path) -> dict[str, float]:
@@ -27,7 +30,8 @@ def _lines(path: Path) -> int:
 
 
 def _micro(out: Path, capsys) -> tuple[int, str]:
-    rc = main(["paradox", "--preset", "micro", "--out", str(out), "--quiet"])
+    rc = main(["paradox", "--preset", "micro", "--optimizers", "grad,pgpe,rgs", "--out", str(out),
+               "--quiet"])
     return rc, capsys.readouterr().out
 
 
@@ -37,14 +41,14 @@ def test_micro_preset_end_to_end_resume_and_redo(tmp_path, capsys) -> None:
     assert rc == 0
     assert "Cert. Acc. [%]" in text and "DeepPoly" in text
 
-    # the JSON holds Table 1's layout: PGD row, one row per domain, GRAD/PGPE x 3 metrics
+    # the JSON holds Table 1's layout: PGD row, one row per domain, GRAD/PGPE/RGS x 3 metrics
     data = json.loads((out / "paradox.json").read_text())
     assert data["format"] == "absdsl-paradox"
     (table,) = data["tables"]
     assert table["eps"] == pytest.approx(0.1)
     assert [r["domain"] for r in table["rows"]] == ["PGD", "box", "deeppoly"]
     for row in table["rows"][1:]:
-        for opt in ("grad", "pgpe"):
+        for opt in ("grad", "pgpe", "rgs"):
             assert set(row[opt]) == {"natural", "certified", "adversarial"}
             for value in row[opt].values():
                 assert 0.0 <= value <= 1.0
@@ -54,7 +58,13 @@ def test_micro_preset_end_to_end_resume_and_redo(tmp_path, capsys) -> None:
         assert 0.0 <= row["tightness"] <= 1.0
     assert table["rows"][0]["pgpe"] is None
     assert set(table["tightness_by_network"]) == set(RUNS)
+    # tightness_scope "own": the start with every domain, a trained network with its own
+    assert set(table["tightness_by_network"]["pgd"]["auc"]) == {"box", "deeppoly"}
+    assert set(table["tightness_by_network"]["rgs-deeppoly"]["auc"]) == {"deeppoly"}
     assert "paradox_under_grad" in table["findings"]
+    assert "DeepPoly above IBP under RGS" in table["findings"]["paper_orderings"]
+    assert data["table_layout"]["columns"]["certified"] == ["grad", "pgpe", "rgs"]
+    assert "RGS" in text and "paper: DeepPoly above IBP under PGPE" in text
     assert data["certification"]["domain"] == "tightest"
     assert (out / "paradox.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -66,15 +76,22 @@ def test_micro_preset_end_to_end_resume_and_redo(tmp_path, capsys) -> None:
         assert (run_dir / "checkpoints" / "epoch_0001.pt").is_file()
         assert (run_dir / paradox.CERTIFY_CACHE).is_file()
 
-    # GRAD starts from the PGD weights: the seeded epoch-0 checkpoint holds them exactly
+    # GRAD trains from scratch: torch's Kaiming-uniform init of the run's seed (not Shi et
+    # al.'s IBP init, not the PGD start), moved by two Adam steps of lr 1e-3
+    grad_dir = out / "runs/grad-box"
+    assert json.loads((grad_dir / paradox.RUN_MARKER).read_text())["init_sha256"] is None
+    assert not (grad_dir / "checkpoints" / "epoch_0000.pt").exists()
+    assert 'init = "default"' in (grad_dir / "config.toml").read_text()
+    torch.manual_seed(0)
+    fresh = paradox.micro_fc(dataset_info("mnist5k")).state_dict()
+    grad_w = torch.load(grad_dir / "checkpoints/epoch_0001.pt", weights_only=True)["model"]
+    assert max(float((fresh[k] - grad_w[k]).abs().max()) for k in fresh) < 0.005
+    # PGPE and RGS start from the PGD weights (init_checkpoint): a few steps stay close
     pgd_w = torch.load(out / "runs/pgd/checkpoints/epoch_0001.pt", weights_only=True)["model"]
-    seed_w = torch.load(out / "runs/grad-box/checkpoints/epoch_0000.pt",
-                        weights_only=True)["model"]
-    assert all(torch.equal(pgd_w[k], seed_w[k]) for k in pgd_w)
-    # PGPE starts there too (init_checkpoint): a few sigma-1e-3 steps stay close to it
-    pgpe_w = torch.load(out / "runs/pgpe-box/checkpoints/epoch_0001.pt",
-                        weights_only=True)["model"]
-    assert max(float((pgd_w[k] - pgpe_w[k]).abs().max()) for k in pgd_w) < 0.05
+    for name in ("pgpe-box", "rgs-deeppoly"):
+        w = torch.load(out / "runs" / name / "checkpoints/epoch_0001.pt",
+                       weights_only=True)["model"]
+        assert max(float((pgd_w[k] - w[k]).abs().max()) for k in pgd_w) < 0.01, name
 
     # a second invocation resumes: nothing retrained, re-certified or re-measured
     before = _snapshot(out)
@@ -87,8 +104,9 @@ def test_micro_preset_end_to_end_resume_and_redo(tmp_path, capsys) -> None:
     assert again["tables"][0]["rows"] == table["rows"]
     assert all(t["status"] == "skipped" for t in again["timings"]["runs"].values())
 
-    # a killed run (no finished marker, final checkpoint lost) is redone from its newest
-    # checkpoint; a run that only lost its marker is finished again without training
+    # a killed run (no finished marker, final checkpoint lost, no other checkpoint: GRAD
+    # from scratch keeps no epoch 0) is trained again; a run that only lost its marker is
+    # finished again without training (mid-epoch resume: the interrupt test below)
     killed = out / "runs" / "grad-deeppoly"
     (killed / paradox.RUN_MARKER).unlink()
     (killed / "checkpoints" / "epoch_0001.pt").unlink()
@@ -97,11 +115,13 @@ def test_micro_preset_end_to_end_resume_and_redo(tmp_path, capsys) -> None:
     assert rc == 0
     after = _snapshot(out)
     assert (killed / "checkpoints" / "epoch_0001.pt").is_file()
-    assert _lines(killed / "metrics.jsonl") == epochs_logged["grad-deeppoly"] + 1
+    assert _lines(killed / "metrics.jsonl") == epochs_logged["grad-deeppoly"]
     assert json.loads((killed / paradox.RUN_MARKER).read_text())["finished"] is True
     status = json.loads((out / "paradox.json").read_text())["timings"]["runs"]
-    assert status["grad-deeppoly"]["status"] == "resumed"
+    assert status["grad-deeppoly"]["status"] == "trained"
     assert status["pgpe-box"]["status"] == "resumed"
+    assert all(status[n]["status"] == "skipped" for n in RUNS
+               if n not in ("grad-deeppoly", "pgpe-box"))
     for key, mtime in before.items():
         if key.startswith("runs/grad-deeppoly/") or key == "runs/pgpe-box/metrics.json":
             continue  # redone; and the loop's summary of the re-finished run is rewritten
@@ -133,6 +153,17 @@ def _error(args: list[str], capsys) -> str:
         (["--complete", "--milp-time-limit", "0"],
          "--milp-time-limit must be a positive number of seconds, got 0.0"),
         (["--milp-time-limit", "nan"], "--milp-time-limit must be a positive number"),
+        (["--grad-start", "sideways"], "grad_start must be one of scratch, pgd"),
+        (["--rgs-samples", "3"], "rgs_samples must be an even integer"),
+        (["--pgpe-batches", "0"], "pgpe_batches (batches per epoch) must be an integer >= 1"),
+        (["--tightness-scope", "some"], "tightness_scope must be one of own, all"),
+        (["--optimizers", "grad,rgs", "--rgs-epochs", "0"], "rgs_epochs must be an integer"),
+        (["--set", "learning_rate=1"], "unknown paradox setting 'learning_rate'"),
+        (["--set", "grad_lr"], "expected KEY=VALUE"),
+        (["--set", "grad_ramp_epochs=3"], "grad_ramp_epochs must map eps"),
+        (["--set", "grad_milestones=[0]"], "grad_milestones must be a list of epochs >= 1"),
+        (["--set", "rgs_decay=2.0"], "rgs_decay must lie in (0, 1]"),
+        (["--estimate", "--estimate-steps", "0"], "--estimate-steps must be >= 1"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(tmp_path, capsys, args, needle) -> None:
@@ -151,14 +182,103 @@ def test_paper_preset_without_full_mnist_names_what_is_missing(tmp_path, capsys)
     assert not out.exists()
 
 
+def _dry_run(capsys, *args: str) -> dict:
+    assert main(["paradox", *args, "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_paper_preset_dry_run_shows_the_paper_settings(capsys) -> None:
-    assert main(["paradox", "--preset", "paper", "--dry-run"]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    shown = _dry_run(capsys, "--preset", "paper")
     cfg = shown["config"]
     assert cfg["model"] == "cnn3" and cfg["dataset"] == "mnist"
     assert cfg["eps"] == [0.1, 0.3] and cfg["popsize"] == 256 and cfg["sigma"] == 1e-3
     names = [r["name"] for r in shown["runs"]]
     assert "eps0.3/pgd" in names and "eps0.1/pgpe-deeppoly" in names and len(names) == 18
+    runs = {r["name"]: r for r in shown["runs"]}
+    # appendix B: GRAD from scratch (Kaiming uniform), 70 epochs, 20-epoch ramp, decay 0.2
+    # after 50 and 60, Adam 5e-5, clipping; PGPE's ramp only at eps 0.3
+    grad = runs["eps0.3/grad-deeppoly"]
+    assert grad["init"] == "default" and grad["epochs"] == 70 and grad["ramp_epochs"] == 20
+    assert grad["lr"] == 5e-5 and grad["lr_milestones"] == [50, 60] and grad["grad_clip"] == 10
+    assert "options" not in grad  # no init_checkpoint: not from the PGD start
+    assert runs["eps0.3/pgpe-box"]["ramp_epochs"] == 50
+    assert runs["eps0.1/pgpe-box"]["ramp_epochs"] == 0
+
+
+def test_quick_preset_is_cnn3_from_scratch_and_the_mlp_preset_is_kept(capsys) -> None:
+    shown = _dry_run(capsys, "--preset", "quick")
+    cfg = shown["config"]
+    assert cfg["model"] == "cnn3" and cfg["dataset"] == "mnist5k" and cfg["eps"] == [0.1, 0.3]
+    assert cfg["domains"] == ["box", "hbox", "crown-ibp", "deeppoly"]
+    assert cfg["optimizers"] == ["grad", "pgpe", "rgs"]
+    runs = {r["name"]: r for r in shown["runs"]}
+    assert len(runs) == 2 * (1 + 3 * 4)
+    for eps in ("0.1", "0.3"):
+        for domain in cfg["domains"]:
+            grad = runs[f"eps{eps}/grad-{domain}"]
+            assert grad["init"] == "default" and grad["ramp_epochs"] >= 1
+            assert grad["grad_clip"] == 10.0 and "options" not in grad
+            assert grad["beta_start"] == grad["beta_end"] == 1.0  # CROWN-IBP (R)
+            pgpe = runs[f"eps{eps}/pgpe-{domain}"]
+            assert pgpe["options"]["popsize"] == cfg["popsize"]
+            # batches per epoch: the first pgpe_batches batches of the split
+            assert pgpe["train_subset"] == cfg["pgpe_batches"] * cfg["pgpe_batch_size"]
+            assert runs[f"eps{eps}/rgs-{domain}"]["options"]["rgs_samples"] == cfg["rgs_samples"]
+    # every budget is a flag or a --set field
+    small = _dry_run(capsys, "--preset", "quick", "--grad-epochs", "2", "--popsize", "8",
+                     "--pgpe-batches", "3", "--rgs-samples", "2", "--test-subset", "50",
+                     "--optimizers", "grad,rgs", "--eps", "0.3", "--set", "grad_lr=1e-3",
+                     "--set", "grad_ramp_epochs={\"0.3\" = 1}")
+    c = small["config"]
+    assert (c["grad_epochs"], c["popsize"], c["pgpe_batches"], c["rgs_samples"],
+            c["test_subset"], c["grad_lr"]) == (2, 8, 3, 2, 50, 1e-3)
+    assert [r["name"] for r in small["runs"]] == [
+        "pgd", "grad-box", "grad-hbox", "grad-crown-ibp", "grad-deeppoly", "rgs-box",
+        "rgs-hbox", "rgs-crown-ibp", "rgs-deeppoly"]
+    assert small["runs"][1]["ramp_epochs"] == 1 and small["runs"][1]["epochs"] == 2
+    # the MLP preset of before, unchanged: 784-32-32-10, eps 0.1, fine-tuned from the start
+    mlp = _dry_run(capsys, "--preset", "quick-mlp")
+    assert mlp["config"]["model"] == "absdsl.training.paradox:quick_fc"
+    assert mlp["config"]["grad_start"] == "pgd" and mlp["config"]["eps"] == [0.1]
+    assert [r["name"] for r in mlp["runs"]][:2] == ["pgd", "grad-box"]
+    assert mlp["runs"][1]["epochs"] == 2 and "init" not in mlp["runs"][1]
+
+
+def test_grad_start_pgd_seeds_grad_with_the_start_weights(tmp_path, capsys) -> None:
+    out = tmp_path / "px"
+    assert main(["paradox", "--preset", "micro", "--optimizers", "grad", "--domains", "box",
+                 "--grad-start", "pgd", "--test-subset", "10", "--out", str(out),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    pgd_w = torch.load(out / "runs/pgd/checkpoints/epoch_0001.pt", weights_only=True)["model"]
+    seed_w = torch.load(out / "runs/grad-box/checkpoints/epoch_0000.pt",
+                        weights_only=True)["model"]
+    assert all(torch.equal(pgd_w[k], seed_w[k]) for k in pgd_w)
+    marker = json.loads((out / "runs/grad-box" / paradox.RUN_MARKER).read_text())
+    assert marker["init_sha256"] == paradox.file_sha256(
+        out / "runs/pgd/checkpoints/epoch_0001.pt")
+
+
+def test_estimate_projects_every_run_and_touches_no_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "px"
+    assert main(["paradox", "--preset", "micro", "--optimizers", "grad,pgpe,rgs", "--domains",
+                 "box", "--estimate", "--estimate-steps", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    for name in ("pgd", "grad-box", "pgpe-box", "rgs-box"):
+        assert f"\n{name} " in text
+    assert "projected: training" in text and "float64 bounds per digit" in text
+    cfg = make_config("micro", {"optimizers": ["grad", "rgs"], "domains": ["box"],
+                                "grad_epochs": 3})
+    est = paradox.estimate(cfg, steps=1, digits=4, quiet=True)
+    rows = {r["name"]: r for r in est["runs"]}
+    assert rows["grad-box"]["steps"] == 3 * 2  # 3 epochs of 64 digits in batches of 32
+    assert rows["grad-box"]["projected_seconds"] >= rows["grad-box"]["seconds_per_step"] * 5
+    total = est["projected_seconds"]
+    assert total["total"] == pytest.approx(total["train"] + total["certify"]
+                                           + total["tightness"])
+    assert set(est["bounds"]["0.1"]["domains"]) >= {"box", "hbox", "zonotope", "deeppoly"}
 
 
 def test_out_with_another_configuration_needs_overwrite(tmp_path, capsys) -> None:
@@ -214,6 +334,20 @@ def test_findings_detect_the_paradox_and_its_reversal() -> None:
         {"domain": "PGD", "grad": {"natural": 0.9, "certified": 0.1, "adversarial": 0.5},
          "pgpe": None, "tightness": None}, *rows], "findings": f}], "mnist5k")
     assert "Nat. Acc. [%]" in text and "DeepPoly" in text and "70.00" in text
+    assert "RGS" not in text  # columns only for the optimisers that ran
+    # the paper's orderings, with the gap against two standard errors on n inputs
+    f = paradox.findings(rows, n=100)
+    ibp = f["paper_orderings"]["IBP best under GRAD"]
+    assert ibp["holds"] is True and ibp["gap_points"] == pytest.approx(10.0)
+    # 2 s.e. of 0.7 vs 0.6 on 100 inputs: 200 * sqrt((0.21 + 0.24) / 100) = 13.4 points
+    assert ibp["two_se_points"] == pytest.approx(13.42, abs=0.01) and ibp["within_noise"]
+    dp = f["paper_orderings"]["DeepPoly above IBP under PGPE"]
+    assert dp["holds"] is True and dp["gap_points"] == pytest.approx(20.0)
+    assert "DeepPoly above IBP under RGS" not in f["paper_orderings"]  # no RGS rows
+    assert paradox.findings(flipped)["paper_orderings"]["IBP best under GRAD"]["holds"] is False
+    text = paradox.format_tables([{"eps": 0.1, "rows": rows, "findings": f}], "mnist5k")
+    assert "paper: IBP best under GRAD: yes (gap +10.0 points; 2 s.e. 13.4 points, " \
+           "within noise)" in text
 
 
 _SIGMOID = """
@@ -291,16 +425,24 @@ def test_complete_adds_the_milp_stage_to_every_certification(tmp_path, capsys,
 
 def test_a_config_saved_before_complete_existed_still_matches(tmp_path) -> None:
     out = tmp_path / "px"
-    cfg = make_config("micro")
+    # what an older version ran: GRAD fine-tuned from the start, no RGS, no tightness scope
+    cfg = make_config("micro", {"grad_start": "pgd", "grad_init": "ibp",
+                                "tightness_scope": "all"})
     old = cfg.to_dict()
-    for key in paradox.ADDED_DEFAULTS:
+    for key in [*paradox.ADDED_DEFAULTS, *paradox.STAGE_FIELDS["rgs"]]:
         del old[key]
     out.mkdir()
     (out / paradox.CONFIG_FILE).write_text(json.dumps({"format": paradox.FORMAT, "version": 1,
                                                        "config": old}))
     paradox.prepare_out(out, cfg, overwrite=False)  # the same experiment: accepted
     with pytest.raises(ParadoxError, match="differs in: complete"):
-        paradox.prepare_out(out, make_config("micro", {"complete": True}), overwrite=False)
+        paradox.prepare_out(out, make_config("micro", {"complete": True, "grad_start": "pgd",
+                                                       "grad_init": "ibp",
+                                                       "tightness_scope": "all"}),
+                            overwrite=False)
+    # the micro preset now trains GRAD from scratch: another experiment
+    with pytest.raises(ParadoxError, match="grad_init, grad_start, tightness_scope"):
+        paradox.prepare_out(out, make_config("micro"), overwrite=False)
 
 
 def test_an_interrupted_paradox_resumes_from_the_runs_it_finished(tmp_path, capsys,
@@ -314,8 +456,8 @@ def test_an_interrupted_paradox_resumes_from_the_runs_it_finished(tmp_path, caps
     real = loop.run_training
 
     def ctrl_c_in_the_third_run(cfg, run_dir, **kwargs):
-        if Path(run_dir).name == "grad-deeppoly":  # Ctrl-C: the loop saves, then raises
-            raise loop.Interrupted("interrupted; checkpoint saved")
+        if Path(run_dir).name == "grad-deeppoly":  # Ctrl-C after its first step: the loop
+            kwargs["on_step"] = lambda trainer, step: trainer.request_stop()  # saves, raises
         return real(cfg, run_dir, **kwargs)
 
     monkeypatch.setattr(loop, "run_training", ctrl_c_in_the_third_run)
@@ -327,6 +469,9 @@ def test_an_interrupted_paradox_resumes_from_the_runs_it_finished(tmp_path, caps
         assert json.loads((out / "runs" / name / paradox.RUN_MARKER).read_text())["finished"]
     assert not json.loads((out / "runs/grad-deeppoly" / paradox.RUN_MARKER).read_text())[
         "finished"]
+    from absdsl.training.checkpoint import list_checkpoints
+
+    assert [(e, b) for e, b, _ in list_checkpoints(out / "runs/grad-deeppoly")] == [(0, 1)]
     before = _snapshot(out)
 
     monkeypatch.setattr(loop, "run_training", real)
@@ -340,6 +485,15 @@ def test_an_interrupted_paradox_resumes_from_the_runs_it_finished(tmp_path, caps
         if not key.startswith("runs/grad-deeppoly/"):
             assert after[key] == mtime, key
     assert (out / "runs/grad-deeppoly/checkpoints/epoch_0001.pt").is_file()
+    assert _lines(out / "runs/grad-deeppoly/metrics.jsonl") == 1
+    # and it ends with the weights of the same run never stopped
+    cfg = make_config("micro", {"optimizers": ["grad"], "domains": ["box", "deeppoly"]})
+    (spec,) = [s for s in paradox.plan(cfg) if s.name == "grad-deeppoly"]
+    real(paradox.train_config(spec), tmp_path / "ref", progress=False, final_eval=False)
+    ref = torch.load(tmp_path / "ref/checkpoints/epoch_0001.pt", weights_only=True)["model"]
+    got = torch.load(out / "runs/grad-deeppoly/checkpoints/epoch_0001.pt",
+                     weights_only=True)["model"]
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
 
     # a checkpoint whose weights do not fit the model its config names: a clear error
     ckpt = torch.load(out / "runs/pgd/checkpoints/epoch_0001.pt", weights_only=True)
