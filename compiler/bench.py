@@ -2,8 +2,9 @@
 
 Two tables, each measured in one run (so ratios compare like with like on the same machine):
 
-(a) Box, HBox and Zonotope programs on CNN3, CNN5 and CNN7 at batch 128 on MNIST (1x28x28) and
-    CIFAR (3x32x32) shapes;
+(a) Box, HBox and Zonotope programs on CNN3 and CNN5 at batch 128 (``--batch-a``) and on CNN7
+    at batch 32 (``--batch-cnn7``), on MNIST (1x28x28) and CIFAR (3x32x32) shapes, with the
+    pass/fail of issue 14's targets for HBox and Zonotope;
 (b) DeepPoly and CROWN-IBP programs on MLP 784-64-32-10, CNN3, FC 784-400-200-100-100-10 and
     CNN5 at batch 32 on MNIST shapes, against the reference times of auto_LiRPA 0.7 CROWN;
     with ``--lirpa``, also against auto_LiRPA itself (installed by
@@ -11,21 +12,30 @@ Two tables, each measured in one run (so ratios compare like with like on the sa
     difference between its bounds and ours.
 
 Inputs are random images in [0, 1], an L-inf box of radius eps (0.02) around them, and the
-margin spec of random labels. Time: median of ``--repeats`` calls after ``--warmup`` calls,
-under ``torch.no_grad()`` (table (b) also with gradients: bounds + backward of the summed
-margin lower bounds, against forward + backward of a cross-entropy loss). Peak memory: the
-peak of live tensor bytes allocated during one call above what was live before it, read from
-``torch.profiler`` memory events (exact and immune to allocator caching, unlike RSS deltas;
-it counts tensor storage only, not Python objects or the allocator's free lists).
+margin spec of random labels. Time: the forward pass and the program are called in rounds,
+alternately (same machine load); a round's forward sample is the median of a short burst of
+consecutive forward calls after one discarded call, so the forward figure is not inflated by
+what the program's call before it evicted from the caches. Medians of ``--repeats`` rounds
+after ``--warmup`` rounds, under ``torch.no_grad()`` (table (b) also with gradients: bounds +
+backward of the summed margin lower bounds, against forward + backward of a cross-entropy
+loss). Peak memory: the peak of live tensor bytes allocated during one call above what was
+live before it, read from ``torch.profiler`` memory events (exact and immune to allocator
+caching, unlike RSS deltas; it counts tensor storage only, not Python objects or the
+allocator's free lists).
 
-Zonotope generator tensors grow with every unstable ReLU; before a configuration runs its
-peak is estimated from the IR (worst case: every ReLU unstable) and configurations above
-``--max-gib`` are skipped ("skipped: needs ~X GiB") rather than risk the machine.
+Memory guard (table (a)): before a configuration is timed, its program runs on the first
+sample and on the first two samples under the profiler; the peak, extrapolated linearly to
+the batch, is the estimate, and a configuration whose estimate exceeds ``--max-gib`` is
+skipped ("skipped: needs ~X GiB"). The probes and the timed calls run under an address-space
+limit of ``--max-gib`` above what the process holds (Linux), so a call that needs more fails
+with an allocation error (a row note) instead of exhausting the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -33,7 +43,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +60,30 @@ TABLE_A_DOMAINS = ("box", "hbox", "zonotope")
 TABLE_B_NETS = ("mlp", "cnn3", "fc", "cnn5")
 TABLE_B_DOMAINS = ("deeppoly", "crown-ibp")
 NUM_CLASSES = 10
-ZONO_COPIES = 4.5  # live generator tensors at the widest step (calibrated on CNN3/CNN5 MNIST)
+FORWARD_BURST_MS = 100.0  # a round's forward burst lasts about this long (1 to 5 calls)
+MAX_BURST = 5
+CAP_SLACK_GIB = 1.0  # address space beyond --max-gib: libraries, thread arenas, profiler
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 14's targets for a table (a) row: its batch, memory and time limits."""
+
+    batch: int
+    max_gib: float
+    max_ratio: float | None  # None: report the time only
+
+
+def issue14_target(net: str, domain: str) -> Target | None:
+    """HBox and Zonotope: CNN3/CNN5 at batch 128 within 4 GiB and 50x a forward pass;
+    CNN7 at batch 32 within 8 GiB (time reported)."""
+    if domain not in ("hbox", "zonotope"):
+        return None
+    if net in ("cnn3", "cnn5"):
+        return Target(128, 4.0, 50.0)
+    if net == "cnn7":
+        return Target(32, 8.0, None)
+    return None
 
 
 # -- the networks (plain: no input normalisation layer) ------------------------------------
@@ -136,25 +169,44 @@ def time_ms(fn: Callable[[], Any], repeats: int, warmup: int, max_seconds: float
 
 
 def paired_ms(base: Callable[[], Any], fn: Callable[[], Any], repeats: int, warmup: int,
-              max_seconds: float = math.inf) -> tuple[float, float]:
+              max_seconds: float = math.inf, burst: bool = False) -> tuple[float, float]:
     """Median times (ms) of ``base`` and ``fn``, called alternately so that both see the same
-    machine load (on a shared machine, load changes over seconds; ratios stay comparable)."""
+    machine load (on a shared machine, load changes over seconds; ratios stay comparable).
+
+    With ``burst``, each round calls ``base`` once untimed (it refills the caches and the
+    allocator that ``fn``'s call before it emptied) and then times a burst of consecutive
+    calls (5 for a fast ``base``, 1 for one slower than ``FORWARD_BURST_MS``); the burst's
+    median is the round's ``base`` sample. Without it each round times one call of each.
+    """
+    base_times = []
     for i in range(warmup):
-        base()
-        t0 = time.perf_counter()
-        fn()
-        if i == 0 and time.perf_counter() - t0 > max_seconds:
-            repeats = 1
-            break
-    tb, tf = [], []
-    for _ in range(max(repeats, 1)):
         t0 = time.perf_counter()
         base()
         t1 = time.perf_counter()
         fn()
-        t2 = time.perf_counter()
-        tb.append(t1 - t0)
-        tf.append(t2 - t1)
+        base_times.append(t1 - t0)
+        if i == 0 and time.perf_counter() - t1 > max_seconds:
+            repeats = 1
+            break
+    fastest_ms = min(base_times) * 1e3 if base_times else FORWARD_BURST_MS
+    n_burst = max(1, min(MAX_BURST, int(FORWARD_BURST_MS / max(fastest_ms, 1e-3))))
+    tb, tf = [], []
+    for _ in range(max(repeats, 1)):
+        if burst:
+            base()
+            times = []
+            for _ in range(n_burst):
+                t0 = time.perf_counter()
+                base()
+                times.append(time.perf_counter() - t0)
+            tb.append(statistics.median(times))
+        else:
+            t0 = time.perf_counter()
+            base()
+            tb.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        fn()
+        tf.append(time.perf_counter() - t1)
     return statistics.median(tb) * 1e3, statistics.median(tf) * 1e3
 
 
@@ -193,24 +245,62 @@ def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
     return peak
 
 
-def estimate_generator_gib(prog: Any, domain: str, shape: tuple[int, ...], batch: int) -> float:
-    """Worst-case peak of a zonotope-like program's generator tensors, in GiB.
+def _vm_bytes() -> int | None:
+    """The process's virtual address space now (Linux), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
-    Zonotope: input generators plus one per ReLU neuron seen so far (all unstable); HBox keeps
-    only the input generators (unstable neurons become a box). The widest step holds the
-    generators at its input and output width, a few copies live at once.
+
+@contextlib.contextmanager
+def address_space_cap(gib: float) -> Iterator[None]:
+    """Limit the process's address space to ``gib`` GiB above what it holds now.
+
+    An allocation beyond it fails (``MemoryError`` or torch's ``RuntimeError``) instead of
+    exhausting a shared machine. Only where ``resource`` and ``/proc`` exist (Linux); a no-op
+    elsewhere. The previous limit is restored on exit.
     """
-    graph = prog._compile(tuple(shape)).graph
-    n_gen = math.prod(shape)
-    prev_width = n_gen
-    worst = 0.0
-    for node in graph.nodes:
-        width = math.prod(node.shape) if node.shape else 1
-        worst = max(worst, float(n_gen) * (prev_width + width))
-        if domain == "zonotope" and node.op == "relu":
-            n_gen += width
-        prev_width = width
-    return worst * batch * 4 * ZONO_COPIES / 2 / 2**30
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Linux
+        yield
+        return
+    now = _vm_bytes()
+    if now is None or not math.isfinite(gib):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = now + int((gib + CAP_SLACK_GIB) * 2**30)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def estimate_peak_gib(call: Callable[[int], Any], batch: int) -> tuple[float, list[float]]:
+    """Peak tensor memory of ``call(batch)`` in GiB, extrapolated from probes at batch 1 and 2.
+
+    ``call(n)`` runs the program on the first ``n`` samples; each probe's peak is measured
+    with :func:`peak_tensor_bytes`. The estimate is ``p1 + (batch - 1) (p2 - p1)`` (a fixed
+    part plus a part per sample), at least ``p2``; programs that pad every sample to the
+    batch's largest one can need more, which the measured peak of the row then shows.
+    """
+    probes = []
+    for n in range(1, min(batch, 2) + 1):
+        probes.append(peak_tensor_bytes(functools.partial(call, n)) / 2**30)
+    if len(probes) == 1:
+        return probes[0], probes
+    p1, p2 = probes
+    return max(p1 + (batch - 1) * (p2 - p1), p2), probes
 
 
 @dataclass
@@ -230,6 +320,9 @@ class Row:
     lirpa_live_ms: float | None = None  # auto_LiRPA measured in this run (--lirpa)
     ours_paired_ms: float | None = None  # our time in the same alternating loop as it
     lirpa_max_diff: float | None = None  # max |bound difference| to auto_LiRPA's, margins
+    estimate_gib: float | None = None  # table (a): the probes' estimate of the peak
+    target: str = ""  # table (a): issue 14's target for the row and whether it is met
+    target_ok: bool | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -330,20 +423,33 @@ def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], ba
             prog = absdsl.compile(model, domain, input_shape=shape,
                                   memory_budget_mb=args.memory_budget_mb)
             row.extra["compile_ms"] = round((time.perf_counter() - start) * 1e3, 1)
-            if domain in ("zonotope", "hbox"):
-                need = estimate_generator_gib(prog, domain, shape, batch)
-                row.extra["estimate_gib"] = round(need, 3)
-                if need > args.max_gib:
-                    row.note = f"skipped: needs ~{need:.1f} GiB (> --max-gib {args.max_gib:g})"
-                    log(f"  {net}/{data}/{domain}: {row.note}")
-                    continue
-            log(f"  {net}/{data}/{domain} ...")
             def bounds(p: Any = prog) -> Any:
                 return p(lo, hi, spec=spec)
 
-            with torch.no_grad():
-                row.fwd_ms, row.ms = paired_ms(lambda: model(x), bounds,
-                                               args.repeats, args.warmup, args.max_seconds)
+            def first(n: int, p: Any = prog) -> Any:
+                return p(lo[:n], hi[:n], spec=spec[:n])
+
+            with torch.no_grad(), address_space_cap(args.max_gib):
+                if table == "a":
+                    try:
+                        need, probes = estimate_peak_gib(first, batch)
+                    except (RuntimeError, MemoryError) as err:
+                        if not _out_of_memory(err):
+                            raise
+                        row.note = (f"skipped: one or two samples already need more than "
+                                    f"--max-gib {args.max_gib:g} GiB")
+                        log(f"  {net}/{data}/{domain}: {row.note}")
+                        continue
+                    row.estimate_gib = need
+                    row.extra["probe_gib"] = [round(v, 4) for v in probes]
+                    if need > args.max_gib:
+                        row.note = (f"skipped: needs ~{need:.1f} GiB "
+                                    f"(> --max-gib {args.max_gib:g})")
+                        log(f"  {net}/{data}/{domain}: {row.note}")
+                        continue
+                log(f"  {net}/{data}/{domain} ...")
+                row.fwd_ms, row.ms = paired_ms(lambda: model(x), bounds, args.repeats,
+                                               args.warmup, args.max_seconds, burst=True)
                 row.peak_mib = peak_tensor_bytes(bounds) / 2**20
             if with_grad and row.ms > args.max_seconds * 1e3:
                 row.note = f"grad timing skipped: one call > {args.max_seconds:g} s"
@@ -352,15 +458,52 @@ def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], ba
                     model.zero_grad(set_to_none=True)
                     lb, _ = p(lo, hi, spec=spec)
                     (-lb).sum().backward()
-                row.grad_ms = time_ms(bounds_bwd, args.repeats, args.warmup, args.max_seconds)
+                with address_space_cap(args.max_gib):
+                    row.grad_ms = time_ms(bounds_bwd, args.repeats, args.warmup,
+                                          args.max_seconds)
         except (RuntimeError, MemoryError, absdsl.AbsdslError) as err:
             row.ms = row.peak_mib = row.grad_ms = None
-            row.note = f"error: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            first_line = (str(err).splitlines() or [""])[0][:120]
+            row.note = (f"over --max-gib {args.max_gib:g}: allocation failed ({first_line})"
+                        if _out_of_memory(err) else
+                        f"error: {type(err).__name__}: {first_line}")
             log(f"  {net}/{data}/{domain}: {row.note}")
             continue
         if getattr(args, "lirpa", False) and domain in LIRPA_METHODS:
             measure_lirpa(row, model, domain, (lo, hi, spec), bounds, args, log)
     return rows
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """An allocation failure (what the address-space cap turns an over-budget call into)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "not enough memory" in text \
+        or "can't allocate memory" in text or "bad_alloc" in text
+
+
+def judge_target(row: Row) -> None:
+    """Fill ``row.target`` and ``row.target_ok`` with issue 14's target for the row."""
+    target = issue14_target(row.net, row.domain)
+    if target is None:
+        return
+    if row.batch != target.batch:
+        row.target = f"n/a (target at batch {target.batch})"
+        return
+    limits = f"<= {target.max_gib:g} GiB" + ("" if target.max_ratio is None
+                                            else f", <= {target.max_ratio:g}x")
+    if row.ms is None or row.peak_mib is None:
+        row.target, row.target_ok = f"{limits}: FAIL (did not run)", False
+        return
+    failed = []
+    if row.peak_mib > target.max_gib * 1024:
+        failed.append(f"{row.peak_mib / 1024:.1f} GiB")
+    ratio = row.time_ratio
+    if target.max_ratio is not None and ratio is not None and ratio > target.max_ratio:
+        failed.append(f"{ratio:.0f}x")
+    row.target_ok = not failed
+    row.target = f"{limits}: " + ("pass" if not failed else "FAIL (" + ", ".join(failed) + ")")
+    if target.max_ratio is None:
+        row.target += f", {row.ms / 1e3:.2f} s"
 
 
 def measure_lirpa(row: Row, model: nn.Module, domain: str,
@@ -397,11 +540,13 @@ def _speed(v: float | None) -> str:
 
 def format_table(rows: list[Row], table: str) -> str:
     if table == "a":
-        head = ["net", "data", "domain", "fwd ms", "bounds ms", "time x fwd", "fwd MiB",
-                "bounds MiB", "mem x fwd", "note"]
-        body = [[r.net, r.data, r.domain, _fmt(r.fwd_ms, ".2f"), _fmt(r.ms, ".2f"),
-                 _fmt(r.time_ratio, ".2f"), _fmt(r.fwd_peak_mib, ".2f"),
-                 _fmt(r.peak_mib, ".1f"), _fmt(r.mem_ratio, ".1f"), r.note] for r in rows]
+        head = ["net", "data", "domain", "batch", "fwd ms", "bounds ms", "time x fwd",
+                "fwd MiB", "est. MiB", "bounds MiB", "mem x fwd", "issue 14 target", "note"]
+        body = [[r.net, r.data, r.domain, str(r.batch), _fmt(r.fwd_ms, ".2f"),
+                 _fmt(r.ms, ".2f"), _fmt(r.time_ratio, ".2f"), _fmt(r.fwd_peak_mib, ".2f"),
+                 _fmt(None if r.estimate_gib is None else r.estimate_gib * 1024, ".1f"),
+                 _fmt(r.peak_mib, ".1f"), _fmt(r.mem_ratio, ".1f"), r.target or "-", r.note]
+                for r in rows]
     else:
         head = ["net", "domain", "fwd ms", "bounds ms", "time x fwd", "mem x fwd",
                 "grad: fwd+bwd ms", "bounds+bwd ms", "grad x", "auto_LiRPA ms", "speedup",
@@ -466,14 +611,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls (default 2)")
     parser.add_argument("--eps", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-a", type=int, default=128, help="table (a) batch (128)")
+    parser.add_argument("--batch-a", type=int, default=128,
+                        help="table (a) batch of CNN3, CNN5 and the other nets (128)")
+    parser.add_argument("--batch-cnn7", type=int, default=32,
+                        help="table (a) batch of CNN7 (32, issue 14's target batch)")
     parser.add_argument("--batch-b", type=int, default=32, help="table (b) batch (32)")
     parser.add_argument("--nets", default=None,
                         help="comma-separated subset of nets (cnn3,cnn5,cnn7,mlp,fc,tiny)")
     parser.add_argument("--data", default=None, help="table (a) shapes: mnist,cifar")
     parser.add_argument("--domains", default=None, help="comma-separated subset of domains")
     parser.add_argument("--max-gib", type=float, default=8.0,
-                        help="skip zonotope/hbox configs whose generators need more (8)")
+                        help="table (a): skip configurations whose estimated peak (from "
+                             "probes at batch 1 and 2) exceeds this; every call runs under "
+                             "an address-space cap this far above the process (8)")
     parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
                         help="DeepPoly back-substitution budget passed to absdsl.compile")
     parser.add_argument("--no-grad-timing", action="store_true",
@@ -506,6 +656,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
+    for flag in ("batch_a", "batch_b", "batch_cnn7"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got "
+                             f"{getattr(args, flag)}")
+    if not args.max_gib > 0:
+        raise InputError(f"--max-gib must be > 0, got {args.max_gib}")
     torch.set_num_threads(args.threads)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -536,13 +692,16 @@ def run(args: argparse.Namespace) -> int:
             continue
         rows: list[Row] = []
         if table == "a":
-            title = (f"(a) Box/HBox/Zonotope vs forward, batch {args.batch_a}, "
-                     f"ratios = bounds / forward")
+            title = (f"(a) Box/HBox/Zonotope vs forward, batch {args.batch_a} (CNN7: "
+                     f"{args.batch_cnn7}), ratios = bounds / forward; est. = peak estimated "
+                     f"from batch 1 and 2 before the row runs")
             for data in datas:
                 for net in t_nets:
                     log(f"[a] {net} {data}")
-                    rows += measure_config("a", net, data, t_domains, args.batch_a, args, False,
-                                           log)
+                    batch = args.batch_cnn7 if net == "cnn7" else args.batch_a
+                    rows += measure_config("a", net, data, t_domains, batch, args, False, log)
+            for r in rows:
+                judge_target(r)
         else:
             title = (f"(b) DeepPoly/CROWN-IBP vs forward and auto_LiRPA 0.7 CROWN (the "
                      f"issue's reference figures), batch {args.batch_b}, MNIST shapes")
@@ -558,6 +717,12 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(title)
         print(format_table(rows, table))
+        if table == "a":
+            judged = [r for r in rows if r.target_ok is not None]
+            if judged:
+                print(f"issue 14 targets (HBox and Zonotope; CNN3/CNN5 at batch 128 within "
+                      f"4 GiB and 50x a forward pass, CNN7 at batch 32 within 8 GiB): "
+                      f"{sum(bool(r.target_ok) for r in judged)} of {len(judged)} pass")
         print("compile (trace + generate + exec), ms: " + ", ".join(
             f"{r.net}/{r.data}/{r.domain} {r.extra['compile_ms']:g}"
             for r in rows if "compile_ms" in r.extra))
