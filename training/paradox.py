@@ -65,7 +65,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 TABLE_DOMAINS = ("box", "hbox", "zonotope", "crown-ibp", "deeppoly")
 METRICS = ("natural", "certified", "adversarial")
 # settings that change where or how fast the experiment runs, not what it measures
-NOT_COMPARED = ("device", "data_root", "download", "pgpe_memory_mib")
+NOT_COMPARED = ("device", "data_root", "download", "pgpe_memory_mib", "population_eval")
 # settings added after a saved paradox_config.json may have been written: a saved config
 # without them ran with these values
 ADDED_DEFAULTS: dict[str, Any] = {
@@ -159,6 +159,9 @@ class ParadoxConfig:
     seed: int = 0
     device: str = "cpu"
     pgpe_memory_mib: float | None = None  # PGPE's memory_budget_mib (None: its default)
+    # how PGPE and RGS evaluate a population: "auto" (measured), "vmap", or "loop" (member
+    # by member, no vmapped memory probe: for a domain whose program does not vmap)
+    population_eval: str = "auto"
     data_root: str | None = None
     download: bool = False
 
@@ -212,9 +215,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         grad_epochs=6, grad_lr=2e-3, grad_milestones=[5], grad_decay=0.2,
         grad_ramp_epochs={"0.1": 2, "0.3": 2}, grad_start="scratch", grad_init="default",
         pgpe_epochs=1, pgpe_lr=5e-4, pgpe_milestones=[], pgpe_decay=1.0, pgpe_ramp_epochs={},
-        pgpe_batch_size=64, popsize=16, sigma=1e-3, pgpe_batches=40,
+        pgpe_batch_size=64, popsize=16, sigma=1e-3, pgpe_batches=32,
         rgs_epochs=1, rgs_lr=5e-4, rgs_milestones=[], rgs_decay=1.0, rgs_ramp_epochs={},
-        rgs_batch_size=64, rgs_samples=4, rgs_batches=40,
+        rgs_batch_size=64, rgs_samples=4, rgs_batches=32,
         train_subset=None, test_subset=200, tightness_subset=100, tightness_eps_max=2.0,
         tightness_n_eps=4, eval_pgd_steps=20, eval_pgd_restarts=2, tightness_scope="own",
         pgpe_memory_mib=2048.0,
@@ -359,6 +362,9 @@ def validate(cfg: ParadoxConfig) -> None:
     if cfg.grad_init not in ("default", "ibp"):
         raise ParadoxError(f"grad_init must be 'default' (torch's Kaiming uniform) or 'ibp' "
                            f"(Shi et al.), got {cfg.grad_init!r}")
+    if cfg.population_eval not in ("auto", "vmap", "loop"):
+        raise ParadoxError(f"population_eval must be auto, vmap or loop, "
+                           f"got {cfg.population_eval!r}")
     if cfg.tightness_scope not in TIGHTNESS_SCOPES:
         raise ParadoxError(f"tightness_scope must be one of {', '.join(TIGHTNESS_SCOPES)}, "
                            f"got {cfg.tightness_scope!r}")
@@ -493,6 +499,10 @@ def plan(cfg: ParadoxConfig) -> list[RunSpec]:
                              options={"rgs_samples": cfg.rgs_samples, "sigma": cfg.sigma})
                 if opt in SMOOTHERS and cfg.pgpe_memory_mib is not None:
                     o["options"]["memory_budget_mib"] = float(cfg.pgpe_memory_mib)
+                if opt in SMOOTHERS and cfg.population_eval != "auto":
+                    o["options"]["population_eval"] = cfg.population_eval
+                    if cfg.population_eval == "loop":
+                        o["options"]["chunk_size"] = 1
                 out.append(RunSpec(run_name(eps, opt, domain, several), eps, opt, domain, o))
     return out
 
@@ -520,7 +530,8 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in cfg_dict.items() if k not in NOT_COMPARED}
     options = dict(out.get("options") or {})
     options.pop("init_checkpoint", None)  # the start is compared by its hash instead
-    options.pop("memory_budget_mib", None)  # chunking changes speed, not results
+    for key in ("memory_budget_mib", "population_eval", "chunk_size"):
+        options.pop(key, None)  # chunking changes speed, not results
     out["options"] = options
     return json.loads(json.dumps(out))
 
@@ -1360,6 +1371,9 @@ BUDGET_FLAGS: dict[str, tuple[str, type, str]] = {
     "--milp-time-limit": ("milp_time_limit", float,
                           "HiGHS time per input with --complete (default 30)"),
     "--data-root": ("data_root", str, "folder of the full data sets"),
+    "--population-eval": ("population_eval", str,
+                          "PGPE/RGS populations: auto (measured), vmap, or loop (member by "
+                          "member, never vmapped)"),
 }
 LIST_FIELDS = ("eps", "domains", "optimizers")
 
@@ -1396,6 +1410,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "curve, print the projected wall time of the experiment, and stop")
     parser.add_argument("--estimate-steps", type=int, default=2, metavar="N",
                         help="timed steps per run for --estimate (after one untimed)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch intra-op threads (default: torch's). On a machine shared "
+                             "with other work, 1 can be many times faster: a descheduled "
+                             "thread stalls the others at every op")
     parser.add_argument("--progress", action="store_true",
                         help="show the training loop's progress bars and epoch lines")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
@@ -1444,6 +1462,11 @@ def config_from_args(args: argparse.Namespace) -> ParadoxConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ParadoxError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     out = Path(args.out if args.out is not None else f"paradox-{cfg.preset}")
     if args.dry_run:
         print(json.dumps({"out": str(out), "config": cfg.to_dict(),

@@ -164,6 +164,8 @@ def _error(args: list[str], capsys) -> str:
         (["--set", "grad_milestones=[0]"], "grad_milestones must be a list of epochs >= 1"),
         (["--set", "rgs_decay=2.0"], "rgs_decay must lie in (0, 1]"),
         (["--estimate", "--estimate-steps", "0"], "--estimate-steps must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--population-eval", "sometimes"], "population_eval must be auto, vmap or loop"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(tmp_path, capsys, args, needle) -> None:
@@ -236,6 +238,12 @@ def test_quick_preset_is_cnn3_from_scratch_and_the_mlp_preset_is_kept(capsys) ->
         "pgd", "grad-box", "grad-hbox", "grad-crown-ibp", "grad-deeppoly", "rgs-box",
         "rgs-hbox", "rgs-crown-ibp", "rgs-deeppoly"]
     assert small["runs"][1]["ramp_epochs"] == 1 and small["runs"][1]["epochs"] == 2
+    # populations member by member (no vmap, no vmapped memory probe): how, not what
+    looped = _dry_run(capsys, "--preset", "quick", "--population-eval", "loop")
+    rgs = {r["name"]: r for r in looped["runs"]}["eps0.3/rgs-hbox"]
+    assert rgs["options"]["population_eval"] == "loop" and rgs["options"]["chunk_size"] == 1
+    assert make_config("quick", {"population_eval": "loop"}).compared() == \
+        make_config("quick").compared()
     # the MLP preset of before, unchanged: 784-32-32-10, eps 0.1, fine-tuned from the start
     mlp = _dry_run(capsys, "--preset", "quick-mlp")
     assert mlp["config"]["model"] == "absdsl.training.paradox:quick_fc"
