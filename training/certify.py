@@ -94,6 +94,9 @@ def domain_trust(domain: str, uncertified_domain: bool = False) -> DomainTrust:
         path = builtin_path(BUILTIN_FILES[key])
         return DomainTrust(key, str(path), checkcache.domain_digest(path), "built-in")
     path = checkcache.domain_file(domain)
+    if not path.is_file():
+        canonical_domain(domain)  # not a built-in name, nor a file: the usual clear error
+        raise CertifyError(f"domain {domain!r}: no such file {path}")
     digest = checkcache.domain_digest(path)
     if digest in checkcache.builtin_digests():
         return DomainTrust(domain, str(path.resolve()), digest, "built-in")
