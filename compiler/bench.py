@@ -451,6 +451,8 @@ def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], ba
                 row.fwd_ms, row.ms = paired_ms(lambda: model(x), bounds, args.repeats,
                                                args.warmup, args.max_seconds, burst=True)
                 row.peak_mib = peak_tensor_bytes(bounds) / 2**20
+                log(f"  {net}/{data}/{domain}: {row.ms:.1f} ms = {row.ms / row.fwd_ms:.1f}x "
+                    f"forward ({row.fwd_ms:.2f} ms), peak {row.peak_mib:.1f} MiB")
             if with_grad and row.ms > args.max_seconds * 1e3:
                 row.note = f"grad timing skipped: one call > {args.max_seconds:g} s"
             elif with_grad:
