@@ -210,15 +210,17 @@ def _map_code(node_map, compact: str):
 
 
 def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
-                 hook=None) -> dict[str, dict[str, str]]:
+                 hook=None, nodes: list[Node] | None = None,
+                 states: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """Emit the forward domain's rules node by node; returns each node's state variables.
 
     ``hook(node, state)`` may replace a node's state after it is computed (DeepPoly's
-    refinement of Box bounds by back-substitution).
+    refinement of Box bounds by back-substitution). ``nodes`` (default: all) and ``states``
+    (the states computed so far) let a caller emit part of the graph elsewhere.
     """
     rc = RuleCompiler(domain, out, compact)
-    states: dict[str, dict[str, str]] = {}
-    for node in graph.nodes:
+    states = {} if states is None else dict(states)
+    for node in graph.nodes if nodes is None else nodes:
         out.emit("")
         out.emit(f"# {node.describe()}")
         if node.op == "reshape":
@@ -394,7 +396,8 @@ def relax_for(op: str, relaxes: list[ast.Relax]) -> ast.Relax | None:
 # ---- back-substitution ------------------------------------------------------------------
 
 def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emitter) -> str:
-    """Emit ``def backsub_<target>(rows)``: rows [B, 2k, *shape] -> (lower [B,k], upper [B,k]).
+    """Emit ``def backsub_<target>(rows, sides=2)``: rows [B, 2k, *shape] -> (lower [B, k],
+    upper [B, k]); with ``sides`` 1, rows [B, k] of lower bounds only (upper is [B, 0]).
 
     Walks the target's ancestors in reverse topological order; each node's rows are the sum
     of what its users push back (transposed linear maps, relaxation lines, slices of a cat).
@@ -407,7 +410,7 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
         for i in n.inputs:
             users[i].append(n)
     lam = {target: "rows"}
-    body.emit("k = rows.shape[1] // 2")
+    body.emit("k = rows.shape[1] // sides")
     body.emit("acc = rows.new_zeros(1, rows.shape[1])")
     contributions: dict[str, list[str]] = {n.name: [] for n in nodes}
 
@@ -457,7 +460,7 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
             raise TraceError(f"back-substitution has no rule for op {node.op}")
     else:
         body.emit("raise RuntimeError('back-substitution did not reach the input')")
-    out.emit(f"def {name}(rows):")
+    out.emit(f"def {name}(rows, sides=2):")
     out.lines.extend(body.lines)
     return name
 

@@ -427,7 +427,8 @@ def _patch_abs_sum(b: Block) -> Tensor:
     if b.constant:  # one kernel everywhere: the sums are a conv of |v| with |J|
         r = F.conv2d(v.abs(), b.data.abs(), None, geom.stride, geom.start)
     else:
-        r = torch.einsum("bchwzyx,bzyxhw->bchw", b.data.abs(), _windows(v.abs(), geom))
+        win = _windows(v.abs(), geom).permute(0, 4, 5, 1, 2, 3).unsqueeze(1).contiguous()
+        r = (b.data.abs() * win).sum((4, 5, 6))
     f = b.factor
     if f is None:
         return r
@@ -513,8 +514,10 @@ def _patch_rows(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
                 rows = conv_transpose_subpixel(rows, s.weight, s.stride, s.padding,
                                                s.in_shape[1:])
             else:
-                flat = F.conv_transpose2d(rows.flatten(0, 1), s.weight, None, s.stride,
-                                          s.padding, extra)
+                flat = rows.flatten(0, 1)
+                if flat.shape[0] > 1 and flat.shape[1] > 1:  # CPU transposed convs run
+                    flat = flat.contiguous(memory_format=torch.channels_last)  # faster so
+                flat = F.conv_transpose2d(flat, s.weight, None, s.stride, s.padding, extra)
                 rows = flat.unflatten(0, rows.shape[:2])
             if isinstance(s.factor_in, Tensor):
                 rows = rows * s.factor_in.unsqueeze(1)
