@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,14 +17,27 @@ from hypothesis import strategies as st
 import absdsl
 from absdsl.dsl.loader import builtin_path
 from absdsl.soundness import (
+    BASE_SURFACES,
+    DEFAULT_PROPERTIES,
+    ENGINE_COVERAGE,
+    PROPERTIES,
     Layer,
     NetSpec,
+    Surface,
+    Violation,
+    _check_case,
+    _prepare,
+    aim,
     build_net,
     check_domain,
+    compare,
+    guard_surfaces,
     input_boxes,
+    magnitude,
     networks,
     relaxation_functions,
     supported_ops,
+    tolerance,
 )
 
 DOMAINS = ["box", "hbox", "zonotope", "deeppoly", "crown-ibp"]
@@ -50,19 +64,141 @@ def test_relaxations_ordered(domain: str) -> None:
     assert len(report.results) == 2  # the guard grid and the Hypothesis search both ran
     assert report.ok, report.format()
     ops = {op for op, _, _ in relaxation_functions(domain)}
-    assert ops == {"relu", "leaky_relu", "sigmoid", "tanh", "hardtanh"}
+    assert ops == {"relu", "leaky_relu", "sigmoid", "tanh", "hardtanh"}  # relu6 = hardtanh
 
 
 @pytest.mark.parametrize("domain,missing", [
     ("box", set()), ("deeppoly", set()), ("crown-ibp", set()),
-    ("zonotope", {"leaky_relu", "sigmoid", "tanh", "hardtanh"}),
-    ("hbox", {"leaky_relu", "sigmoid", "tanh", "hardtanh"}),
+    ("zonotope", {"leaky_relu", "sigmoid", "tanh", "hardtanh", "relu6"}),
+    ("hbox", {"leaky_relu", "sigmoid", "tanh", "hardtanh", "relu6"}),
 ])
 def test_supported_ops_are_what_the_domain_declares(domain: str, missing: set[str]) -> None:
     """Only ops without a domain rule are skipped; the front end lowers every drawn op."""
     ops, skipped = supported_ops(domain)
     assert set(skipped) == missing, skipped
-    assert {"linear", "conv", "bn", "avgpool", "flatten", "residual", "cat", "relu"} <= ops
+    assert {"linear", "conv", "bn", "avgpool", "adaptive", "flatten", "residual", "cat",
+            "relu"} <= ops
+
+
+def test_cli_default_properties_are_the_checkers() -> None:
+    from absdsl.commands import check
+
+    assert check.PROPERTIES == DEFAULT_PROPERTIES
+    assert set(check.CHOICES) == set(PROPERTIES)
+
+
+# ---- the checker's parts -------------------------------------------------------------------
+
+def test_local_tolerance_finds_small_scale_errors_beside_huge_values() -> None:
+    """A 1 % error on an output of scale 1e-6 is a violation even when another output of the
+    same network is 1e3 (a tolerance over the whole grid, 1e-6 here, would hide it)."""
+    values = torch.tensor([[[1e3, 1e-6]]], dtype=DTYPE)
+    lb = torch.tensor([[1e3, 1.01e-6]], dtype=DTYPE)
+    ub = torch.tensor([[1e3, 2e-6]], dtype=DTYPE)
+    assert float(lb[0, 1] - values[0, 0, 1]) < tolerance(values, lb, ub)  # hidden globally
+    with pytest.raises(Violation) as err:
+        compare("bounds", "net", lb, ub, values, values, lb, ub, torch.zeros_like(lb))
+    assert err.value.cex.index == (0, 1) and err.value.cex.tol < 1e-14
+    # the magnitudes summed into an output widen its own tolerance, and only its own
+    compare("bounds", "net", lb, ub, values, values, lb, ub,
+            torch.tensor([[0.0, 1e2]], dtype=DTYPE))
+
+
+def test_magnitude_bounds_every_layer_value() -> None:
+    spec = NetSpec((1, 4, 4), (Layer("conv", (2, 3, 1, "same", 1, 2, False, 2), (0.5, -1.0)),
+                               Layer("bn", (), (1.0, -2.0, 0.5, 3.0, 0.0, 1.0, 2.0, 0.5)),
+                               Layer("relu"), Layer("adaptive", (2, 1)), Layer("flatten"),
+                               Layer("linear", (3,), (1.0, -2.0, 0.5, 3.0))))
+    net = build_net(spec)
+    x = torch.randn(64, 1, 4, 4, dtype=DTYPE)
+    m = x.abs().amax(0, keepdim=True)
+    with torch.no_grad():
+        for mod in net:
+            x, m = mod(x), magnitude(mod, m)
+            assert (x.abs() <= m + 1e-12).all()
+
+
+def test_aim_lands_on_the_chosen_surface() -> None:
+    """Aiming moves the domain's own pre-activation bounds onto l = 0, onto a user constant
+    and onto a width surface (u - l = 1e-4, by scaling the row)."""
+    spec = NetSpec((2,), (Layer("linear", (3,), (1.0, -0.5, 0.3, 2.0, -1.0, 0.7, 0.1, 0.2,
+                                                 -0.3)),
+                          Layer("relu"), Layer("linear", (1,), (1.0, 1.0, 1.0, 0.0))))
+    lo = -torch.ones(2, 2, dtype=DTYPE)
+    hi = torch.ones(2, 2, dtype=DTYPE)
+    surfaces = (Surface(1, 0, 0), Surface(1, 0, 0.05), Surface(-1, 1, -1e-4))
+    for domain in ("box", "deeppoly", "zonotope"):
+        net = build_net(spec)
+        prog = absdsl.compile(net, domain, input_shape=(2,))
+        plan = [(1, i, 0, 1.0, 0) for i in range(3)]  # surface i, exactly on it
+        assert aim(net, prog, lo, hi, plan, surfaces) == 3
+        with torch.no_grad():
+            (l, u), = prog.intermediate_bounds(lo, hi).values()
+        assert abs(float(l[0, 0])) < 1e-12
+        assert abs(float(l[0, 1]) + 0.05) < 1e-12
+        assert abs(float(u[0, 2] - l[0, 2]) - 1e-4) < 1e-15
+
+
+def test_guard_surfaces_of_the_built_ins() -> None:
+    from absdsl.dsl.loader import load_domain
+
+    for name in ("box", "hbox", "zonotope", "deeppoly", "crown-ibp"):
+        found = guard_surfaces(load_domain(name))
+        assert found[:3] == list(BASE_SURFACES)
+    # the DeepPoly lower slope switches at u > -l: the same surface, not a new one
+    assert len(guard_surfaces(load_domain("deeppoly"))) == 3
+
+
+def test_new_ops_are_checked_in_every_domain() -> None:
+    """Conv1d with dilation, 'same' and no bias; batch norm; cat([z, act(z)]); adaptive
+    pooling; x - f(x): one fixed case through the bounds and spec checks of each domain."""
+    seq = NetSpec((2, 5), (Layer("conv", (2, 3, 1, "same", 1, 2, False, 1),
+                                 (0.5, -1.0, 0.25, 1.5, -0.5, 2.0)),
+                           Layer("bn", (), (1.0, 2.0, 0.5, -0.5, 0.0, 1.0, 2.0, 0.5)),
+                           Layer("cat", inner=((), (Layer("relu"),))),
+                           Layer("residual", (-1.0,), inner=((Layer("relu"),),)),
+                           Layer("flatten"), Layer("linear", (2,), (1.0, -1.0, 0.5))))
+    img = NetSpec((1, 4, 4), (Layer("conv", (2, 3, 1, 1, 1, 1, True, 2), (1.0, -0.5, 0.25)),
+                              Layer("relu"), Layer("adaptive", (2, 2)), Layer("flatten")))
+    g = torch.Generator().manual_seed(0)
+    for spec in (seq, img):
+        lo = torch.randn(2, *spec.input_shape, generator=g, dtype=DTYPE)
+        hi = lo + torch.rand(2, *spec.input_shape, generator=g, dtype=DTYPE)
+        for domain in DOMAINS:
+            for use_spec in (False, True):
+                case, prog = _prepare(domain, spec, (lo, hi), [(1, 0, 2, 1.0, 0)],
+                                      BASE_SURFACES, 0)
+                _check_case(domain, case, "bounds", use_spec, 0, prog)
+
+
+def test_engine_property_reaches_the_optimised_paths() -> None:
+    """DeepPoly's engine property runs patches, live columns, sparse lines and chunks, and
+    agrees with the plain engine and the vmap form; forward domains agree with vmap."""
+    report = check_domain("deeppoly", max_examples=60, seed=1, properties=("engine",))
+    assert report.ok, report.format()
+    for path in ("patch programs", "live columns", "sparse lines", "chunked refinement"):
+        assert ENGINE_COVERAGE.get(path, 0) > 0, (path, ENGINE_COVERAGE)
+    for domain in ("box", "zonotope"):
+        report = check_domain(domain, max_examples=9, seed=0, properties=("engine",))
+        assert report.ok and report.results[0].examples >= 3, report.format()
+
+
+def test_engine_property_finds_a_broken_optimised_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sparse lines that drop the sign-dependent terms differ from the plain engine."""
+    from absdsl.compiler import runtime as rt
+
+    real = rt.back_lines
+
+    def broken(lines: tuple, compact: bool = False) -> Any:
+        out = real(lines, compact)
+        if getattr(out, "columns", None) is not None:
+            out.a_half_at = out.a_half_at * 0.9
+        return out
+
+    monkeypatch.setattr(rt, "back_lines", broken)
+    report = check_domain("deeppoly", max_examples=60, seed=1, properties=("engine",),
+                          shrink_seconds=2)
+    assert not report.ok
 
 
 def test_degenerate_box_through_residual_zonotope() -> None:
