@@ -1753,8 +1753,11 @@ def _loaded(domain: Any) -> Any:
 
 def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: int = 0,
                  properties: tuple[str, ...] = DEFAULT_PROPERTIES,
-                 shrink_seconds: float = 30.0) -> CheckReport:
+                 shrink_seconds: float = 30.0, stop_on_failure: bool = False) -> CheckReport:
     """Property-test ``domain_spec`` (a built-in name, a file path, ``path:Name``).
+
+    ``stop_on_failure`` skips the properties after the first failing one (the mutation
+    tests: whether a domain is flagged does not depend on it).
 
     Returns a :class:`CheckReport`: one :class:`PropertyResult` per property, a failing one
     holding the shrunk :class:`Counterexample`. DSL errors in the file propagate
@@ -1774,24 +1777,28 @@ def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: in
     if "hardtanh" not in ops:
         ops = ops - {"relu6"}
     report.unsupported = missing
+
+    def stop() -> bool:
+        return stop_on_failure and not report.ok
+
     if "bounds" in properties:
         report.results.append(_run_property(
             "sound: concrete outputs of every layer lie in the bounds",
             soundness_property(domain, ops, False, surfaces), max_examples, seed,
             shrink_seconds))
-    if "spec" in properties:
+    if not stop() and "spec" in properties:
         report.results.append(_run_property(
             "sound: C @ f(x) lies in the spec bounds (margins, pair sums and differences, "
             "random C)", soundness_property(domain, ops, True, surfaces), max_examples,
             seed + 1, shrink_seconds))
-    if "engine" in properties:
+    if not stop() and "engine" in properties:
         ENGINE_COVERAGE.clear()
         report.results.append(_run_property(
             "sound and equal to the plain engine and the vmap form on larger networks "
             "(patches, live columns, sparse lines, chunks)",
             engine_property(domain, ops, surfaces), max(max_examples // 3, 1), seed + 3,
             shrink_seconds))
-    if "relaxations" in properties and relaxation_functions(domain):
+    if not stop() and "relaxations" in properties and relaxation_functions(domain):
         fns = relaxation_functions(domain)
         grid_result = PropertyResult("relaxations: lower <= f <= upper on the guard grid",
                                      True, 0)
@@ -1808,7 +1815,7 @@ def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: in
             "relaxations: lower <= f <= upper (random l <= u, x in [l, u])",
             relaxation_property(domain, surfaces), max_examples * 4, seed + 2,
             shrink_seconds))
-    if "continuity" in properties:
+    if not stop() and "continuity" in properties:
         acts = continuous_ops(domain) & ops
         if acts and "linear" in ops:
             report.results.append(_run_property(
