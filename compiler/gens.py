@@ -43,6 +43,7 @@ Tensor = torch.Tensor
 PATCHES = True  # False: every linear map densifies (the reference form)
 PATCH_MAX_FRACTION = 0.5  # a window above this share of the origin map goes dense
 _GEMM_ELEMENTS = 1 << 22  # largest window-to-window matrix built for one product
+_ROW_CHUNK_ELEMENTS = 1 << 25  # rows of a fully connected layer per chunk (x map size)
 _FOLD_OVER_BACK = 8  # a window fold costs about this many transposed-conv MACs per MAC
 
 
@@ -488,8 +489,23 @@ def _patch_conv(j: Tensor, geom: Patch, w: Tensor, stride: tuple[int, int],
 
 def _patch_rows(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
     """Dense generators [B, K, k] of ``W x`` for W [k, C H W] (or [B, k, C H W]) on a patch
-    block: the k rows go back through the chain of convs to the origin map (when that is
-    cheaper), or every window is weighted and summed onto the origin map."""
+    block, in chunks of rows that keep the intermediate maps near ``_ROW_CHUNK_ELEMENTS``."""
+    assert b.patch is not None and b.values is not None
+    k_out = int(weight.shape[-2])
+    per_row = int(b.values.shape[0]) * max(
+        [_numel(b.patch.neurons) * b.patch.origin[0] * b.patch.window[0] * b.patch.window[1]]
+        + [_numel(s.in_shape) for s in b.chain or ()])
+    chunk = max(1, _ROW_CHUNK_ELEMENTS // max(per_row, 1))
+    if k_out <= chunk:
+        return _patch_rows_chunk(b, weight, per_sample)
+    parts = [_patch_rows_chunk(b, weight[..., i:i + chunk, :], per_sample)
+             for i in range(0, k_out, chunk)]
+    return torch.cat(parts, 2)
+
+
+def _patch_rows_chunk(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
+    """The rows go back through the chain of convs to the origin map (when that is cheaper),
+    or every window is weighted and summed onto the origin map."""
     geom, v = b.patch, b.values
     assert geom is not None and v is not None
     c, h, w = geom.neurons

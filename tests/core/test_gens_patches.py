@@ -166,3 +166,20 @@ def test_conv_chain_keeps_windows() -> None:
     assert block.patch is not None and block.patch.window == (11, 11)
     assert block.data.shape == (2, 4, 4, 4, 1, 11, 11)
     assert g.shape == (4, 4, 4)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_rows_of_a_fully_connected_layer_in_chunks(domain, monkeypatch) -> None:
+    """A fully connected layer on patch windows, one row per chunk, gives the same bounds."""
+    model, shape = _model("cnn3")
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, *shape, generator=g, dtype=DTYPE)
+    lo, hi = x - 0.05, x + 0.05
+    spec = absdsl.margin_spec(torch.tensor([0, 4]), 10).to(DTYPE)
+    prog = absdsl.compile(model, domain)
+    whole = _bounds(prog, lo, hi, spec, patches=True)
+    monkeypatch.setattr(gens, "_ROW_CHUNK_ELEMENTS", 1)
+    chunked = _bounds(prog, lo, hi, spec, patches=True)
+    for (lb_w, ub_w), (lb_c, ub_c) in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(lb_c, lb_w, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ub_c, ub_w, rtol=1e-12, atol=1e-12)
