@@ -379,26 +379,27 @@ def back_lines(lines: tuple, compact: bool = False) -> BackLines:
 def relax_back(lam: Tensor, k: int, lines: BackLines, acc: Tensor) -> tuple[Tensor, Tensor]:
     """Push rows through an activation relaxed by :func:`back_lines`.
 
-    The first k rows bound from below (positive weights take the lower line), the last k
-    from above (positive weights take the upper line).
+    The first k rows bound from below (positive weights take the lower line), the next k,
+    when there are 2k, from above (positive weights take the upper line).
     """
     batch = max(lam.shape[0], lines.a_mid.shape[0])
-    rows = flat_neurons(lam, 2, lines.channels_last).unflatten(1, (2, k))  # [B, 2, k, n]
+    sides = lam.shape[1] // k  # 1: lower rows only
+    rows = flat_neurons(lam, 2, lines.channels_last).unflatten(1, (sides, k))  # [B, s, k, n]
     if lines.columns is None:
         mag = rows.abs()
-        out = torch.addcmul(rows * lines.a_mid, mag, lines.a_half)
-        extra = rows @ lines.b_mid + mag @ lines.b_half
+        out = torch.addcmul(rows * lines.a_mid, mag, lines.a_half[:, :sides])
+        extra = rows @ lines.b_mid + mag @ lines.b_half[:, :sides]
     else:
         assert lines.a_half_at is not None and lines.b_mid_at is not None
         assert lines.b_half_at is not None
         out = rows * lines.a_mid
-        at = lines.columns[:, None, None, :].expand(batch, 2, k, -1)
+        at = lines.columns[:, None, None, :].expand(batch, sides, k, -1)
         picked = rows.expand(batch, -1, -1, -1).gather(3, at)
         mag = picked.abs()
-        out.scatter_add_(3, at, mag * lines.a_half_at)
-        extra = picked @ lines.b_mid_at + mag @ lines.b_half_at
+        out.scatter_add_(3, at, mag * lines.a_half_at[:, :sides])
+        extra = picked @ lines.b_mid_at + mag @ lines.b_half_at[:, :sides]
     out = unflat_neurons(out.flatten(1, 2), lines.shape, lines.channels_last)
-    return out, acc + extra.reshape(batch, 2 * k)
+    return out, acc + extra.reshape(batch, sides * k)
 
 
 def concretize(lam: Tensor, k: int, centre: Tensor, radius: Tensor, acc: Tensor,
@@ -516,32 +517,17 @@ def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     # before the map starts (a conv output that reads padding only), so pad first, then crop
     padded = F.pad(maps, (-ow, max(right, 0), -oh, max(bottom, 0)))
     padded = padded[..., :(gh - 1) * sh + kh, :(gw - 1) * sw + kw]
-    k = pos.shape[-1]
-    if 2 * k >= gh * gw:
-        # most grid positions are read: unfold them all (never more than the rows' size)
-        cols = F.unfold(padded, (kh, kw), stride=(sh, sw)).transpose(-2, -1)  # [b, gh*gw, D]
-        return _take_rows(cols.contiguous(), pos)
-    # few rows: read only their windows, channels last so each read is a contiguous run
-    wp = padded.shape[-1]
-    ys = ((pos // gw) * sh).unsqueeze(-1) + torch.arange(kh, device=pos.device)  # [.., k, kh]
-    xs = ((pos % gw) * sw).unsqueeze(-1) + torch.arange(kw, device=pos.device)  # [.., k, kw]
-    flat = (ys.unsqueeze(-1) * wp + xs.unsqueeze(-2)).flatten(-3)  # [.., k * kh * kw]
-    picked = _take_rows(padded.flatten(-2).transpose(-2, -1), flat)  # [b, k*kh*kw, C]
-    picked = picked.unflatten(-2, (k, kh * kw)).transpose(-2, -1)  # [b, k, C, kh*kw]
-    return picked.flatten(-2)
-
-
-def _take_rows(t: Tensor, index: Tensor) -> Tensor:
-    """t[:, index] for t [b, n, D] and index [k] (shared) or [b', k] (per sample)."""
-    if index.dim() == 1:
-        return t.index_select(-2, index)
-    batch, n, width = max(t.shape[0], index.shape[0]), t.shape[1], t.shape[2]
-    index = index.expand(batch, -1)
-    if t.shape[0] == 1:  # one table for every sample
-        flat = index.reshape(-1)
-    else:  # rows of sample i start at i * n (index_select copies whole rows: fast)
-        flat = (index + torch.arange(batch, device=index.device).unsqueeze(1) * n).reshape(-1)
-    return t.reshape(-1, width).index_select(0, flat).reshape(batch, -1, width)
+    # every window as a strided view [b, gh, gw, C, kh, kw], then one indexed copy of the
+    # rows' windows (F.unfold, i.e. im2col, ran 10-100x slower here on these small maps)
+    win = padded.unfold(2, kh, sh).unfold(3, kw, sw).permute(0, 2, 3, 1, 4, 5)
+    ys, xs = pos // gw, pos % gw
+    if pos.dim() == 1:
+        picked = win[:, ys, xs]
+    elif win.shape[0] == 1:
+        picked = win[0][ys, xs]
+    else:
+        picked = win[torch.arange(win.shape[0], device=pos.device).unsqueeze(1), ys, xs]
+    return picked.flatten(2)
 
 
 def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
