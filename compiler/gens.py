@@ -307,7 +307,7 @@ class Gens:
         k_out = int(weight.shape[-2])
         for key, b in self.blocks.items():
             if b.patch is not None:
-                out[key] = Block(_patch_rows(b, weight, per_sample), False, b.index)
+                out[key] = Block(_patch_rows(b, weight, per_sample, compact), False, b.index)
             elif b.diagonal:
                 flat = b.data.reshape(b.data.shape[0], -1)
                 index = _live_index(b.data, compact)
@@ -487,7 +487,7 @@ def _patch_conv(j: Tensor, geom: Patch, w: Tensor, stride: tuple[int, int],
     return out
 
 
-def _patch_rows(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
+def _patch_rows(b: Block, weight: Tensor, per_sample: bool, compact: bool) -> Tensor:
     """Dense generators [B, K, k] of ``W x`` for W [k, C H W] (or [B, k, C H W]) on a patch
     block, in chunks of rows that keep the intermediate maps near ``_ROW_CHUNK_ELEMENTS``."""
     assert b.patch is not None and b.values is not None
@@ -497,15 +497,16 @@ def _patch_rows(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
         + [_numel(s.in_shape) for s in b.chain or ()])
     chunk = max(1, _ROW_CHUNK_ELEMENTS // max(per_row, 1))
     if k_out <= chunk:
-        return _patch_rows_chunk(b, weight, per_sample)
-    parts = [_patch_rows_chunk(b, weight[..., i:i + chunk, :], per_sample)
+        return _patch_rows_chunk(b, weight, per_sample, compact)
+    parts = [_patch_rows_chunk(b, weight[..., i:i + chunk, :], per_sample, compact)
              for i in range(0, k_out, chunk)]
     return torch.cat(parts, 2)
 
 
-def _patch_rows_chunk(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
+def _patch_rows_chunk(b: Block, weight: Tensor, per_sample: bool, compact: bool) -> Tensor:
     """The rows go back through the chain of convs to the origin map (when that is cheaper),
-    or every window is weighted and summed onto the origin map."""
+    or every window is weighted and summed onto the origin map. ``compact`` false (vmap):
+    no memory-format change, which vmap cannot query."""
     geom, v = b.patch, b.values
     assert geom is not None and v is not None
     c, h, w = geom.neurons
@@ -531,7 +532,7 @@ def _patch_rows_chunk(b: Block, weight: Tensor, per_sample: bool) -> Tensor:
                                                s.in_shape[1:])
             else:
                 flat = rows.flatten(0, 1)
-                if flat.shape[0] > 1 and flat.shape[1] > 1:  # CPU transposed convs run
+                if compact and flat.shape[0] > 1 and flat.shape[1] > 1:  # CPU transposed convs run
                     flat = flat.contiguous(memory_format=torch.channels_last)  # faster so
                 flat = F.conv_transpose2d(flat, s.weight, None, s.stride, s.padding, extra)
                 rows = flat.unflatten(0, rows.shape[:2])

@@ -128,12 +128,13 @@ def test_patch_form_gradients_equal_dense_reference(domain) -> None:
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
-def test_patch_form_under_vmap_equals_separate_calls(domain) -> None:
-    model, shape = _model("rescat")
+@pytest.mark.parametrize("kind", ["rescat", "cnn3"])
+def test_patch_form_under_vmap_equals_separate_calls(domain, kind) -> None:
+    model, shape = _model(kind)
     g = torch.Generator().manual_seed(5)
     x = torch.rand(2, *shape, generator=g, dtype=DTYPE)
     lo, hi = x - 0.05, x + 0.05
-    spec = absdsl.margin_spec(torch.tensor([0, 2]), 3).to(DTYPE)
+    spec = absdsl.margin_spec(torch.tensor([0, 2]), 3 if kind == "rescat" else 10).to(DTYPE)
     prog = absdsl.compile(model, domain)
     stacked = {k: v.detach().unsqueeze(0) + 0.05 * torch.randn((3, *v.shape), generator=g,
                                                                 dtype=DTYPE)
