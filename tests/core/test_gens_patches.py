@@ -56,8 +56,10 @@ class ResCat(nn.Module):
 
 
 def cnn3_like() -> nn.Sequential:
-    return nn.Sequential(Norm(1), nn.Conv2d(1, 4, 5, stride=2, padding=2), nn.ReLU(),
-                         nn.Conv2d(4, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+    # 6 channels after the first conv: rows go back through the second conv as a plain
+    # (channels-last) transposed conv, not the sub-pixel form used for few channels
+    return nn.Sequential(Norm(1), nn.Conv2d(1, 6, 5, stride=2, padding=2), nn.ReLU(),
+                         nn.Conv2d(6, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(4 * 4 * 4, 10))
 
 
