@@ -780,7 +780,9 @@ def certify_run(outcome: RunOutcome, cfg: ParadoxConfig, test_split: Any,
     key: dict[str, Any] = {
         "checkpoint_sha256": outcome.sha256, "eps": outcome.spec.eps, "domain": "tightest",
         "n": len(test_split), "pgd_steps": cfg.eval_pgd_steps,
-        "pgd_restarts": cfg.eval_pgd_restarts, "tolerance": cfg.tolerance, "seed": cfg.seed}
+        "pgd_restarts": cfg.eval_pgd_restarts, "tolerance": cfg.tolerance, "seed": cfg.seed,
+        # summaries from before the scaled threshold and PGD on certified inputs are not reused
+        "policy": "scaled-threshold+pgd-on-certified"}
     if cfg.complete:  # (without it the key is the one earlier versions wrote)
         key.update(stages=["milp"], milp_time_limit=cfg.milp_time_limit)
     cache = outcome.run_dir / CERTIFY_CACHE
