@@ -103,9 +103,17 @@ def _origin(node: fx.Node, model: nn.Module) -> str:
 
 
 def _pair(value: Any, dims: int) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * dims
-    return tuple(int(v) for v in value)
+    """An int or a sequence of ints (whole numbers traced as floats included) as a tuple."""
+    def whole(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer():
+            raise ValueError(f"expected a whole number, got {v!r}")
+        return int(v)
+
+    if isinstance(value, (int, float)):
+        return (whole(value),) * dims
+    if isinstance(value, (list, tuple)) and len(value) == dims:
+        return tuple(whole(v) for v in value)
+    raise ValueError(f"expected a whole number or {dims} of them, got {value!r}")
 
 
 class _Lowering:
@@ -362,9 +370,13 @@ class _Lowering:
 
     def avg_pool(self, fx_node: fx.Node, x: _Bound, kernel: Any, stride: Any, padding: Any,
                  ceil_mode: bool, count_include_pad: bool, divisor_override: Any) -> _Bound:
-        kernel = _pair(kernel, 2)
-        stride = _pair(stride if stride else kernel, 2)
-        padding = _pair(padding, 2)
+        try:
+            kernel = _pair(kernel, 2)
+            stride = _pair(stride if stride else kernel, 2)
+            padding = _pair(padding, 2)
+        except ValueError as err:
+            raise self.error(fx_node, f"avg pooling: kernel size, stride or padding: {err}"
+                             ) from None
         if ceil_mode or divisor_override is not None or (any(padding) and not count_include_pad):
             raise self.error(fx_node, "avg pooling with ceil_mode, divisor_override or "
                                       "count_include_pad=False has no rule")

@@ -153,3 +153,25 @@ def test_leaky_relu_negative_slope_rejected() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(-0.5)).to(DTYPE).eval()
     with pytest.raises(TraceError, match="slope"):
         absdsl.compile(model, "box", input_shape=(2,))
+
+
+def test_avg_pool_with_a_positional_kernel_size() -> None:
+    """``F.avg_pool2d(x, 4)`` (kuangliu-style ResNets): fx passes the 4 through as a number,
+    which the front end used to turn into a float and crash on ('float' is not iterable)."""
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.avg_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
+
+    torch.manual_seed(0)
+    model = Pooled().double().eval()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    for domain in ("box", "zonotope", "deeppoly"):
+        lb, ub = absdsl.compile(model, domain)(x - 0.01, x + 0.01)
+        y = model(x)
+        assert bool((lb <= y + 1e-9).all()) and bool((y <= ub + 1e-9).all())
