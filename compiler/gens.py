@@ -152,7 +152,7 @@ class Gens:
             a = out[k]
             if a.diagonal and b.diagonal:
                 out[k] = Block(a.data + b.data, True)
-            elif a.patch is not None and b.patch is not None and a.data is b.data:
+            elif _shared(a, b):
                 out[k] = replace(a, factor=_factor(a.factor) + _factor(b.factor))
             elif _alignable(a, b):
                 da, db, geom = _patch_align(a, b)
@@ -174,7 +174,7 @@ class Gens:
         for k in dict.fromkeys(list(self.blocks) + list(other.blocks)):
             a, b = self.blocks.get(k), other.blocks.get(k)
             pa, pb = a is not None and a.patch is not None, b is not None and b.patch is not None
-            if (pa or pb) and (a is None or b is None or (pa and pb and a.data is b.data)):
+            if (pa or pb) and (a is None or b is None or _shared(a, b)):
                 # one shared coefficient tensor (or one side zero): only the factors are chosen
                 ref = a if a is not None else b
                 assert ref is not None
@@ -593,6 +593,13 @@ def _unpatched(b: Block, shape: tuple[int, ...], compact: bool = True) -> Block:
     if b.index is not None:
         dense = dense.index_select(1, b.index)
     return Block(dense.reshape(batch, dense.shape[1], *shape), False, b.index)
+
+
+def _shared(a: Block, b: Block) -> bool:
+    """Two patch blocks that differ at most in their factors (one coefficient tensor, one set
+    of origin values: a shared kernel alone is not enough, the values may differ)."""
+    return (a.patch is not None and a.patch == b.patch and a.data is b.data
+            and a.values is b.values and a.index is b.index)
 
 
 def _alignable(a: Block, b: Block) -> bool:

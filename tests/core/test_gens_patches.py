@@ -186,3 +186,33 @@ def test_rows_of_a_fully_connected_layer_in_chunks(domain, monkeypatch) -> None:
     for (lb_w, ub_w), (lb_c, ub_c) in zip(whole, chunked, strict=True):
         torch.testing.assert_close(lb_c, lb_w, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(ub_c, ub_w, rtol=1e-12, atol=1e-12)
+
+
+class SharedConv(nn.Module):
+    """One conv applied to the input scaled two ways: both branches' windows are the same
+    kernel tensor, but over different origin values, so they must not be merged by factor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x * 2.0)) + torch.relu(self.conv(x * -3.0))
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_one_kernel_over_differently_scaled_inputs(domain) -> None:
+    torch.manual_seed(0)
+    model = SharedConv().to(DTYPE).eval()
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 1, 6, 6, generator=g, dtype=DTYPE)
+    lo, hi = x - 0.1, x + 0.1
+    spec = absdsl.margin_spec(torch.tensor([0, 1]), 2).to(DTYPE)
+    prog = absdsl.compile(model, domain)
+    dense = _bounds(prog, lo, hi, spec, patches=False)
+    patch = _bounds(prog, lo, hi, spec, patches=True)
+    for (lb_d, ub_d), (lb_p, ub_p) in zip(dense, patch, strict=True):
+        torch.testing.assert_close(lb_p, lb_d, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ub_p, ub_d, rtol=1e-10, atol=1e-10)
