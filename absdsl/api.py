@@ -1,4 +1,4 @@
-"""The public entry points (DESIGN.md section 3)."""
+"""The public entry points (the contract shown in the README)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,11 @@ change that only removes work must leave them equal to rounding).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from contextlib import contextmanager
@@ -65,15 +67,19 @@ def _swapped(replaced: dict[str, types.ModuleType]):
 def load_base(rev: str) -> dict[str, types.ModuleType]:
     """The modules of ``_MODULES`` as they are at git revision ``rev`` (new module objects)."""
     loaded: dict[str, types.ModuleType] = {}
+    folder = Path(tempfile.mkdtemp(prefix="ab_grad_"))
     for pkg, name, path in _MODULES:
         source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
                                 capture_output=True, text=True).stdout
         full = f"{pkg}.{name}"
-        mod = types.ModuleType(full)
+        file = folder / f"{name}.py"  # the revision's file, imported like any module
+        file.write_text(source)
+        spec = importlib.util.spec_from_file_location(full, file)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
         mod.__package__ = pkg
-        mod.__file__ = f"<{rev}:{path}>"
         with _swapped(loaded | {full: mod}):
-            exec(compile(source, mod.__file__, "exec"), mod.__dict__)  # noqa: S102
+            spec.loader.exec_module(mod)
         loaded[full] = mod
     return loaded
 

@@ -195,9 +195,8 @@ def _map_code(node_map, compact: str):
         if isinstance(node_map, lm.Elementwise):
             if node_map.scale is None:
                 return g
-            return f"{g}.elementwise(scale={node_map.scale!r}, fn={fn}, compact={compact})" \
-                if isinstance(node_map.scale, float) else \
-                f"{g}.elementwise(scale={node_map.scale}, fn={fn}, compact={compact})"
+            scale = repr(node_map.scale) if isinstance(node_map.scale, float) else node_map.scale
+            return f"{g}.elementwise(scale={scale}, fn={fn}, compact={compact})"
         if isinstance(node_map, lm.Conv) and node_map.dims == 2:
             return (f"{g}.conv2d(weight={node_map.weight}, stride={node_map.stride}, "
                     f"padding={node_map.padding}, dilation={node_map.dilation}, "

@@ -1,4 +1,4 @@
-"""Robust losses on margin lower bounds (DESIGN.md section 6)."""
+"""Robust losses on margin lower bounds (see docs/training.md)."""
 
 from __future__ import annotations
 

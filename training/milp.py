@@ -1,6 +1,6 @@
 """Complete verification: the network on the input box as an exact MILP, solved by HiGHS.
 
-The last stage of the certification cascade (DESIGN.md section 8, ``absdsl certify
+The last stage of the certification cascade (see docs/verification.md; ``absdsl certify
 --complete``). For an input the earlier stages left undecided, every margin f_y - f_i that
 DeepPoly could not prove positive is minimised exactly over the clipped eps-ball:
 

@@ -1,4 +1,4 @@
-"""The networks of DESIGN.md section 6, user models given as ``module:factory``, and init.
+"""The papers' networks (CNN3, CNN5, CNN7, FC), user models as ``module:factory``, and init.
 
 Every built-in model starts with a :class:`Normalize` layer, so inputs (and eps) are in pixel
 units [0, 1] and the bound programs see normalisation as one more affine layer.

@@ -1,5 +1,5 @@
 """Exact values: DeepPoly against a plain float64 reference, CROWN-IBP, spec tightness,
-DESIGN.md section 7's worked discontinuity, the continuity property (it passes for Box and
+the worked discontinuity y = ReLU(x + w) + 1, the continuity property (it passes for Box and
 Zonotope and refutes HBox and DeepPoly declared continuous), HBox's jump."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_spec_backsub_tighter_than_logit_difference(domain) -> None:
     assert (slb - naive).max() > 1e-3
 
 
-# ---- DESIGN.md section 7: y = ReLU(x + w) + 1, x in [-1, 1] --------------------------------
+# ---- the worked discontinuity: y = ReLU(x + w) + 1, x in [-1, 1] ----------------------------
 
 class ShiftRelu(nn.Module):
     def __init__(self, w: float) -> None:

@@ -87,6 +87,13 @@ def _bounds(prog, lo, hi, spec, patches: bool):
         gens.PATCHES = old
 
 
+def _assert_same(got, want, tol: float) -> None:
+    """Each (lower, upper) pair of ``got`` equals the one of ``want`` to ``tol``."""
+    for (lb_g, ub_g), (lb_w, ub_w) in zip(got, want, strict=True):
+        torch.testing.assert_close(lb_g, lb_w, rtol=tol, atol=tol)
+        torch.testing.assert_close(ub_g, ub_w, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("kind", ["rescat", "cnn3", "mlp"])
 @pytest.mark.parametrize("eps", [1e-3, 0.2])
@@ -100,9 +107,7 @@ def test_patch_form_equals_dense_reference(domain, kind, eps) -> None:
     prog = absdsl.compile(model, domain)
     dense = _bounds(prog, lo, hi, spec, patches=False)
     patch = _bounds(prog, lo, hi, spec, patches=True)
-    for (lb_d, ub_d), (lb_p, ub_p) in zip(dense, patch, strict=True):
-        torch.testing.assert_close(lb_p, lb_d, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(ub_p, ub_d, rtol=1e-10, atol=1e-10)
+    _assert_same(patch, dense, 1e-10)
     assert_sound(model, *patch[1], lo, hi, spec)
 
 
@@ -183,9 +188,7 @@ def test_rows_of_a_fully_connected_layer_in_chunks(domain, monkeypatch) -> None:
     whole = _bounds(prog, lo, hi, spec, patches=True)
     monkeypatch.setattr(gens, "_ROW_CHUNK_ELEMENTS", 1)
     chunked = _bounds(prog, lo, hi, spec, patches=True)
-    for (lb_w, ub_w), (lb_c, ub_c) in zip(whole, chunked, strict=True):
-        torch.testing.assert_close(lb_c, lb_w, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(ub_c, ub_w, rtol=1e-12, atol=1e-12)
+    _assert_same(chunked, whole, 1e-12)
 
 
 class SharedConv(nn.Module):
@@ -213,6 +216,4 @@ def test_one_kernel_over_differently_scaled_inputs(domain) -> None:
     prog = absdsl.compile(model, domain)
     dense = _bounds(prog, lo, hi, spec, patches=False)
     patch = _bounds(prog, lo, hi, spec, patches=True)
-    for (lb_d, ub_d), (lb_p, ub_p) in zip(dense, patch, strict=True):
-        torch.testing.assert_close(lb_p, lb_d, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(ub_p, ub_d, rtol=1e-10, atol=1e-10)
+    _assert_same(patch, dense, 1e-10)

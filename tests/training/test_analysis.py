@@ -204,7 +204,7 @@ def test_auc_facts_hbox_contains_box():
     assert box.eps == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     # eps = 0: every domain is exact, so certified = correct with a margin above 1e-6
     assert box.certified[0] == pytest.approx(35 / 40)
-    # HBox's bounds lie inside Box's (DESIGN.md section 5), at every eps
+    # HBox's bounds lie inside Box's (an unstable ReLU becomes a box, exact elsewhere), at every eps
     assert all(h >= b for h, b in zip(hbox.certified, box.certified, strict=True))
     assert hbox.auc >= box.auc
     # Box is inclusion-monotone: a larger ball never certifies more
@@ -251,8 +251,8 @@ def test_auc_reports_an_op_the_domain_cannot_handle():
 def _toy() -> nn.Module:
     """Margin f_0 - f_1 = ReLU(2x - 1 + w) + 1 on x in [0, 1], w = 1 + bias of layer 0.
 
-    With x' = 2x - 1 in [-1, 1] this is DESIGN.md's y = ReLU(x' + w) + 1: DeepPoly's lower
-    bound is 1 for w <= 0 and w for w > 0, Box's is 1 for w < 1.
+    With x' = 2x - 1 in [-1, 1] this is the worked discontinuity y = ReLU(x' + w) + 1:
+    DeepPoly's lower bound is 1 for w <= 0 and w for w > 0, Box's is 1 for w < 1.
     """
     model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2)).double()
     with torch.no_grad():

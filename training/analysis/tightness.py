@@ -1,4 +1,4 @@
-"""Tightness of a domain on a fixed network (DESIGN.md section 7, issue 6 item 1).
+"""Tightness of a domain on a fixed network (as in "On the Paradox of Certified Training").
 
 Two numbers:
 
