@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from absdsl import domains as _registry
 from absdsl.api import compile, linf_ball, load_onnx  # noqa: A004 - the public name is the contract
 from absdsl.compiler.specs import margin_spec, margin_spec_full
 from absdsl.cpu_memory import apply_default as _keep_freed_memory
@@ -15,7 +16,8 @@ from absdsl.errors import AbsdslError, DSLError, InputError, MemoryBudgetError, 
 __all__ = ["compile", "linf_ball", "load_onnx", "margin_spec", "margin_spec_full", "AbsdslError",
            "DSLError", "InputError", "MemoryBudgetError", "TraceError", "BUILTIN_DOMAINS"]
 
-BUILTIN_DOMAINS = ("box", "ibp", "hbox", "zonotope", "deepz", "deeppoly", "crown", "crown-ibp")
+# every built-in domain name and alias (the registry is absdsl/domains/__init__.py)
+BUILTIN_DOMAINS = tuple(_registry.FILES) + tuple(_registry.ALIASES)
 __version__ = "0.1.0"
 
 _keep_freed_memory()  # see absdsl/cpu_memory.py: freed tensors stay mapped (no page faults)

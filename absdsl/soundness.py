@@ -58,10 +58,21 @@ from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 
+from absdsl.compiler import ops as _ops
+
 DTYPE = torch.float64
 REL_TOL = 1e-9
 
-ACTIVATION_OPS = ("relu", "leaky_relu", "sigmoid", "tanh", "hardtanh", "relu6")
+# every activation of the op table that random networks can take (those defined on a half
+# line, or growing too fast for the drawn weights, are checked by their relaxations only),
+# plus relu6 (a spelling of hardtanh)
+_NOT_IN_NETS = ("exp", "log", "sqrt", "reciprocal", "pow", "pow_odd")
+ACTIVATION_OPS = tuple(o for o in _ops.ACTIVATIONS if o not in _NOT_IN_NETS) + ("relu6",)
+# where an op's relaxation is checked (l and u inside): the rest of the line is not its domain
+# or overflows float64
+RELAX_RANGE: dict[str, tuple[float, float]] = {
+    "exp": (-1e3, 50.0), "log": (1e-6, 1e3), "sqrt": (0.0, 1e3), "reciprocal": (1e-3, 1e3),
+    "pow": (-1e3, 1e3), "pow_odd": (-1e3, 1e3)}
 LAYER_OPS = ("linear", "conv", "bn", "avgpool", "adaptive", "flatten", "residual", "cat")
 ALL_OPS = LAYER_OPS + ACTIVATION_OPS
 #: the properties ``check_domain`` runs by default (``continuity`` is opt-in)
@@ -267,18 +278,10 @@ def build_layer(layer: Layer, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[
         mod = nn.AdaptiveAvgPool2d(tuple(a))
     elif op == "flatten":
         mod = nn.Flatten()
-    elif op == "relu":
-        mod = nn.ReLU()
     elif op == "relu6":
         mod = nn.ReLU6()
-    elif op == "leaky_relu":
-        mod = nn.LeakyReLU(a[0])
-    elif op == "sigmoid":
-        mod = nn.Sigmoid()
-    elif op == "tanh":
-        mod = nn.Tanh()
-    elif op == "hardtanh":
-        mod = nn.Hardtanh(a[0], a[1])
+    elif op in _ops.ACTIVATIONS:
+        mod = _Activation(op, a)
     elif op == "residual":
         f, out = build_seq(layer.inner[0], shape)
         if out != shape:
@@ -363,10 +366,10 @@ def magnitude(mod: nn.Module, m: torch.Tensor) -> torch.Tensor:
                 + mod.bias.abs().reshape(shape))
     if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
         return mod(m)
-    if isinstance(mod, nn.Sigmoid):
-        return m + 1.0
-    if isinstance(mod, nn.Hardtanh):  # ReLU6 too
+    if isinstance(mod, nn.Hardtanh):  # ReLU6
         return m + max(abs(mod.min_val), abs(mod.max_val))
+    if isinstance(mod, _Activation):  # |f(x)| <= |x| + c for every drawn activation
+        return m + mod.offset
     if isinstance(mod, _Residual):
         return m + magnitude(mod.f, m)
     if isinstance(mod, _Cat):
@@ -534,6 +537,24 @@ def _act_names(ops: frozenset[str]) -> list[str]:
     return [o for o in ACTIVATION_OPS if o in ops]
 
 
+class _Activation(nn.Module):
+    """A table activation called as its torch function with positional parameters (how
+    model code spells it; the front end reads them back by position)."""
+
+    def __init__(self, op: str, args: tuple[float, ...]) -> None:
+        super().__init__()
+        info = _ops.get(op)
+        self.fn = next(t for t in info.functions if callable(t))
+        self.args = tuple(args)
+        params = dict(zip([p.name for p in info.params], args, strict=False))
+        full = {p.name: p.default for p in info.params} | params
+        self.offset = 1.0 + abs(full.get("alpha", 0.0)) + abs(full.get("min_val", 0.0)) + \
+            abs(full.get("max_val", 0.0)) + 1.0 / full.get("sharpness", 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *self.args)
+
+
 @st.composite
 def _activation(draw: Any, ops: frozenset[str]) -> Layer:
     op = draw(st.sampled_from(_act_names(ops)))
@@ -542,6 +563,11 @@ def _activation(draw: Any, ops: frozenset[str]) -> Layer:
     if op == "hardtanh":
         return Layer(op, draw(st.sampled_from([(-1.0, 1.0), (0.0, 1.0), (-2.0, 2.0),
                                                (-0.5, 0.5), (-1.0, 2.0)])))
+    if op in _ops.OPS and _ops.get(op).params:
+        info = _ops.get(op)
+        params = draw(st.sampled_from(info.sample_params()))
+        positional = [p for p in info.params if p.position >= 0]
+        return Layer(op, tuple(params[p.name] for p in positional))
     return Layer(op)
 
 
@@ -583,7 +609,9 @@ def _layer(draw: Any, shape: tuple[int, ...], ops: frozenset[str], engine: bool)
     """One layer valid on ``shape`` (its weights drawn for that shape)."""
     image = len(shape) == 3
     acts = _act_names(ops)
-    choices = list(acts)
+    # activations as a whole weigh as three layer kinds (however many the table holds), so
+    # that residuals, cats and the other layers are drawn often enough to be checked
+    choices = ["activation"] * min(len(acts), 3)
     if image:
         choices += [o for o in ("conv", "bn", "avgpool", "adaptive", "flatten") if o in ops]
         if min(shape[1:]) < 2:
@@ -600,7 +628,7 @@ def _layer(draw: Any, shape: tuple[int, ...], ops: frozenset[str], engine: bool)
     if not choices:
         choices = ["linear"] if len(shape) == 1 else ["flatten"]
     op = draw(st.sampled_from(choices))
-    if op in ACTIVATION_OPS:
+    if op == "activation":
         return draw(_activation(ops))
     if op in ("linear", "conv"):
         la = _affine_layer(draw, shape, ops, engine)
@@ -1052,11 +1080,9 @@ def _probe_nets() -> dict[str, NetSpec]:
         "residual": NetSpec((2,), (Layer("residual", (1.0,), inner=((lin,),)),)),
         "cat": NetSpec((2,), (Layer("cat", inner=((Layer("linear", (1,), (1.0, 1.0, 0.0)),),
                                                    (Layer("linear", (1,), (1.0, -1.0, 0.0)),))),)),
-        "relu": NetSpec((2,), (Layer("relu"),)),
-        "leaky_relu": NetSpec((2,), (Layer("leaky_relu", (0.1,)),)),
-        "sigmoid": NetSpec((2,), (Layer("sigmoid"),)),
-        "tanh": NetSpec((2,), (Layer("tanh"),)),
-        "hardtanh": NetSpec((2,), (Layer("hardtanh", (-1.0, 1.0)),)),
+        **{op: NetSpec((2,), (Layer(op, tuple(
+            p.default for p in _ops.get(op).params if p.position >= 0)),))
+           for op in ACTIVATION_OPS if op != "relu6"},
         "relu6": NetSpec((2,), (Layer("relu6"),)),
     }
 
@@ -1463,21 +1489,16 @@ def engine_property(domain: Any, ops: frozenset[str], surfaces: tuple[Surface, .
 # ---- relaxations ---------------------------------------------------------------------------
 
 RELAX_PARAMS: dict[str, list[dict[str, float]]] = {
-    "relu": [{}], "sigmoid": [{}], "tanh": [{}],
-    "leaky_relu": [{"negative_slope": s} for s in (0.0, 0.01, 0.3, 1.0)],
-    "hardtanh": [{"min_val": -1.0, "max_val": 1.0}, {"min_val": 0.0, "max_val": 6.0},
-                 {"min_val": -2.0, "max_val": 0.5}],
-}
+    op.name: op.sample_params() for op in _ops.ELEMENTWISE}
+RELAX_PARAMS["hardtanh"] = [{"min_val": -1.0, "max_val": 1.0}, {"min_val": 0.0, "max_val": 6.0},
+                            {"min_val": -2.0, "max_val": 0.5}]
 
 
 def concrete_activation(op: str, params: dict[str, float]) -> Callable[[torch.Tensor],
                                                                       torch.Tensor]:
-    return {
-        "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-        "leaky_relu": lambda x: F.leaky_relu(x, params.get("negative_slope", 0.01)),
-        "hardtanh": lambda x: F.hardtanh(x, params.get("min_val", -1.0),
-                                         params.get("max_val", 1.0)),
-    }[op]
+    """The op's torch semantics, from the op table."""
+    info = _ops.get(op)
+    return info.torch_fn({p.name: p.default for p in info.params} | params)
 
 
 def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]:
@@ -1490,9 +1511,7 @@ def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]
 
     loaded = load_domain(domain)
     out: list[tuple[str, dict[str, float], Any]] = []
-    for op in ACTIVATION_OPS:
-        if op in RULE_OP:
-            continue
+    for op in _ops.ACTIVATIONS:
         relax = codegen.relax_for(op, loaded.relaxes)
         if relax is None:
             continue
@@ -1509,6 +1528,12 @@ def check_relaxation(op: str, params: dict[str, float], fn: Any, l: torch.Tensor
                      u: torch.Tensor, x: torch.Tensor) -> None:
     """Raise :class:`Violation` unless lower(x) <= f(x) <= upper(x) (elementwise), each
     point judged with a tolerance from its own values."""
+    if op in RELAX_RANGE:  # only where the op is defined and finite
+        lo, hi = RELAX_RANGE[op]
+        keep = (l >= lo) & (u <= hi)
+        if not bool(keep.any()):
+            return
+        l, u, x = l[keep], u[keep], x[keep]
     a_lo, b_lo, a_hi, b_hi = (torch.as_tensor(t, dtype=DTYPE).expand_as(l) for t in fn(l, u))
     f = concrete_activation(op, params)(x)
     low, up = a_lo * x + b_lo, a_hi * x + b_hi
@@ -1621,9 +1646,10 @@ def continuous_ops(domain: Any) -> frozenset[str]:
     if loaded.intermediate is None and not {"input", "affine"} <= declared:
         return frozenset()
     acts = set()
+    from absdsl.compiler.codegen import find_rule
+
     for op in ACTIVATION_OPS:
-        target = RULE_OP.get(op, op)
-        rule = loaded.domain.rule_for(target) or loaded.domain.rule_for("monotone")
+        rule = find_rule(loaded.domain, RULE_OP.get(op, op))
         if rule is not None and rule.continuous:
             acts.add(op)
     return frozenset(acts)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from absdsl.compiler import linear_maps as lm
+from absdsl.compiler import ops
 from absdsl.compiler import runtime as rt
 from absdsl.compiler.exprs import Scope, as_tensor, compile_expr, linearize, mentions, num
 from absdsl.compiler.ir import Graph, Node
@@ -30,13 +31,23 @@ def load_generated(source: str, label: str) -> dict:
     return namespace
 
 
-ACTIVATION_CODE = {
-    "relu": lambda x, p: f"torch.relu({x})",
-    "sigmoid": lambda x, p: f"torch.sigmoid({x})",
-    "tanh": lambda x, p: f"torch.tanh({x})",
-    "leaky_relu": lambda x, p: f"F.leaky_relu({x}, {p['negative_slope']!r})",
-    "hardtanh": lambda x, p: f"F.hardtanh({x}, {p['min_val']!r}, {p['max_val']!r})",
-}
+# the torch code of every elementwise activation, from the op table
+ACTIVATION_CODE = {op.name: op.code for op in ops.ELEMENTWISE if op.code is not None}
+
+
+def pool_code(x: str, p: dict) -> str:
+    """Max pooling of ``x`` with the node's parameters (whole numbers stored as floats)."""
+    def pair(a: str, b: str) -> str:
+        return f"({int(p[a])}, {int(p[b])})"
+    return (f"F.max_pool2d({x}, {pair('kernel_h', 'kernel_w')}, {pair('stride_h', 'stride_w')}, "
+            f"{pair('padding_h', 'padding_w')}, 1, {bool(p['ceil_mode'])})")
+
+
+def op_code(op: str, x: str, params: dict) -> str:
+    """Torch code of an activation or pooling node applied to ``x``."""
+    if ops.is_pool(op):
+        return pool_code(x, params)
+    return ACTIVATION_CODE[op](x, params)
 
 
 @dataclass
@@ -80,14 +91,13 @@ class RuleCompiler:
         self.kinds = {f.name: f.kind for f in domain.state}
 
     def rule(self, node: Node) -> ast.Rule:
-        op = node.op
-        rule = self.domain.rule_for(op)
-        if rule is None and op in ACTIVATION_CODE:
-            rule = self.domain.rule_for("monotone")
+        rule = find_rule(self.domain, node.op)
         if rule is None:
-            what = {"add": "add (a residual connection or a sum of two branches)"}.get(op, op)
+            what = {"add": "add (a residual connection or a sum of two branches)"}.get(
+                node.op, node.op)
             raise TraceError(f"domain {self.domain.name} has no rule for {what}, needed by "
-                             f"{node.origin or '%' + node.name} ({self.domain.filename})")
+                             f"{node.origin or '%' + node.name} ({self.domain.filename})"
+                             f"{builtin_rules_hint(node.op)}")
         return rule
 
     def scope(self, state: dict[str, str], ref: str, node: Node | None) -> Scope:
@@ -98,11 +108,8 @@ class RuleCompiler:
             for side, expr in (("l", self.domain.gamma.lower), ("u", self.domain.gamma.upper)):
                 if side not in names:
                     s.lazy[side] = self._gamma_side(s, expr, side)
-        if node is not None and node.op in ACTIVATION_CODE:
-            params = node.attrs.get("params", {})
-            s.activation = lambda x, op=node.op, p=params: ACTIVATION_CODE[op](x, p)
-            for k, v in params.items():
-                s.names[k] = (num(v), "num")
+        if node is not None and (node.op in ACTIVATION_CODE or ops.is_pool(node.op)):
+            bind_op(s, node.op, node.attrs.get("params", {}))
         return s
 
     def _gamma_side(self, s: Scope, expr: ast.Expr, side: str):
@@ -167,7 +174,8 @@ class RuleCompiler:
         results = []
         for br in stmt.branches:
             sub = Scope(s.domain, dict(before), s.emit, s.fresh, s.ref, s.linop, s.linop_code,
-                        s.gens_map, s.activation, s.inputs, s.lazy, s.newgens_key, True, s.memo)
+                        s.gens_map, s.activation, s.inputs, s.lazy, s.newgens_key, True, s.memo,
+                        s.op_info)
             self._block(br.body, sub)
             results.append(sub.names)
         if stmt.branches[-1].cond is not None:
@@ -183,6 +191,43 @@ class RuleCompiler:
                     fn = "rt.where" if f.kind == "gens" else "torch.where"
                     acc = s.tmp(f"{fn}({cond}, {val}, {acc})", f"{s.newgens_key}_{k}")
             s.names[k] = (acc, f.kind)
+
+
+def builtin_rules_hint(op: str) -> str:
+    """'; built-in domains with a rule for it: ...' (the message of a missing rule)."""
+    from absdsl import domains as registry
+    from absdsl.compiler.program import has_rule
+    from absdsl.dsl.loader import load_domain
+
+    having = [name for name in registry.NAMES if has_rule(load_domain(name), op)]
+    return (f"; built-in domains with a rule for {op}: {', '.join(having)}" if having
+            else f"; no built-in domain has a rule for {op}")
+
+
+def find_rule(domain: ast.Domain, op: str) -> ast.Rule | None:
+    """The domain's rule for ``op``: its own, else the first of its groups (op table)."""
+    for name in ops.covering(op):
+        rule = domain.rule_for(name)
+        if rule is not None:
+            return rule
+    return None
+
+
+def bind_op(s: Scope, op: str, params: dict) -> None:
+    """Make the op's f, df, dmin, convex, concave and parameters visible to a rule body."""
+    s.activation = lambda x, o=op, p=params: op_code(o, x, p)
+    info = ops.OPS[op]
+    if info.deriv is not None:
+        s.op_info = (info, params)
+    for k, v in params.items():
+        if k in s.names:
+            raise TraceError(f"parameter {k!r} of {op} shadows a variable of domain "
+                             f"{s.domain.name}")
+        s.names[k] = (num(v), "num")
+    if info.argmin is not None:
+        at, value = info.argmin(params)
+        s.names["argmin"] = (num(at), "num")
+        s.names["fmin"] = (num(value), "num")
 
 
 def _map_code(node_map, compact: str):
@@ -260,12 +305,32 @@ def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
             if node.op == "input":
                 for k in rc.kinds:
                     s.names.setdefault(k, ("0.0", "num"))
+            info = ops.OPS.get(node.op)
+            if info is not None and info.valid is not None:
+                _require_range(node, info, s, out, compact)
             states[node.name] = rc.run(node, rule, s, state_in)
         if hook is not None:
             replaced = hook(node, states[node.name])
             if replaced is not None:
                 states[node.name] = replaced
     return states
+
+
+def _require_range(node: Node, info: ops.Op, s: Scope, out: Emitter, compact: str) -> None:
+    """Emit the check that an op defined on part of the line (sqrt, log, reciprocal) gets
+    input bounds inside it: otherwise the call fails naming the node and the range."""
+    assert info.valid is not None
+    lo_v, hi_v, open_ends = info.valid
+    pos = ast.Pos(0, 0)
+    l_code = as_tensor(compile_expr(ast.Name("l", pos), s), s)
+    u_code = as_tensor(compile_expr(ast.Name("u", pos), s), s)
+    where = f"{node.op} %{node.name}" + (f" ({node.origin})" if node.origin else "")
+    out.emit(f"rt.require_range({l_code}, {u_code}, {_float_code(lo_v)}, {_float_code(hi_v)}, "
+             f"{open_ends}, {where!r}, {compact})")
+
+
+def _float_code(v: float) -> str:
+    return f"float({str(v)!r})" if v in (float("inf"), float("-inf")) else repr(float(v))
 
 
 def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: str,
@@ -332,9 +397,7 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     src_domain = ast.Domain("relax", relax.pos, filename=filename, source=source)
     s = Scope(src_domain, {relax.lower_name: ("l", "bound"), relax.upper_name: ("u", "bound")},
               body.emit, body.fresh, "l", in_guard=True)
-    s.activation = lambda x: ACTIVATION_CODE[op](x, params)
-    for k, v in params.items():
-        s.names[k] = (num(v), "num")
+    bind_op(s, op, params)
     guards: list[str | None] = []
     parts: list[list[str]] = []
     depends: list[bool] = []
@@ -383,12 +446,12 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
 
 
 def relax_for(op: str, relaxes: list[ast.Relax]) -> ast.Relax | None:
-    for r in reversed(relaxes):  # later definitions (the user's own file) win
-        if op in r.ops:
-            return r
-    for r in reversed(relaxes):
-        if "monotone" in r.ops:
-            return r
+    """The relaxation of ``op``: its own, else its groups' (op table); later definitions (the
+    user's own file) win."""
+    for name in ops.covering(op):
+        for r in reversed(relaxes):
+            if name in r.ops:
+                return r
     return None
 
 

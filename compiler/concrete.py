@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from absdsl.compiler import codegen
+from absdsl.compiler import codegen, ops
 from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
 from absdsl.errors import InputError
 
@@ -38,8 +38,8 @@ def _node_body(node: Node) -> tuple[str, str]:
     if node.op == "reshape":
         code = f"x0.reshape(x0.shape[0], *{tuple(node.shape)})"
         return code, code
-    if node.op in ACTIVATIONS:
-        code = codegen.ACTIVATION_CODE[node.op]("x0", node.attrs.get("params", {}))
+    if node.op in ACTIVATIONS or ops.is_pool(node.op):
+        code = codegen.op_code(node.op, "x0", node.attrs.get("params", {}))
         return code, code
     raise InputError(f"no concrete semantics for IR op {node.op!r} (node %{node.name})")
 

@@ -38,6 +38,7 @@ class Scope:
     newgens_key: str = "g"
     in_guard: bool = False
     memo: dict[str, str] = field(default_factory=dict)
+    op_info: tuple | None = None  # (ops.Op, params) of an activation: df, dmin, convex, ...
 
     def error(self, message: str, pos: ast.Pos) -> DSLError:
         return DSLError(message, self.domain.source, self.domain.filename, pos.line, pos.column)
@@ -251,6 +252,8 @@ def _call(e: ast.Call, s: Scope) -> Value:
         if len(values) != 1:
             raise s.error("f takes one argument", e.pos)
         return s.tmp(s.activation(as_tensor(values[0], s)), "f"), "bound"
+    if name in ("df", "dmin", "convex", "concave"):
+        return _op_call(e, s, values)
     if name in ("max", "min"):
         if len(values) != 2:
             raise s.error(f"{name} takes two arguments", e.pos)
@@ -269,8 +272,28 @@ def _call(e: ast.Call, s: Scope) -> Value:
         if len(values) != 1:
             raise s.error(f"{name} takes one argument", e.pos)
         return f"{UNARY_TENSOR_FUNCS[name]}({as_tensor(values[0], s)})", "bound"
-    raise s.error(f"unknown function '{name}' (known: sum, newgens, f, max, min, abs, "
-                  f"{', '.join(UNARY_TENSOR_FUNCS)})", e.pos)
+    raise s.error(f"unknown function '{name}' (known: sum, newgens, f, df, dmin, convex, "
+                  f"concave, max, min, abs, {', '.join(UNARY_TENSOR_FUNCS)})", e.pos)
+
+
+def _op_call(e: ast.Call, s: Scope, values: list[Value]) -> Value:
+    """The activation's derivative ``df(e)``, a lower bound ``dmin(l, u)`` of f' on [l, u],
+    and the masks ``convex(l, u)`` / ``concave(l, u)`` (f convex / concave on [l, u])."""
+    from absdsl.compiler import ops
+
+    if s.op_info is None:
+        raise s.error(f"{e.func} exists only in activation rules and relaxations", e.pos)
+    op, params = s.op_info
+    want = 1 if e.func == "df" else 2
+    if len(values) != want:
+        raise s.error(f"{e.func} takes {want} argument{'s' if want > 1 else ''}", e.pos)
+    args = [as_tensor(v, s) for v in values]
+    if e.func == "df":
+        return s.tmp(op.deriv(args[0], params), "df"), "bound"
+    if e.func == "dmin":
+        return s.tmp(ops.slope_min_code(op, params, *args), "dmin"), "bound"
+    intervals = (op.convex if e.func == "convex" else op.concave)(params)
+    return s.tmp(ops.interval_test(intervals, *args), e.func), "bool"
 
 
 def mentions(e: ast.Expr, names: set[str]) -> bool:

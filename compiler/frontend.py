@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from absdsl.compiler import linear_maps as lm
+from absdsl.compiler import ops
 from absdsl.compiler.ir import Graph, Node, Prelude
 from absdsl.errors import TraceError
 
@@ -45,18 +46,50 @@ class _Meta:
     """A non-tensor value (a size, a shape tuple): allowed only as reshape arguments."""
 
 
+@dataclass
+class _Parts:
+    """The tuple of ``chunk``/``split``: each part becomes a slice when it is read."""
+
+    source: _Bound
+    dim: int  # per-sample dimension
+    sizes: list[int]
+
+    def part(self, lowering: _Lowering, fx_node: fx.Node, i: int) -> _Bound:
+        start = sum(self.sizes[:i])
+        return lowering.traced(fx_node, self.source,
+                               f"{{x}}.narrow({self.dim + 1}, {start}, {self.sizes[i]})",
+                               f"narrow({self.dim + 1}, {start}, {self.sizes[i]})")
+
+
+def _supported_modules() -> str:
+    names = ["Linear", "Conv1d/2d", "ConvTranspose2d", "BatchNorm1d/2d", "AvgPool2d",
+             "AdaptiveAvgPool2d", "Flatten", "Unflatten", "ZeroPad2d", "Upsample", "Identity",
+             "Dropout"]
+    names += [t.__name__ for t in ops.BY_MODULE]
+    return ", ".join(names)
+
+
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _SUB = {operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_"}
 _MUL = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_"}
 _DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_",
         "true_divide"}
 _NEG = {operator.neg, torch.neg, "neg"}
-_RELU = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}
-_SIGMOID = {torch.sigmoid, F.sigmoid, "sigmoid"}
-_TANH = {torch.tanh, F.tanh, "tanh"}
+_POW = {operator.pow, torch.pow, "pow"}
 _RESHAPE = {torch.flatten, torch.reshape, "view", "reshape", "flatten", "squeeze", "unsqueeze",
-            torch.squeeze, torch.unsqueeze}
-_ALIAS = {F.dropout, "contiguous", "clone", torch.clone, "detach"}
+            torch.squeeze, torch.unsqueeze, "unflatten", torch.unflatten}
+_ALIAS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, "contiguous", "clone",
+          torch.clone, "detach"}
+# shape ops: linear maps given by torch code (see linear_maps.Traced)
+_PERMUTE = {torch.permute, "permute"}
+_TRANSPOSE = {torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims,
+              "swapdims"}
+_EXPAND = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
+_MEAN_SUM = {torch.mean: "mean", "mean": "mean", torch.sum: "sum", "sum": "sum"}
+_SPLIT = {torch.chunk: "chunk", "chunk": "chunk", torch.split: "split", "split": "split"}
+_STACK = {torch.stack}
+_FIXED = {F.relu6: ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
+          torch.square: ("pow", {"exponent": 2.0}), "square": ("pow", {"exponent": 2.0})}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _META_FUNCS = {getattr, operator.getitem, "size", "dim"}
 
@@ -267,32 +300,34 @@ class _Lowering:
                                  mod.ceil_mode, mod.count_include_pad, mod.divisor_override)
         if isinstance(mod, nn.AdaptiveAvgPool2d):
             return self.adaptive_avg_pool(fx_node, x)
-        if isinstance(mod, nn.Flatten):
+        if isinstance(mod, (nn.Flatten, nn.Unflatten)):
             return self.reshape(fx_node, x)
-        if isinstance(mod, nn.ReLU):
-            return self.add_node(fx_node, "relu", [x.node], {})
-        if isinstance(mod, nn.ReLU6):
-            return self.add_node(fx_node, "hardtanh", [x.node],
-                                 {"params": {"min_val": 0.0, "max_val": 6.0}})
-        if isinstance(mod, nn.Sigmoid):
-            return self.add_node(fx_node, "sigmoid", [x.node], {})
-        if isinstance(mod, nn.Tanh):
-            return self.add_node(fx_node, "tanh", [x.node], {})
-        if isinstance(mod, nn.LeakyReLU):
-            return self.leaky(fx_node, x, float(mod.negative_slope))
-        if isinstance(mod, nn.Hardtanh):
-            return self.add_node(fx_node, "hardtanh", [x.node], {"params": {
-                "min_val": float(mod.min_val), "max_val": float(mod.max_val)}})
+        if isinstance(mod, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)):
+            return self.pad(fx_node, x, tuple(mod.padding), "constant", float(mod.value))
+        if isinstance(mod, nn.ConvTranspose2d):
+            return self.conv_transpose(fx_node, x, mod, path)
+        if isinstance(mod, nn.Upsample):
+            return self.interpolate(fx_node, x, mod.mode, mod.align_corners)
+        if type(mod).__name__ == "StochasticDepth":  # torchvision: the identity in eval mode
+            if mod.training:
+                raise self.error(fx_node, "is in training mode (random); call model.eval()")
+            return x
+        op = next((o for t, o in ops.BY_MODULE.items() if isinstance(mod, t)), None)
+        if op is not None:
+            read = next(f for t, f in op.modules.items() if isinstance(mod, t))
+            return self.elementwise(fx_node, x, op, read(mod))
         raise self.error(fx_node, f"has no rule: {type(mod).__name__} is not supported "
-                                  f"(supported: Linear, Conv1d/2d, BatchNorm1d/2d, AvgPool2d, "
-                                  f"AdaptiveAvgPool2d, Flatten, Identity, Dropout, ReLU, ReLU6, "
-                                  f"Sigmoid, Tanh, LeakyReLU, Hardtanh)")
+                                  f"(supported modules: {_supported_modules()})")
 
-    def leaky(self, fx_node: fx.Node, x: _Bound, slope: float) -> _Bound:
-        if not 0.0 <= slope <= 1.0:
-            raise self.error(fx_node, f"LeakyReLU slope {slope} outside [0, 1] is not monotone "
-                                      f"and convex; no rule")
-        return self.add_node(fx_node, "leaky_relu", [x.node], {"params": {"negative_slope": slope}})
+    def elementwise(self, fx_node: fx.Node, x: _Bound, op: ops.Op, params: dict) -> _Bound:
+        """An activation (or max pooling) node, once its parameters have a rule."""
+        if op.kind == "pool":
+            return self.max_pool(fx_node, x, params)
+        full = {p.name: p.default for p in op.params} | params
+        reason = op.check(full)
+        if reason is not None:
+            raise self.error(fx_node, f"{reason}; no rule")
+        return self.add_node(fx_node, op.name, [x.node], {"params": full} if full else {})
 
     def bias(self, path: str, bias: Any, trailing: int, fx_node: fx.Node) -> str | None:
         if bias is None:
@@ -389,8 +424,10 @@ class _Lowering:
         in_shape = self._node_shape(x)
         out_shape = self.shape_of(fx_node)
         if in_shape[1] % out_shape[1] or in_shape[2] % out_shape[2]:
-            raise self.error(fx_node, f"adaptive pooling from {in_shape[1:]} to {out_shape[1:]} "
-                                      f"is not a uniform pooling; no rule")
+            # windows of different sizes: still a linear map with weights >= 0
+            size = tuple(out_shape[1:])
+            return self.traced(fx_node, x, f"F.adaptive_avg_pool2d({{x}}, {size})",
+                               f"adaptive_avg_pool2d to {size}")
         kernel = (in_shape[1] // out_shape[1], in_shape[2] // out_shape[2])
         return self.avg_pool(fx_node, x, kernel, kernel, 0, False, True, None)
 
@@ -405,49 +442,256 @@ class _Lowering:
         target = fx_node.target
         args = [self.value(a) for a in fx_node.args]
         bound_args = [a for a in args if isinstance(a, _Bound)]
+        if target is operator.getitem and args and isinstance(args[0], _Parts):
+            return args[0].part(self, fx_node, int(args[1]))
+        if target is operator.getitem and args and isinstance(args[0], _Bound):
+            return self.index(fx_node, args[0], fx_node.args[1])
         if target in _META_FUNCS:
-            if target is operator.getitem and args and isinstance(args[0], _Bound):
-                raise self.error(fx_node, "indexing an input-dependent tensor has no rule")
             return _Meta()
-        cat_parts = args[0] if target in _CAT and args and isinstance(args[0], (list, tuple)) \
-            else []
+        cat_parts = args[0] if target in _CAT | _STACK and args and \
+            isinstance(args[0], (list, tuple)) else []
         if not bound_args and not any(isinstance(self.value(v), _Bound) for v in cat_parts):
             return self.constant_op(fx_node)
+        x: Any = bound_args[0] if bound_args else None
         if target in _ALIAS:
-            return bound_args[0]
+            return x
+        if _fn_name(target).endswith("stochastic_depth"):  # torchvision, fx-wrapped
+            training = fx_node.kwargs.get("training", args[3] if len(args) > 3 else True)
+            if training:
+                raise self.error(fx_node, "stochastic depth in training mode is random; call "
+                                          "model.eval()")
+            return x
         if target in _RESHAPE:
-            return self.reshape(fx_node, bound_args[0])
-        if target in _RELU:
-            return self.add_node(fx_node, "relu", [bound_args[0].node], {})
-        if target in _SIGMOID:
-            return self.add_node(fx_node, "sigmoid", [bound_args[0].node], {})
-        if target in _TANH:
-            return self.add_node(fx_node, "tanh", [bound_args[0].node], {})
-        if target is F.leaky_relu:
-            slope = self.number_arg(fx_node, args, "negative_slope", 1, 0.01)
-            return self.leaky(fx_node, bound_args[0], slope)
-        if target in (F.hardtanh, F.relu6):
-            lo_v, hi_v = (0.0, 6.0) if target is F.relu6 else (
-                self.number_arg(fx_node, args, "min_val", 1, -1.0),
-                self.number_arg(fx_node, args, "max_val", 2, 1.0))
-            return self.add_node(fx_node, "hardtanh", [bound_args[0].node],
-                                 {"params": {"min_val": lo_v, "max_val": hi_v}})
+            return self.reshape(fx_node, x)
+        if target in _FIXED:
+            name, params = _FIXED[target]
+            return self.elementwise(fx_node, x, ops.get(name), params)
+        if target in _POW and isinstance(args[0], _Bound):
+            exponent = self.number_arg(fx_node, args, "exponent", 1, 2.0)
+            if exponent == 1.0:
+                return x
+            if not exponent.is_integer() or exponent < 2:
+                raise self.error(fx_node, f"pow with exponent {exponent}: only whole "
+                                          f"exponents >= 2 have a rule")
+            name = "pow" if int(exponent) % 2 == 0 else "pow_odd"
+            return self.elementwise(fx_node, x, ops.get(name), {"exponent": exponent})
+        if target in ops.BY_FUNCTION:
+            op = ops.BY_FUNCTION[target]
+            if op.kind == "pool":
+                return self.max_pool(fx_node, x, self.pool_kwargs(fx_node, args))
+            params = {}
+            for p in op.params:
+                if p.position >= 0 or p.fx_name in fx_node.kwargs:
+                    params[p.name] = self.number_arg(fx_node, args, p.fx_name, p.position,
+                                                     p.default)
+            if op.name == "gelu":
+                params["tanh_approximation"] = float(bool(
+                    fx_node.kwargs.get("approximate", "none") == "tanh"))
+            return self.elementwise(fx_node, x, op, params)
         if target is F.avg_pool2d:
             kw = dict(zip(["kernel_size", "stride", "padding", "ceil_mode",
                            "count_include_pad", "divisor_override"], args[1:], strict=False))
             kw.update(fx_node.kwargs)
-            return self.avg_pool(fx_node, bound_args[0], kw["kernel_size"], kw.get("stride"),
+            return self.avg_pool(fx_node, x, kw["kernel_size"], kw.get("stride"),
                                  kw.get("padding", 0), kw.get("ceil_mode", False),
                                  kw.get("count_include_pad", True), kw.get("divisor_override"))
         if target is F.adaptive_avg_pool2d:
-            return self.adaptive_avg_pool(fx_node, bound_args[0])
+            return self.adaptive_avg_pool(fx_node, x)
         if target in _CAT:
             return self.cat(fx_node, args)
+        if target in _STACK:
+            return self.stack(fx_node, args)
         if target in _NEG:
-            return self.affine(fx_node, bound_args[0], lm.Elementwise(-1.0, 1.0, None))
+            return self.affine(fx_node, x, lm.Elementwise(-1.0, 1.0, None))
         if target in _ADD | _SUB | _MUL | _DIV:
             return self.binary(fx_node, target, args)
+        if target in _PERMUTE | _TRANSPOSE | _EXPAND or target in _MEAN_SUM:
+            return self.shape_op(fx_node, target, x, args)
+        if target in _SPLIT:
+            return self.split(fx_node, target, x, args)
+        if target is F.pad:
+            kw = dict(zip(["pad", "mode", "value"], args[1:], strict=False)) | fx_node.kwargs
+            return self.pad(fx_node, x, tuple(kw["pad"]), kw.get("mode", "constant"),
+                            kw.get("value"))
+        if target is F.interpolate:
+            kw = dict(zip(["size", "scale_factor", "mode", "align_corners"], args[1:],
+                          strict=False)) | fx_node.kwargs
+            return self.interpolate(fx_node, x, kw.get("mode", "nearest"),
+                                    kw.get("align_corners"))
         raise self.error(fx_node, "has no rule (the op is not supported by absdsl's front end)")
+
+    # ---- linear shape ops (linear_maps.Traced: torch code, transposed by autodiff) ---------
+    def traced(self, fx_node: fx.Node, x: _Bound, code: str, label: str,
+               abs_code: str | None = None, bias: str | None = None) -> _Bound:
+        """An affine node whose map is ``code`` (over ``{x}``, batched); |W| x is the same
+        code unless ``abs_code`` is given (every coefficient of these maps is 0 or positive)."""
+        m = lm.Traced(code, abs_code or code, bias, tuple(self._node_shape(x)),
+                      self.shape_of(fx_node), label)
+        return self.affine(fx_node, x, m)
+
+    def _dim(self, fx_node: fx.Node, dim: Any, ndim: int) -> int:
+        """A per-sample dimension (0-based, batch excluded) from a traced one."""
+        if not isinstance(dim, (int, float)) or not float(dim).is_integer():
+            raise self.error(fx_node, f"dimension {dim!r} is not a whole number; no rule")
+        d = int(dim)
+        d = d + ndim + 1 if d < 0 else d
+        if d == 0:
+            raise self.error(fx_node, "an op along the batch dimension has no rule")
+        if not 0 < d <= ndim:
+            raise self.error(fx_node, f"dimension {dim} out of range")
+        return d - 1
+
+    def shape_op(self, fx_node: fx.Node, target: Any, x: _Bound, args: list[Any]) -> _Bound:
+        ndim = len(self._node_shape(x))
+        rest = [self.value(a) for a in fx_node.args[1:]]
+        if target in _PERMUTE:
+            dims: Any = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) \
+                else rest
+            dims = fx_node.kwargs.get("dims", dims)
+            if len(dims) != ndim + 1 or int(dims[0]) % (ndim + 1) != 0:
+                raise self.error(fx_node, f"permute {tuple(dims)} moves the batch dimension; "
+                                          f"no rule")
+            order = [self._dim(fx_node, d, ndim) + 1 for d in dims[1:]]
+            return self.traced(fx_node, x, f"{{x}}.permute(0, {', '.join(map(str, order))})",
+                               f"permute{tuple(order)}")
+        if target in _TRANSPOSE:
+            d0 = self._dim(fx_node, fx_node.kwargs.get("dim0", rest[0] if rest else None), ndim)
+            d1 = self._dim(fx_node, fx_node.kwargs.get("dim1", rest[1] if len(rest) > 1
+                                                        else None), ndim)
+            return self.traced(fx_node, x, f"{{x}}.transpose({d0 + 1}, {d1 + 1})",
+                               f"transpose({d0 + 1}, {d1 + 1})")
+        if target in _EXPAND:
+            out = self.shape_of(fx_node)
+            return self.traced(fx_node, x, f"{{x}}.expand(-1, *{tuple(out)})", f"expand{out}")
+        reduce = _MEAN_SUM[target]
+        dims = fx_node.kwargs.get("dim", rest[0] if rest else None)  # type: ignore[assignment]
+        if dims is None:
+            raise self.error(fx_node, f"{reduce} over every dimension mixes the samples of a "
+                                      f"batch; give dim")
+        dims = dims if isinstance(dims, (list, tuple)) else [dims]
+        keep = bool(fx_node.kwargs.get("keepdim", rest[1] if len(rest) > 1 else False))
+        per = tuple(self._dim(fx_node, d, ndim) + 1 for d in dims)
+        return self.traced(fx_node, x, f"{{x}}.{reduce}(dim={per}, keepdim={keep})",
+                           f"{reduce}{per}")
+
+    def index(self, fx_node: fx.Node, x: _Bound, raw: Any) -> _Bound:
+        """``x[...]`` with slices, whole numbers, None and Ellipsis (basic indexing)."""
+        items = raw if isinstance(raw, tuple) else (raw,)
+        parts = []
+        for item in items:
+            if isinstance(item, slice):
+                ends = [self.value(v) for v in (item.start, item.stop, item.step)]
+                if not all(v is None or (isinstance(v, float) and v.is_integer()) for v in ends):
+                    raise self.error(fx_node, "a slice with computed ends has no rule")
+                parts.append(repr(slice(*(None if v is None else int(v) for v in ends))))
+            elif item is None or item is Ellipsis:
+                parts.append(repr(item))
+            elif isinstance(item, int) and not isinstance(item, bool):
+                parts.append(str(item))
+            else:
+                raise self.error(fx_node, f"indexing with {type(item).__name__} (advanced or "
+                                          f"computed indices) has no rule")
+        first = items[0]
+        if not (first is Ellipsis and len(items) > 1) and first != slice(None):
+            raise self.error(fx_node, "indexing must keep the whole batch dimension: x[:, ...]")
+        return self.traced(fx_node, x, f"{{x}}[{', '.join(parts)},]", "index")
+
+    def split(self, fx_node: fx.Node, target: Any, x: _Bound, args: list[Any]) -> _Parts:
+        how = _SPLIT[target]
+        shape = self._node_shape(x)
+        first: Any = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get(
+            "chunks" if how == "chunk" else "split_size_or_sections",
+            fx_node.kwargs.get("split_size"))
+        dim = self._dim(fx_node, fx_node.kwargs.get("dim", fx_node.args[2]
+                                                    if len(fx_node.args) > 2 else 0),
+                        len(shape))
+        size = shape[dim]
+        if how == "chunk":
+            step = -(-size // int(first))
+            sizes = [min(step, size - i) for i in range(0, size, step)]
+        elif isinstance(first, (list, tuple)):
+            sizes = [int(v) for v in first]
+        else:
+            sizes = [min(int(first), size - i) for i in range(0, size, int(first))]
+        return _Parts(x, dim, sizes)
+
+    def stack(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
+        parts = [self.value(p) for p in args[0]]
+        if not all(isinstance(v, _Bound) for v in parts):
+            raise self.error(fx_node, "stacking input-dependent tensors with constants has no "
+                                      "rule")
+        out_shape = self.shape_of(fx_node)
+        dim = self._dim(fx_node, fx_node.kwargs.get("dim", args[1] if len(args) > 1 else 0),
+                        len(out_shape))
+        grown = []
+        for v in parts:
+            shape = list(self._node_shape(v))
+            shape.insert(dim, 1)
+            grown.append(self.add_node(fx_node, "reshape", [v.node], {"shape": tuple(shape)},
+                                       tuple(shape)).node)
+        return self.add_node(fx_node, "cat", grown, {"dim": dim})
+
+    def pad(self, fx_node: fx.Node, x: _Bound, pad: tuple, mode: str, value: Any) -> _Bound:
+        if mode != "constant" or value not in (None, 0, 0.0):
+            raise self.error(fx_node, f"padding with mode={mode!r}, value={value!r} has no rule "
+                                      f"(zero padding only)")
+        widths = tuple(int(self.value(v)) for v in pad)
+        return self.traced(fx_node, x, f"F.pad({{x}}, {widths})", f"pad{widths}")
+
+    def interpolate(self, fx_node: fx.Node, x: _Bound, mode: str, align: Any) -> _Bound:
+        if mode not in ("nearest", "bilinear", "linear", "nearest-exact"):
+            raise self.error(fx_node, f"interpolation mode {mode!r} has no rule (nearest, "
+                                      f"nearest-exact, linear and bilinear do)")
+        size = tuple(self.shape_of(fx_node)[1:])
+        corners = "" if mode.startswith("nearest") else f", align_corners={bool(align)}"
+        return self.traced(fx_node, x, f"F.interpolate({{x}}, size={size}, mode={mode!r}"
+                                       f"{corners})", f"interpolate {mode} to {size}")
+
+    def conv_transpose(self, fx_node: fx.Node, x: _Bound, mod: nn.ConvTranspose2d,
+                       path: str) -> _Bound:
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise self.error(fx_node, "a transposed conv with other than zero padding has no "
+                                      "rule")
+        w = self.param(f"{path}.weight")
+        w_abs = self.define(w + "_abs", f"{w}.abs()")
+        geometry = (f"{tuple(mod.stride)}, {tuple(mod.padding)}, "
+                    f"{tuple(self.shape_of(fx_node)[1:])}, {mod.groups}, {tuple(mod.dilation)}")
+        return self.traced(fx_node, x, f"rt.conv_transpose2d({{x}}, {w}, {geometry})",
+                           f"conv_transpose2d W={w}",
+                           abs_code=f"rt.conv_transpose2d({{x}}, {w_abs}, {geometry})",
+                           bias=self.bias(path, mod.bias, 3, fx_node))
+
+    def pool_kwargs(self, fx_node: fx.Node, args: list[Any]) -> dict:
+        names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
+        kw = dict(zip(names, fx_node.args[1:], strict=False)) | dict(fx_node.kwargs)
+        return kw
+
+    def max_pool(self, fx_node: fx.Node, x: _Bound, kw: dict) -> _Bound:
+        if fx_node.op == "call_module":
+            mod = self.model.get_submodule(str(fx_node.target))
+            kw = {"kernel_size": mod.kernel_size, "stride": mod.stride, "padding": mod.padding,
+                  "dilation": mod.dilation, "ceil_mode": mod.ceil_mode,
+                  "return_indices": mod.return_indices}
+        try:
+            kernel = _pair(kw["kernel_size"], 2)
+            stride = _pair(kw.get("stride") or kernel, 2)
+            padding = _pair(kw.get("padding", 0), 2)
+            dilation = _pair(kw.get("dilation", 1), 2)
+        except ValueError as err:
+            raise self.error(fx_node, f"max pooling: kernel size, stride or padding: {err}"
+                             ) from None
+        if kw.get("return_indices") or dilation != (1, 1):
+            raise self.error(fx_node, "max pooling with return_indices or dilation has no rule")
+        in_shape = self._node_shape(x)
+        out_shape = self.shape_of(fx_node)
+        if len(in_shape) != 3:
+            raise self.error(fx_node, f"max pooling of a {len(in_shape)}-d map (per sample) has "
+                                      f"no rule; [C, H, W] only")
+        params = {"kernel_h": float(kernel[0]), "kernel_w": float(kernel[1]),
+                  "stride_h": float(stride[0]), "stride_w": float(stride[1]),
+                  "padding_h": float(padding[0]), "padding_w": float(padding[1]),
+                  "ceil_mode": float(bool(kw.get("ceil_mode", False)))}
+        return self.add_node(fx_node, "max_pool2d", [x.node], {"params": params}, out_shape)
 
     def cat(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
         parts = args[0]
@@ -477,6 +721,8 @@ class _Lowering:
             if target in _SUB:
                 neg = self.affine(fx_node, b, lm.Elementwise(-1.0, 1.0, None))
                 return self.add_node(fx_node, "add", [a.node, neg.node], {})
+            if target in _MUL and a.node == b.node:
+                return self.elementwise(fx_node, a, ops.get("pow"), {"exponent": 2.0})
             raise self.error(fx_node, "multiplying or dividing two input-dependent tensors has "
                                       "no rule (not an affine map)")
         x, c, x_first = (a, b, True) if isinstance(a, _Bound) else (b, a, False)
@@ -538,8 +784,8 @@ class _Lowering:
                 return repr(v)
             raise self.error(fx_node, f"constant expression with operand {v!r} has no rule")
 
-        for ops, sym in ((_ADD, "+"), (_SUB, "-"), (_MUL, "*"), (_DIV, "/")):
-            if target in ops and len(args) == 2:
+        for spellings, sym in ((_ADD, "+"), (_SUB, "-"), (_MUL, "*"), (_DIV, "/")):
+            if target in spellings and len(args) == 2:
                 return _Const(self.define("c", f"({operand(args[0])} {sym} {operand(args[1])})"),
                               shape)
         if target in _NEG:

@@ -1,8 +1,8 @@
 """A small typed IR of the ops that bound programs handle.
 
-Every node is one of: ``input``, ``affine`` (a linear map plus bias, see :mod:`linear_maps`),
-``add`` (sum of two input-dependent tensors), ``cat``, ``reshape`` (any relabelling of
-neurons) or an activation (``relu``, ``sigmoid``, ``tanh``, ``leaky_relu``, ``hardtanh``).
+Every node's op is an entry of the op table (:mod:`ops`): ``input``, ``affine`` (a linear map
+plus bias, see :mod:`linear_maps`), ``add`` (sum of two input-dependent tensors), ``cat``,
+``reshape`` (any relabelling of neurons), an elementwise activation or max pooling.
 Shapes are per sample (no batch dimension).
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "hardtanh")
-MONOTONE = frozenset(ACTIVATIONS)  # all non-decreasing
+from absdsl.compiler.ops import ACTIVATIONS  # noqa: E402,F401 - re-exported
 
 
 @dataclass

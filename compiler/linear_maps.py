@@ -121,4 +121,34 @@ class Elementwise:
         return self._times(lam, self.scale)
 
 
-LinearMap = Dense | Conv | Elementwise
+@dataclass
+class Traced:
+    """Any other linear map, given as torch code over ``{x}`` (batched [N, *in_shape]):
+    permutes, transposes, slices, zero padding, expands, sums and means over dims,
+    interpolation, non-uniform adaptive pooling, transposed convolutions.
+
+    ``abs_code`` is ``|W| x`` (the same code for maps whose coefficients are all >= 0). The
+    transpose is taken by autodiff (``rt.linear_back``): the map is linear, so its
+    vector-Jacobian product at any point is ``lam W``.
+    """
+
+    code: str
+    abs_code: str
+    bias: str | None
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    label: str
+
+    def describe(self) -> str:
+        return self.label + (f" b={self.bias}" if self.bias else "")
+
+    def apply(self, x: str, absolute: bool = False, with_bias: bool = False) -> str:
+        code = (self.abs_code if absolute else self.code).replace("{x}", x)
+        return f"({code} + {self.bias})" if with_bias and self.bias else code
+
+    def transpose(self, lam: str) -> str:
+        return (f"rt.linear_back({lam}, lambda t: {self.code.replace('{x}', 't')}, "
+                f"{self.in_shape})")
+
+
+LinearMap = Dense | Conv | Elementwise | Traced

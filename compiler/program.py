@@ -22,6 +22,7 @@ from absdsl.compiler import linear_maps as lm
 from absdsl.compiler.concrete import ConcreteGraph
 from absdsl.compiler.frontend import trace
 from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
+from absdsl.compiler.lowering import lower_unsupported
 from absdsl.dsl.loader import LoadedDomain, load_domain
 from absdsl.errors import InputError, MemoryBudgetError
 
@@ -35,6 +36,14 @@ class _Compiled:
     constants: dict[str, torch.Tensor]
     source: str
     fn: Any
+
+
+def has_rule(loaded: LoadedDomain, op: str) -> bool:
+    """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
+    if loaded.intermediate is None:
+        return codegen.find_rule(loaded.domain, op) is not None
+    return (codegen.find_rule(loaded.intermediate, op) is not None
+            and codegen.relax_for(op, loaded.relaxes) is not None)
 
 
 def generate(graph: Graph, loaded: LoadedDomain) -> str:
@@ -109,7 +118,10 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             relax = codegen.relax_for(op, loaded.relaxes)
             if relax is None:
                 from absdsl.errors import TraceError
-                raise TraceError(f"domain {loaded.name} has no relaxation for {op}")
+                node = next(n for n in graph.nodes if n.op == op)
+                raise TraceError(f"domain {loaded.name} has no relaxation for {op}, needed by "
+                                 f"{node.origin or '%' + node.name}"
+                                 f"{codegen.builtin_rules_hint(op)}")
             relax_fns[key] = codegen.relax_function(relax, op, params, out, loaded.domain,
                                                        relax.filename, relax.source)
         return relax_fns[key]
@@ -260,6 +272,7 @@ class BoundProgram:
         dtype = ref.dtype if ref is not None else torch.float32
         device = ref.device if ref is not None else torch.device("cpu")
         graph, constants = trace(self.model, shape, dtype, device)
+        graph = lower_unsupported(graph, lambda op: has_rule(self.loaded, op))
         source = generate(graph, self.loaded)
         fn = codegen.load_generated(source, self.loaded.name)["bound_program"]
         compiled = _Compiled(graph, constants, source, fn)

@@ -641,3 +641,50 @@ def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
                           r).flatten(1)
     total = mid + acc
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
+
+
+def linear_back(lam: Tensor, fn: Callable[[Tensor], Tensor], in_shape: tuple[int, ...]
+                ) -> Tensor:
+    """Rows ``lam`` [B, k, *out] through a linear map ``fn`` transposed: ``lam W`` [B, k, *in].
+
+    The vector-Jacobian product of a linear map is its transpose, at any point; torch.func
+    keeps it differentiable and vmap-able.
+    """
+    flat = lam.flatten(0, 1)
+    zero = flat.new_zeros((flat.shape[0], *in_shape))
+    vjp = torch.func.vjp(fn, zero)[1]
+    (back,) = vjp(flat.contiguous())
+    return back.unflatten(0, tuple(lam.shape[:2]))
+
+
+def conv_transpose2d(x: Tensor, weight: Tensor, stride: tuple[int, int],
+                     padding: tuple[int, int], out_hw: tuple[int, int], groups: int,
+                     dilation: tuple[int, int]) -> Tensor:
+    """``nn.ConvTranspose2d`` without bias, landing on the traced output size ``out_hw``."""
+    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
+    extra = tuple(
+        out_hw[i] - ((x.shape[-2 + i] - 1) * stride[i] - 2 * padding[i]
+                     + dilation[i] * (kernel[i] - 1) + 1) for i in range(2))
+    return F.conv_transpose2d(x, weight, None, stride, padding, extra, groups, dilation)
+
+
+def require_range(lower: Tensor, upper: Tensor, lo: float, hi: float, open_ends: bool,
+                  where: str, compact: bool) -> None:
+    """Fail, naming the node and the range, when an op's input bounds leave its domain.
+
+    Skipped under vmap (``compact`` false), where a data-dependent check cannot run; the
+    values there are then nan or inf, never silently finite.
+    """
+    if not compact:
+        return
+    low = float(lower.detach().min()) if lower.numel() else lo
+    high = float(upper.detach().max()) if upper.numel() else hi
+    outside = (low <= lo or high >= hi) if open_ends else (low < lo or high > hi)
+    if outside:
+        from absdsl.errors import InputError
+
+        ends = "(" if open_ends else "["
+        raise InputError(f"{where}: its input bounds reach [{low:.6g}, {high:.6g}], outside "
+                         f"the op's domain {ends}{lo:g}, {hi:g}{')' if open_ends else ']'}; "
+                         f"no sound bound exists there")
+

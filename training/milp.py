@@ -37,12 +37,15 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
+from absdsl.compiler import ops as _ops
 from absdsl.errors import AbsdslError
 
 from .certify import CertifyError, CertifyOptions, StageContext, register_stage
 from .data import DatasetInfo
 
-SUPPORTED_OPS = ("input", "affine", "add", "cat", "reshape", "relu", "leaky_relu", "hardtanh")
+# the op table's structural ops and the activations encoded below (max pooling reaches the
+# encoder as its ReLU decomposition, see compiler/lowering.py)
+SUPPORTED_OPS = tuple(o.name for o in _ops.STRUCTURAL) + ("relu", "leaky_relu", "hardtanh")
 WIDEN_ABS = 1e-7  # outward widening of every intermediate bound (float64 rounding slack)
 WIDEN_REL = 1e-7
 CUTOFF_SLACK = 1e-5  # the cutoff row sits this far above the tolerance (a safety margin)
@@ -236,9 +239,12 @@ class NetworkMilp:
         for node in graph.nodes:
             if node.op not in SUPPORTED_OPS:
                 where = f" ({node.origin})" if node.origin else ""
+                linear = node.op in _ops.OPS and _ops.OPS[node.op].piecewise_linear
+                what = ("is piecewise linear but has no MILP encoding yet" if linear
+                        else "is not piecewise linear")
                 raise MilpError(
                     f"the MILP stage (--complete) encodes piecewise-linear networks only: node "
-                    f"%{node.name}{where} is {node.op}; supported ops: "
+                    f"%{node.name}{where} is {node.op}, which {what}; supported ops: "
                     f"{', '.join(SUPPORTED_OPS)}")
         self.nodes = graph.nodes
         self.output = graph.output

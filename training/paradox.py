@@ -261,10 +261,11 @@ def _parse_list(text: str, what: str) -> list[str]:
 
 
 def _canonical_domain(name: str) -> str:
+    from absdsl import domains as registry
+
     from .programs import DOMAIN_ALIASES
 
-    key = name.strip().lower()
-    key = DOMAIN_ALIASES.get(key, key)
+    key = registry.canonical(name) or name.strip().lower()
     if key not in TABLE_DOMAINS:
         raise ParadoxError(
             f"unknown domain {name!r}; choose from {', '.join(TABLE_DOMAINS)} "

@@ -7,12 +7,14 @@ from typing import Any
 
 from torch import nn
 
+from absdsl import domains as _registry
 from absdsl.errors import AbsdslError
 
 BUILTIN_DOMAINS = ("box", "hbox", "zonotope", "deeppoly", "crown-ibp")
-DOMAIN_ALIASES = {"ibp": "box", "deepz": "zonotope", "crown": "deeppoly", "crownibp": "crown-ibp"}
+DOMAIN_ALIASES = _registry.ALIASES
 # loosest (cheapest) first: the order of a "tightest" certification cascade
-CASCADE_ORDER = ("box", "hbox", "zonotope", "crown-ibp", "deeppoly")
+CASCADE_ORDER = _registry.NAMES
+assert set(BUILTIN_DOMAINS) == set(CASCADE_ORDER)
 
 
 class DomainError(AbsdslError):
@@ -21,9 +23,8 @@ class DomainError(AbsdslError):
 
 def canonical_domain(name: str) -> str:
     """Built-in names and aliases in canonical form; an existing file path as given."""
-    key = name.strip().lower()
-    key = DOMAIN_ALIASES.get(key, key)
-    if key in BUILTIN_DOMAINS:
+    key = _registry.canonical(name)
+    if key is not None:
         return key
     if Path(name).is_file():
         return name

@@ -4,19 +4,39 @@ load time with file:line:col, before any model is seen."""
 
 from __future__ import annotations
 
-from absdsl.compiler import codegen
+from absdsl.compiler import codegen, ops
 from absdsl.compiler import linear_maps as lm
 from absdsl.compiler.ir import Graph, Node
 from absdsl.dsl import ast
 from absdsl.errors import DSLError
 
 KINDS = ("bound", "gens")
-_SAMPLE_PARAMS = {"leaky_relu": {"negative_slope": 0.01},
-                  "hardtanh": {"min_val": -1.0, "max_val": 1.0}}
+_POOL_SAMPLE = {"kernel_h": 2.0, "kernel_w": 2.0, "stride_h": 2.0, "stride_w": 2.0,
+                "padding_h": 0.0, "padding_w": 0.0, "ceil_mode": 0.0}
+
+
+def covered_ops(name: str, elementwise_only: bool = False) -> list[str]:
+    """The table's ops a rule or relaxation named ``name`` applies to ([] if none)."""
+    if name in ops.OPS:
+        return [name]
+    if name in ops.GROUPS:
+        return [o.name for o in ops.OPS.values() if name in o.groups
+                and (o.elementwise or not elementwise_only)]
+    return []
+
+
+def sample_params(op: str) -> dict:
+    if ops.is_pool(op):
+        return dict(_POOL_SAMPLE)
+    return ops.get(op).sample_params()[0]
 
 
 def _graph(op: str) -> Graph:
     dense = lm.Dense("W", "W_abs", "b")
+    if ops.is_pool(op):
+        nodes = [Node("x", "input", [], (1, 4, 4)),
+                 Node("y", op, ["x"], (1, 2, 2), {"params": sample_params(op)})]
+        return Graph(nodes, "y")
     nodes = [Node("x", "input", [], (4,))]
     if op == "affine" or op == "input":
         if op == "affine":
@@ -25,7 +45,7 @@ def _graph(op: str) -> Graph:
         nodes += [Node("a", "affine", ["x"], (4,), {"map": dense}),
                   Node("y", "add", ["x", "a"], (4,))]
     else:
-        nodes.append(Node("y", op, ["x"], (4,), {"params": _SAMPLE_PARAMS.get(op, {})}))
+        nodes.append(Node("y", op, ["x"], (4,), {"params": sample_params(op)}))
     return Graph(nodes, nodes[-1].name)
 
 
@@ -49,28 +69,34 @@ def check_forward(domain: ast.Domain) -> None:
                            f"needs one)", domain.source, domain.filename, domain.pos.line,
                            domain.pos.column)
     for rule in domain.rules:
-        for op in rule.ops:
-            target = "sigmoid" if op == "monotone" else op
-            if target not in ("input", "affine", "add") + tuple(codegen.ACTIVATION_CODE):
-                raise DSLError(f"rule for unknown op {op!r} (ops: input, affine, add, monotone, "
-                               f"{', '.join(codegen.ACTIVATION_CODE)})", domain.source,
+        for name in rule.ops:
+            targets = covered_ops(name)
+            if not targets or name in ("cat", "reshape"):
+                raise DSLError(f"rule for unknown op {name!r} (ops: input, affine, add, "
+                               f"{', '.join(ops.ACTIVATIONS)}, max_pool2d; groups: "
+                               f"{', '.join(ops.GROUPS)})", domain.source,
                                domain.filename, rule.pos.line, rule.pos.column)
-            out = codegen.Emitter()
-            states = codegen.forward_pass(_graph(target), domain, out, "True")
-            codegen.concretize(domain, out, states["y" if target != "input" else "x"])
+            for target in targets:
+                if codegen.find_rule(domain, target) is not rule:
+                    continue  # a more specific rule covers it
+                out = codegen.Emitter()
+                states = codegen.forward_pass(_graph(target), domain, out, "True")
+                codegen.concretize(domain, out, states["y" if target != "input" else "x"])
 
 
 def check_relax(relax: ast.Relax, filename: str, source: str) -> None:
     if not relax.cases or relax.cases[-1].cond is not None:
         raise DSLError("a relaxation must end with an else case", source, filename,
                        relax.pos.line, relax.pos.column)
-    for op in relax.ops:
-        if op not in codegen.ACTIVATION_CODE and op != "monotone":
-            raise DSLError(f"relaxation for unknown activation {op!r}", source, filename,
-                           relax.pos.line, relax.pos.column)
-        real = "sigmoid" if op == "monotone" else op
-        codegen.relax_function(relax, real, _SAMPLE_PARAMS.get(real, {}), codegen.Emitter(),
-                               ast.Domain("relax", relax.pos), filename, source)
+    for name in relax.ops:
+        targets = covered_ops(name, elementwise_only=True)
+        if not targets:
+            raise DSLError(f"relaxation for unknown activation {name!r} (activations: "
+                           f"{', '.join(ops.ACTIVATIONS)}; groups: {', '.join(ops.GROUPS)})",
+                           source, filename, relax.pos.line, relax.pos.column)
+        for real in targets:
+            codegen.relax_function(relax, real, sample_params(real), codegen.Emitter(),
+                                   ast.Domain("relax", relax.pos), filename, source)
 
 
 def check_loaded(loaded) -> None:

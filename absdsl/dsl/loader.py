@@ -7,17 +7,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from absdsl import domains as registry
 from absdsl.dsl import ast
 from absdsl.dsl.parser import load_module
 from absdsl.errors import DSLError, InputError
 
-BUILTIN_FILES = {
-    "box": "box.absd", "ibp": "box.absd",
-    "hbox": "hbox.absd",
-    "zonotope": "zonotope.absd", "deepz": "zonotope.absd",
-    "deeppoly": "deeppoly.absd", "crown": "deeppoly.absd",
-    "crown-ibp": "crown-ibp.absd", "crownibp": "crown-ibp.absd",
-}
+# every built-in name and alias -> its file (from the registry in absdsl/domains)
+BUILTIN_FILES = dict(registry.FILES) | {a: registry.FILES[c] for a, c in registry.ALIASES.items()}
 
 
 @dataclass

@@ -199,8 +199,15 @@ def _loc(filename: str, pos: ast.Pos) -> str:
     return f"{filename}:{pos.line}:{pos.column}"
 
 
-def relax_obligations(relax: ast.Relax) -> list[Obligation]:
-    ops = ACTIVATIONS if "monotone" in relax.ops else tuple(relax.ops)
+def relax_obligations(relax: ast.Relax, scope: list[ast.Relax] | None = None
+                      ) -> list[Obligation]:
+    """Obligations of ``relax`` for the encodable activations it is the relaxation of (among
+    the relaxations ``scope``: a group's relaxation does not cover an op with its own)."""
+    from absdsl.compiler.codegen import relax_for
+    from absdsl.dsl.checker import covered_ops
+
+    ops = [op for name in relax.ops for op in covered_ops(name, elementwise_only=True)
+           if op in ACTIVATIONS and relax_for(op, scope or [relax]) is relax]
     out = []
     for op in ops:
         for k, case in enumerate(relax.cases):
@@ -420,8 +427,10 @@ def domain_obligations(domain: ast.Domain, timeout_s: float) -> list[Obligation]
         rule = domain.rule_for(op)
         if rule is not None:
             out.append(rule_obligation(domain, rule, op, correlated))
+    from absdsl.compiler.codegen import find_rule
+
     for op in ACTIVATIONS:
-        rule = domain.rule_for(op) or domain.rule_for("monotone")
+        rule = find_rule(domain, op)
         if rule is not None:
             out.append(rule_obligation(domain, rule, op, correlated))
     return out
@@ -592,7 +601,7 @@ def file_obligations(path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S
         key = (r.filename, r.pos.line, r.pos.column)
         if key not in relax_seen:
             relax_seen.add(key)
-            obligations += relax_obligations(r)
+            obligations += relax_obligations(r, module.relaxes)
     for d in domains:
         obligations += domain_obligations(d, timeout_s)
     return obligations

@@ -286,6 +286,10 @@ def _call(e: ast.Call, ctx: Ctx) -> V:
         return _elementwise(lambda x: bk.max(x, bk.const(0.0)), vals, ctx)
     if name in ("sqrt", "exp", "log", "sigmoid", "tanh"):
         return _elementwise(lambda x: bk.func(name, x), vals, ctx)
+    if name in ("df", "dmin", "convex", "concave"):
+        raise ProveError(f"'{name}' reads the derivative or curvature of f, which the prover "
+                         f"knows nothing of (f is any monotone function here); absdsl check "
+                         f"tests the rule by sampling")
     raise ProveError(f"unknown function '{name}'")
 
 

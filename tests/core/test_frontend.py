@@ -87,14 +87,14 @@ def test_spellings_lower_to_the_expected_ir() -> None:
     assert "def bound_program" in prog.code
 
 
-class Square(nn.Module):
+class Product(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.inner = nn.Linear(2, 2)
 
     def forward(self, x):
         y = self.inner(x)
-        return y * y
+        return y * torch.sigmoid(y)
 
 
 class Pooled(nn.Module):
@@ -119,17 +119,26 @@ class DataDependent(nn.Module):
 
 def test_product_of_inputs_is_named() -> None:
     with pytest.raises(TraceError) as err:
-        absdsl.compile(Square().to(DTYPE), "box", input_shape=(2,))
+        absdsl.compile(Product().to(DTYPE), "box", input_shape=(2,))
     msg = str(err.value)
     assert "mul" in msg and "no rule" in msg
     assert "test_frontend.py" in msg  # the user's source line
 
 
-def test_maxpool_is_named_with_module_path() -> None:
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LayerNorm(32))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def test_unsupported_module_is_named_with_module_path() -> None:
     with pytest.raises(TraceError) as err:
-        absdsl.compile(Pooled().to(DTYPE), "deeppoly", input_shape=(1, 6, 6))
+        absdsl.compile(Normed().to(DTYPE), "deeppoly", input_shape=(1, 6, 6))
     msg = str(err.value)
-    assert "MaxPool2d" in msg and "features.1" in msg
+    assert "LayerNorm" in msg and "features.2" in msg
 
 
 def test_untraceable_model() -> None:

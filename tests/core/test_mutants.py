@@ -39,7 +39,6 @@ class Mutant:
         return "deeppoly.absd" if self.file == "relax.absd" else self.file
 
 
-_RELU_SPLIT = ("relax sigmoid, tanh, hardtanh(x; l, u) {\n  else: lower f(l), upper f(u)\n}")
 _RELU_HEAD = "when u <= 0: lower 0, upper 0\n  when l >= 0: lower x, upper x"
 _UPPER = "upper u / (u - l) * (x - l)"
 
@@ -153,21 +152,24 @@ MUTANTS: tuple[Mutant, ...] = (
            "  when u - l <= 0: lower x, upper x\n  when u <= 0: lower 0, upper 0",
            "relu: a point neuron kept as is, wrong only on degenerate boxes below 0"),
     Mutant("relax-leaky-chord-0.1%", "relax.absd",
-           "upper f(l) + (f(u) - f(l)) / (u - l) * (x - l)",
-           "upper f(l) + 0.999 * (f(u) - f(l)) / (u - l) * (x - l)",
+           "negative_slope * x), upper f(l) + (f(u) - f(l)) / (u - l) * (x - l)",
+           "negative_slope * x), upper f(l) + 0.999 * (f(u) - f(l)) / (u - l) * (x - l)",
            "leaky_relu upper line: slope shrunk 0.1 % (wrong only for leaky_relu)"),
     Mutant("relax-leaky-inactive-lower-1%", "relax.absd",
            "when u <= 0: lower negative_slope * x,",
            "when u <= 0: lower 0.99 * negative_slope * x,",
            "leaky_relu inactive case: lower slope shrunk 1 % (wrong only for slope > 0)"),
-    Mutant("relax-hardtanh-only", "relax.absd", _RELU_SPLIT,
-           "relax sigmoid, tanh(x; l, u) {\n  else: lower f(l), upper f(u)\n}\n"
-           "relax hardtanh(x; l, u) {\n  else: lower f(l), upper 0.999 * f(u)\n}",
-           "hardtanh upper line shrunk 0.1 % (wrong only for hardtanh, f(u) > 0)"),
-    Mutant("relax-tanh-only", "relax.absd", _RELU_SPLIT,
-           "relax sigmoid, hardtanh(x; l, u) {\n  else: lower f(l), upper f(u)\n}\n"
-           "relax tanh(x; l, u) {\n  else: lower f(l) + 1e-3 * (f(u) - f(l)), upper f(u)\n}",
-           "tanh lower line raised by 0.1 % of the range (wrong only for tanh)"),
+    Mutant("relax-hardtanh-only", "relax.absd",
+           "min_val), upper f(l) + (f(u) - f(l)) / (u - l) * (x - l)",
+           "min_val), upper f(l) + 0.999 * (f(u) - f(l)) / (u - l) * (x - l)",
+           "hardtanh chord at the lower kink shrunk 0.1 % (wrong only for hardtanh)"),
+    Mutant("relax-tangent-raised", "relax.absd",
+           "when convex(l, u): lower f((l + u) / 2)",
+           "when convex(l, u): lower 1e-3 * (u - l) + f((l + u) / 2)",
+           "smooth activations: the tangent below a convex part raised by 0.1 % of the width"),
+    Mutant("relax-dmin-steeper", "relax.absd", "else: lower f(l) + dmin(l, u) * (x - l)",
+           "else: lower f(l) + 1.01 * dmin(l, u) * (x - l)",
+           "smooth activations across an inflection: lower line 1 % steeper than min f'"),
     Mutant("relax-zero-lower-slope", "relax.absd", "lower (u > -l ? x : 0), upper u",
            "lower 0, upper u", "relu lower slope always 0", sound=True),
     Mutant("relax-other-adaptive-guard", "relax.absd", "lower (u > -l ? x : 0), upper u",

@@ -23,13 +23,18 @@ def _text(name: str) -> str:
     return (DOMAINS / name).read_text()
 
 
-@pytest.mark.parametrize("name, n_rules", [("box.absd", 8), ("hbox.absd", 4),
-                                           ("zonotope.absd", 4), ("relax.absd", 9),
-                                           ("deeppoly.absd", 17), ("crown-ibp.absd", 17)])
-def test_every_builtin_rule_is_proved(name, n_rules):
+# (file, obligations, those that read f's derivative or curvature: the generic activation
+# rules and relaxations, which the prover cannot decide and absdsl check samples)
+@pytest.mark.parametrize("name, n_rules, n_derivative", [
+    ("box.absd", 8, 0), ("hbox.absd", 8, 4), ("zonotope.absd", 8, 4), ("relax.absd", 18, 6),
+    ("deeppoly.absd", 26, 6), ("crown-ibp.absd", 26, 6)])
+def test_every_builtin_rule_is_proved(name, n_rules, n_derivative):
     report = prove_file(DOMAINS / name)
     assert len(report.results) == n_rules
-    assert {r.status for r in report.results} == {"proved"}, report.format()
+    undecided = [r for r in report.results if r.status != "proved"]
+    assert len(undecided) == n_derivative, report.format()
+    for r in undecided:
+        assert r.status == "not provable here" and "derivative or curvature" in r.detail, r
 
 
 def test_sigmoid_and_tanh_are_proved_from_monotonicity_only():

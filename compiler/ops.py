@@ -1,0 +1,373 @@
+"""The op table: every IR op with its arity, kind, fx spellings, parameters and semantics.
+
+One entry per op is the single source of truth that the front end (which fx targets and
+modules lower to it, and how its parameters are read), the code generator (its torch code and
+derivative, the rule groups that cover it), the DSL checker and the property suite (sample
+parameters), the concrete evaluator and the MILP encoder (whether it is piecewise linear) read.
+
+Kinds:
+
+* ``input``, ``affine`` (a linear map, see :mod:`linear_maps`), ``add``, ``cat``, ``reshape``:
+  the structural ops every domain handles;
+* ``elementwise``: an activation ``y = f(x)`` per neuron;
+* ``pool``: a monotone reduction over windows (max pooling): Box maps its ends through it,
+  other domains get its decomposition into linear selections and ReLUs.
+
+An elementwise op names the rule *groups* that cover it when a domain has no rule of its own:
+``monotone`` (non-decreasing: Box maps ends to ends), ``valley`` (non-increasing up to
+``argmin``, then non-decreasing) and ``activation`` (any activation: the generic zonotope
+and relaxation rules, which read ``df``, ``dmin``, ``convex`` and ``concave``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Params = dict[str, float]
+Code = Callable[[str, Params], str]
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Param:
+    """A number parameter of an op: its fx keyword, position after the input, default, and
+    the values the DSL checker and the property suite try."""
+
+    name: str
+    default: float
+    samples: tuple[float, ...]
+    position: int = -1  # index in the function's positional arguments (0 is the input)
+    keyword: str = ""  # the fx keyword when it differs from the name rules see
+
+    @property
+    def fx_name(self) -> str:
+        return self.keyword or self.name
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    kind: str
+    arity: int = 1  # input-dependent operands; -1: any number (cat)
+    groups: tuple[str, ...] = ()
+    modules: dict[type, Callable[[Any], Params]] = field(default_factory=dict)
+    functions: tuple[Any, ...] = ()  # torch functions and Tensor method names
+    params: tuple[Param, ...] = ()
+    code: Code | None = None  # torch code of y = f(x), batched
+    deriv: Code | None = None  # torch code of f'(x)
+    piecewise_linear: bool = False  # exactly encodable by the MILP stage
+    convex: Callable[[Params], tuple[tuple[float, float], ...]] = lambda p: ()
+    concave: Callable[[Params], tuple[tuple[float, float], ...]] = lambda p: ()
+    # interior local minima of f' as (x, a value <= f'(x)); min f' on [l, u] is at an end or
+    # at one of these
+    dips: Callable[[Params], tuple[tuple[float, float], ...]] = lambda p: ()
+    argmin: Callable[[Params], tuple[float, float]] | None = None  # valley: (x*, <= f(x*))
+    valid: tuple[float, float, bool] | None = None  # (lo, hi, open ends): defined range
+    check: Callable[[Params], str | None] = lambda p: None  # a reason the params have no rule
+    summary: str = ""
+
+    @property
+    def elementwise(self) -> bool:
+        return self.kind == "elementwise"
+
+    def sample_params(self) -> list[Params]:
+        """Parameter sets the checker and property suite try (the defaults first)."""
+        if not self.params:
+            return [{}]
+        base = {p.name: p.default for p in self.params}
+        out = [base]
+        for p in self.params:
+            for v in p.samples:
+                cand = dict(base, **{p.name: v})
+                if cand not in out and self.check(cand) is None:
+                    out.append(cand)
+        return out
+
+    def torch_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The op as a torch function of one batched tensor (concrete semantics)."""
+        assert self.code is not None, self.name
+        source = self.code("x", params)
+        namespace = {"torch": torch, "F": F}
+        return eval(compile(f"lambda x: {source}", f"<op {self.name}>", "eval"),  # noqa: S307
+                    namespace)
+
+
+def _num(v: float) -> str:
+    return repr(float(v))
+
+
+def _where_between(x: str, lo: float, hi: float) -> str:
+    return f"(({x} > {_num(lo)}) & ({x} < {_num(hi)}))"
+
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# GELU and SiLU: where f' has its interior minimum and that minimum (rounded down), and where
+# f has its minimum and that minimum (rounded down); computed by Newton's method in float64
+_GELU_DIP = (-_SQRT2, -0.12890414518515478 - 1e-12)
+_GELU_MIN = (-0.7517915246935645, -0.16997120747990369 - 1e-12)
+_SILU_INFLECTION = 2.3993572805336463
+_SILU_DIP = (-_SILU_INFLECTION, -0.09983932012886691 - 1e-12)
+_SILU_MIN = (-1.2784645427610737, -0.2784645427610738 - 1e-12)
+_SILU_CONVEX = _SILU_INFLECTION - 1e-9  # claimed convex only strictly inside
+
+
+def _hardtanh_check(p: Params) -> str | None:
+    return None if p["min_val"] < p["max_val"] else "hardtanh needs min_val < max_val"
+
+
+def _leaky_check(p: Params) -> str | None:
+    s = p["negative_slope"]
+    return None if 0.0 <= s <= 1.0 else (f"LeakyReLU slope {s} outside [0, 1] is not monotone "
+                                         f"and convex")
+
+
+def _elu_check(p: Params) -> str | None:
+    return None if p["alpha"] >= 0.0 else f"ELU alpha {p['alpha']} < 0 is not monotone"
+
+
+def _softplus_check(p: Params) -> str | None:
+    return None if p["sharpness"] > 0.0 else f"Softplus beta {p['sharpness']} must be positive"
+
+
+def _pow_check(p: Params, even: bool) -> str | None:
+    n = p["exponent"]
+    if not float(n).is_integer() or n < 2:
+        return f"pow with exponent {n}: only whole exponents >= 2 have a rule"
+    if (int(n) % 2 == 0) != even:
+        return f"exponent {n} is {'odd' if even else 'even'}"
+    return None
+
+
+ELEMENTWISE: tuple[Op, ...] = (
+    Op("relu", "elementwise", groups=("monotone", "activation"),
+       modules={nn.ReLU: lambda m: {}},
+       functions=(F.relu, torch.relu, torch.relu_, "relu", "relu_"),
+       code=lambda x, p: f"torch.relu({x})",
+       deriv=lambda x, p: f"({x} > 0).to({x}.dtype)",
+       piecewise_linear=True, convex=lambda p: ((-INF, INF),),
+       summary="max(x, 0)"),
+    Op("leaky_relu", "elementwise", groups=("monotone", "activation"),
+       modules={nn.LeakyReLU: lambda m: {"negative_slope": float(m.negative_slope)}},
+       functions=(F.leaky_relu, "leaky_relu"),
+       params=(Param("negative_slope", 0.01, (0.0, 0.3, 1.0), 1),),
+       code=lambda x, p: f"F.leaky_relu({x}, {_num(p['negative_slope'])})",
+       deriv=lambda x, p: f"torch.where({x} > 0, 1.0, {_num(p['negative_slope'])})"
+                          f".to({x}.dtype)",
+       piecewise_linear=True, convex=lambda p: ((-INF, INF),), check=_leaky_check,
+       summary="x if x > 0 else a x, a in [0, 1]"),
+    Op("hardtanh", "elementwise", groups=("monotone", "activation"),
+       modules={nn.Hardtanh: lambda m: {"min_val": float(m.min_val),
+                                        "max_val": float(m.max_val)},
+                nn.ReLU6: lambda m: {"min_val": 0.0, "max_val": 6.0}},
+       functions=(F.hardtanh, "hardtanh"),
+       params=(Param("min_val", -1.0, (0.0,), 1), Param("max_val", 1.0, (6.0,), 2)),
+       code=lambda x, p: f"F.hardtanh({x}, {_num(p['min_val'])}, {_num(p['max_val'])})",
+       deriv=lambda x, p: f"{_where_between(x, p['min_val'], p['max_val'])}.to({x}.dtype)",
+       piecewise_linear=True,
+       convex=lambda p: ((-INF, p["max_val"]),), concave=lambda p: ((p["min_val"], INF),),
+       check=_hardtanh_check, summary="clamp(x, min_val, max_val); ReLU6 is (0, 6)"),
+    Op("sigmoid", "elementwise", groups=("monotone", "activation"),
+       modules={nn.Sigmoid: lambda m: {}}, functions=(torch.sigmoid, F.sigmoid, "sigmoid"),
+       code=lambda x, p: f"torch.sigmoid({x})",
+       deriv=lambda x, p: f"(torch.sigmoid({x}) * (1 - torch.sigmoid({x})))",
+       convex=lambda p: ((-INF, 0.0),), concave=lambda p: ((0.0, INF),),
+       summary="1 / (1 + exp(-x))"),
+    Op("tanh", "elementwise", groups=("monotone", "activation"),
+       modules={nn.Tanh: lambda m: {}}, functions=(torch.tanh, F.tanh, "tanh"),
+       code=lambda x, p: f"torch.tanh({x})",
+       deriv=lambda x, p: f"(1 - torch.tanh({x}) ** 2)",
+       convex=lambda p: ((-INF, 0.0),), concave=lambda p: ((0.0, INF),)),
+    Op("hardsigmoid", "elementwise", groups=("monotone", "activation"),
+       modules={nn.Hardsigmoid: lambda m: {}}, functions=(F.hardsigmoid, "hardsigmoid"),
+       code=lambda x, p: f"F.hardsigmoid({x})",
+       deriv=lambda x, p: f"({_where_between(x, -3.0, 3.0)}.to({x}.dtype) / 6)",
+       piecewise_linear=True,
+       convex=lambda p: ((-INF, 3.0),), concave=lambda p: ((-3.0, INF),),
+       summary="clamp(x / 6 + 1/2, 0, 1)"),
+    Op("softplus", "elementwise", groups=("monotone", "activation"),
+       modules={nn.Softplus: lambda m: {"sharpness": float(m.beta),
+                                        "threshold": float(m.threshold)}},
+       functions=(F.softplus, "softplus"),
+       # torch's beta is 'sharpness' in rules: HBox's state has a beta of its own
+       params=(Param("sharpness", 1.0, (2.0, 0.5), 1, "beta"),
+               Param("threshold", 20.0, (), 2)),
+       code=lambda x, p: f"F.softplus({x}, {_num(p['sharpness'])}, {_num(p['threshold'])})",
+       deriv=lambda x, p: (f"torch.where({x} * {_num(p['sharpness'])} > "
+                           f"{_num(p['threshold'])}, 1.0, torch.sigmoid({x} * "
+                           f"{_num(p['sharpness'])})).to({x}.dtype)"),
+       convex=lambda p: ((-INF, INF),), check=_softplus_check,
+       summary="log(1 + exp(beta x)) / beta"),
+    Op("elu", "elementwise", groups=("monotone", "activation"),
+       modules={nn.ELU: lambda m: {"alpha": float(m.alpha)}}, functions=(F.elu, "elu"),
+       params=(Param("alpha", 1.0, (0.5, 2.0), 1),),
+       code=lambda x, p: f"F.elu({x}, {_num(p['alpha'])})",
+       deriv=lambda x, p: (f"torch.where({x} > 0, 1.0, {_num(p['alpha'])} * "
+                           f"torch.exp(torch.clamp({x}, max=0.0))).to({x}.dtype)"),
+       convex=lambda p: ((-INF, INF),) if p["alpha"] <= 1.0 else ((-INF, 0.0), (0.0, INF)),
+       concave=lambda p: () if p["alpha"] <= 1.0 else ((0.0, INF),),
+       check=_elu_check, summary="x if x > 0 else alpha (exp(x) - 1)"),
+    Op("gelu", "elementwise", groups=("valley", "activation"),
+       modules={nn.GELU: lambda m: {"tanh_approximation": float(m.approximate == "tanh")}},
+       functions=(F.gelu, "gelu"),
+       params=(Param("tanh_approximation", 0.0, ()),),
+       code=lambda x, p: f"F.gelu({x})",
+       deriv=lambda x, p: (f"(0.5 * (1 + torch.erf({x} * {_num(1 / _SQRT2)})) + {x} * "
+                           f"torch.exp(-0.5 * {x} * {x}) * {_num(_INV_SQRT_2PI)})"),
+       convex=lambda p: ((-_SQRT2, _SQRT2),),
+       concave=lambda p: ((-INF, -_SQRT2), (_SQRT2, INF)),
+       dips=lambda p: (_GELU_DIP,), argmin=lambda p: _GELU_MIN,
+       check=lambda p: None if p["tanh_approximation"] == 0.0 else
+       "GELU with approximate='tanh' has no rule (only the exact erf form)",
+       summary="x Phi(x) (the exact erf form)"),
+    Op("silu", "elementwise", groups=("valley", "activation"),
+       modules={nn.SiLU: lambda m: {}}, functions=(F.silu, "silu"),
+       code=lambda x, p: f"F.silu({x})",
+       deriv=lambda x, p: (f"(torch.sigmoid({x}) * (1 + {x} * (1 - torch.sigmoid({x}))))"),
+       convex=lambda p: ((-_SILU_CONVEX, _SILU_CONVEX),),
+       concave=lambda p: ((-INF, -_SILU_INFLECTION - 1e-9), (_SILU_INFLECTION + 1e-9, INF)),
+       dips=lambda p: (_SILU_DIP,), argmin=lambda p: _SILU_MIN,
+       summary="x sigmoid(x) (Swish)"),
+    Op("hardswish", "elementwise", groups=("valley", "activation"),
+       modules={nn.Hardswish: lambda m: {}}, functions=(F.hardswish, "hardswish"),
+       code=lambda x, p: f"F.hardswish({x})",
+       deriv=lambda x, p: (f"torch.where({x} < -3, 0.0, torch.where({x} > 3, 1.0, "
+                           f"{x} / 3 + 0.5)).to({x}.dtype)"),
+       convex=lambda p: ((-3.0, 3.0),), concave=lambda p: ((-INF, -3.0), (3.0, INF)),
+       dips=lambda p: ((-3.0, -0.5),), argmin=lambda p: (-1.5, -0.375),
+       summary="x relu6(x + 3) / 6"),
+    Op("abs", "elementwise", groups=("valley", "activation"),
+       functions=(torch.abs, "abs"), code=lambda x, p: f"torch.abs({x})",
+       deriv=lambda x, p: f"torch.sign({x})", piecewise_linear=True,
+       convex=lambda p: ((-INF, INF),), argmin=lambda p: (0.0, 0.0)),
+    Op("pow", "elementwise", groups=("valley", "activation"),
+       functions=(torch.pow, "pow", torch.square, "square"),
+       params=(Param("exponent", 2.0, (4.0,)),),
+       code=lambda x, p: f"({x} ** {int(p['exponent'])})",
+       deriv=lambda x, p: f"({int(p['exponent'])} * {x} ** {int(p['exponent']) - 1})",
+       convex=lambda p: ((-INF, INF),), argmin=lambda p: (0.0, 0.0),
+       check=lambda p: _pow_check(p, even=True),
+       summary="x ** n, n even (x * x too)"),
+    Op("pow_odd", "elementwise", groups=("monotone", "activation"),
+       params=(Param("exponent", 3.0, (5.0,)),),
+       code=lambda x, p: f"({x} ** {int(p['exponent'])})",
+       deriv=lambda x, p: f"({int(p['exponent'])} * {x} ** {int(p['exponent']) - 1})",
+       convex=lambda p: ((0.0, INF),), concave=lambda p: ((-INF, 0.0),),
+       dips=lambda p: ((0.0, 0.0),), check=lambda p: _pow_check(p, even=False),
+       summary="x ** n, n odd (monotone)"),
+    Op("exp", "elementwise", groups=("monotone", "activation"),
+       functions=(torch.exp, "exp"), code=lambda x, p: f"torch.exp({x})",
+       deriv=lambda x, p: f"torch.exp({x})", convex=lambda p: ((-INF, INF),)),
+    Op("log", "elementwise", groups=("monotone", "activation"),
+       functions=(torch.log, "log"), code=lambda x, p: f"torch.log({x})",
+       deriv=lambda x, p: f"(1 / {x})", concave=lambda p: ((0.0, INF),),
+       valid=(0.0, INF, True)),
+    Op("sqrt", "elementwise", groups=("monotone", "activation"),
+       functions=(torch.sqrt, "sqrt"), code=lambda x, p: f"torch.sqrt({x})",
+       # f' is infinite at 0: df is clamped there (a lower bound of f' is all dmin needs),
+       # and tangents are only drawn away from 0
+       deriv=lambda x, p: f"(0.5 / torch.sqrt(torch.clamp({x}, min=1e-12)))",
+       concave=lambda p: ((1e-12, INF),), valid=(0.0, INF, False)),
+    Op("reciprocal", "elementwise", groups=("antitone", "activation"),
+       functions=(torch.reciprocal, "reciprocal"), code=lambda x, p: f"torch.reciprocal({x})",
+       deriv=lambda x, p: f"(-1 / ({x} * {x}))", convex=lambda p: ((0.0, INF),),
+       valid=(0.0, INF, True), summary="1 / x on x > 0"),
+)
+"""Elementwise activations. Pow is also reached from ``x * x`` and ``x ** n``."""
+
+POOL: tuple[Op, ...] = (
+    Op("max_pool2d", "pool", groups=("monotone",),
+       modules={nn.MaxPool2d: lambda m: {}}, functions=(F.max_pool2d, "max_pool2d"),
+       piecewise_linear=True,
+       summary="max over k x k windows (any stride, padding; dilation 1)"),
+)
+
+STRUCTURAL: tuple[Op, ...] = (
+    Op("input", "input", arity=0, piecewise_linear=True, summary="the model's input"),
+    Op("affine", "affine", piecewise_linear=True,
+       summary="a linear map plus bias (Linear, Conv, BatchNorm, pooling, shape ops, ...)"),
+    Op("add", "add", arity=2, piecewise_linear=True,
+       summary="sum of two input-dependent tensors"),
+    Op("cat", "cat", arity=-1, piecewise_linear=True, summary="concatenation"),
+    Op("reshape", "reshape", piecewise_linear=True, summary="a relabelling of neurons"),
+)
+
+OPS: dict[str, Op] = {op.name: op for op in STRUCTURAL + ELEMENTWISE + POOL}
+ACTIVATIONS: tuple[str, ...] = tuple(op.name for op in ELEMENTWISE)
+GROUPS = ("monotone", "valley", "antitone", "activation")
+"""Rule names that cover several ops (see the module docstring)."""
+
+# op of every fx function / method target and module type, with how its params are read
+BY_FUNCTION: dict[Any, Op] = {t: op for op in ELEMENTWISE + POOL for t in op.functions}
+BY_MODULE: dict[type, Op] = {t: op for op in ELEMENTWISE + POOL for t in op.modules}
+
+
+def get(name: str) -> Op:
+    if name not in OPS:
+        raise KeyError(f"no op {name!r} in the op table (ops: {', '.join(OPS)})")
+    return OPS[name]
+
+
+def covering(name: str) -> tuple[str, ...]:
+    """Rule names that apply to op ``name``, most specific first."""
+    op = OPS.get(name)
+    return (name,) + (op.groups if op is not None else ())
+
+
+def activation_code(name: str, x: str, params: Params) -> str:
+    op = get(name)
+    if op.code is None:
+        raise KeyError(f"op {name!r} has no elementwise code")
+    return op.code(x, params)
+
+
+def is_pool(name: str) -> bool:
+    return name in OPS and OPS[name].kind == "pool"
+
+
+def interval_test(intervals: tuple[tuple[float, float], ...], l: str, u: str) -> str:
+    """Torch code of the mask '[l, u] lies inside one of ``intervals``'."""
+    parts = []
+    for a, b in intervals:
+        conds = []
+        if a > -INF:
+            conds.append(f"({l} >= {_num(a)})")
+        if b < INF:
+            conds.append(f"({u} <= {_num(b)})")
+        parts.append(" & ".join(conds) if conds else f"torch.ones_like({l}, dtype=torch.bool)")
+    if not parts:
+        return f"torch.zeros_like({l}, dtype=torch.bool)"
+    return "(" + " | ".join(f"({p})" for p in parts) + ")"
+
+
+def slope_min_code(op: Op, params: Params, l: str, u: str) -> str:
+    """Torch code of a lower bound of f' on [l, u] (its exact minimum for these ops)."""
+    assert op.deriv is not None
+    code = f"torch.minimum({op.deriv(l, params)}, {op.deriv(u, params)})"
+    for x, value in op.dips(params):
+        # widen the test a little: a dip just outside [l, u] only makes the bound looser
+        code = (f"torch.where(({l} <= {_num(x + 1e-6)}) & ({u} >= {_num(x - 1e-6)}), "
+                f"torch.clamp({code}, max={_num(value)}), {code})")
+    return code
+
+
+def describe_table() -> str:
+    """A readable listing of the table (``absdsl ops``, the docs)."""
+    rows = []
+    for op in OPS.values():
+        params = ", ".join(f"{p.name}={p.default:g}" for p in op.params)
+        spell = [t.__name__ for t in op.modules] + [
+            f"Tensor.{t}" if isinstance(t, str) else f"{getattr(t, '__module__', '')}."
+            f"{getattr(t, '__name__', t)}".replace("torch.nn.functional", "F")
+            for t in op.functions]
+        rows.append(f"{op.name:12} {op.kind:11} groups={','.join(op.groups) or '-':20} "
+                    f"pl={'yes' if op.piecewise_linear else 'no':3} "
+                    f"{('(' + params + ') ') if params else ''}{' '.join(spell)}")
+    return "\n".join(rows)
