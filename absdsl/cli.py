@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("check", "absdsl.commands.check", "property-test a domain file for soundness"),
     ("prove", "absdsl.commands.prove", "prove a domain file's per-neuron rules sound (z3)"),
     ("ir", "absdsl.commands.ir", "print the IR and the generated program of a model"),
+    ("ops", "absdsl.commands.ops", "the op table, and which domains compile a model"),
     ("train", "absdsl.training.cli_train", "certified training (GRAD, PGPE, RGS)"),
     ("certify", "absdsl.training.cli_certify", "natural, adversarial and certified accuracy"),
     ("analyze", "absdsl.training.analysis.cli", "tightness and loss-landscape analysis"),

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from absdsl.compiler import linear_maps as lm
 from absdsl.compiler import ops
 from absdsl.compiler import runtime as rt
-from absdsl.compiler.exprs import Scope, as_tensor, compile_expr, linearize, mentions, num
+from absdsl.compiler.exprs import (
+    Scope,
+    as_tensor,
+    compile_expr,
+    e_pos,
+    linearize,
+    mentions,
+    num,
+)
 from absdsl.compiler.ir import Graph, Node
 from absdsl.dsl import ast
 from absdsl.errors import DSLError, TraceError
@@ -287,17 +295,17 @@ def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
                 state_in = states[node.inputs[0]]
                 ref = next(v for k, v in state_in.items() if rc.kinds[k] == "bound") \
                     if any(rc.kinds[k] == "bound" for k in state_in) else "lo"
-                s = rc.scope(state_in if node.op != "add" else {}, ref, node)
+                s = rc.scope(state_in if node.op not in ("add", "mul") else {}, ref, node)
             if node.op == "affine":
                 m = node.attrs["map"]
                 s.linop = m
                 s.linop_code, s.gens_map = _map_code(m, compact)
                 s.names["b"] = (m.bias, "bound") if m.bias else ("0.0", "num")
-            if node.op == "add":
+            if node.op in ("add", "mul"):
                 if len(rule.params) != 2:
-                    raise DSLError("rule add must name its two inputs: rule add(p, q)",
-                                   domain.source, domain.filename, rule.pos.line,
-                                   rule.pos.column)
+                    raise DSLError(f"rule {node.op} must name its two inputs: rule "
+                                   f"{node.op}(p, q)", domain.source, domain.filename,
+                                   rule.pos.line, rule.pos.column)
                 for pname, inp in zip(rule.params, node.inputs, strict=True):
                     s.inputs[pname] = {k: (v, rc.kinds[k]) for k, v in states[inp].items()}
                 for k in rc.kinds:  # start from the first input; the body overwrites
@@ -395,16 +403,21 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     fn_name = out.fresh(f"relax_{op}")
     body = Emitter(indent=out.indent + 1, used=out.used)
     src_domain = ast.Domain("relax", relax.pos, filename=filename, source=source)
-    s = Scope(src_domain, {relax.lower_name: ("l", "bound"), relax.upper_name: ("u", "bound")},
-              body.emit, body.fresh, "l", in_guard=True)
-    bind_op(s, op, params)
+    names = {relax.lower_name: ("l", "bound"), relax.upper_name: ("u", "bound")}
+    line_vars = [relax.var]
+    if relax.arity == 2:  # planes in x and y over [l, u] x [l2, u2]
+        names |= {relax.lower2: ("l2", "bound"), relax.upper2: ("u2", "bound")}
+        line_vars.append(relax.var2)
+    s = Scope(src_domain, names, body.emit, body.fresh, "l", in_guard=True)
+    if op in ops.ACTIVATIONS:
+        bind_op(s, op, params)
     guards: list[str | None] = []
     parts: list[list[str]] = []
     depends: list[bool] = []
-    bounds_names = {relax.lower_name, relax.upper_name}
+    bounds_names = set(names)
     for case in relax.cases:
         if case.cond is not None:
-            if mentions(case.cond, {relax.var}):
+            if mentions(case.cond, set(line_vars)):
                 raise DSLError(f"a relaxation's guard cannot depend on {relax.var}", source,
                                filename, case.pos.line, case.pos.column)
             code, kind = compile_expr(case.cond, s)
@@ -416,19 +429,21 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
             guards.append(None)
         lines = []
         for line in (case.lower, case.upper):
-            for piece in linearize(line, relax.var, None, filename, source):
+            for piece in _line_pieces(line, line_vars, filename, source):
                 lines.append(as_tensor(compile_expr(piece, s), s))
         parts.append(lines)
         depends.append(mentions(case.lower, bounds_names | {"f"}) or
                        mentions(case.upper, bounds_names | {"f"}) or
                        any(isinstance(p, ast.Call) and p.func == "f" for p in (case.lower,
                                                                               case.upper)))
+    labels = (["a_lo", "b_lo", "a_hi", "b_hi"] if relax.arity == 1 else
+              ["ax_lo", "ay_lo", "b_lo", "ax_hi", "ay_hi", "b_hi"])
     results = []
-    for i in range(4):
+    for i, label in enumerate(labels):
         acc = parts[-1][i]
         for g, p in zip(reversed(guards[:-1]), reversed(parts[:-1]), strict=True):
             acc = f"torch.where({g}, {p[i]}, {acc})"
-        results.append(s.tmp(acc, ["a_lo", "b_lo", "a_hi", "b_hi"][i]))
+        results.append(s.tmp(acc, label))
     # neurons in a case whose lines read l or u (or f of them)
     needs = "torch.zeros_like(l, dtype=torch.bool)"
     taken = "torch.zeros_like(l, dtype=torch.bool)"
@@ -439,10 +454,25 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
         if g is not None:
             taken = s.tmp(f"({taken} | {g})", "taken")
     needs_var = s.tmp(needs, "needs")
-    out.emit(f"def {fn_name}(l, u):")
+    out.emit(f"def {fn_name}(l, u{', l2, u2' if relax.arity == 2 else ''}):")
     out.lines.extend(body.lines)
     out.emit(f"    return ({', '.join(results)}), {needs_var}")
     return fn_name
+
+
+def _line_pieces(line: ast.Expr, line_vars: list[str], filename: str, source: str
+                 ) -> list[ast.Expr]:
+    """(slope, intercept), or (slope in x, slope in y, intercept) for a plane."""
+    slope, rest = linearize(line, line_vars[0], None, filename, source)
+    if len(line_vars) == 1:
+        return [slope, rest]
+    if mentions(slope, {line_vars[1]}):
+        p = e_pos(line)
+        raise DSLError(f"a relaxation plane must be linear in {line_vars[0]} and "
+                       f"{line_vars[1]}; this line multiplies them", source, filename,
+                       p.line, p.column)
+    slope_y, intercept = linearize(rest, line_vars[1], None, filename, source)
+    return [slope, slope_y, intercept]
 
 
 def relax_for(op: str, relaxes: list[ast.Relax]) -> ast.Relax | None:
@@ -518,6 +548,12 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
             var = body.fresh(f"lam_{node.inputs[0]}")
             body.emit(f"{var}, acc = rt.relax_back({cur}, k, {lines[node.name]}, acc)")
             contributions[node.inputs[0]].append(var)
+        elif node.op == "mul":
+            vx, vy = body.fresh(f"lam_{node.inputs[0]}"), body.fresh(f"lam_{node.inputs[1]}")
+            body.emit(f"{vx}, {vy}, acc = rt.relax_back_product({cur}, k, {lines[node.name]}, "
+                      f"acc)")
+            contributions[node.inputs[0]].append(vx)
+            contributions[node.inputs[1]].append(vy)
         else:
             raise TraceError(f"back-substitution has no rule for op {node.op}")
     else:

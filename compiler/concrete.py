@@ -31,6 +31,8 @@ def _node_body(node: Node) -> tuple[str, str]:
         return plain, m.apply("x0", absolute=True)
     if node.op == "add":
         return "(x0 + x1)", "(x0 + x1)"
+    if node.op == "mul":
+        return "(x0 * x1)", "(x0 * x1)"
     if node.op == "cat":
         parts = ", ".join(f"x{i}" for i in range(len(node.inputs)))
         code = f"torch.cat([{parts}], {node.attrs['dim'] + 1})"

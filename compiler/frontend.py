@@ -88,6 +88,9 @@ _EXPAND = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
 _MEAN_SUM = {torch.mean: "mean", "mean": "mean", torch.sum: "sum", "sum": "sum"}
 _SPLIT = {torch.chunk: "chunk", "chunk": "chunk", torch.split: "split", "split": "split"}
 _STACK = {torch.stack}
+_MATMUL = {operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm"}
+_SOFTMAX = {F.softmax: False, torch.softmax: False, "softmax": False,
+            F.log_softmax: True, torch.log_softmax: True, "log_softmax": True}
 _FIXED = {F.relu6: ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
           torch.square: ("pow", {"exponent": 2.0}), "square": ("pow", {"exponent": 2.0})}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
@@ -308,6 +311,15 @@ class _Lowering:
             return self.conv_transpose(fx_node, x, mod, path)
         if isinstance(mod, nn.Upsample):
             return self.interpolate(fx_node, x, mod.mode, mod.align_corners)
+        if isinstance(mod, nn.LayerNorm):
+            return self.layer_norm(fx_node, x, tuple(mod.normalized_shape), float(mod.eps),
+                                   self._affine_params(path, mod.elementwise_affine,
+                                                       mod.bias is not None))
+        if isinstance(mod, nn.GroupNorm):
+            return self.group_norm(fx_node, x, int(mod.num_groups), float(mod.eps),
+                                   self._affine_params(path, mod.affine, mod.affine))
+        if isinstance(mod, (nn.Softmax, nn.LogSoftmax)):
+            return self.softmax(fx_node, x, mod.dim, isinstance(mod, nn.LogSoftmax))
         if type(mod).__name__ == "StochasticDepth":  # torchvision: the identity in eval mode
             if mod.training:
                 raise self.error(fx_node, "is in training mode (random); call model.eval()")
@@ -505,6 +517,21 @@ class _Lowering:
             return self.affine(fx_node, x, lm.Elementwise(-1.0, 1.0, None))
         if target in _ADD | _SUB | _MUL | _DIV:
             return self.binary(fx_node, target, args)
+        if target in _SOFTMAX:
+            dim = fx_node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+            return self.softmax(fx_node, x, dim, _SOFTMAX[target])
+        if target is F.normalize:
+            kw = dict(zip(["p", "dim", "eps"], args[1:], strict=False)) | dict(fx_node.kwargs)
+            return self.l2_normalize(fx_node, x, kw.get("p", 2.0), kw.get("dim", 1),
+                                     float(kw.get("eps", 1e-12)))
+        if target is F.layer_norm:
+            kw = dict(zip(["normalized_shape", "weight", "bias", "eps"], args[1:],
+                          strict=False)) | dict(fx_node.kwargs)
+            return self.layer_norm(fx_node, x, tuple(kw["normalized_shape"]),
+                                   float(kw.get("eps", 1e-5)),
+                                   (kw.get("weight"), kw.get("bias")))
+        if target in _MATMUL and all(isinstance(v, _Bound) for v in args[:2]):
+            return self.matmul(fx_node, args[0], args[1])
         if target in _PERMUTE | _TRANSPOSE | _EXPAND or target in _MEAN_SUM:
             return self.shape_op(fx_node, target, x, args)
         if target in _SPLIT:
@@ -522,12 +549,14 @@ class _Lowering:
 
     # ---- linear shape ops (linear_maps.Traced: torch code, transposed by autodiff) ---------
     def traced(self, fx_node: fx.Node, x: _Bound, code: str, label: str,
-               abs_code: str | None = None, bias: str | None = None) -> _Bound:
+               abs_code: str | None = None, bias: str | None = None,
+               shape: tuple[int, ...] | None = None) -> _Bound:
         """An affine node whose map is ``code`` (over ``{x}``, batched); |W| x is the same
-        code unless ``abs_code`` is given (every coefficient of these maps is 0 or positive)."""
-        m = lm.Traced(code, abs_code or code, bias, tuple(self._node_shape(x)),
-                      self.shape_of(fx_node), label)
-        return self.affine(fx_node, x, m)
+        code unless ``abs_code`` is given (every coefficient of these maps is 0 or positive).
+        ``shape``: its output's, when it is not the fx node's (an inner step of a lowering)."""
+        out = self.shape_of(fx_node) if shape is None else tuple(shape)
+        m = lm.Traced(code, abs_code or code, bias, tuple(self._node_shape(x)), out, label)
+        return self.add_node(fx_node, "affine", [x.node], {"map": m}, out)
 
     def _dim(self, fx_node: fx.Node, dim: Any, ndim: int) -> int:
         """A per-sample dimension (0-based, batch excluded) from a traced one."""
@@ -573,6 +602,158 @@ class _Lowering:
         per = tuple(self._dim(fx_node, d, ndim) + 1 for d in dims)
         return self.traced(fx_node, x, f"{{x}}.{reduce}(dim={per}, keepdim={keep})",
                            f"{reduce}{per}")
+
+    # ---- non-linear ops lowered to the table's ops ------------------------------------------
+    def _affine_params(self, path: str, weight: bool, bias: bool) -> tuple[Any, Any]:
+        return (_Const(self.param(f"{path}.weight"), ()) if weight else None,
+                _Const(self.param(f"{path}.bias"), ()) if bias else None)
+
+    def normalize(self, fx_node: fx.Node, x: _Bound, dims: tuple[int, ...], eps: float
+                  ) -> _Bound:
+        """(x - mean) / sqrt(var + eps) over per-sample ``dims`` (1-based, the batch is 0),
+        as products, powers, roots and reciprocals the domains have rules for. The variance
+        goes through a ReLU (exact: it is never negative) so that its bounds stay >= 0
+        whatever the domain (a zonotope's may dip below), and sqrt sees var + eps > 0."""
+        shape = self._node_shape(x)
+        n = 1
+        for d in dims:
+            n *= shape[d - 1]
+        mean = f"{{x}}.mean(dim={dims}, keepdim=True)"
+        centred = self.traced(fx_node, x, f"({{x}} - {mean})", f"centre over {dims}",
+                              abs_code=f"({{x}} * {1.0 - 2.0 / n!r} + {mean})"
+                              if n >= 2 else "({x} * 0.0)", shape=shape)
+        square = self.add_node(fx_node, "pow", [centred.node], {"params": {"exponent": 2.0}},
+                               shape)
+        reduced = tuple(1 if i + 1 in dims else s for i, s in enumerate(shape))
+        var = self.traced(fx_node, square, mean, f"mean over {dims}", shape=reduced)
+        var = self.add_node(fx_node, "relu", [var.node], {}, reduced)
+        shifted = self.add_node(fx_node, "affine", [var.node], {
+            "map": lm.Elementwise(None, None, self.define("eps", repr(float(eps))))}, reduced)
+        root = self.add_node(fx_node, "sqrt", [shifted.node], {}, reduced)
+        inv = self.add_node(fx_node, "reciprocal", [root.node], {}, reduced)
+        inv = self.broadcast(fx_node, inv, shape)
+        return self.add_node(fx_node, "mul", [centred.node, inv.node], {}, shape)
+
+    def _scale_shift(self, fx_node: fx.Node, x: _Bound, weight: Any, bias: Any,
+                     view: tuple[int, ...] | None = None) -> _Bound:
+        """``x * weight + bias`` with constant (parameter) weight and bias, if any."""
+        def per_sample(c: Any) -> str | None:
+            if c is None:
+                return None
+            if not isinstance(c, _Const):
+                raise self.error(fx_node, "a normalisation's weight or bias that depends on "
+                                          "the input has no rule")
+            return c.var if view is None else self.define(c.var + "_v",
+                                                          f"{c.var}.reshape{view}")
+        w, b = per_sample(weight), per_sample(bias)
+        if w is None and b is None:
+            return x
+        w_abs = self.define(w + "_abs", f"{w}.abs()") if w is not None else None
+        return self.add_node(fx_node, "affine", [x.node],
+                             {"map": lm.Elementwise(w, w_abs, b)}, self.shape_of(fx_node))
+
+    def layer_norm(self, fx_node: fx.Node, x: _Bound, normalized: tuple[int, ...],
+                   eps: float, affine: tuple[Any, Any]) -> _Bound:
+        shape = self._node_shape(x)
+        if tuple(shape[len(shape) - len(normalized):]) != tuple(normalized):
+            raise self.error(fx_node, f"layer norm over {normalized} of a {shape} tensor")
+        dims = tuple(range(len(shape) - len(normalized) + 1, len(shape) + 1))
+        out = self.normalize(fx_node, x, dims, eps)
+        return self._scale_shift(fx_node, out, *affine)
+
+    def group_norm(self, fx_node: fx.Node, x: _Bound, groups: int, eps: float,
+                   affine: tuple[Any, Any]) -> _Bound:
+        shape = self._node_shape(x)
+        grouped = (groups, shape[0] // groups) + tuple(shape[1:])
+        g = self.add_node(fx_node, "reshape", [x.node], {"shape": grouped}, grouped)
+        out = self.normalize(fx_node, g, tuple(range(2, len(grouped) + 1)), eps)
+        out = self.add_node(fx_node, "reshape", [out.node], {"shape": shape}, shape)
+        view = (-1,) + (1,) * (len(shape) - 1)
+        return self._scale_shift(fx_node, out, *affine, view=view)
+
+    def l2_normalize(self, fx_node: fx.Node, x: _Bound, p: Any, dim: Any, eps: float
+                     ) -> _Bound:
+        """``F.normalize``: x / max(||x||_2, eps) along ``dim``, with max(n, eps) written
+        eps + relu(n - eps) and the squared norm through a ReLU (it is never negative)."""
+        if float(p) != 2.0:
+            raise self.error(fx_node, f"normalize with p={p} has no rule (p=2 only)")
+        shape = self._node_shape(x)
+        d = self._dim(fx_node, dim, len(shape)) + 1
+        reduced = tuple(1 if i + 1 == d else s for i, s in enumerate(shape))
+        square = self.add_node(fx_node, "pow", [x.node], {"params": {"exponent": 2.0}}, shape)
+        total = self.traced(fx_node, square, f"{{x}}.sum(dim={d}, keepdim=True)",
+                            f"sum over {d}", shape=reduced)
+        total = self.add_node(fx_node, "relu", [total.node], {}, reduced)
+        norm = self.add_node(fx_node, "sqrt", [total.node], {}, reduced)
+        eps_v = self.define("eps", repr(float(eps)))
+        gap = self.add_node(fx_node, "affine", [norm.node], {
+            "map": lm.Elementwise(None, None, self.define("neg_eps", f"-{eps_v}"))}, reduced)
+        gap = self.add_node(fx_node, "relu", [gap.node], {}, reduced)
+        floor = self.add_node(fx_node, "affine", [gap.node], {
+            "map": lm.Elementwise(None, None, eps_v)}, reduced)
+        inv = self.add_node(fx_node, "reciprocal", [floor.node], {}, reduced)
+        inv = self.broadcast(fx_node, inv, shape)
+        return self.add_node(fx_node, "mul", [x.node, inv.node], {}, shape)
+
+    def softmax(self, fx_node: fx.Node, x: _Bound, dim: Any, log: bool) -> _Bound:
+        """softmax_i = 1 / (1 + s_i) with s_i = sum_{j != i} exp(x_j - x_i), log_softmax_i =
+        -log1p(s_i): each output is bounded from differences of inputs (the usual tight
+        form), and s_i >= 0 keeps 1 / (1 + s) and log1p inside their ranges however wide
+        the bounds (a lower bound of 1 + s could round to 0, one of s cannot go below -1)."""
+        shape = self._node_shape(x)
+        if dim is None or self._dim(fx_node, dim, len(shape)) != len(shape) - 1:
+            raise self.error(fx_node, "softmax over another than the last dimension has no "
+                                      "rule")
+        n = shape[-1]
+        pairs = tuple(shape) + (n,)
+        eye = self.define("off_diagonal", f"1.0 - torch.eye({n}, dtype=lo.dtype, "
+                                          f"device=lo.device)")
+        diff = self.traced(fx_node, x, "({x}.unsqueeze(-2) - {x}.unsqueeze(-1))",
+                           "pairwise differences x_j - x_i",
+                           abs_code=f"(({{x}}.unsqueeze(-2) + {{x}}.unsqueeze(-1)) * {eye})",
+                           shape=pairs)
+        exp = self.add_node(fx_node, "exp", [diff.node], {}, pairs)
+        others = self.traced(fx_node, exp, f"({{x}} * {eye}).sum(dim=-1)",
+                             "sum over j != i", shape=tuple(shape))
+        if log:
+            logs = self.add_node(fx_node, "log1p", [others.node], {}, tuple(shape))
+            return self.affine(fx_node, logs, lm.Elementwise(-1.0, 1.0, None))
+        return self.add_node(fx_node, "inv1p", [others.node], {}, tuple(shape))
+
+    def broadcast(self, fx_node: fx.Node, x: _Bound, shape: tuple[int, ...]) -> _Bound:
+        """``x`` expanded to ``shape`` (an operand of a broadcasting add or product)."""
+        have = self._node_shape(x)
+        if have == shape:
+            return x
+        if len(have) != len(shape):
+            grown = (1,) * (len(shape) - len(have)) + tuple(have)
+            x = self.add_node(fx_node, "reshape", [x.node], {"shape": grown}, grown)
+        m = lm.Traced(f"{{x}}.expand(-1, *{tuple(shape)})", f"{{x}}.expand(-1, *{tuple(shape)})",
+                      None, tuple(self._node_shape(x)), shape, f"expand{shape}")
+        return self.add_node(fx_node, "affine", [x.node], {"map": m}, shape)
+
+    def matmul(self, fx_node: fx.Node, a: _Bound, b: _Bound) -> _Bound:
+        """``a @ b`` of two input-dependent tensors: products summed over the shared dim."""
+        sa, sb = self._node_shape(a), self._node_shape(b)
+        out = self.shape_of(fx_node)
+        if len(sa) < 2 or len(sb) < 2:
+            raise self.error(fx_node, "matmul of input-dependent vectors has no rule; use "
+                                      "matrices (per sample)")
+        n, kdim, m = sa[-2], sa[-1], sb[-1]
+        lead = tuple(out[:-2])
+        ea = lm.Traced(f"{{x}}.unsqueeze(-1).expand(-1, *{lead + (n, kdim, m)})",
+                       f"{{x}}.unsqueeze(-1).expand(-1, *{lead + (n, kdim, m)})", None,
+                       tuple(sa), lead + (n, kdim, m), "matmul rows")
+        eb = lm.Traced(f"{{x}}.unsqueeze(-3).expand(-1, *{lead + (n, kdim, m)})",
+                       f"{{x}}.unsqueeze(-3).expand(-1, *{lead + (n, kdim, m)})", None,
+                       tuple(sb), lead + (n, kdim, m), "matmul columns")
+        full = lead + (n, kdim, m)
+        xa = self.add_node(fx_node, "affine", [a.node], {"map": ea}, full)
+        xb = self.add_node(fx_node, "affine", [b.node], {"map": eb}, full)
+        prod = self.add_node(fx_node, "mul", [xa.node, xb.node], {}, full)
+        total = lm.Traced("{x}.sum(dim=-2)", "{x}.sum(dim=-2)", None, full, tuple(out),
+                          "sum over the shared dim")
+        return self.add_node(fx_node, "affine", [prod.node], {"map": total}, tuple(out))
 
     def index(self, fx_node: fx.Node, x: _Bound, raw: Any) -> _Bound:
         """``x[...]`` with slices, whole numbers, None and Ellipsis (basic indexing)."""
@@ -697,15 +878,37 @@ class _Lowering:
         parts = args[0]
         dim = int(self.number_arg(fx_node, args, "dim", 1, 0))
         vals = [self.value(p) for p in parts]
-        if not all(isinstance(v, _Bound) for v in vals):
-            raise self.error(fx_node, "concatenating input-dependent tensors with constants "
-                                      "has no rule")
         out_shape = self.shape_of(fx_node)
         if dim < 0:
             dim += len(out_shape) + 1
         if dim == 0:
             raise self.error(fx_node, "concatenation along the batch dimension has no rule")
+        if not all(isinstance(v, _Bound) for v in vals):
+            return self.cat_constants(fx_node, vals, dim, out_shape)
         return self.add_node(fx_node, "cat", [v.node for v in vals], {"dim": dim - 1})
+
+    def cat_constants(self, fx_node: fx.Node, vals: list[Any], dim: int,
+                      out_shape: tuple[int, ...]) -> _Bound:
+        """One input-dependent tensor concatenated with constants (a class token): an affine
+        map, x placed among zeros plus the constants as its bias."""
+        bound = [v for v in vals if isinstance(v, _Bound)]
+        if len(bound) != 1 or not all(isinstance(v, (_Bound, _Const)) for v in vals):
+            raise self.error(fx_node, "concatenating constants with more than one "
+                                      "input-dependent tensor has no rule")
+        pieces, bias = [], []
+        for v in vals:
+            if isinstance(v, _Bound):
+                pieces.append("{x}")
+                bias.append(f"torch.zeros({tuple(self._node_shape(v))}, dtype=lo.dtype, "
+                            f"device=lo.device)")
+            else:
+                c = self.per_sample_const(fx_node, v, out_shape)
+                size = (v.shape[len(v.shape) - len(out_shape):])
+                pieces.append(f"{{x}}.new_zeros(({{x}}.shape[0], *{tuple(size)}))")
+                bias.append(f"{c}.expand({tuple(size)})")
+        code = f"torch.cat([{', '.join(pieces)}], {dim})"
+        b = self.define("cat_bias", f"torch.cat([{', '.join(bias)}], {dim - 1})")
+        return self.traced(fx_node, bound[0], code, f"cat with constants along {dim}", bias=b)
 
     def binary(self, fx_node: fx.Node, target: Any, args: list[Any]) -> _Bound:
         if fx_node.kwargs.get("alpha", 1) != 1 or len(args) != 2:
@@ -714,8 +917,7 @@ class _Lowering:
         a, b = args
         out_shape = self.shape_of(fx_node)
         if isinstance(a, _Bound) and isinstance(b, _Bound):
-            if self._node_shape(a) != out_shape or self._node_shape(b) != out_shape:
-                raise self.error(fx_node, "broadcasting two input-dependent tensors has no rule")
+            a, b = (self.broadcast(fx_node, v, out_shape) for v in (a, b))
             if target in _ADD:
                 return self.add_node(fx_node, "add", [a.node, b.node], {})
             if target in _SUB:
@@ -723,8 +925,9 @@ class _Lowering:
                 return self.add_node(fx_node, "add", [a.node, neg.node], {})
             if target in _MUL and a.node == b.node:
                 return self.elementwise(fx_node, a, ops.get("pow"), {"exponent": 2.0})
-            raise self.error(fx_node, "multiplying or dividing two input-dependent tensors has "
-                                      "no rule (not an affine map)")
+            if target in _DIV:  # x / y = x * (1 / y), for y > 0 (checked on every call)
+                b = self.add_node(fx_node, "reciprocal", [b.node], {}, self._node_shape(b))
+            return self.add_node(fx_node, "mul", [a.node, b.node], {})
         x, c, x_first = (a, b, True) if isinstance(a, _Bound) else (b, a, False)
         if self._node_shape(x) != out_shape:
             raise self.error(fx_node, "a constant that broadcasts an input-dependent tensor to a "
@@ -753,8 +956,13 @@ class _Lowering:
                 return self.affine(fx_node, x, lm.Elementwise(c, abs(c), None))
             return self.affine(fx_node, x, lm.Elementwise(
                 cvar, self.define(cvar + "_abs", f"{cvar}.abs()"), None))
-        if not x_first:
-            raise self.error(fx_node, "dividing by an input-dependent tensor has no rule")
+        if not x_first:  # c / x = c * (1 / x), for x > 0 (checked on every call)
+            recip = self.add_node(fx_node, "reciprocal", [x.node], {}, out_shape)
+            if cvar is None:
+                return recip if c == 1.0 else self.affine(fx_node, recip, lm.Elementwise(
+                    c, abs(c), None))
+            return self.affine(fx_node, recip, lm.Elementwise(
+                cvar, self.define(cvar + "_abs", f"{cvar}.abs()"), None))
         if cvar is None:
             if c == 0.0:
                 raise self.error(fx_node, "division by the constant 0")
@@ -767,9 +975,14 @@ class _Lowering:
         """An op on constants only: evaluated in the prelude from the traced shape."""
         target = fx_node.target
         args = [self.value(a) for a in fx_node.args]
+        meta = fx_node.meta.get("tensor_meta")
+        if target in _EXPAND and args and isinstance(args[0], _Const) and meta is not None \
+                and hasattr(meta, "shape") and int(meta.shape[0]) == _PROBE_BATCH:
+            # a constant spread over the batch (a class token): one sample's copy
+            per = (1,) + tuple(int(s) for s in meta.shape[1:])
+            return _Const(self.define("c", f"{args[0].var}.expand({per})"), per)
         if any(isinstance(a, _Meta) for a in args) and target not in _RESHAPE:
             return _Meta()
-        meta = fx_node.meta.get("tensor_meta")
         if meta is None or not hasattr(meta, "shape"):
             return _Meta()
         shape = tuple(int(s) for s in meta.shape)

@@ -11,7 +11,9 @@ Kinds:
   the structural ops every domain handles;
 * ``elementwise``: an activation ``y = f(x)`` per neuron;
 * ``pool``: a monotone reduction over windows (max pooling): Box maps its ends through it,
-  other domains get its decomposition into linear selections and ReLUs.
+  other domains get its decomposition into linear selections and ReLUs;
+* ``product``: ``x * y`` of two input-dependent tensors (a two-input rule, ``rule mul(p, q)``,
+  and a two-input relaxation, ``relax mul(x, y; lx, ux, ly, uy)``).
 
 An elementwise op names the rule *groups* that cover it when a domain has no rule of its own:
 ``monotone`` (non-decreasing: Box maps ends to ends), ``valley`` (non-increasing up to
@@ -159,8 +161,8 @@ ELEMENTWISE: tuple[Op, ...] = (
        functions=(F.leaky_relu, "leaky_relu"),
        params=(Param("negative_slope", 0.01, (0.0, 0.3, 1.0), 1),),
        code=lambda x, p: f"F.leaky_relu({x}, {_num(p['negative_slope'])})",
-       deriv=lambda x, p: f"torch.where({x} > 0, 1.0, {_num(p['negative_slope'])})"
-                          f".to({x}.dtype)",
+       deriv=lambda x, p: f"torch.where({x} > 0, 1.0, torch.full_like({x}, "
+                          f"{_num(p['negative_slope'])}))",
        piecewise_linear=True, convex=lambda p: ((-INF, INF),), check=_leaky_check,
        summary="x if x > 0 else a x, a in [0, 1]"),
     Op("hardtanh", "elementwise", groups=("monotone", "activation"),
@@ -185,6 +187,12 @@ ELEMENTWISE: tuple[Op, ...] = (
        code=lambda x, p: f"torch.tanh({x})",
        deriv=lambda x, p: f"(1 - torch.tanh({x}) ** 2)",
        convex=lambda p: ((-INF, 0.0),), concave=lambda p: ((0.0, INF),)),
+    Op("softsign", "elementwise", groups=("monotone", "activation"),
+       modules={nn.Softsign: lambda m: {}}, functions=(F.softsign, "softsign"),
+       code=lambda x, p: f"F.softsign({x})",
+       deriv=lambda x, p: f"(1 / (1 + torch.abs({x})) ** 2)",
+       convex=lambda p: ((-INF, 0.0),), concave=lambda p: ((0.0, INF),),
+       summary="x / (1 + |x|)"),
     Op("hardsigmoid", "elementwise", groups=("monotone", "activation"),
        modules={nn.Hardsigmoid: lambda m: {}}, functions=(F.hardsigmoid, "hardsigmoid"),
        code=lambda x, p: f"F.hardsigmoid({x})",
@@ -269,6 +277,14 @@ ELEMENTWISE: tuple[Op, ...] = (
        functions=(torch.log, "log"), code=lambda x, p: f"torch.log({x})",
        deriv=lambda x, p: f"(1 / {x})", concave=lambda p: ((0.0, INF),),
        valid=(0.0, INF, True)),
+    Op("log1p", "elementwise", groups=("monotone", "activation"),
+       functions=(torch.log1p, "log1p"), code=lambda x, p: f"torch.log1p({x})",
+       deriv=lambda x, p: f"(1 / (1 + {x}))", concave=lambda p: ((-1.0, INF),),
+       valid=(-1.0, INF, True), summary="log(1 + x) on x > -1 (log_softmax)"),
+    Op("inv1p", "elementwise", groups=("antitone", "activation"),
+       code=lambda x, p: f"(1 / (1 + {x}))",
+       deriv=lambda x, p: f"(-1 / ((1 + {x}) * (1 + {x})))", convex=lambda p: ((-1.0, INF),),
+       valid=(-1.0, INF, True), summary="1 / (1 + x) on x > -1 (softmax)"),
     Op("sqrt", "elementwise", groups=("monotone", "activation"),
        functions=(torch.sqrt, "sqrt"), code=lambda x, p: f"torch.sqrt({x})",
        # f' is infinite at 0: df is clamped there (a lower bound of f' is all dmin needs),
@@ -289,6 +305,12 @@ POOL: tuple[Op, ...] = (
        summary="max over k x k windows (any stride, padding; dilation 1)"),
 )
 
+PRODUCTS: tuple[Op, ...] = (
+    Op("mul", "product", arity=2,
+       summary="x * y of two input-dependent tensors of one shape (McCormick planes); "
+               "also x / y = x * reciprocal(y), matmul and attention"),
+)
+
 STRUCTURAL: tuple[Op, ...] = (
     Op("input", "input", arity=0, piecewise_linear=True, summary="the model's input"),
     Op("affine", "affine", piecewise_linear=True,
@@ -299,7 +321,7 @@ STRUCTURAL: tuple[Op, ...] = (
     Op("reshape", "reshape", piecewise_linear=True, summary="a relabelling of neurons"),
 )
 
-OPS: dict[str, Op] = {op.name: op for op in STRUCTURAL + ELEMENTWISE + POOL}
+OPS: dict[str, Op] = {op.name: op for op in STRUCTURAL + ELEMENTWISE + POOL + PRODUCTS}
 ACTIVATIONS: tuple[str, ...] = tuple(op.name for op in ELEMENTWISE)
 GROUPS = ("monotone", "valley", "antitone", "activation")
 """Rule names that cover several ops (see the module docstring)."""

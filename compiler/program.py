@@ -103,10 +103,14 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
     assert loaded.intermediate is not None
     out.emit("centre = (hi + lo) / 2")
     out.emit("radius = (hi - lo) / 2")
-    pre_activation: dict[str, list[str]] = {}
+    pre_activation: dict[str, list[str]] = {}  # bounded node -> the nodes relaxed with it
     for node in graph.nodes:
         if node.op in ACTIVATIONS:
             pre_activation.setdefault(node.inputs[0], []).append(node.name)
+        elif node.op == "mul":  # a product is relaxed with the bounds of both its inputs
+            for i in node.inputs:
+                pre_activation.setdefault(i, []).append(node.name)
+    bounds: dict[str, tuple[str, str]] = {}
     lines: dict[str, str] = {}
     raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, b_lo, ...)
     patch_lines: dict[str, str] = {}  # the same as maps for patches, made when first used
@@ -127,6 +131,11 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         return relax_fns[key]
 
     def hook(node, state):
+        if node.op == "mul":
+            fn = relax_fn("mul", {})
+            (lx, ux), (ly, uy) = (bounds[i] for i in node.inputs)
+            lines[node.name] = out.fresh(f"planes_{node.name}")
+            out.emit(f"{lines[node.name]} = {fn}({lx}, {ux}, {ly}, {uy})[0]")
         if node.name not in pre_activation:
             return None
         users = [graph.by_name[a] for a in pre_activation[node.name]]
@@ -136,6 +145,9 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
         if loaded.refine and _needs_backsub(graph, node.name):
             needs = []
             for a in users:
+                if a.op == "mul":  # the planes read every bound
+                    needs.append(f"torch.ones_like({l_var}, dtype=torch.bool)")
+                    continue
                 fn = relax_fn(a.op, a.attrs.get("params", {}))
                 needs.append(f"{fn}({l_var}, {u_var})[1]")
             found = codegen.patch_geometry(graph, node.name)
@@ -151,7 +163,10 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
                      f"{' | '.join(needs)}, rows_per_chunk * {factor}, compact, "
                      f"{found is not None})")
         out.emit(f"if record is not None: record[{node.name!r}] = ({l_var}, {u_var})")
+        bounds[node.name] = (l_var, u_var)
         for a in users:
+            if a.op == "mul":
+                continue  # relaxed at the product itself, once both bounds are known
             fn = relax_fn(a.op, a.attrs.get("params", {}))
             raw = out.fresh(f"relaxed_{a.name}")
             out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
@@ -172,12 +187,13 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
     out.emit("if spec is None:")
     out.emit(f"    n_out = {_prod(shape)}")
     out.emit(f"    rows = rt.unit_rows(torch.arange(n_out, device=lo.device), {shape}, lo)")
-    out.emit(f"    lb, ub = {bs}(rows[:, :sides * n_out], sides)")
+    out.emit(f"    lb, ub = rt.output_chunks({bs}, rows[:, :sides * n_out], sides, "
+             f"rows_per_chunk)")
     out.emit(f"    return lb.reshape(lo.shape[0], *{shape}), "
              f"ub.reshape(lo.shape[0], *{shape}) if upper else None")
     out.emit(f"rows = (torch.cat([spec, spec], 1) if upper else spec).reshape("
              f"spec.shape[0], sides * spec.shape[1], *{shape})")
-    out.emit(f"lb, ub = {bs}(rows, sides)")
+    out.emit(f"lb, ub = rt.output_chunks({bs}, rows, sides, rows_per_chunk)")
     out.emit("return lb, ub if upper else None")
 
 
@@ -377,8 +393,8 @@ class BoundProgram:
         return ConcreteGraph(compiled.graph, self.params() | compiled.constants)
 
     def _rows_per_chunk(self, compiled: _Compiled, lo: torch.Tensor) -> int:
-        if self.loaded.intermediate is None or not self.loaded.refine:
-            return 1 << 30
+        if self.loaded.intermediate is None:
+            return 1 << 30  # forward domains back-substitute nothing
         widest = max(_prod(n.shape) for n in compiled.graph.nodes)
         per_row = 2 * lo.shape[0] * widest * lo.element_size() * _BYTES_PER_ROW_FACTOR
         budget = self.memory_budget_mb * 2**20

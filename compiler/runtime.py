@@ -688,3 +688,44 @@ def require_range(lower: Tensor, upper: Tensor, lo: float, hi: float, open_ends:
                          f"the op's domain {ends}{lo:g}, {hi:g}{')' if open_ends else ']'}; "
                          f"no sound bound exists there")
 
+
+def relax_back_product(lam: Tensor, k: int, planes: tuple, acc: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Push rows through z = x * y relaxed by planes (ax_lo, ay_lo, b_lo, ax_hi, ay_hi, b_hi):
+    rows to x, rows to y, and the constant terms added to ``acc``.
+
+    As for activations, lower rows (the first k) take the lower plane where their weight is
+    positive and the upper one where it is negative; upper rows the other way round.
+    """
+    ax_lo, ay_lo, b_lo, ax_hi, ay_hi, b_hi = (t.unsqueeze(1) for t in planes)
+    sides = lam.shape[1] // k
+    side = torch.arange(sides * k, device=lam.device) >= k  # True: an upper row
+    side = side.reshape(1, -1, *([1] * (lam.dim() - 2)))
+    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+    w_lo = torch.where(side, neg, pos)  # the weight each row puts on the lower plane
+    w_hi = torch.where(side, pos, neg)
+    to_x = w_lo * ax_lo + w_hi * ax_hi
+    to_y = w_lo * ay_lo + w_hi * ay_hi
+    extra = (w_lo * b_lo + w_hi * b_hi).flatten(2).sum(2)
+    return to_x, to_y, acc + extra
+
+
+def output_chunks(backsub: Callable[[Tensor, int], tuple[Tensor, Tensor]], rows: Tensor,
+                  sides: int, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+    """The output's back-substitution, its k spec rows taken at most ``rows_per_chunk`` at a
+    time (each chunk with its lower and upper halves), so that a network with many outputs
+    (1,000 classes) stays within the memory budget; the bounds are the same."""
+    k = rows.shape[1] // sides
+    if k <= rows_per_chunk:
+        return backsub(rows, sides)
+    lowers, uppers = [], []
+    for start in range(0, k, rows_per_chunk):
+        size = min(rows_per_chunk, k - start)
+        part = rows.narrow(1, start, size)
+        if sides == 2:
+            part = torch.cat([part, rows.narrow(1, k + start, size)], 1)
+        lb, ub = backsub(part, sides)
+        lowers.append(lb)
+        uppers.append(ub)
+    return torch.cat(lowers, 1), torch.cat(uppers, 1)
+

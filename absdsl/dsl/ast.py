@@ -128,7 +128,9 @@ class RelaxCase:
 
 @dataclass(frozen=True)
 class Relax:
-    """Per-neuron lower and upper lines of activations ``ops`` on [l, u], linear in ``x``."""
+    """Per-neuron lower and upper lines of activations ``ops`` on [l, u], linear in ``x``;
+    for a two-input op (``var2`` set, e.g. ``relax mul(x, y; lx, ux, ly, uy)``) planes in
+    ``x`` and ``var2`` on the box [l, u] x [lower2, upper2]."""
 
     ops: tuple[str, ...]
     var: str
@@ -138,6 +140,13 @@ class Relax:
     pos: Pos
     filename: str = "<domain>"
     source: str = ""
+    var2: str = ""
+    lower2: str = ""
+    upper2: str = ""
+
+    @property
+    def arity(self) -> int:
+        return 2 if self.var2 else 1
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ _POOL_SAMPLE = {"kernel_h": 2.0, "kernel_w": 2.0, "stride_h": 2.0, "stride_w": 2
 def covered_ops(name: str, elementwise_only: bool = False) -> list[str]:
     """The table's ops a rule or relaxation named ``name`` applies to ([] if none)."""
     if name in ops.OPS:
-        return [name]
+        return [name] if ops.OPS[name].elementwise or not elementwise_only else []
     if name in ops.GROUPS:
         return [o.name for o in ops.OPS.values() if name in o.groups
                 and (o.elementwise or not elementwise_only)]
@@ -41,9 +41,9 @@ def _graph(op: str) -> Graph:
     if op == "affine" or op == "input":
         if op == "affine":
             nodes.append(Node("y", "affine", ["x"], (4,), {"map": dense}))
-    elif op == "add":
+    elif op in ("add", "mul"):
         nodes += [Node("a", "affine", ["x"], (4,), {"map": dense}),
-                  Node("y", "add", ["x", "a"], (4,))]
+                  Node("y", op, ["x", "a"], (4,))]
     else:
         nodes.append(Node("y", op, ["x"], (4,), {"params": sample_params(op)}))
     return Graph(nodes, nodes[-1].name)
@@ -89,7 +89,8 @@ def check_relax(relax: ast.Relax, filename: str, source: str) -> None:
         raise DSLError("a relaxation must end with an else case", source, filename,
                        relax.pos.line, relax.pos.column)
     for name in relax.ops:
-        targets = covered_ops(name, elementwise_only=True)
+        targets = covered_ops(name, elementwise_only=True) if relax.arity == 1 else (
+            [name] if name in ops.OPS and ops.OPS[name].arity == 2 else [])
         if not targets:
             raise DSLError(f"relaxation for unknown activation {name!r} (activations: "
                            f"{', '.join(ops.ACTIVATIONS)}; groups: {', '.join(ops.GROUPS)})",

@@ -115,6 +115,13 @@ class _ToAst(Transformer):
         *ops, var, lower, upper = (str(n) for n in names)
         return ast.Relax(tuple(ops), var, lower, upper, cases, _pos(meta))
 
+    def relax2(self, meta, children):
+        names = [str(c) for c in children if isinstance(c, Token)]
+        cases = tuple(c for c in children if isinstance(c, ast.RelaxCase))
+        *ops, x, y, lx, ux, ly, uy = names
+        return ast.Relax(tuple(ops), x, lx, ux, cases, _pos(meta), var2=y, lower2=ly,
+                         upper2=uy)
+
     def field(self, meta, children):
         return ast.StateField(str(children[0]), str(children[1]), _pos(children[0]))
 

@@ -227,7 +227,7 @@ def test_continuity_property_finds_the_jumps_of_false_claims(which: str,
     continuous, both are refuted with a jump that does not shrink under refinement."""
     path = _declared_continuous(tmp_path, which)
     assert continuous_ops(str(path)) >= {"relu"}
-    report = check_domain(str(path), max_examples=24, seed=0, properties=("continuity",),
+    report = check_domain(str(path), max_examples=60, seed=0, properties=("continuity",),
                           shrink_seconds=3)
     assert not report.ok, report.format()
     cex = report.counterexample
