@@ -431,8 +431,9 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
         if node.op == "input":
             body.emit(f"return rt.concretize({cur}, k, centre, radius, acc, compact)")
             break
-        if node.op == "affine" and _only_user_of_input(graph, node, users):
-            body.emit(_first_layer_return(node, cur, out))
+        chain = _input_chain(graph, node, users) if node.op == "affine" else None
+        if chain is not None:
+            body.emit(_first_layer_return(node, cur, out, chain))
             break
         if node.op == "affine":
             m = node.attrs["map"]
@@ -464,25 +465,46 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
     return name
 
 
-def _only_user_of_input(graph: Graph, node: Node, users: dict[str, list[Node]]) -> bool:
-    src = graph.by_name[node.inputs[0]]
-    return src.op == "input" and [u.name for u in users[src.name]] == [node.name]
+def _input_chain(graph: Graph, node: Node, users: dict[str, list[Node]]) -> list[Node] | None:
+    """The elementwise affine nodes between the input and ``node`` (input side first) when
+    each of them and the input has one user on the way to ``node``, else None: rows at
+    ``node`` then reach the input through maps that fold into its centre and radius."""
+    chain: list[Node] = []
+    cur = node
+    while True:
+        src = graph.by_name[cur.inputs[0]]
+        if [u.name for u in users[src.name]] != [cur.name]:
+            return None
+        if src.op == "input":
+            return list(reversed(chain))
+        if src.op != "affine" or not isinstance(src.attrs["map"], lm.Elementwise):
+            return None
+        chain.append(src)
+        cur = src
 
 
-def _first_layer_return(node: Node, cur: str, out: Emitter) -> str:
+def _first_layer_return(node: Node, cur: str, out: Emitter, chain: list[Node]) -> str:
     """Concretise rows at the first affine map over the input box in one step.
 
     The centre term is taken one layer up, lam . (W c + b) with W c + b computed once per
-    call: that replaces the bias dot and the centre dot over the input-sized rows. Rows that
-    reach the input by the sub-pixel transposed conv are read before the pixel shuffle, with
-    the radius laid out the same way, since only the dot with the radius is needed.
+    call: that replaces the bias dot and the centre dot over the input-sized rows.
+    Elementwise maps between the input and the first map (normalisation) fold into that
+    centre and into the radius (x s + t has centre c s + t and radius r |s|), so rows never
+    pass through them. Rows that reach the input by the sub-pixel transposed conv are read
+    before the pixel shuffle, with the radius laid out the same way, since only the dot
+    with the radius is needed.
     """
     m = node.attrs["map"]
-    centre = out.value(f"centre_{node.name}", m.apply("centre", with_bias=True))
-    radius = "radius"
+    centre, radius = "centre", "radius"
+    for e in chain:
+        em = e.attrs["map"]
+        centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
+        if em.scale is not None:
+            radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
+    centre = out.value(f"centre_{node.name}", m.apply(centre, with_bias=True))
     if isinstance(m, lm.Conv) and m.uses_subpixel():
         radius = out.value(f"radius_{node.name}", (
-            f"rt.subpixel_phases(radius, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
+            f"rt.subpixel_phases({radius}, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
             f"{tuple(node.shape[1:])})"))
         lam_in = (f"rt.conv_transpose_subpixel({cur}, {m.weight}, {m.stride}, {m.padding}, "
                   f"{tuple(m.in_shape[1:])}, compact, phases=True)")
@@ -576,8 +598,14 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
     body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
     body.emit("k = index.shape[-1]")
     outside = False  # may rows be non-zero outside their map?
+    first = _patch_first_conv(chain)
     for node, geom in zip(chain, geoms, strict=True):
         body.emit(f"# {node.op} %{node.name}: windows {geom[0]}x{geom[1]}")
+        if node is first:
+            if outside:
+                body.emit(f"rows = rt.patch_mask(rows, k, {node.shape[1:]}, {geom}, pos)")
+            body.emit(_patch_first_layer_return(node, chain, geom, geoms[-1], out))
+            break
         if node.op == "input":
             body.emit(f"return rt.patch_concretize(rows, k, centre, radius, {geom}, pos, acc)")
         elif node.op in ACTIVATION_CODE:
@@ -606,3 +634,35 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
     out.emit(f"def {name}(index):")
     out.lines.extend(body.lines)
     return name
+
+
+def _patch_first_conv(chain: list[Node]) -> Node | None:
+    """The conv of a patch chain nearest the input when only elementwise maps lie between
+    them (normalisation), else None."""
+    for node in reversed(chain[:-1]):
+        m = node.attrs["map"] if node.op == "affine" else None
+        if isinstance(m, lm.Conv):
+            return node
+        if not isinstance(m, lm.Elementwise):
+            return None
+    return None
+
+
+def _patch_first_layer_return(node: Node, chain: list[Node], geom: Geometry,
+                              geom_in: Geometry, out: Emitter) -> str:
+    """Patch rows on the first conv's output concretised over the input box in one step,
+    as :func:`_first_layer_return` does for dense rows: the centre term (bias included) one
+    layer up, the elementwise maps below folded into the centre and the radius."""
+    m = node.attrs["map"]
+    below = chain[chain.index(node) + 1:-1]  # elementwise, input side last
+    centre, radius = "centre", "radius"
+    for e in reversed(below):
+        em = e.attrs["map"]
+        centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
+        if em.scale is not None:
+            radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
+    centre = out.value(f"centre_{node.name}", m.apply(centre, with_bias=True))
+    rows_in = (f"rt.patch_conv_back(rows, {m.weight}, {geom[:2]}, {m.stride}, {m.dilation}, "
+               f"{m.groups})")
+    return (f"return rt.patch_concretize_after(rows, k, {centre}, {rows_in}, {radius}, {geom}, "
+            f"{geom_in}, pos, acc)")

@@ -655,3 +655,19 @@ def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
                           r).flatten(1)
     total = mid + acc
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
+
+
+def patch_concretize_after(rows: Tensor, k: int, centre_after: Tensor, rows_in: Tensor,
+                           radius_in: Tensor, geom: tuple[int, ...], geom_in: tuple[int, ...],
+                           pos: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`patch_concretize` of ``rows_in`` (rows on the first conv's input windows,
+    from ``rows`` on its output windows ``geom``) with the centre term taken one layer up:
+    rows . (W c + b) for the map ``centre_after = W c + b`` (bias included)."""
+    c = patch_gather(centre_after, geom, pos)  # [B, k, D]
+    r = patch_gather(radius_in, geom_in, pos)  # [B, k, D_in]
+    rr = rows.unflatten(1, (2, k))
+    mid = torch.einsum("bskd,bkd->bsk", rr.expand(c.shape[0], -1, -1, -1), c).flatten(1)
+    ri = rows_in.unflatten(1, (2, k)).abs()
+    spread = torch.einsum("bskd,bkd->bsk", ri.expand(r.shape[0], -1, -1, -1), r).flatten(1)
+    total = mid + acc
+    return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
