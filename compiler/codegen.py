@@ -595,11 +595,37 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
                      f"{shape})")
     name = out.fresh(f"backsub_patches_{target}")
     body = Emitter(indent=out.indent + 1, used=out.used)
-    body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
-    body.emit("k = index.shape[-1]")
-    outside = False  # may rows be non-zero outside their map?
     first = _patch_first_conv(chain)
-    for node, geom in zip(chain, geoms, strict=True):
+    start = 0
+    head = chain[0].attrs["map"] if chain[0].op == "affine" else None
+    if (isinstance(head, lm.Conv) and chain[1].op in ACTIVATION_CODE):
+        # the target conv and the relaxation of its input in one step: rows only where
+        # they depend on the sign of the slopes, the rest convolved once per call
+        maps = patch_lines[chain[1].name]
+        centre = _patch_centre(chain, first, out) if chain[2] is first else None
+        kern = out.value(f"kernels_{target}", f"rt.patch_kernels({head.weight}, "
+                         f"{head.stride}, {head.dilation}, {head.groups})")
+        terms = out.value(f"terms_{target}", f"rt.patch_first_terms({maps}, {centre})")
+        mid = out.value(f"mid_{target}", head.apply(f"{terms}[0]", with_bias=True))
+        half = out.value(f"half_{target}", head.apply(f"{terms}[1]", absolute=True))
+        body.emit(f"# affine %{target} and {chain[1].op} %{chain[1].name}")
+        body.emit(f"rows, pos, acc = rt.patch_start_relaxed(index, {chain[0].shape}, {kern}, "
+                  f"{maps}, {geoms[1]}, {mid}, {half})")
+        body.emit("k = index.shape[-1]")
+        start = 2
+        if chain[2] is first:
+            m = first.attrs["map"]
+            _, radius = _fold_input(chain[3:-1], out)
+            body.emit(f"# affine %{first.name}: windows {geoms[2][0]}x{geoms[2][1]}")
+            body.emit(f"return rt.patch_spread(rt.patch_conv_back(rows, {m.weight}, "
+                      f"{geoms[2][:2]}, {m.stride}, {m.dilation}, {m.groups}), k, {radius}, "
+                      f"{geoms[-1]}, pos, acc)")
+            start = len(chain)
+    else:
+        body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
+        body.emit("k = index.shape[-1]")
+    outside = False  # may rows be non-zero outside their map?
+    for node, geom in zip(chain[start:], geoms[start:], strict=True):
         body.emit(f"# {node.op} %{node.name}: windows {geom[0]}x{geom[1]}")
         if node is first:
             if outside:
@@ -648,20 +674,32 @@ def _patch_first_conv(chain: list[Node]) -> Node | None:
     return None
 
 
-def _patch_first_layer_return(node: Node, chain: list[Node], geom: Geometry,
-                              geom_in: Geometry, out: Emitter) -> str:
-    """Patch rows on the first conv's output concretised over the input box in one step,
-    as :func:`_first_layer_return` does for dense rows: the centre term (bias included) one
-    layer up, the elementwise maps below folded into the centre and the radius."""
-    m = node.attrs["map"]
-    below = chain[chain.index(node) + 1:-1]  # elementwise, input side last
+def _fold_input(below: list[Node], out: Emitter) -> tuple[str, str]:
+    """Centre and radius of the input box mapped through the elementwise nodes ``below``
+    (input side last): x s + t has centre c s + t and radius r |s|."""
     centre, radius = "centre", "radius"
     for e in reversed(below):
         em = e.attrs["map"]
         centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
         if em.scale is not None:
             radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
-    centre = out.value(f"centre_{node.name}", m.apply(centre, with_bias=True))
+    return centre, radius
+
+
+def _patch_centre(chain: list[Node], first: Node, out: Emitter) -> str:
+    """The first conv's output at the input box's centre (bias included), per sample."""
+    centre, _ = _fold_input(chain[chain.index(first) + 1:-1], out)
+    return out.value(f"centre_{first.name}", first.attrs["map"].apply(centre, with_bias=True))
+
+
+def _patch_first_layer_return(node: Node, chain: list[Node], geom: Geometry,
+                              geom_in: Geometry, out: Emitter) -> str:
+    """Patch rows on the first conv's output concretised over the input box in one step,
+    as :func:`_first_layer_return` does for dense rows: the centre term (bias included) one
+    layer up, the elementwise maps below folded into the centre and the radius."""
+    m = node.attrs["map"]
+    centre = _patch_centre(chain, node, out)
+    _, radius = _fold_input(chain[chain.index(node) + 1:-1], out)
     rows_in = (f"rt.patch_conv_back(rows, {m.weight}, {geom[:2]}, {m.stride}, {m.dilation}, "
                f"{m.groups})")
     return (f"return rt.patch_concretize_after(rows, k, {centre}, {rows_in}, {radius}, {geom}, "

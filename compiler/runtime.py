@@ -490,17 +490,21 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
 
 def patch_start(index: Tensor, shape: tuple[int, ...], like: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches, twice.
+    """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches.
 
-    ``index`` is [k] (shared by the batch) or [b, k] (per sample). Returns rows [1 or b, 2k,
-    C], their grid positions (shaped like ``index``) and a zero accumulator [1 or b, 2k].
+    ``index`` is [k] (shared by the batch) or [b, k] (per sample). Returns rows [1 or b, k,
+    C], their grid positions (shaped like ``index``) and a zero accumulator [1 or b, k].
+
+    Lower and upper rows are equal until the first relaxation, so until then they are kept
+    once ([.., k, ..]); :func:`patch_relax` returns both ([.., 2k, ..], lower rows first),
+    and every other patch function takes either form.
     """
     channels, height, width = shape
     per_sample = index if index.dim() == 2 else index.unsqueeze(0)
     rows = torch.zeros(*per_sample.shape, channels, dtype=like.dtype, device=like.device)
     rows.scatter_(2, (per_sample // (height * width)).unsqueeze(2), 1.0)
     pos = index % (height * width)
-    return torch.cat([rows, rows], 1), pos, rows.new_zeros(rows.shape[0], 2 * rows.shape[1])
+    return rows, pos, rows.new_zeros(rows.shape[0], rows.shape[1])
 
 
 _CONTIGUOUS_WINDOWS = 1.0  # more rows than windows: copy the windows contiguous first
@@ -561,6 +565,13 @@ def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: 
     """
     a_mid, a_half, b_mid, b_half = patch_gather(maps, geom, pos).unflatten(
         2, (4, -1)).unbind(2)  # each [b, k, D]
+    if rows.shape[1] == k:  # one copy (before the first relaxation): both sides from it
+        mag = rows.abs()
+        scaled, spread = rows * a_mid, mag * a_half
+        out = torch.cat([scaled + spread, scaled - spread], 1)
+        offset, offset_spread = (rows * b_mid).sum(-1), (mag * b_half).sum(-1)
+        extra = torch.cat([offset + offset_spread, offset - offset_spread], 1)
+        return out, acc.repeat(1, 2) + extra
     lower, upper = rows[:, :k], rows[:, k:]
     mag_lo, mag_hi = lower.abs(), upper.abs()
     out = torch.cat([torch.addcmul(lower * a_mid, mag_lo, a_half),
@@ -570,12 +581,66 @@ def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: 
     return out, acc + extra
 
 
+def patch_kernels(weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int],
+                  groups: int) -> Tensor:
+    """Each output channel's row of a 2-d conv on its input window, [C_out, C_in * kh * kw]
+    (dilated extent): what :func:`patch_conv_back` makes of the unit rows of its neurons."""
+    eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device).unsqueeze(0)
+    return patch_conv_back(eye, weight, (1, 1), stride, dilation, groups)[0]
+
+
+def patch_first_terms(maps: Tensor, centre_after: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The maps that a conv over a relaxed activation turns into the row-free terms of its
+    neurons' bounds: offsets mid and half (from :func:`patch_lines` ``maps``) plus, with
+    ``centre_after`` (the activation's input at the box centre, when the rows would next be
+    concretised there), slope times centre. Convolved with W (mid) and |W| (half), they
+    give every neuron's lower (mid + half) and upper (mid - half) value before the spread.
+    """
+    a_mid, a_half, b_mid, b_half = maps.chunk(4, 1)
+    if centre_after is None:
+        return b_mid, b_half
+    return torch.addcmul(b_mid, a_mid, centre_after), torch.addcmul(b_half, a_half, centre_after)
+
+
+def patch_start_relaxed(index: Tensor, shape: tuple[int, ...], kernels: Tensor, maps: Tensor,
+                        geom: tuple[int, ...], mid: Tensor, half: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`patch_start`, the target conv and the relaxation of its input in one step.
+
+    A neuron of channel c of a conv has the row ``kernels[c]`` on its input window, so after
+    the relaxation its rows are kernels[c] * a_mid +- |kernels[c]| * a_half (windows of the
+    slope maps at its position): only those are built per neuron. Its offsets (and the
+    centre term, see :func:`patch_first_terms`) are read from the convolved maps ``mid``
+    and ``half`` [b, *shape]. Returns rows [b, 2k, D] (lower first), positions and acc.
+    """
+    _, height, width = shape
+    per_sample = index if index.dim() == 2 else index.unsqueeze(0)
+    pos = index % (height * width)
+    slopes = maps.narrow(1, 0, maps.shape[1] // 2)  # a_mid, a_half stacked along channels
+    a_mid, a_half = patch_gather(slopes, geom, pos).unflatten(2, (2, -1)).unbind(2)
+    channel = per_sample // (height * width)
+    w = kernels[channel]  # [1 or b, k, D]
+    scaled, spread = w * a_mid, w.abs() * a_half
+    rows = torch.cat([scaled + spread, scaled - spread], 1)
+    at = per_sample.expand(mid.shape[0], -1)
+    t_mid, t_half = mid.flatten(1).gather(1, at), half.flatten(1).gather(1, at)
+    return rows, pos, torch.cat([t_mid + t_half, t_mid - t_half], 1)
+
+
+def patch_spread(rows_in: Tensor, k: int, radius: Tensor, geom: tuple[int, ...], pos: Tensor,
+                 acc: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds of rows over the input box when ``acc`` already holds their centre term."""
+    r = patch_gather(radius, geom, pos)
+    spread = (rows_in.unflatten(1, (2, k)).abs() * r.unsqueeze(1)).sum(-1).flatten(1)
+    return acc[:, :k] - spread[:, :k], acc[:, k:] + spread[:, k:]
+
+
 def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...],
                pos: Tensor) -> Tensor:
     """Zero the entries of rows that fall outside a map of spatial ``size`` (no neuron)."""
     ones = rows.new_ones(1, 1, *size)
     inside = patch_gather(ones, geom, pos)  # [1, k, kh*kw]
-    r = rows.unflatten(1, (2, k)).unflatten(-1, (-1, inside.shape[-1]))
+    r = rows.unflatten(1, (-1, k)).unflatten(-1, (-1, inside.shape[-1]))
     return (r * inside.unsqueeze(1).unsqueeze(3)).flatten(-2).flatten(1, 2)
 
 
@@ -594,10 +659,10 @@ def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...]
     """
     if not isinstance(bias, Tensor):
         inside = patch_gather(rows.new_ones(1, 1, *shape[1:]), geom, pos)  # [1, k, kh*kw]
-        r = rows.unflatten(1, (2, k)).unflatten(-1, (shape[0], -1)).sum(-2)
+        r = rows.unflatten(1, (-1, k)).unflatten(-1, (shape[0], -1)).sum(-2)
         return acc + (r * inside.unsqueeze(1)).sum(-1).flatten(1) * bias
     windows = _constant_windows(bias, geom, pos, shape)  # [1 or b, k, D]
-    return acc + (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).sum(-1).flatten(1)
+    return acc + (rows.unflatten(1, (-1, k)) * windows.unsqueeze(1)).sum(-1).flatten(1)
 
 
 def patch_scale(rows: Tensor, k: int, scale: Tensor | float, geom: tuple[int, ...],
@@ -606,7 +671,7 @@ def patch_scale(rows: Tensor, k: int, scale: Tensor | float, geom: tuple[int, ..
     if not isinstance(scale, Tensor):
         return rows * scale
     windows = _constant_windows(scale, geom, pos, shape)
-    return (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).flatten(1, 2)
+    return (rows.unflatten(1, (-1, k)) * windows.unsqueeze(1)).flatten(1, 2)
 
 
 _PATCH_GEMM_ELEMENTS = 1 << 22  # largest dense window map (16 MiB in float32)
@@ -647,12 +712,14 @@ def patch_conv_back(rows: Tensor, weight: Tensor, window: tuple[int, int],
 def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
                      geom: tuple[int, ...], pos: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
     """Bounds of patch rows over the input box: lower rows, upper rows."""
+    if rows.shape[1] == k:  # no relaxation on the way: one copy of the rows
+        rows, acc = rows.repeat(1, 2, 1), acc.repeat(1, 2)
     c = patch_gather(centre, geom, pos)  # [B, k, D]
     r = patch_gather(radius, geom, pos)
     rr = rows.unflatten(1, (2, k))
-    mid = torch.einsum("bskd,bkd->bsk", rr.expand(c.shape[0], -1, -1, -1), c).flatten(1)
-    spread = torch.einsum("bskd,bkd->bsk", rr.abs().expand(c.shape[0], -1, -1, -1),
-                          r).flatten(1)
+    # products summed over each window (an einsum copied the rows into bmm layout)
+    mid = (rr * c.unsqueeze(1)).sum(-1).flatten(1)
+    spread = (rr.abs() * r.unsqueeze(1)).sum(-1).flatten(1)
     total = mid + acc
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
 
@@ -663,11 +730,11 @@ def patch_concretize_after(rows: Tensor, k: int, centre_after: Tensor, rows_in: 
     """:func:`patch_concretize` of ``rows_in`` (rows on the first conv's input windows,
     from ``rows`` on its output windows ``geom``) with the centre term taken one layer up:
     rows . (W c + b) for the map ``centre_after = W c + b`` (bias included)."""
+    if rows.shape[1] == k:  # no relaxation on the way: one copy of the rows
+        rows, rows_in, acc = rows.repeat(1, 2, 1), rows_in.repeat(1, 2, 1), acc.repeat(1, 2)
     c = patch_gather(centre_after, geom, pos)  # [B, k, D]
     r = patch_gather(radius_in, geom_in, pos)  # [B, k, D_in]
-    rr = rows.unflatten(1, (2, k))
-    mid = torch.einsum("bskd,bkd->bsk", rr.expand(c.shape[0], -1, -1, -1), c).flatten(1)
-    ri = rows_in.unflatten(1, (2, k)).abs()
-    spread = torch.einsum("bskd,bkd->bsk", ri.expand(r.shape[0], -1, -1, -1), r).flatten(1)
+    mid = (rows.unflatten(1, (2, k)) * c.unsqueeze(1)).sum(-1).flatten(1)
+    spread = (rows_in.unflatten(1, (2, k)).abs() * r.unsqueeze(1)).sum(-1).flatten(1)
     total = mid + acc
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
