@@ -323,9 +323,12 @@ def concretize(domain: ast.Domain, out: Emitter, state: dict[str, str]) -> tuple
 
 def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain: ast.Domain,
                    filename: str, source: str) -> str:
-    """Emit ``def relax_<op>(l, u)`` returning ((a_lo, b_lo, a_hi, b_hi), needs); its name.
+    """Emit ``def relax_<op>(l, u, needs_only=False)`` returning ((a_lo, b_lo, a_hi, b_hi),
+    needs), or only ``needs`` when ``needs_only``; its name.
 
     ``needs`` marks neurons whose lines depend on l or u: only those gain from tighter bounds.
+    It reads the guards only, so asking for it alone (before the bounds are refined) skips
+    the lines. Constant lines stay numbers inside ``torch.where`` (no filled tensors).
     """
     fn_name = out.fresh(f"relax_{op}")
     body = Emitter(indent=out.indent + 1, used=out.used)
@@ -336,7 +339,6 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     for k, v in params.items():
         s.names[k] = (num(v), "num")
     guards: list[str | None] = []
-    parts: list[list[str]] = []
     depends: list[bool] = []
     bounds_names = {relax.lower_name, relax.upper_name}
     for case in relax.cases:
@@ -351,21 +353,10 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
             guards.append(s.tmp(code, "g"))
         else:
             guards.append(None)
-        lines = []
-        for line in (case.lower, case.upper):
-            for piece in linearize(line, relax.var, None, filename, source):
-                lines.append(as_tensor(compile_expr(piece, s), s))
-        parts.append(lines)
         depends.append(mentions(case.lower, bounds_names | {"f"}) or
                        mentions(case.upper, bounds_names | {"f"}) or
                        any(isinstance(p, ast.Call) and p.func == "f" for p in (case.lower,
                                                                               case.upper)))
-    results = []
-    for i in range(4):
-        acc = parts[-1][i]
-        for g, p in zip(reversed(guards[:-1]), reversed(parts[:-1]), strict=True):
-            acc = f"torch.where({g}, {p[i]}, {acc})"
-        results.append(s.tmp(acc, ["a_lo", "b_lo", "a_hi", "b_hi"][i]))
     # neurons in a case whose lines read l or u (or f of them)
     needs = "torch.zeros_like(l, dtype=torch.bool)"
     taken = "torch.zeros_like(l, dtype=torch.bool)"
@@ -376,7 +367,24 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
         if g is not None:
             taken = s.tmp(f"({taken} | {g})", "taken")
     needs_var = s.tmp(needs, "needs")
-    out.emit(f"def {fn_name}(l, u):")
+    body.emit(f"if needs_only: return {needs_var}")
+    parts: list[list[tuple[str, str]]] = []
+    for case in relax.cases:
+        lines = []
+        for line in (case.lower, case.upper):
+            for piece in linearize(line, relax.var, None, filename, source):
+                value = compile_expr(piece, s)
+                lines.append(value if value[1] == "num" else (as_tensor(value, s), "bound"))
+        parts.append(lines)
+    results = []
+    for i in range(4):
+        acc = parts[-1][i]
+        for g, p in zip(reversed(guards[:-1]), reversed(parts[:-1]), strict=True):
+            if p[i][1] == "num" and acc[1] == "num":  # torch.where of two numbers: a tensor
+                acc = (as_tensor(acc, s), "bound")
+            acc = (f"torch.where({g}, {p[i][0]}, {acc[0]})", "bound")
+        results.append(s.tmp(as_tensor(acc, s), ["a_lo", "b_lo", "a_hi", "b_hi"][i]))
+    out.emit(f"def {fn_name}(l, u, needs_only=False):")
     out.lines.extend(body.lines)
     out.emit(f"    return ({', '.join(results)}), {needs_var}")
     return fn_name

@@ -125,7 +125,7 @@ def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) ->
             needs = []
             for a in users:
                 fn = relax_fn(a.op, a.attrs.get("params", {}))
-                needs.append(f"{fn}({l_var}, {u_var})[1]")
+                needs.append(f"{fn}({l_var}, {u_var}, True)")
             found = codegen.patch_geometry(graph, node.name)
             if found is not None:
                 factor = _patch_chunk_factor(graph, *found)
