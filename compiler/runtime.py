@@ -426,21 +426,20 @@ def unit_rows(index: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.cat([rows, rows], 0).unsqueeze(0)
 
 
-def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor,
-           needs: Tensor, rows_per_chunk: int, select: bool, per_sample: bool = False
+def refine(backsub: Callable, lower: Tensor, upper: Tensor, needs: Tensor,
+           rows_per_chunk: int, select: bool, per_sample: bool = False
            ) -> tuple[Tensor, Tensor]:
     """Tighten [lower, upper] of one node by back-substitution where ``needs`` holds.
 
     ``backsub(index)`` bounds the neurons ``index``: flat indices into the node's shape,
-    [m] shared by the batch, or [b, m] per sample when ``per_sample`` (patch rows, whose
-    windows can differ per sample).
+    [m] shared by the batch, or, when ``per_sample`` (patch rows, whose windows can differ
+    per sample), each sample's own neurons laid end to end (:class:`Ragged`).
 
     Which neurons run depends on ``select`` (false under vmap, where shapes must not depend
-    on data: all of them) and ``per_sample`` (each sample's own, padded with its other
-    neurons to the largest count; else the union over the batch). Whatever ran, a sample's
-    bounds change only where its own ``needs`` holds, intersected with the given sound
-    bounds: so bounds are the same in every form and do not depend on the other samples in
-    the batch.
+    on data: all of them) and ``per_sample`` (each sample's own; else the union over the
+    batch). Whatever ran, a sample's bounds change only where its own ``needs`` holds,
+    intersected with the given sound bounds: so bounds are the same in every form and do
+    not depend on the other samples in the batch.
     """
     batch = lower.shape[0]
     shape = tuple(lower.shape[1:])
@@ -448,9 +447,8 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     n = flat_l.shape[1]
     need = needs.flatten(1).expand(batch, n)
     if select and per_sample:
-        width = int(need.sum(1).max()) if batch else 0
-        index = selected_first(need, width)
-    elif select:
+        return _refine_ragged(backsub, lower, upper, need, rows_per_chunk)
+    if select:
         index = need.any(0).nonzero().squeeze(1)
         width = index.numel()
     else:
@@ -471,11 +469,34 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     old_l, old_u, here = flat_l.gather(1, index), flat_u.gather(1, index), need.gather(1, index)
     got_l = torch.where(here, torch.maximum(old_l, got_l), old_l)
     got_u = torch.where(here, torch.minimum(old_u, got_u), old_u)
-    if per_sample or width < n:  # else index is 0..n-1 in order: results are in place
-        # indices are distinct within a sample, so the scatter is well defined; per-sample
-        # indices are each sample's own order, so they are scattered even when width == n
+    if width < n:  # else index is 0..n-1 in order: results are in place
         got_l, got_u = flat_l.scatter(1, index, got_l), flat_u.scatter(1, index, got_u)
     return got_l.reshape(batch, *shape), got_u.reshape(batch, *shape)
+
+
+def _refine_ragged(backsub: Callable, lower: Tensor, upper: Tensor, need: Tensor,
+                   rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+    """:func:`refine` of each sample's own neurons, laid end to end (:class:`Ragged`): no
+    row is padding, and a neuron's bounds are computed alone as in every other form."""
+    batch, n = need.shape
+    sample, neuron = need.nonzero(as_tuple=True)
+    total = neuron.numel()
+    if total == 0:
+        return lower, upper
+    new_l, new_u = [], []
+    step = rows_per_chunk * batch  # as many rows as a chunk of the padded form
+    for start in range(0, total, step):
+        lo_rows, hi_rows = backsub(Ragged(sample[start:start + step],
+                                          neuron[start:start + step]))
+        new_l.append(lo_rows.reshape(-1))
+        new_u.append(hi_rows.reshape(-1))
+    at = sample * n + neuron
+    flat_l, flat_u = lower.reshape(-1), upper.reshape(-1)
+    old_l, old_u = flat_l[at], flat_u[at]
+    got_l = torch.maximum(old_l, torch.cat(new_l))
+    got_u = torch.minimum(old_u, torch.cat(new_u))
+    return (flat_l.scatter(0, at, got_l).reshape(lower.shape),
+            flat_u.scatter(0, at, got_u).reshape(upper.shape))
 
 
 # ---- back-substitution in patches (chains of convolutions) ------------------------------
@@ -488,8 +509,35 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
 # windows overhang the map at its borders, where feature maps and the input box read as 0.
 
 
-def patch_start(index: Tensor, shape: tuple[int, ...], like: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor]:
+@dataclass
+class Ragged:
+    """(sample, neuron) pairs [N] each: the rows of a per-sample selection laid end to end
+    (no padding to the largest sample's count). Patch functions given it as ``index`` (and
+    its positions as ``pos``) return rows [1, N, D] and accumulators [1, N]."""
+
+    sample: Tensor
+    neuron: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (1, self.neuron.numel())
+
+
+def _neurons(index: Tensor | Ragged) -> Tensor:
+    """Neuron indices of ``index`` as [1 or b, k] (ragged: [1, N])."""
+    if isinstance(index, Ragged):
+        return index.neuron.unsqueeze(0)
+    return index if index.dim() == 2 else index.unsqueeze(0)
+
+
+def _positions(index: Tensor | Ragged, grid: int) -> Tensor | Ragged:
+    if isinstance(index, Ragged):
+        return Ragged(index.sample, index.neuron % grid)
+    return index % grid
+
+
+def patch_start(index: Tensor | Ragged, shape: tuple[int, ...], like: Tensor
+                ) -> tuple[Tensor, Tensor | Ragged, Tensor]:
     """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches.
 
     ``index`` is [k] (shared by the batch) or [b, k] (per sample). Returns rows [1 or b, k,
@@ -500,17 +548,16 @@ def patch_start(index: Tensor, shape: tuple[int, ...], like: Tensor
     and every other patch function takes either form.
     """
     channels, height, width = shape
-    per_sample = index if index.dim() == 2 else index.unsqueeze(0)
+    per_sample = _neurons(index)
     rows = torch.zeros(*per_sample.shape, channels, dtype=like.dtype, device=like.device)
     rows.scatter_(2, (per_sample // (height * width)).unsqueeze(2), 1.0)
-    pos = index % (height * width)
-    return rows, pos, rows.new_zeros(rows.shape[0], rows.shape[1])
+    return rows, _positions(index, height * width), rows.new_zeros(rows.shape[0], rows.shape[1])
 
 
 _CONTIGUOUS_WINDOWS = 1.0  # more rows than windows: copy the windows contiguous first
 
 
-def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
+def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor | Ragged) -> Tensor:
     """Windows of ``maps`` [b, C, H, W] at the rows' positions: [b, k, C * kh * kw].
 
     ``pos`` is [k] (shared) or [b, k] (per sample). Outside the map the windows read 0 (zero
@@ -528,6 +575,9 @@ def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     # 10-100x slower here on these small maps)
     win = padded.unfold(2, kh, sh).unfold(3, kw, sw).permute(0, 2, 3, 1, 4, 5)
     b = win.shape[0]
+    if isinstance(pos, Ragged):  # each row its own sample's window: [1, N, D]
+        at = pos.neuron if b == 1 else pos.sample * (gh * gw) + pos.neuron
+        return win.reshape(b * gh * gw, -1).index_select(0, at).unsqueeze(0)
     rows = pos.numel() * (b if pos.dim() == 1 else 1)
     if rows < _CONTIGUOUS_WINDOWS * b * gh * gw:  # few rows: read them in place
         ys, xs = pos // gw, pos % gw
@@ -556,7 +606,8 @@ def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
                       (b_lo - b_hi) / 2], 1)
 
 
-def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: Tensor,
+def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...],
+                pos: Tensor | Ragged,
                 acc: Tensor) -> tuple[Tensor, Tensor]:
     """Push patch rows through an activation (the algebra of :func:`back_lines`).
 
@@ -602,9 +653,9 @@ def patch_first_terms(maps: Tensor, centre_after: Tensor | None) -> tuple[Tensor
     return torch.addcmul(b_mid, a_mid, centre_after), torch.addcmul(b_half, a_half, centre_after)
 
 
-def patch_start_relaxed(index: Tensor, shape: tuple[int, ...], kernels: Tensor, maps: Tensor,
-                        geom: tuple[int, ...], mid: Tensor, half: Tensor
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+def patch_start_relaxed(index: Tensor | Ragged, shape: tuple[int, ...], kernels: Tensor,
+                        maps: Tensor, geom: tuple[int, ...], mid: Tensor, half: Tensor
+                        ) -> tuple[Tensor, Tensor | Ragged, Tensor]:
     """:func:`patch_start`, the target conv and the relaxation of its input in one step.
 
     A neuron of channel c of a conv has the row ``kernels[c]`` on its input window, so after
@@ -614,20 +665,25 @@ def patch_start_relaxed(index: Tensor, shape: tuple[int, ...], kernels: Tensor, 
     and ``half`` [b, *shape]. Returns rows [b, 2k, D] (lower first), positions and acc.
     """
     _, height, width = shape
-    per_sample = index if index.dim() == 2 else index.unsqueeze(0)
-    pos = index % (height * width)
+    per_sample = _neurons(index)
+    pos = _positions(index, height * width)
     slopes = maps.narrow(1, 0, maps.shape[1] // 2)  # a_mid, a_half stacked along channels
     a_mid, a_half = patch_gather(slopes, geom, pos).unflatten(2, (2, -1)).unbind(2)
     channel = per_sample // (height * width)
     w = kernels[channel]  # [1 or b, k, D]
     scaled, spread = w * a_mid, w.abs() * a_half
     rows = torch.cat([scaled + spread, scaled - spread], 1)
-    at = per_sample.expand(mid.shape[0], -1)
-    t_mid, t_half = mid.flatten(1).gather(1, at), half.flatten(1).gather(1, at)
+    if isinstance(index, Ragged):
+        at = (index.sample * mid[0].numel() + index.neuron).unsqueeze(0)  # [1, N]
+        t_mid, t_half = mid.flatten()[at], half.flatten()[at]
+    else:
+        at = per_sample.expand(mid.shape[0], -1)
+        t_mid, t_half = mid.flatten(1).gather(1, at), half.flatten(1).gather(1, at)
     return rows, pos, torch.cat([t_mid + t_half, t_mid - t_half], 1)
 
 
-def patch_spread(rows_in: Tensor, k: int, radius: Tensor, geom: tuple[int, ...], pos: Tensor,
+def patch_spread(rows_in: Tensor, k: int, radius: Tensor, geom: tuple[int, ...],
+                 pos: Tensor | Ragged,
                  acc: Tensor) -> tuple[Tensor, Tensor]:
     """Bounds of rows over the input box when ``acc`` already holds their centre term."""
     r = patch_gather(radius, geom, pos)
@@ -636,7 +692,7 @@ def patch_spread(rows_in: Tensor, k: int, radius: Tensor, geom: tuple[int, ...],
 
 
 def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...],
-               pos: Tensor) -> Tensor:
+               pos: Tensor | Ragged) -> Tensor:
     """Zero the entries of rows that fall outside a map of spatial ``size`` (no neuron)."""
     ones = rows.new_ones(1, 1, *size)
     inside = patch_gather(ones, geom, pos)  # [1, k, kh*kw]
@@ -644,7 +700,7 @@ def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...
     return (r * inside.unsqueeze(1).unsqueeze(3)).flatten(-2).flatten(1, 2)
 
 
-def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor,
+def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor | Ragged,
                       shape: tuple[int, ...]) -> Tensor:
     """Windows of a constant broadcastable to the [C, H, W] map (per channel, a full map)."""
     full = t.expand(*t.shape[:-3], *shape) if t.dim() > 3 else t.expand(shape).unsqueeze(0)
@@ -652,7 +708,7 @@ def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor,
 
 
 def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...],
-               pos: Tensor, shape: tuple[int, ...], acc: Tensor) -> Tensor:
+               pos: Tensor | Ragged, shape: tuple[int, ...], acc: Tensor) -> Tensor:
     """acc + sum of rows * bias over each window (bias broadcastable to [C, H, W]).
 
     The windows read the bias map as 0 outside the map, so rows there need no mask.
@@ -666,7 +722,7 @@ def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...]
 
 
 def patch_scale(rows: Tensor, k: int, scale: Tensor | float, geom: tuple[int, ...],
-                pos: Tensor, shape: tuple[int, ...]) -> Tensor:
+                pos: Tensor | Ragged, shape: tuple[int, ...]) -> Tensor:
     """Rows times an elementwise scale (a number, per channel, or a full map)."""
     if not isinstance(scale, Tensor):
         return rows * scale
@@ -710,7 +766,8 @@ def patch_conv_back(rows: Tensor, weight: Tensor, window: tuple[int, int],
 
 
 def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
-                     geom: tuple[int, ...], pos: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+                     geom: tuple[int, ...], pos: Tensor | Ragged, acc: Tensor
+                     ) -> tuple[Tensor, Tensor]:
     """Bounds of patch rows over the input box: lower rows, upper rows."""
     if rows.shape[1] == k:  # no relaxation on the way: one copy of the rows
         rows, acc = rows.repeat(1, 2, 1), acc.repeat(1, 2)
@@ -726,7 +783,7 @@ def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
 
 def patch_concretize_after(rows: Tensor, k: int, centre_after: Tensor, rows_in: Tensor,
                            radius_in: Tensor, geom: tuple[int, ...], geom_in: tuple[int, ...],
-                           pos: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+                           pos: Tensor | Ragged, acc: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`patch_concretize` of ``rows_in`` (rows on the first conv's input windows,
     from ``rows`` on its output windows ``geom``) with the centre term taken one layer up:
     rows . (W c + b) for the map ``centre_after = W c + b`` (bias included)."""
