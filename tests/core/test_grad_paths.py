@@ -148,3 +148,55 @@ def test_needs_only_is_the_mask_of_the_full_call() -> None:
             assert bool(needs.all())
         else:
             assert 0 < int(needs.sum()) < 200
+
+
+def test_crown_ibp_mixing_shares_the_box_pass() -> None:
+    """CROWN-IBP's mixed margins from one call equal a Box program's and a CROWN-IBP
+    program's apart (values and gradients), also through ``prog.functional``'s parameters
+    under vmap; the Box part is what the Box program computes, not CROWN-IBP's bound."""
+    from absdsl.training.objective import mixed_margin
+
+    model = three_convs()
+    lo, hi = box((1, 16, 16), batch=3, eps=0.1, seed=7)
+    y = torch.tensor([0, 2, 1])
+    shared = {"crown-ibp": absdsl.compile(model, "crown-ibp"), "box": absdsl.compile(model, "box")}
+    assert shared["crown-ibp"].shares_intermediate and not absdsl.compile(
+        model, "deeppoly").shares_intermediate
+
+    class Apart:  # the same program without the shared path
+        def __init__(self, prog):
+            self.prog = prog
+
+        def __call__(self, *a, **k):
+            return self.prog(*a, **k)
+
+        def functional(self, *a, **k):
+            return self.prog.functional(*a, **k)
+
+    apart = {"crown-ibp": Apart(shared["crown-ibp"]), "box": shared["box"]}
+    grads = []
+    for programs in (shared, apart):
+        model.zero_grad()
+        m = mixed_margin(programs, "crown-ibp", None, lo, hi, y, 3, 0.3)
+        m.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if programs is shared:
+            got = m.detach()
+    want = mixed_margin(apart, "crown-ibp", None, lo, hi, y, 3, 0.3).detach()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    box_only = mixed_margin(shared, "crown-ibp", None, lo, hi, y, 3, 0.0)
+    crown_only = mixed_margin(shared, "crown-ibp", None, lo, hi, y, 3, 1.0)
+    assert (box_only - crown_only).abs().max() > 1e-6  # the two terms differ
+    torch.testing.assert_close(got, 0.7 * box_only + 0.3 * crown_only, rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    base = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    stacked = {k: v.unsqueeze(0) + 0.05 * torch.randn((2, *v.shape), generator=g, dtype=DTYPE)
+               for k, v in base.items()}
+    vm = torch.func.vmap(lambda p: mixed_margin(shared, "crown-ibp", p, lo, hi, y, 3, 0.3))(
+        stacked)
+    for i in range(2):
+        one = mixed_margin(apart, "crown-ibp", {k: v[i] for k, v in stacked.items()}, lo, hi,
+                           y, 3, 0.3)
+        torch.testing.assert_close(vm[i], one, rtol=1e-10, atol=1e-10)
