@@ -396,9 +396,12 @@ def concretize(domain: ast.Domain, out: Emitter, state: dict[str, str]) -> tuple
 
 def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain: ast.Domain,
                    filename: str, source: str) -> str:
-    """Emit ``def relax_<op>(l, u)`` returning ((a_lo, b_lo, a_hi, b_hi), needs); its name.
+    """Emit ``def relax_<op>(l, u, needs_only=False)`` returning ((a_lo, b_lo, a_hi, b_hi),
+    needs), or only ``needs`` when ``needs_only``; its name.
 
     ``needs`` marks neurons whose lines depend on l or u: only those gain from tighter bounds.
+    It reads the guards only, so asking for it alone (before the bounds are refined) skips
+    the lines. Constant lines stay numbers inside ``torch.where`` (no filled tensors).
     """
     fn_name = out.fresh(f"relax_{op}")
     body = Emitter(indent=out.indent + 1, used=out.used)
@@ -412,7 +415,6 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     if op in ops.ACTIVATIONS:
         bind_op(s, op, params)
     guards: list[str | None] = []
-    parts: list[list[str]] = []
     depends: list[bool] = []
     bounds_names = set(names)
     for case in relax.cases:
@@ -427,23 +429,10 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
             guards.append(s.tmp(code, "g"))
         else:
             guards.append(None)
-        lines = []
-        for line in (case.lower, case.upper):
-            for piece in _line_pieces(line, line_vars, filename, source):
-                lines.append(as_tensor(compile_expr(piece, s), s))
-        parts.append(lines)
         depends.append(mentions(case.lower, bounds_names | {"f"}) or
                        mentions(case.upper, bounds_names | {"f"}) or
                        any(isinstance(p, ast.Call) and p.func == "f" for p in (case.lower,
                                                                               case.upper)))
-    labels = (["a_lo", "b_lo", "a_hi", "b_hi"] if relax.arity == 1 else
-              ["ax_lo", "ay_lo", "b_lo", "ax_hi", "ay_hi", "b_hi"])
-    results = []
-    for i, label in enumerate(labels):
-        acc = parts[-1][i]
-        for g, p in zip(reversed(guards[:-1]), reversed(parts[:-1]), strict=True):
-            acc = f"torch.where({g}, {p[i]}, {acc})"
-        results.append(s.tmp(acc, label))
     # neurons in a case whose lines read l or u (or f of them)
     needs = "torch.zeros_like(l, dtype=torch.bool)"
     taken = "torch.zeros_like(l, dtype=torch.bool)"
@@ -454,7 +443,26 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
         if g is not None:
             taken = s.tmp(f"({taken} | {g})", "taken")
     needs_var = s.tmp(needs, "needs")
-    out.emit(f"def {fn_name}(l, u{', l2, u2' if relax.arity == 2 else ''}):")
+    body.emit(f"if needs_only: return {needs_var}")
+    parts: list[list[tuple[str, str]]] = []
+    for case in relax.cases:
+        lines = []
+        for line in (case.lower, case.upper):
+            for piece in _line_pieces(line, line_vars, filename, source):
+                value = compile_expr(piece, s)
+                lines.append(value if value[1] == "num" else (as_tensor(value, s), "bound"))
+        parts.append(lines)
+    labels = (["a_lo", "b_lo", "a_hi", "b_hi"] if relax.arity == 1 else
+              ["ax_lo", "ay_lo", "b_lo", "ax_hi", "ay_hi", "b_hi"])
+    results = []
+    for i, label in enumerate(labels):
+        acc = parts[-1][i]
+        for g, p in zip(reversed(guards[:-1]), reversed(parts[:-1]), strict=True):
+            if p[i][1] == "num" and acc[1] == "num":  # torch.where of two numbers: a tensor
+                acc = (as_tensor(acc, s), "bound")
+            acc = (f"torch.where({g}, {p[i][0]}, {acc[0]})", "bound")
+        results.append(s.tmp(as_tensor(acc, s), label))
+    out.emit(f"def {fn_name}(l, u{', l2, u2' if relax.arity == 2 else ''}, needs_only=False):")
     out.lines.extend(body.lines)
     out.emit(f"    return ({', '.join(results)}), {needs_var}")
     return fn_name
@@ -524,8 +532,9 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
         if node.op == "input":
             body.emit(f"return rt.concretize({cur}, k, centre, radius, acc, compact)")
             break
-        if node.op == "affine" and _only_user_of_input(graph, node, users):
-            body.emit(_first_layer_return(node, cur, out))
+        chain = _input_chain(graph, node, users) if node.op == "affine" else None
+        if chain is not None:
+            body.emit(_first_layer_return(node, cur, out, chain))
             break
         if node.op == "affine":
             m = node.attrs["map"]
@@ -563,25 +572,46 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
     return name
 
 
-def _only_user_of_input(graph: Graph, node: Node, users: dict[str, list[Node]]) -> bool:
-    src = graph.by_name[node.inputs[0]]
-    return src.op == "input" and [u.name for u in users[src.name]] == [node.name]
+def _input_chain(graph: Graph, node: Node, users: dict[str, list[Node]]) -> list[Node] | None:
+    """The elementwise affine nodes between the input and ``node`` (input side first) when
+    each of them and the input has one user on the way to ``node``, else None: rows at
+    ``node`` then reach the input through maps that fold into its centre and radius."""
+    chain: list[Node] = []
+    cur = node
+    while True:
+        src = graph.by_name[cur.inputs[0]]
+        if [u.name for u in users[src.name]] != [cur.name]:
+            return None
+        if src.op == "input":
+            return list(reversed(chain))
+        if src.op != "affine" or not isinstance(src.attrs["map"], lm.Elementwise):
+            return None
+        chain.append(src)
+        cur = src
 
 
-def _first_layer_return(node: Node, cur: str, out: Emitter) -> str:
+def _first_layer_return(node: Node, cur: str, out: Emitter, chain: list[Node]) -> str:
     """Concretise rows at the first affine map over the input box in one step.
 
     The centre term is taken one layer up, lam . (W c + b) with W c + b computed once per
-    call: that replaces the bias dot and the centre dot over the input-sized rows. Rows that
-    reach the input by the sub-pixel transposed conv are read before the pixel shuffle, with
-    the radius laid out the same way, since only the dot with the radius is needed.
+    call: that replaces the bias dot and the centre dot over the input-sized rows.
+    Elementwise maps between the input and the first map (normalisation) fold into that
+    centre and into the radius (x s + t has centre c s + t and radius r |s|), so rows never
+    pass through them. Rows that reach the input by the sub-pixel transposed conv are read
+    before the pixel shuffle, with the radius laid out the same way, since only the dot
+    with the radius is needed.
     """
     m = node.attrs["map"]
-    centre = out.value(f"centre_{node.name}", m.apply("centre", with_bias=True))
-    radius = "radius"
+    centre, radius = "centre", "radius"
+    for e in chain:
+        em = e.attrs["map"]
+        centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
+        if em.scale is not None:
+            radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
+    centre = out.value(f"centre_{node.name}", m.apply(centre, with_bias=True))
     if isinstance(m, lm.Conv) and m.uses_subpixel():
         radius = out.value(f"radius_{node.name}", (
-            f"rt.subpixel_phases(radius, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
+            f"rt.subpixel_phases({radius}, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
             f"{tuple(node.shape[1:])})"))
         lam_in = (f"rt.conv_transpose_subpixel({cur}, {m.weight}, {m.stride}, {m.padding}, "
                   f"{tuple(m.in_shape[1:])}, compact, phases=True)")
@@ -672,11 +702,43 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
                      f"{shape})")
     name = out.fresh(f"backsub_patches_{target}")
     body = Emitter(indent=out.indent + 1, used=out.used)
-    body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
-    body.emit("k = index.shape[-1]")
+    first = _patch_first_conv(chain)
+    start = 0
+    head = chain[0].attrs["map"] if chain[0].op == "affine" else None
+    if (isinstance(head, lm.Conv) and chain[1].op in ACTIVATION_CODE):
+        # the target conv and the relaxation of its input in one step: rows only where
+        # they depend on the sign of the slopes, the rest convolved once per call
+        maps = patch_lines[chain[1].name]
+        centre = _patch_centre(chain, first, out) if chain[2] is first else None
+        kern = out.value(f"kernels_{target}", f"rt.patch_kernels({head.weight}, "
+                         f"{head.stride}, {head.dilation}, {head.groups})")
+        terms = out.value(f"terms_{target}", f"rt.patch_first_terms({maps}, {centre})")
+        mid = out.value(f"mid_{target}", head.apply(f"{terms}[0]", with_bias=True))
+        half = out.value(f"half_{target}", head.apply(f"{terms}[1]", absolute=True))
+        body.emit(f"# affine %{target} and {chain[1].op} %{chain[1].name}")
+        body.emit(f"rows, pos, acc = rt.patch_start_relaxed(index, {chain[0].shape}, {kern}, "
+                  f"{maps}, {geoms[1]}, {mid}, {half})")
+        body.emit("k = index.shape[-1]")
+        start = 2
+        if chain[2] is first:
+            m = first.attrs["map"]
+            _, radius = _fold_input(chain[3:-1], out)
+            body.emit(f"# affine %{first.name}: windows {geoms[2][0]}x{geoms[2][1]}")
+            body.emit(f"return rt.patch_spread(rt.patch_conv_back(rows, {m.weight}, "
+                      f"{geoms[2][:2]}, {m.stride}, {m.dilation}, {m.groups}), k, {radius}, "
+                      f"{geoms[-1]}, pos, acc)")
+            start = len(chain)
+    else:
+        body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
+        body.emit("k = index.shape[-1]")
     outside = False  # may rows be non-zero outside their map?
-    for node, geom in zip(chain, geoms, strict=True):
+    for node, geom in zip(chain[start:], geoms[start:], strict=True):
         body.emit(f"# {node.op} %{node.name}: windows {geom[0]}x{geom[1]}")
+        if node is first:
+            if outside:
+                body.emit(f"rows = rt.patch_mask(rows, k, {node.shape[1:]}, {geom}, pos)")
+            body.emit(_patch_first_layer_return(node, chain, geom, geoms[-1], out))
+            break
         if node.op == "input":
             body.emit(f"return rt.patch_concretize(rows, k, centre, radius, {geom}, pos, acc)")
         elif node.op in ACTIVATION_CODE:
@@ -705,3 +767,47 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
     out.emit(f"def {name}(index):")
     out.lines.extend(body.lines)
     return name
+
+
+def _patch_first_conv(chain: list[Node]) -> Node | None:
+    """The conv of a patch chain nearest the input when only elementwise maps lie between
+    them (normalisation), else None."""
+    for node in reversed(chain[:-1]):
+        m = node.attrs["map"] if node.op == "affine" else None
+        if isinstance(m, lm.Conv):
+            return node
+        if not isinstance(m, lm.Elementwise):
+            return None
+    return None
+
+
+def _fold_input(below: list[Node], out: Emitter) -> tuple[str, str]:
+    """Centre and radius of the input box mapped through the elementwise nodes ``below``
+    (input side last): x s + t has centre c s + t and radius r |s|."""
+    centre, radius = "centre", "radius"
+    for e in reversed(below):
+        em = e.attrs["map"]
+        centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
+        if em.scale is not None:
+            radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
+    return centre, radius
+
+
+def _patch_centre(chain: list[Node], first: Node, out: Emitter) -> str:
+    """The first conv's output at the input box's centre (bias included), per sample."""
+    centre, _ = _fold_input(chain[chain.index(first) + 1:-1], out)
+    return out.value(f"centre_{first.name}", first.attrs["map"].apply(centre, with_bias=True))
+
+
+def _patch_first_layer_return(node: Node, chain: list[Node], geom: Geometry,
+                              geom_in: Geometry, out: Emitter) -> str:
+    """Patch rows on the first conv's output concretised over the input box in one step,
+    as :func:`_first_layer_return` does for dense rows: the centre term (bias included) one
+    layer up, the elementwise maps below folded into the centre and the radius."""
+    m = node.attrs["map"]
+    centre = _patch_centre(chain, node, out)
+    _, radius = _fold_input(chain[chain.index(node) + 1:-1], out)
+    rows_in = (f"rt.patch_conv_back(rows, {m.weight}, {geom[:2]}, {m.stride}, {m.dilation}, "
+               f"{m.groups})")
+    return (f"return rt.patch_concretize_after(rows, k, {centre}, {rows_in}, {radius}, {geom}, "
+            f"{geom_in}, pos, acc)")

@@ -426,21 +426,20 @@ def unit_rows(index: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.cat([rows, rows], 0).unsqueeze(0)
 
 
-def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor,
-           needs: Tensor, rows_per_chunk: int, select: bool, per_sample: bool = False
+def refine(backsub: Callable, lower: Tensor, upper: Tensor, needs: Tensor,
+           rows_per_chunk: int, select: bool, per_sample: bool = False
            ) -> tuple[Tensor, Tensor]:
     """Tighten [lower, upper] of one node by back-substitution where ``needs`` holds.
 
     ``backsub(index)`` bounds the neurons ``index``: flat indices into the node's shape,
-    [m] shared by the batch, or [b, m] per sample when ``per_sample`` (patch rows, whose
-    windows can differ per sample).
+    [m] shared by the batch, or, when ``per_sample`` (patch rows, whose windows can differ
+    per sample), each sample's own neurons laid end to end (:class:`Ragged`).
 
     Which neurons run depends on ``select`` (false under vmap, where shapes must not depend
-    on data: all of them) and ``per_sample`` (each sample's own, padded with its other
-    neurons to the largest count; else the union over the batch). Whatever ran, a sample's
-    bounds change only where its own ``needs`` holds, intersected with the given sound
-    bounds: so bounds are the same in every form and do not depend on the other samples in
-    the batch.
+    on data: all of them) and ``per_sample`` (each sample's own; else the union over the
+    batch). Whatever ran, a sample's bounds change only where its own ``needs`` holds,
+    intersected with the given sound bounds: so bounds are the same in every form and do
+    not depend on the other samples in the batch.
     """
     batch = lower.shape[0]
     shape = tuple(lower.shape[1:])
@@ -448,9 +447,8 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     n = flat_l.shape[1]
     need = needs.flatten(1).expand(batch, n)
     if select and per_sample:
-        width = int(need.sum(1).max()) if batch else 0
-        index = selected_first(need, width)
-    elif select:
+        return _refine_ragged(backsub, lower, upper, need, rows_per_chunk)
+    if select:
         index = need.any(0).nonzero().squeeze(1)
         width = index.numel()
     else:
@@ -471,11 +469,34 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
     old_l, old_u, here = flat_l.gather(1, index), flat_u.gather(1, index), need.gather(1, index)
     got_l = torch.where(here, torch.maximum(old_l, got_l), old_l)
     got_u = torch.where(here, torch.minimum(old_u, got_u), old_u)
-    if per_sample or width < n:  # else index is 0..n-1 in order: results are in place
-        # indices are distinct within a sample, so the scatter is well defined; per-sample
-        # indices are each sample's own order, so they are scattered even when width == n
+    if width < n:  # else index is 0..n-1 in order: results are in place
         got_l, got_u = flat_l.scatter(1, index, got_l), flat_u.scatter(1, index, got_u)
     return got_l.reshape(batch, *shape), got_u.reshape(batch, *shape)
+
+
+def _refine_ragged(backsub: Callable, lower: Tensor, upper: Tensor, need: Tensor,
+                   rows_per_chunk: int) -> tuple[Tensor, Tensor]:
+    """:func:`refine` of each sample's own neurons, laid end to end (:class:`Ragged`): no
+    row is padding, and a neuron's bounds are computed alone as in every other form."""
+    batch, n = need.shape
+    sample, neuron = need.nonzero(as_tuple=True)
+    total = neuron.numel()
+    if total == 0:
+        return lower, upper
+    new_l, new_u = [], []
+    step = rows_per_chunk * batch  # as many rows as a chunk of the padded form
+    for start in range(0, total, step):
+        lo_rows, hi_rows = backsub(Ragged(sample[start:start + step],
+                                          neuron[start:start + step]))
+        new_l.append(lo_rows.reshape(-1))
+        new_u.append(hi_rows.reshape(-1))
+    at = sample * n + neuron
+    flat_l, flat_u = lower.reshape(-1), upper.reshape(-1)
+    old_l, old_u = flat_l[at], flat_u[at]
+    got_l = torch.maximum(old_l, torch.cat(new_l))
+    got_u = torch.minimum(old_u, torch.cat(new_u))
+    return (flat_l.scatter(0, at, got_l).reshape(lower.shape),
+            flat_u.scatter(0, at, got_u).reshape(upper.shape))
 
 
 # ---- back-substitution in patches (chains of convolutions) ------------------------------
@@ -488,22 +509,55 @@ def refine(backsub: Callable[[Tensor], tuple[Tensor, Tensor]], lower: Tensor, up
 # windows overhang the map at its borders, where feature maps and the input box read as 0.
 
 
-def patch_start(index: Tensor, shape: tuple[int, ...], like: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches, twice.
+@dataclass
+class Ragged:
+    """(sample, neuron) pairs [N] each: the rows of a per-sample selection laid end to end
+    (no padding to the largest sample's count). Patch functions given it as ``index`` (and
+    its positions as ``pos``) return rows [1, N, D] and accumulators [1, N]."""
 
-    ``index`` is [k] (shared by the batch) or [b, k] (per sample). Returns rows [1 or b, 2k,
-    C], their grid positions (shaped like ``index``) and a zero accumulator [1 or b, 2k].
+    sample: Tensor
+    neuron: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (1, self.neuron.numel())
+
+
+def _neurons(index: Tensor | Ragged) -> Tensor:
+    """Neuron indices of ``index`` as [1 or b, k] (ragged: [1, N])."""
+    if isinstance(index, Ragged):
+        return index.neuron.unsqueeze(0)
+    return index if index.dim() == 2 else index.unsqueeze(0)
+
+
+def _positions(index: Tensor | Ragged, grid: int) -> Tensor | Ragged:
+    if isinstance(index, Ragged):
+        return Ragged(index.sample, index.neuron % grid)
+    return index % grid
+
+
+def patch_start(index: Tensor | Ragged, shape: tuple[int, ...], like: Tensor
+                ) -> tuple[Tensor, Tensor | Ragged, Tensor]:
+    """Unit rows of neurons ``index`` of a [C, H, W] map as 1 x 1 patches.
+
+    ``index`` is [k] (shared by the batch) or [b, k] (per sample). Returns rows [1 or b, k,
+    C], their grid positions (shaped like ``index``) and a zero accumulator [1 or b, k].
+
+    Lower and upper rows are equal until the first relaxation, so until then they are kept
+    once ([.., k, ..]); :func:`patch_relax` returns both ([.., 2k, ..], lower rows first),
+    and every other patch function takes either form.
     """
     channels, height, width = shape
-    per_sample = index if index.dim() == 2 else index.unsqueeze(0)
+    per_sample = _neurons(index)
     rows = torch.zeros(*per_sample.shape, channels, dtype=like.dtype, device=like.device)
     rows.scatter_(2, (per_sample // (height * width)).unsqueeze(2), 1.0)
-    pos = index % (height * width)
-    return torch.cat([rows, rows], 1), pos, rows.new_zeros(rows.shape[0], 2 * rows.shape[1])
+    return rows, _positions(index, height * width), rows.new_zeros(rows.shape[0], rows.shape[1])
 
 
-def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
+_CONTIGUOUS_WINDOWS = 1.0  # more rows than windows: copy the windows contiguous first
+
+
+def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor | Ragged) -> Tensor:
     """Windows of ``maps`` [b, C, H, W] at the rows' positions: [b, k, C * kh * kw].
 
     ``pos`` is [k] (shared) or [b, k] (per sample). Outside the map the windows read 0 (zero
@@ -517,17 +571,31 @@ def patch_gather(maps: Tensor, geom: tuple[int, ...], pos: Tensor) -> Tensor:
     # before the map starts (a conv output that reads padding only), so pad first, then crop
     padded = F.pad(maps, (-ow, max(right, 0), -oh, max(bottom, 0)))
     padded = padded[..., :(gh - 1) * sh + kh, :(gw - 1) * sw + kw]
-    # every window as a strided view [b, gh, gw, C, kh, kw], then one indexed copy of the
-    # rows' windows (F.unfold, i.e. im2col, ran 10-100x slower here on these small maps)
+    # every window as a strided view [b, gh, gw, C, kh, kw] (F.unfold, i.e. im2col, ran
+    # 10-100x slower here on these small maps)
     win = padded.unfold(2, kh, sh).unfold(3, kw, sw).permute(0, 2, 3, 1, 4, 5)
-    ys, xs = pos // gw, pos % gw
+    b = win.shape[0]
+    if isinstance(pos, Ragged):  # each row its own sample's window: [1, N, D]
+        at = pos.neuron if b == 1 else pos.sample * (gh * gw) + pos.neuron
+        return win.reshape(b * gh * gw, -1).index_select(0, at).unsqueeze(0)
+    rows = pos.numel() * (b if pos.dim() == 1 else 1)
+    if rows < _CONTIGUOUS_WINDOWS * b * gh * gw:  # few rows: read them in place
+        ys, xs = pos // gw, pos % gw
+        if pos.dim() == 1:
+            picked = win[:, ys, xs]
+        elif b == 1:
+            picked = win[0][ys, xs]
+        else:
+            picked = win[torch.arange(b, device=pos.device).unsqueeze(1), ys, xs]
+        return picked.flatten(2)
+    # many rows (several per window): copy the windows once into contiguous rows, then copy
+    # whole rows (an indexed copy through the strided view ran 5-10x slower)
+    flat = win.reshape(b * gh * gw, -1)
     if pos.dim() == 1:
-        picked = win[:, ys, xs]
-    elif win.shape[0] == 1:
-        picked = win[0][ys, xs]
-    else:
-        picked = win[torch.arange(win.shape[0], device=pos.device).unsqueeze(1), ys, xs]
-    return picked.flatten(2)
+        return flat.unflatten(0, (b, gh * gw)).index_select(1, pos)
+    if b > 1:
+        pos = pos + (torch.arange(b, device=pos.device) * (gh * gw)).unsqueeze(1)
+    return flat.index_select(0, pos.flatten()).unflatten(0, pos.shape)
 
 
 def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
@@ -538,7 +606,8 @@ def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
                       (b_lo - b_hi) / 2], 1)
 
 
-def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: Tensor,
+def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...],
+                pos: Tensor | Ragged,
                 acc: Tensor) -> tuple[Tensor, Tensor]:
     """Push patch rows through an activation (the algebra of :func:`back_lines`).
 
@@ -547,6 +616,13 @@ def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: 
     """
     a_mid, a_half, b_mid, b_half = patch_gather(maps, geom, pos).unflatten(
         2, (4, -1)).unbind(2)  # each [b, k, D]
+    if rows.shape[1] == k:  # one copy (before the first relaxation): both sides from it
+        mag = rows.abs()
+        scaled, spread = rows * a_mid, mag * a_half
+        out = torch.cat([scaled + spread, scaled - spread], 1)
+        offset, offset_spread = (rows * b_mid).sum(-1), (mag * b_half).sum(-1)
+        extra = torch.cat([offset + offset_spread, offset - offset_spread], 1)
+        return out, acc.repeat(1, 2) + extra
     lower, upper = rows[:, :k], rows[:, k:]
     mag_lo, mag_hi = lower.abs(), upper.abs()
     out = torch.cat([torch.addcmul(lower * a_mid, mag_lo, a_half),
@@ -556,16 +632,75 @@ def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...], pos: 
     return out, acc + extra
 
 
+def patch_kernels(weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int],
+                  groups: int) -> Tensor:
+    """Each output channel's row of a 2-d conv on its input window, [C_out, C_in * kh * kw]
+    (dilated extent): what :func:`patch_conv_back` makes of the unit rows of its neurons."""
+    eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device).unsqueeze(0)
+    return patch_conv_back(eye, weight, (1, 1), stride, dilation, groups)[0]
+
+
+def patch_first_terms(maps: Tensor, centre_after: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The maps that a conv over a relaxed activation turns into the row-free terms of its
+    neurons' bounds: offsets mid and half (from :func:`patch_lines` ``maps``) plus, with
+    ``centre_after`` (the activation's input at the box centre, when the rows would next be
+    concretised there), slope times centre. Convolved with W (mid) and |W| (half), they
+    give every neuron's lower (mid + half) and upper (mid - half) value before the spread.
+    """
+    a_mid, a_half, b_mid, b_half = maps.chunk(4, 1)
+    if centre_after is None:
+        return b_mid, b_half
+    return torch.addcmul(b_mid, a_mid, centre_after), torch.addcmul(b_half, a_half, centre_after)
+
+
+def patch_start_relaxed(index: Tensor | Ragged, shape: tuple[int, ...], kernels: Tensor,
+                        maps: Tensor, geom: tuple[int, ...], mid: Tensor, half: Tensor
+                        ) -> tuple[Tensor, Tensor | Ragged, Tensor]:
+    """:func:`patch_start`, the target conv and the relaxation of its input in one step.
+
+    A neuron of channel c of a conv has the row ``kernels[c]`` on its input window, so after
+    the relaxation its rows are kernels[c] * a_mid +- |kernels[c]| * a_half (windows of the
+    slope maps at its position): only those are built per neuron. Its offsets (and the
+    centre term, see :func:`patch_first_terms`) are read from the convolved maps ``mid``
+    and ``half`` [b, *shape]. Returns rows [b, 2k, D] (lower first), positions and acc.
+    """
+    _, height, width = shape
+    per_sample = _neurons(index)
+    pos = _positions(index, height * width)
+    slopes = maps.narrow(1, 0, maps.shape[1] // 2)  # a_mid, a_half stacked along channels
+    a_mid, a_half = patch_gather(slopes, geom, pos).unflatten(2, (2, -1)).unbind(2)
+    channel = per_sample // (height * width)
+    w = kernels[channel]  # [1 or b, k, D]
+    scaled, spread = w * a_mid, w.abs() * a_half
+    rows = torch.cat([scaled + spread, scaled - spread], 1)
+    if isinstance(index, Ragged):
+        at = (index.sample * mid[0].numel() + index.neuron).unsqueeze(0)  # [1, N]
+        t_mid, t_half = mid.flatten()[at], half.flatten()[at]
+    else:
+        at = per_sample.expand(mid.shape[0], -1)
+        t_mid, t_half = mid.flatten(1).gather(1, at), half.flatten(1).gather(1, at)
+    return rows, pos, torch.cat([t_mid + t_half, t_mid - t_half], 1)
+
+
+def patch_spread(rows_in: Tensor, k: int, radius: Tensor, geom: tuple[int, ...],
+                 pos: Tensor | Ragged,
+                 acc: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds of rows over the input box when ``acc`` already holds their centre term."""
+    r = patch_gather(radius, geom, pos)
+    spread = (rows_in.unflatten(1, (2, k)).abs() * r.unsqueeze(1)).sum(-1).flatten(1)
+    return acc[:, :k] - spread[:, :k], acc[:, k:] + spread[:, k:]
+
+
 def patch_mask(rows: Tensor, k: int, size: tuple[int, int], geom: tuple[int, ...],
-               pos: Tensor) -> Tensor:
+               pos: Tensor | Ragged) -> Tensor:
     """Zero the entries of rows that fall outside a map of spatial ``size`` (no neuron)."""
     ones = rows.new_ones(1, 1, *size)
     inside = patch_gather(ones, geom, pos)  # [1, k, kh*kw]
-    r = rows.unflatten(1, (2, k)).unflatten(-1, (-1, inside.shape[-1]))
+    r = rows.unflatten(1, (-1, k)).unflatten(-1, (-1, inside.shape[-1]))
     return (r * inside.unsqueeze(1).unsqueeze(3)).flatten(-2).flatten(1, 2)
 
 
-def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor,
+def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor | Ragged,
                       shape: tuple[int, ...]) -> Tensor:
     """Windows of a constant broadcastable to the [C, H, W] map (per channel, a full map)."""
     full = t.expand(*t.shape[:-3], *shape) if t.dim() > 3 else t.expand(shape).unsqueeze(0)
@@ -573,26 +708,26 @@ def _constant_windows(t: Tensor, geom: tuple[int, ...], pos: Tensor,
 
 
 def patch_bias(rows: Tensor, k: int, bias: Tensor | float, geom: tuple[int, ...],
-               pos: Tensor, shape: tuple[int, ...], acc: Tensor) -> Tensor:
+               pos: Tensor | Ragged, shape: tuple[int, ...], acc: Tensor) -> Tensor:
     """acc + sum of rows * bias over each window (bias broadcastable to [C, H, W]).
 
     The windows read the bias map as 0 outside the map, so rows there need no mask.
     """
     if not isinstance(bias, Tensor):
         inside = patch_gather(rows.new_ones(1, 1, *shape[1:]), geom, pos)  # [1, k, kh*kw]
-        r = rows.unflatten(1, (2, k)).unflatten(-1, (shape[0], -1)).sum(-2)
+        r = rows.unflatten(1, (-1, k)).unflatten(-1, (shape[0], -1)).sum(-2)
         return acc + (r * inside.unsqueeze(1)).sum(-1).flatten(1) * bias
     windows = _constant_windows(bias, geom, pos, shape)  # [1 or b, k, D]
-    return acc + (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).sum(-1).flatten(1)
+    return acc + (rows.unflatten(1, (-1, k)) * windows.unsqueeze(1)).sum(-1).flatten(1)
 
 
 def patch_scale(rows: Tensor, k: int, scale: Tensor | float, geom: tuple[int, ...],
-                pos: Tensor, shape: tuple[int, ...]) -> Tensor:
+                pos: Tensor | Ragged, shape: tuple[int, ...]) -> Tensor:
     """Rows times an elementwise scale (a number, per channel, or a full map)."""
     if not isinstance(scale, Tensor):
         return rows * scale
     windows = _constant_windows(scale, geom, pos, shape)
-    return (rows.unflatten(1, (2, k)) * windows.unsqueeze(1)).flatten(1, 2)
+    return (rows.unflatten(1, (-1, k)) * windows.unsqueeze(1)).flatten(1, 2)
 
 
 _PATCH_GEMM_ELEMENTS = 1 << 22  # largest dense window map (16 MiB in float32)
@@ -631,14 +766,33 @@ def patch_conv_back(rows: Tensor, weight: Tensor, window: tuple[int, int],
 
 
 def patch_concretize(rows: Tensor, k: int, centre: Tensor, radius: Tensor,
-                     geom: tuple[int, ...], pos: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+                     geom: tuple[int, ...], pos: Tensor | Ragged, acc: Tensor
+                     ) -> tuple[Tensor, Tensor]:
     """Bounds of patch rows over the input box: lower rows, upper rows."""
+    if rows.shape[1] == k:  # no relaxation on the way: one copy of the rows
+        rows, acc = rows.repeat(1, 2, 1), acc.repeat(1, 2)
     c = patch_gather(centre, geom, pos)  # [B, k, D]
     r = patch_gather(radius, geom, pos)
     rr = rows.unflatten(1, (2, k))
-    mid = torch.einsum("bskd,bkd->bsk", rr.expand(c.shape[0], -1, -1, -1), c).flatten(1)
-    spread = torch.einsum("bskd,bkd->bsk", rr.abs().expand(c.shape[0], -1, -1, -1),
-                          r).flatten(1)
+    # products summed over each window (an einsum copied the rows into bmm layout)
+    mid = (rr * c.unsqueeze(1)).sum(-1).flatten(1)
+    spread = (rr.abs() * r.unsqueeze(1)).sum(-1).flatten(1)
+    total = mid + acc
+    return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
+
+
+def patch_concretize_after(rows: Tensor, k: int, centre_after: Tensor, rows_in: Tensor,
+                           radius_in: Tensor, geom: tuple[int, ...], geom_in: tuple[int, ...],
+                           pos: Tensor | Ragged, acc: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`patch_concretize` of ``rows_in`` (rows on the first conv's input windows,
+    from ``rows`` on its output windows ``geom``) with the centre term taken one layer up:
+    rows . (W c + b) for the map ``centre_after = W c + b`` (bias included)."""
+    if rows.shape[1] == k:  # no relaxation on the way: one copy of the rows
+        rows, rows_in, acc = rows.repeat(1, 2, 1), rows_in.repeat(1, 2, 1), acc.repeat(1, 2)
+    c = patch_gather(centre_after, geom, pos)  # [B, k, D]
+    r = patch_gather(radius_in, geom_in, pos)  # [B, k, D_in]
+    mid = (rows.unflatten(1, (2, k)) * c.unsqueeze(1)).sum(-1).flatten(1)
+    spread = (rows_in.unflatten(1, (2, k)).abs() * r.unsqueeze(1)).sum(-1).flatten(1)
     total = mid + acc
     return total[:, :k] - spread[:, :k], total[:, k:] + spread[:, k:]
 

@@ -54,11 +54,17 @@ def margin_lower(
     Only the n - 1 rows e_y - e_i with i != y are bounded (the row i = y is zero, its bound
     exactly 0), and only from below: the GRAD step pays for nothing the loss does not read.
     """
-    others = other_classes(y, n)
-    eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
-    spec = eye[y].unsqueeze(1) - eye[others]  # [B, n - 1, n]
+    others, spec = _margin_rows(y, n, lo)
     lb, _ = run_program(prog, params, lo, hi, spec, upper=False)
     return lb.new_zeros(lb.shape[0], n).scatter(1, others, lb)
+
+
+def _margin_rows(y: torch.Tensor, n: int, like: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes i != y per sample and the spec rows e_y - e_i, [B, n - 1, n]."""
+    others = other_classes(y, n)
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    return others, eye[y].unsqueeze(1) - eye[others]
 
 
 def forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -87,10 +93,19 @@ def mixed_margin(
         return margin_lower(programs[domain], params, lo, hi, y, n)
     if beta >= 1.0:
         return margin_lower(programs[domain], params, lo, hi, y, n)
+    prog = programs[domain]
+    if beta > 0.0 and getattr(prog, "shares_intermediate", False):
+        # one program call: CROWN-IBP's Box forward pass also gives Box's margins (the same
+        # code the Box program runs), so the Box pass and its backward are not repeated
+        others, spec = _margin_rows(y, n, lo)
+        lb_crown, lb_box = prog.lower_with_intermediate(params, lo, hi, spec)
+        m_box = lb_box.new_zeros(lb_box.shape[0], n).scatter(1, others, lb_box)
+        m_crown = lb_crown.new_zeros(lb_crown.shape[0], n).scatter(1, others, lb_crown)
+        return (1.0 - beta) * m_box + beta * m_crown
     m_box = margin_lower(programs["box"], params, lo, hi, y, n)
     if beta <= 0.0:
         return m_box
-    m_crown = margin_lower(programs[domain], params, lo, hi, y, n)
+    m_crown = margin_lower(prog, params, lo, hi, y, n)
     return (1.0 - beta) * m_box + beta * m_crown
 
 
