@@ -66,7 +66,8 @@ REL_TOL = 1e-9
 # every activation of the op table that random networks can take (those defined on a half
 # line, or growing too fast for the drawn weights, are checked by their relaxations only),
 # plus relu6 (a spelling of hardtanh)
-_NOT_IN_NETS = ("exp", "log", "log1p", "sqrt", "reciprocal", "inv1p", "pow", "pow_odd")
+_NOT_IN_NETS = ("exp", "log", "log1p", "sqrt", "reciprocal", "inv1p", "pow", "pow_odd",
+                "rsqrt_eps", "inv_norm")
 ACTIVATION_OPS = tuple(o for o in _ops.ACTIVATIONS if o not in _NOT_IN_NETS) + ("relu6",)
 # where an op's relaxation is checked (l and u inside): the rest of the line is not its domain
 # or overflows float64

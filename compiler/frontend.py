@@ -610,10 +610,10 @@ class _Lowering:
 
     def normalize(self, fx_node: fx.Node, x: _Bound, dims: tuple[int, ...], eps: float
                   ) -> _Bound:
-        """(x - mean) / sqrt(var + eps) over per-sample ``dims`` (1-based, the batch is 0),
-        as products, powers, roots and reciprocals the domains have rules for. The variance
-        goes through a ReLU (exact: it is never negative) so that its bounds stay >= 0
-        whatever the domain (a zonotope's may dip below), and sqrt sees var + eps > 0."""
+        """(x - mean) / sqrt(var + eps) over per-sample ``dims`` (1-based, the batch is 0):
+        the centring (linear), its square, the mean, ``rsqrt_eps`` and a product. rsqrt_eps
+        is 1 / sqrt(max(v, 0) + eps), exact for a variance and defined on the whole line, so
+        no domain's bounds of the variance (a zonotope's may dip below 0) leave its range."""
         shape = self._node_shape(x)
         n = 1
         for d in dims:
@@ -626,11 +626,8 @@ class _Lowering:
                                shape)
         reduced = tuple(1 if i + 1 in dims else s for i, s in enumerate(shape))
         var = self.traced(fx_node, square, mean, f"mean over {dims}", shape=reduced)
-        var = self.add_node(fx_node, "relu", [var.node], {}, reduced)
-        shifted = self.add_node(fx_node, "affine", [var.node], {
-            "map": lm.Elementwise(None, None, self.define("eps", repr(float(eps))))}, reduced)
-        root = self.add_node(fx_node, "sqrt", [shifted.node], {}, reduced)
-        inv = self.add_node(fx_node, "reciprocal", [root.node], {}, reduced)
+        inv = self.add_node(fx_node, "rsqrt_eps", [var.node], {"params": {"eps": eps}},
+                            reduced)
         inv = self.broadcast(fx_node, inv, shape)
         return self.add_node(fx_node, "mul", [centred.node, inv.node], {}, shape)
 
@@ -673,8 +670,7 @@ class _Lowering:
 
     def l2_normalize(self, fx_node: fx.Node, x: _Bound, p: Any, dim: Any, eps: float
                      ) -> _Bound:
-        """``F.normalize``: x / max(||x||_2, eps) along ``dim``, with max(n, eps) written
-        eps + relu(n - eps) and the squared norm through a ReLU (it is never negative)."""
+        """``F.normalize``: x / max(||x||_2, eps) along ``dim``, as x * inv_norm(sum x^2)."""
         if float(p) != 2.0:
             raise self.error(fx_node, f"normalize with p={p} has no rule (p=2 only)")
         shape = self._node_shape(x)
@@ -683,15 +679,8 @@ class _Lowering:
         square = self.add_node(fx_node, "pow", [x.node], {"params": {"exponent": 2.0}}, shape)
         total = self.traced(fx_node, square, f"{{x}}.sum(dim={d}, keepdim=True)",
                             f"sum over {d}", shape=reduced)
-        total = self.add_node(fx_node, "relu", [total.node], {}, reduced)
-        norm = self.add_node(fx_node, "sqrt", [total.node], {}, reduced)
-        eps_v = self.define("eps", repr(float(eps)))
-        gap = self.add_node(fx_node, "affine", [norm.node], {
-            "map": lm.Elementwise(None, None, self.define("neg_eps", f"-{eps_v}"))}, reduced)
-        gap = self.add_node(fx_node, "relu", [gap.node], {}, reduced)
-        floor = self.add_node(fx_node, "affine", [gap.node], {
-            "map": lm.Elementwise(None, None, eps_v)}, reduced)
-        inv = self.add_node(fx_node, "reciprocal", [floor.node], {}, reduced)
+        inv = self.add_node(fx_node, "inv_norm", [total.node], {"params": {"eps": eps}},
+                            reduced)
         inv = self.broadcast(fx_node, inv, shape)
         return self.add_node(fx_node, "mul", [x.node, inv.node], {}, shape)
 

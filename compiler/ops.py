@@ -285,6 +285,28 @@ ELEMENTWISE: tuple[Op, ...] = (
        code=lambda x, p: f"(1 / (1 + {x}))",
        deriv=lambda x, p: f"(-1 / ((1 + {x}) * (1 + {x})))", convex=lambda p: ((-1.0, INF),),
        valid=(-1.0, INF, True), summary="1 / (1 + x) on x > -1 (softmax)"),
+    # the last steps of LayerNorm / GroupNorm and F.normalize, as single ops defined on the
+    # whole line (exact where a variance or squared norm is >= 0, which it always is), so
+    # that no domain's rounding or relaxation can push them out of a defined range
+    Op("rsqrt_eps", "elementwise", groups=("antitone", "activation"),
+       params=(Param("eps", 1e-5, (1e-2, 1.0)),),
+       code=lambda x, p: f"(torch.clamp({x}, min=0.0) + {_num(p['eps'])}) ** -0.5",
+       deriv=lambda x, p: (f"torch.where({x} > 0, -0.5 * (torch.clamp({x}, min=0.0) + "
+                           f"{_num(p['eps'])}) ** -1.5, torch.zeros_like({x}))"),
+       convex=lambda p: ((-INF, 0.0), (0.0, INF)),
+       dips=lambda p: ((0.0, -0.5 * p["eps"] ** -1.5),),
+       check=lambda p: None if p["eps"] > 0 else "rsqrt_eps needs eps > 0",
+       summary="1 / sqrt(max(v, 0) + eps) (layer and group norm)"),
+    Op("inv_norm", "elementwise", groups=("antitone", "activation"),
+       params=(Param("eps", 1e-12, (1e-2, 1.0)),),
+       code=lambda x, p: (f"1 / torch.clamp(torch.sqrt(torch.clamp({x}, min=0.0)), "
+                          f"min={_num(p['eps'])})"),
+       deriv=lambda x, p: (f"torch.where({x} > {_num(p['eps'] ** 2)}, -0.5 * torch.clamp("
+                           f"{x}, min={_num(p['eps'] ** 2)}) ** -1.5, torch.zeros_like({x}))"),
+       convex=lambda p: ((-INF, p["eps"] ** 2), (p["eps"] ** 2, INF)),
+       dips=lambda p: ((p["eps"] ** 2, -0.5 * p["eps"] ** -3),),
+       check=lambda p: None if p["eps"] > 0 else "inv_norm needs eps > 0",
+       summary="1 / max(sqrt(max(s, 0)), eps) (F.normalize of a squared norm s)"),
     Op("sqrt", "elementwise", groups=("monotone", "activation"),
        functions=(torch.sqrt, "sqrt"), code=lambda x, p: f"torch.sqrt({x})",
        # f' is infinite at 0: df is clamped there (a lower bound of f' is all dmin needs),

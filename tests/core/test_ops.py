@@ -25,6 +25,11 @@ from absdsl.errors import InputError, TraceError
 OP_CASES = [pytest.param(op, p, id=f"{op.name}-{'-'.join(f'{v:g}' for v in p.values())}"
                          if p else op.name)
             for op in ops.ELEMENTWISE for p in op.sample_params()]
+# f' jumps at the dip to a one-sided limit a grid cannot reach (-0.5 eps^-1.5 as v -> 0+)
+STEEP_DIPS = ("rsqrt_eps", "inv_norm")
+# ops a model spells directly (the others are steps of lowerings: LayerNorm, F.normalize,
+# softmax, checked through those below and by the table tests above)
+SPELLED_CASES = [c for c in OP_CASES if c.values[0].functions or c.values[0].modules]
 
 
 def _span(op: ops.Op) -> tuple[float, float]:
@@ -95,6 +100,11 @@ def test_argmin_is_the_minimum(op: ops.Op, p: ops.Params) -> None:
 @pytest.mark.parametrize("op,p", [c for c in OP_CASES if c.values[0].dips(c.values[1])])
 def test_dips_are_minima_of_the_derivative(op: ops.Op, p: ops.Params) -> None:
     df = _deriv(op, p)
+    if op.name in STEEP_DIPS:  # a one-sided limit no grid reaches: a lower bound only
+        for at, value in op.dips(p):
+            x = at + torch.logspace(-12, 1, 3001, dtype=DTYPE)
+            assert float(df(x).min()) >= value - 1e-12 * abs(value)
+        return
     for at, value in op.dips(p):
         x = torch.linspace(at - 1.5, at + 1.5, 30001, dtype=DTYPE)
         d = df(x)
@@ -153,7 +163,8 @@ def test_slope_min_code_bounds_the_derivative(op: ops.Op, p: ops.Params) -> None
     true_min = df(pts).min(1).values
     assert (bound <= true_min + 1e-12).all(), (l, u, bound - true_min)
     # and it is the minimum (up to the grid), not just any lower bound
-    assert (bound >= true_min - 1e-2 * (1 + true_min.abs())).all(), (bound, true_min)
+    if op.name not in STEEP_DIPS:
+        assert (bound >= true_min - 1e-2 * (1 + true_min.abs())).all(), (bound, true_min)
 
 
 # ---- 2. every activation in an MLP, in every domain -----------------------------------------
@@ -243,13 +254,12 @@ def _check_sound_and_exact(model, prog, lo, hi, x, what) -> None:
     assert ((ub[-n:] - y).abs() <= tol).all(), (what, (ub[-n:] - y).abs().max())
 
 
-@pytest.mark.parametrize("op,p", OP_CASES)
+@pytest.mark.parametrize("op,p", SPELLED_CASES)
 def test_activation_sound_and_exact_in_every_domain(op: ops.Op, p: ops.Params) -> None:
     model = act_net(op, p)
     lo, hi, x = _boxes_and_points((3,), seed=1)
-    if op.functions or op.modules:  # an op with a spelling is traced to itself
-        ir = absdsl.compile(model, "box", input_shape=(3,)).ir
-        assert any(n.op == op.name for n in ir.nodes)
+    ir = absdsl.compile(model, "box", input_shape=(3,)).ir
+    assert any(n.op == op.name for n in ir.nodes)
     for domain in DOMAINS:
         _check_sound_and_exact(model, absdsl.compile(model, domain), lo, hi, x, domain)
 
@@ -582,7 +592,7 @@ def test_products_and_lowered_ops_sound_and_exact_in_every_domain() -> None:
     model = Attention().to(DTYPE).eval()
     lo, hi, x = _boxes_and_points((2, 3), seed=5, eps=(0.01, 0.05))
     ir_ops = {n.op for n in absdsl.compile(model, "box", input_shape=(2, 3)).ir.nodes}
-    assert {"mul", "reciprocal", "sqrt", "exp", "log1p", "pow"} <= ir_ops
+    assert {"mul", "reciprocal", "rsqrt_eps", "inv_norm", "exp", "log1p", "pow"} <= ir_ops
     for domain in DOMAINS:
         _check_sound_and_exact(model, absdsl.compile(model, domain), lo, hi, x, domain)
 
