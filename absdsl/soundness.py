@@ -1526,6 +1526,57 @@ def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]
     return out
 
 
+def product_relaxation(domain: Any) -> Any:
+    """The domain's planes of ``mul`` as fn(lx, ux, ly, uy) -> 6 tensors, or None."""
+    from absdsl.compiler import codegen
+    from absdsl.dsl.loader import load_domain
+
+    loaded = load_domain(domain)
+    relax = codegen.relax_for("mul", loaded.relaxes)
+    if relax is None or loaded.intermediate is None:
+        return None
+    em = codegen.Emitter(indent=0)
+    name = codegen.relax_function(relax, "mul", {}, em, loaded.domain, relax.filename,
+                                  relax.source)
+    fn = codegen.load_generated("\n".join(em.lines), "relax mul")[name]
+    return lambda lx, ux, ly, uy: fn(lx, ux, ly, uy)[0]
+
+
+def check_product_planes(planes: Any) -> PropertyResult:
+    """lower(x, y) <= x y <= upper(x, y) on a grid of boxes [lx, ux] x [ly, uy] (values from
+    -1e3 to 1e3, degenerate ones included), at the corners, the centre and inside."""
+    vals = [-1e3, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 1.0, 3.0, 1e3]
+    pairs = [(a, b) for a in vals for b in vals if a <= b]
+    lx, ux, ly, uy = (torch.tensor(v, dtype=DTYPE) for v in zip(
+        *[(a, b, c, d) for a, b in pairs for c, d in pairs], strict=True))
+    result = PropertyResult("relaxations: the product's planes on a grid of boxes", True, 0)
+    for tx in (0.0, 0.3, 0.5, 1.0):
+        for ty in (0.0, 0.7, 0.5, 1.0):
+            x, y = lx + tx * (ux - lx), ly + ty * (uy - ly)
+            ax_lo, ay_lo, b_lo, ax_hi, ay_hi, b_hi = (
+                torch.as_tensor(t, dtype=DTYPE).expand_as(x) for t in planes(lx, ux, ly, uy))
+            z = x * y
+            low, up = ax_lo * x + ay_lo * y + b_lo, ax_hi * x + ay_hi * y + b_hi
+            tol = local_tolerance(lx.abs() + ux.abs(), ly.abs() + uy.abs(), z, ax_lo * x,
+                                  ay_lo * y, b_lo, ax_hi * x, ay_hi * y, b_hi)
+            result.examples += x.numel()
+            for which, excess in (("lower plane > x y", low - z), ("x y > upper plane", z - up)):
+                bad = torch.isnan(excess) | (excess > tol)
+                if bool(bad.any()):
+                    i = int(bad.nonzero()[0, 0])
+                    result.passed = False
+                    result.counterexample = Counterexample(
+                        "relaxations", "mul", [float(lx[i]), float(ly[i])],
+                        [float(ux[i]), float(uy[i])], [float(x[i]), float(y[i])], which, (i,),
+                        float(z[i]), float((low if "lower" in which else up)[i]),
+                        float(excess[i]), float(tol[i]),
+                        note=f"planes: lower {float(ax_lo[i]):.17g} x + {float(ay_lo[i]):.17g} "
+                             f"y + {float(b_lo[i]):.17g}, upper {float(ax_hi[i]):.17g} x + "
+                             f"{float(ay_hi[i]):.17g} y + {float(b_hi[i]):.17g}")
+                    return result
+    return result
+
+
 def check_relaxation(op: str, params: dict[str, float], fn: Any, l: torch.Tensor,
                      u: torch.Tensor, x: torch.Tensor) -> None:
     """Raise :class:`Violation` unless lower(x) <= f(x) <= upper(x) (elementwise), each
@@ -1839,6 +1890,9 @@ def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: in
             grid_result.passed = False
             grid_result.counterexample = v.cex
         report.results.append(grid_result)
+        planes = product_relaxation(domain)
+        if planes is not None:
+            report.results.append(check_product_planes(planes))
         report.results.append(_run_property(
             "relaxations: lower <= f <= upper (random l <= u, x in [l, u])",
             relaxation_property(domain, surfaces), max_examples * 4, seed + 2,

@@ -656,3 +656,28 @@ def test_missing_gelu_rule_names_the_domains_that_have_one(tmp_path: Path) -> No
     listed = msg.split("built-in domains with a rule for gelu:")[1]
     for name in DOMAINS:
         assert name in listed, (name, msg)
+
+
+def test_check_rejects_a_product_relaxation_that_is_not_valid(tmp_path: Path) -> None:
+    """``absdsl check`` tests a two-input relaxation on a grid of boxes: lines raised by
+    0.1 % of the box are refuted with the box, the point and the planes."""
+    from absdsl.dsl.loader import builtin_path
+    from absdsl.soundness import check_domain
+
+    for name in ("relax.absd", "box.absd", "deeppoly.absd"):
+        (tmp_path / name).write_text(Path(str(builtin_path(name))).read_text())
+    text = (tmp_path / "deeppoly.absd").read_text()
+    bad = ("relax mul(x, y; lx, ux, ly, uy) {\n"
+           "  else: lower ly * x + lx * y - lx * ly + 1e-3 * (ux - lx), "
+           "upper uy * x + lx * y - lx * uy\n}\n")
+    (tmp_path / "deeppoly.absd").write_text(text.replace('import "relax.absd"\n',
+                                                         'import "relax.absd"\n' + bad))
+    report = check_domain(str(tmp_path / "deeppoly.absd"), max_examples=4, seed=0,
+                          properties=("relaxations",))
+    assert not report.ok
+    failed = [r for r in report.results if not r.passed]
+    assert failed[0].name.startswith("relaxations: the product's planes")
+    cex = failed[0].counterexample
+    assert cex is not None and cex.network == "mul" and "lower plane" in cex.which
+    ok = check_domain("deeppoly", max_examples=4, seed=0, properties=("relaxations",))
+    assert any("product's planes" in r.name and r.passed for r in ok.results)
