@@ -53,6 +53,8 @@ def pool_code(x: str, p: dict) -> str:
 
 def op_code(op: str, x: str, params: dict) -> str:
     """Torch code of an activation or pooling node applied to ``x``."""
+    if op == "amax":  # dim counts the batch
+        return f"torch.amax({x}, dim={int(params['dim'])}, keepdim={bool(params['keepdim'])})"
     if ops.is_pool(op):
         return pool_code(x, params)
     return ACTIVATION_CODE[op](x, params)

@@ -489,6 +489,8 @@ class _Lowering:
             return self.elementwise(fx_node, x, ops.get(name), {"exponent": exponent})
         if target in ops.BY_FUNCTION:
             op = ops.BY_FUNCTION[target]
+            if op.name == "amax":
+                return self.amax(fx_node, x, args)
             if op.kind == "pool":
                 return self.max_pool(fx_node, x, self.pool_kwargs(fx_node, args))
             params = {}
@@ -830,6 +832,20 @@ class _Lowering:
                            f"conv_transpose2d W={w}",
                            abs_code=f"rt.conv_transpose2d({{x}}, {w_abs}, {geometry})",
                            bias=self.bias(path, mod.bias, 3, fx_node))
+
+    def amax(self, fx_node: fx.Node, x: _Bound, args: list[Any]) -> _Bound:
+        shape = self._node_shape(x)
+        dim = fx_node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if isinstance(dim, (list, tuple)):
+            if len(dim) != 1:
+                raise self.error(fx_node, "amax over several dims has no rule; one dim")
+            dim = dim[0]
+        if dim is None:
+            raise self.error(fx_node, "amax over every dim mixes the samples of a batch")
+        d = self._dim(fx_node, dim, len(shape)) + 1
+        keep = bool(fx_node.kwargs.get("keepdim", args[2] if len(args) > 2 else False))
+        return self.add_node(fx_node, "amax", [x.node],
+                             {"params": {"dim": float(d), "keepdim": float(keep)}})
 
     def pool_kwargs(self, fx_node: fx.Node, args: list[Any]) -> dict:
         names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]

@@ -1,10 +1,10 @@
 """Rewrites of the IR for domains that lack a rule: an op becomes ops they have rules for.
 
-Max pooling is the one op lowered today: ``max(a, b) = a + relu(b - a)``, so a k x k window
-is its k*k shifted views (linear selections of the input) reduced by a balanced tree of
-those maxima. Every domain bounds it then, the MILP stage encodes it exactly (it is the same
-piecewise-linear function), and Box, which has a direct rule (max pooling is monotone), keeps
-the tighter direct form.
+Max pooling and ``torch.amax`` are lowered: ``max(a, b) = a + relu(b - a)``, so a k x k
+window is its k*k shifted views (linear selections of the input), and a max over a dim its
+slices, reduced by a balanced tree of those maxima. Every domain bounds it then, the MILP
+stage encodes it exactly (it is the same piecewise-linear function), and Box, which has a
+direct rule (both are monotone), keeps the tighter direct form.
 """
 
 from __future__ import annotations
@@ -37,11 +37,27 @@ def lower_unsupported(graph: Graph, has_rule: Callable[[str], bool]) -> Graph:
                     node.attrs, node.origin)
         if ops.is_pool(node.op) and not has_rule(node.op):
             src = next(n for n in nodes if n.name == node.inputs[0])
-            renamed[node.name] = _max_pool_tree(node, src, nodes, fresh)
+            lower = _amax_tree if node.op == "amax" else _max_pool_tree
+            renamed[node.name] = lower(node, src, nodes, fresh)
         else:
             nodes.append(node)
     return Graph(nodes, renamed.get(graph.output, graph.output), graph.prelude,
                  graph.param_names)
+
+
+def _amax_tree(node: Node, src: Node, nodes: list[Node], fresh: Callable[[str], str]) -> str:
+    """``torch.amax`` over one dim: its slices along that dim, reduced by the same tree."""
+    dim = int(node.attrs["params"]["dim"])  # counts the batch
+    keep = bool(node.attrs["params"]["keepdim"])
+    taps = []
+    for i in range(src.shape[dim - 1]):
+        code = f"{{x}}.narrow({dim}, {i}, 1)" + ("" if keep else f".squeeze({dim})")
+        m = lm.Traced(code, code, None, tuple(src.shape), tuple(node.shape),
+                      f"amax slice {i}")
+        name = fresh(f"{node.name}_at{i}")
+        nodes.append(Node(name, "affine", [src.name], node.shape, {"map": m}, node.origin))
+        taps.append(name)
+    return _max_tree(node, taps, nodes, fresh)
 
 
 def _max_pool_tree(node: Node, src: Node, nodes: list[Node], fresh: Callable[[str], str]
@@ -74,6 +90,13 @@ def _max_pool_tree(node: Node, src: Node, nodes: list[Node], fresh: Callable[[st
             nodes.append(Node(name, "affine", [src.name], node.shape, {"map": m},
                               node.origin))
             taps.append(name)
+    return _max_tree(node, taps, nodes, fresh)
+
+
+def _max_tree(node: Node, taps: list[str], nodes: list[Node], fresh: Callable[[str], str]
+              ) -> str:
+    """The maximum of ``taps`` (nodes of ``node``'s shape): a balanced tree of
+    max(a, b) = a + relu(b - a)."""
     while len(taps) > 1:
         level = []
         for a, b in zip(taps[0::2], taps[1::2], strict=False):

@@ -325,6 +325,8 @@ POOL: tuple[Op, ...] = (
        modules={nn.MaxPool2d: lambda m: {}}, functions=(F.max_pool2d, "max_pool2d"),
        piecewise_linear=True,
        summary="max over k x k windows (any stride, padding; dilation 1)"),
+    Op("amax", "pool", groups=("monotone",), functions=(torch.amax, "amax"),
+       piecewise_linear=True, summary="max over one per-sample dim (torch.amax)"),
 )
 
 PRODUCTS: tuple[Op, ...] = (

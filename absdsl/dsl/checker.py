@@ -26,6 +26,8 @@ def covered_ops(name: str, elementwise_only: bool = False) -> list[str]:
 
 
 def sample_params(op: str) -> dict:
+    if op == "amax":
+        return {"dim": 3.0, "keepdim": 0.0}
     if ops.is_pool(op):
         return dict(_POOL_SAMPLE)
     return ops.get(op).sample_params()[0]
@@ -34,8 +36,9 @@ def sample_params(op: str) -> dict:
 def _graph(op: str) -> Graph:
     dense = lm.Dense("W", "W_abs", "b")
     if ops.is_pool(op):
+        out = (1, 4) if op == "amax" else (1, 2, 2)
         nodes = [Node("x", "input", [], (1, 4, 4)),
-                 Node("y", op, ["x"], (1, 2, 2), {"params": sample_params(op)})]
+                 Node("y", op, ["x"], out, {"params": sample_params(op)})]
         return Graph(nodes, "y")
     nodes = [Node("x", "input", [], (4,))]
     if op == "affine" or op == "input":

@@ -681,3 +681,32 @@ def test_check_rejects_a_product_relaxation_that_is_not_valid(tmp_path: Path) ->
     assert cex is not None and cex.network == "mul" and "lower plane" in cex.which
     ok = check_domain("deeppoly", max_examples=4, seed=0, properties=("relaxations",))
     assert any("product's planes" in r.name and r.passed for r in ok.results)
+
+
+class AmaxNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(36, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(torch.cat([torch.amax(y, dim=2).flatten(1),
+                                  y.amax(dim=-1, keepdim=True).flatten(1)], 1))
+
+
+def test_amax_over_a_dim_in_every_domain() -> None:
+    """Box maps the bounds through amax (monotone); the other domains get the slices and
+    the max tree; all sound and exact on points; the MILP-facing IR has no amax left."""
+    torch.manual_seed(0)
+    model = AmaxNet().to(DTYPE).eval()
+    lo, hi, x = _boxes_and_points((1, 6, 6), seed=7)
+    for domain in DOMAINS:
+        _check_sound_and_exact(model, absdsl.compile(model, domain), lo, hi, x, domain)
+    cl, cu = absdsl.compile(nn.Sequential(model.conv), "box")(lo, hi)
+    pooled = nn.Sequential(model.conv, Fn(lambda t: torch.amax(t, dim=2)))
+    pl, pu = absdsl.compile(pooled, "box")(lo, hi)
+    assert torch.equal(pl, torch.amax(cl, dim=2)) and torch.equal(pu, torch.amax(cu, dim=2))
+    assert any(n.op == "amax" for n in absdsl.compile(model, "box", input_shape=(1, 6, 6)).ir.nodes)
+    assert not any(n.op == "amax" for n in absdsl.compile(model, "deeppoly",
+                                                         input_shape=(1, 6, 6)).ir.nodes)
