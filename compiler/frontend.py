@@ -47,6 +47,13 @@ class _Meta:
 
 
 @dataclass
+class _MaxPair:
+    """``torch.max(x, dim)``: (values, indices); the values are an amax node."""
+
+    values: _Bound
+
+
+@dataclass
 class _Parts:
     """The tuple of ``chunk``/``split``: each part becomes a slice when it is read."""
 
@@ -76,6 +83,9 @@ _DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div"
         "true_divide"}
 _NEG = {operator.neg, torch.neg, "neg"}
 _POW = {operator.pow, torch.pow, "pow"}
+# elementwise max / min of two input-dependent tensors (True: max)
+_MAX_MIN = {torch.maximum: True, "maximum": True, torch.minimum: False, "minimum": False,
+            torch.max: True, "max": True, torch.min: False, "min": False}
 _RESHAPE = {torch.flatten, torch.reshape, "view", "reshape", "flatten", "squeeze", "unsqueeze",
             torch.squeeze, torch.unsqueeze, "unflatten", torch.unflatten}
 _ALIAS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, "contiguous", "clone",
@@ -456,6 +466,18 @@ class _Lowering:
         bound_args = [a for a in args if isinstance(a, _Bound)]
         if target is operator.getitem and args and isinstance(args[0], _Parts):
             return args[0].part(self, fx_node, int(args[1]))
+        if target in (operator.getitem, getattr) and args and isinstance(args[0], _MaxPair):
+            if args[1] in (0, 0.0, "values"):
+                return args[0].values
+            raise self.error(fx_node, "the indices of a max have no rule (only its values)")
+        if target in _MAX_MIN and len(args) >= 2 and isinstance(args[0], _Bound) \
+                and isinstance(args[1], _Bound):
+            return self.maximum(fx_node, args[0], args[1], _MAX_MIN[target])
+        if target in (torch.max, "max") and args and isinstance(args[0], _Bound):
+            if len(args) < 2 and "dim" not in fx_node.kwargs:
+                raise self.error(fx_node, "max over every dim mixes the samples of a batch; "
+                                          "give dim")
+            return _MaxPair(self.amax(fx_node, args[0], args))
         if target is operator.getitem and args and isinstance(args[0], _Bound):
             return self.index(fx_node, args[0], fx_node.args[1])
         if target in _META_FUNCS:
@@ -833,6 +855,21 @@ class _Lowering:
                            abs_code=f"rt.conv_transpose2d({{x}}, {w_abs}, {geometry})",
                            bias=self.bias(path, mod.bias, 3, fx_node))
 
+    def maximum(self, fx_node: fx.Node, a: _Bound, b: _Bound, is_max: bool) -> _Bound:
+        """max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b) (broadcast first)."""
+        shape = self.shape_of(fx_node)
+        a, b = (self.broadcast(fx_node, v, shape) for v in (a, b))
+        first, second = (a, b) if is_max else (b, a)
+        neg = self.add_node(fx_node, "affine", [first.node],
+                            {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
+        diff = self.add_node(fx_node, "add", [second.node, neg.node], {}, shape)
+        gain = self.add_node(fx_node, "relu", [diff.node], {}, shape)
+        if is_max:
+            return self.add_node(fx_node, "add", [a.node, gain.node], {}, shape)
+        loss = self.add_node(fx_node, "affine", [gain.node],
+                             {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
+        return self.add_node(fx_node, "add", [a.node, loss.node], {}, shape)
+
     def amax(self, fx_node: fx.Node, x: _Bound, args: list[Any]) -> _Bound:
         shape = self._node_shape(x)
         dim = fx_node.kwargs.get("dim", args[1] if len(args) > 1 else None)
@@ -844,8 +881,10 @@ class _Lowering:
             raise self.error(fx_node, "amax over every dim mixes the samples of a batch")
         d = self._dim(fx_node, dim, len(shape)) + 1
         keep = bool(fx_node.kwargs.get("keepdim", args[2] if len(args) > 2 else False))
+        out = tuple(1 if i + 1 == d else n for i, n in enumerate(shape)) if keep else \
+            tuple(n for i, n in enumerate(shape) if i + 1 != d)
         return self.add_node(fx_node, "amax", [x.node],
-                             {"params": {"dim": float(d), "keepdim": float(keep)}})
+                             {"params": {"dim": float(d), "keepdim": float(keep)}}, out)
 
     def pool_kwargs(self, fx_node: fx.Node, args: list[Any]) -> dict:
         names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]

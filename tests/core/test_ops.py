@@ -710,3 +710,31 @@ def test_amax_over_a_dim_in_every_domain() -> None:
     assert any(n.op == "amax" for n in absdsl.compile(model, "box", input_shape=(1, 6, 6)).ir.nodes)
     assert not any(n.op == "amax" for n in absdsl.compile(model, "deeppoly",
                                                          input_shape=(1, 6, 6)).ir.nodes)
+
+
+class MaxMinNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(3, 6)
+        self.fc = nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.maximum(self.a(x), self.b(x))
+        z = torch.min(self.a(x), self.b(x))
+        v = torch.max(y.reshape(-1, 2, 3), dim=2).values
+        w = torch.max(z.reshape(-1, 2, 3), 1)[0]
+        return self.fc(torch.cat([v, w, z[:, :2]], 1))
+
+
+def test_elementwise_max_min_and_max_over_a_dim_in_every_domain() -> None:
+    torch.manual_seed(0)
+    model = MaxMinNet().to(DTYPE).eval()
+    lo, hi, x = _boxes_and_points((3,), seed=8)
+    for domain in DOMAINS:
+        _check_sound_and_exact(model, absdsl.compile(model, domain), lo, hi, x, domain)
+
+
+def test_the_indices_of_a_max_are_refused() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), Fn(lambda t: torch.max(t, dim=1)[1].to(t.dtype)))
+    with pytest.raises(TraceError, match="indices of a max"):
+        absdsl.compile(model.to(DTYPE), "box", input_shape=(3,))
