@@ -1,0 +1,57 @@
+"""Review of the new ops: minimal failing cases (float64, degenerate and small boxes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import absdsl
+from absdsl.domains import NAMES as DOMAINS
+
+DTYPE = torch.float64
+
+
+class _Interp(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, **self.kw).flatten(1)
+
+
+# F.interpolate with a non-integer scale_factor: torch samples at 1 / scale_factor, the
+# front end re-traces the map with size=<output shape>, which samples at in/out instead.
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("kw", [dict(scale_factor=0.6, mode="bilinear", align_corners=False),
+                                dict(scale_factor=(2.0, 0.7), mode="nearest")],
+                         ids=["bilinear-0.6", "nearest-2x0.7"])
+def test_interpolate_scale_factor_exact_on_a_point(domain: str, kw: dict) -> None:
+    model = _Interp(**kw).eval()
+    x = torch.arange(20, dtype=DTYPE).reshape(1, 1, 4, 5) ** 2
+    lb, ub = absdsl.compile(model, domain)(x, x)
+    y = model(x)
+    torch.testing.assert_close(lb, y, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ub, y, rtol=1e-9, atol=1e-9)
+
+
+class _LogSoftmax(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(30 * x, dim=-1)
+
+
+# log_softmax with large logits: s = exp(30 (x1 - x0)) spans [exp(64.4), exp(100.4)]; the
+# linear sum over j != i (Box's centre-radius affine rule, c - r) rounds the lower end of
+# s at the ulp of exp(100.4), so -log1p(s) gets an upper bound below the true output.
+def test_log_softmax_large_logits_box_sound() -> None:
+    model = _LogSoftmax().eval()
+    lo = torch.tensor([[-2.4788, 0.2684]], dtype=DTYPE)
+    hi = lo + 0.6
+    lb, ub = absdsl.compile(model, "box")(lo, hi)
+    x = torch.tensor([[hi[0, 0], lo[0, 1]]], dtype=DTYPE)  # a corner of the box
+    y = model(x)
+    tol = 1e-9 * (1 + y.abs())
+    assert (y <= ub + tol).all(), f"upper bound {ub.tolist()} below the output {y.tolist()}"
+    assert (y >= lb - tol).all(), f"lower bound {lb.tolist()} above the output {y.tolist()}"
