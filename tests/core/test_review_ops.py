@@ -57,3 +57,38 @@ def test_log_softmax_large_logits_sound(domain: str) -> None:
     tol = 1e-9 * (1 + y.abs())
     assert (y <= ub + tol).all(), f"upper bound {ub.tolist()} below the output {y.tolist()}"
     assert (y >= lb - tol).all(), f"lower bound {lb.tolist()} above the output {y.tolist()}"
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn: object) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def _exact_or_clear_error(fn: object) -> None:
+    """Compiles and is exact on a point, or refuses with an AbsdslError that names the cause."""
+    model = _Fn(fn).eval()
+    x = torch.arange(12, dtype=DTYPE).reshape(2, 6)
+    try:
+        lb, ub = absdsl.compile(model, "box")(x, x)
+    except absdsl.AbsdslError as e:
+        assert "constants" not in str(e), f"misleading message: {e}"  # x is no constant
+        return
+    torch.testing.assert_close(lb, model(x), rtol=0, atol=0)
+    torch.testing.assert_close(ub, model(x), rtol=0, atol=0)
+
+
+# A slice of chunk's tuple: the front end calls int() on the slice (a bare TypeError).
+def test_slice_of_chunks_exact_or_clear_error() -> None:
+    _exact_or_clear_error(lambda x: torch.cat(x.chunk(3, -1)[::-1], -1))
+
+
+# chunk's tuple passed whole to cat/stack (both documented ops): refused as "a computation on
+# constants that absdsl cannot replay", though every part depends on the input.
+@pytest.mark.parametrize("join", [lambda t: torch.cat(t, -1), lambda t: torch.stack(t, 0).sum(0)],
+                         ids=["cat", "stack"])
+def test_join_of_whole_chunk_tuple_exact_or_clear_error(join: object) -> None:
+    _exact_or_clear_error(lambda x: join(x.chunk(3, -1)))
