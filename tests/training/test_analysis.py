@@ -240,11 +240,31 @@ def test_auc_rejects_bad_input(kwargs, message):
         certified_auc(model, x, y, **args)
 
 
-def test_auc_reports_an_op_the_domain_cannot_handle():
+# a domain file with rules for ReLU networks only (every built-in domain bounds sigmoid)
+_RELU_ONLY = """
+domain ReluOnly {
+  state { l: bound; u: bound }
+  gamma { l <= x <= u }
+  rule input continuous { l = lo; u = hi }
+  rule affine continuous { c = (u + l) / 2; r = (u - l) / 2; m = W @ c + b; s = |W| @ r
+                           l = m - s; u = m + s }
+  rule relu continuous { l = f(l); u = f(u) }
+}
+"""
+
+
+@pytest.fixture
+def relu_only(tmp_path):
+    path = tmp_path / "relu_only.absd"
+    path.write_text(_RELU_ONLY)
+    return path
+
+
+def test_auc_reports_an_op_the_domain_cannot_handle(relu_only):
     model = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).double()
     x, y = _data(0, shape=(4,))
-    with pytest.raises(AbsdslError, match="HBox has no rule for sigmoid"):
-        certified_auc(model, x, y, "hbox", 0.1)
+    with pytest.raises(AbsdslError, match="ReluOnly has no rule for sigmoid"):
+        certified_auc(model, x, y, str(relu_only), 0.1)
 
 
 # -- landscape -------------------------------------------------------------------------------
@@ -525,7 +545,7 @@ def make(info):
 
 @pytest.fixture(scope="module")
 def sigmoid_run(tmp_path_factory):
-    """A run of a sigmoid network (factory on sys.path): Box has a sigmoid rule, HBox none."""
+    """A run of a sigmoid network (factory on sys.path)."""
     import sys
 
     root = tmp_path_factory.mktemp("sigmoid")
@@ -543,15 +563,17 @@ def sigmoid_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args", [
-    ["tightness", "--domains", "box,hbox", "--samples", "4"],
-    ["landscape", "--domain", "box,hbox", "--inputs", "2", "--points", "3"],
+    ["tightness", "--domains", "box,RELU_ONLY", "--samples", "4"],
+    ["landscape", "--domain", "box,RELU_ONLY", "--inputs", "2", "--points", "3"],
 ])
 def test_cli_rejects_a_domain_without_a_rule_for_an_op_before_any_work(sigmoid_run, tmp_path,
-                                                                       capsys, args):
+                                                                       capsys, args,
+                                                                       relu_only):
     out = tmp_path / "never"
+    args = [a.replace("RELU_ONLY", str(relu_only)) for a in args]
     assert main(["analyze", args[0], str(sigmoid_run), *args[1:], "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "HBox has no rule for sigmoid" in err and "Sigmoid" in err, err
+    assert "ReluOnly has no rule for sigmoid" in err and "Sigmoid" in err, err
     assert "Traceback" not in err and err.count("\n") == 1
     assert not out.exists()  # refused before any bound was computed or file written
 
