@@ -37,6 +37,16 @@ def test_interpolate_scale_factor_exact_on_a_point(domain: str, kw: dict) -> Non
     torch.testing.assert_close(ub, y, rtol=1e-9, atol=1e-9)
 
 
+# The same through nn.Upsample (the module path of the front end).
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_upsample_scale_factor_exact_on_a_point(domain: str) -> None:
+    model = nn.Sequential(nn.Upsample(scale_factor=1.5, mode="bilinear"), nn.Flatten()).eval()
+    x = torch.arange(25, dtype=DTYPE).reshape(1, 1, 5, 5) ** 2
+    lb, ub = absdsl.compile(model, domain)(x, x)
+    torch.testing.assert_close(lb, model(x), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ub, model(x), rtol=1e-9, atol=1e-9)
+
+
 class _LogSoftmax(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(30 * x, dim=-1)
