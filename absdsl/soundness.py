@@ -66,14 +66,15 @@ REL_TOL = 1e-9
 # every activation of the op table that random networks can take (those defined on a half
 # line, or growing too fast for the drawn weights, are checked by their relaxations only),
 # plus relu6 (a spelling of hardtanh)
-_NOT_IN_NETS = ("exp", "log", "log1p", "sqrt", "reciprocal", "inv1p", "pow", "pow_odd",
+_NOT_IN_NETS = ("exp", "log", "log1p", "neg_log1p", "sqrt", "reciprocal", "inv1p", "pow",
+                "pow_odd",
                 "rsqrt_eps", "inv_norm")
 ACTIVATION_OPS = tuple(o for o in _ops.ACTIVATIONS if o not in _NOT_IN_NETS) + ("relu6",)
 # where an op's relaxation is checked (l and u inside): the rest of the line is not its domain
 # or overflows float64
 RELAX_RANGE: dict[str, tuple[float, float]] = {
     "exp": (-1e3, 50.0), "log": (1e-6, 1e3), "sqrt": (0.0, 1e3), "reciprocal": (1e-3, 1e3),
-    "log1p": (-1.0 + 1e-6, 1e3), "inv1p": (-1.0 + 1e-3, 1e3),
+    "log1p": (-1.0 + 1e-6, 1e3), "neg_log1p": (-1.0 + 1e-6, 1e3), "inv1p": (-1.0 + 1e-3, 1e3),
     "pow": (-1e3, 1e3), "pow_odd": (-1e3, 1e3)}
 LAYER_OPS = ("linear", "conv", "bn", "avgpool", "adaptive", "flatten", "residual", "cat")
 ALL_OPS = LAYER_OPS + ACTIVATION_OPS

@@ -61,11 +61,19 @@ class _Parts:
     dim: int  # per-sample dimension
     sizes: list[int]
 
+    def all(self, lowering: _Lowering, fx_node: fx.Node) -> list[_Bound]:
+        """Every part (the tuple passed whole to cat or stack)."""
+        return [self.part(lowering, fx_node, i) for i in range(len(self.sizes))]
+
     def part(self, lowering: _Lowering, fx_node: fx.Node, i: int) -> _Bound:
+        i = i + len(self.sizes) if i < 0 else i
         start = sum(self.sizes[:i])
+        shape = list(lowering._node_shape(self.source))
+        shape[self.dim] = self.sizes[i]
         return lowering.traced(fx_node, self.source,
                                f"{{x}}.narrow({self.dim + 1}, {start}, {self.sizes[i]})",
-                               f"narrow({self.dim + 1}, {start}, {self.sizes[i]})")
+                               f"narrow({self.dim + 1}, {start}, {self.sizes[i]})",
+                               shape=tuple(shape))
 
 
 def _supported_modules() -> str:
@@ -320,7 +328,8 @@ class _Lowering:
         if isinstance(mod, nn.ConvTranspose2d):
             return self.conv_transpose(fx_node, x, mod, path)
         if isinstance(mod, nn.Upsample):
-            return self.interpolate(fx_node, x, mod.mode, mod.align_corners)
+            return self.interpolate(fx_node, x, mod.mode, mod.align_corners,
+                                    mod.scale_factor, mod.recompute_scale_factor)
         if isinstance(mod, nn.LayerNorm):
             return self.layer_norm(fx_node, x, tuple(mod.normalized_shape), float(mod.eps),
                                    self._affine_params(path, mod.elementwise_affine,
@@ -465,7 +474,18 @@ class _Lowering:
         args = [self.value(a) for a in fx_node.args]
         bound_args = [a for a in args if isinstance(a, _Bound)]
         if target is operator.getitem and args and isinstance(args[0], _Parts):
+            if not isinstance(args[1], (int, float)):
+                raise self.error(fx_node, "slicing the tuple of chunk/split has no rule; take "
+                                          "its parts one by one (parts[0], parts[1], ...)")
             return args[0].part(self, fx_node, int(args[1]))
+        if target in _CAT | _STACK and args and isinstance(args[0], _Parts):
+            args = [args[0].all(self, fx_node)] + args[1:]
+        if target is getattr and args and isinstance(args[0], _Bound) and args[1] in ("mT", "T"):
+            ndim = len(self._node_shape(args[0]))
+            if args[1] == "T" or ndim < 2:
+                raise self.error(fx_node, "Tensor.T reverses the batch dimension too; use "
+                                          ".mT or transpose(-2, -1)")
+            return self.traced(fx_node, args[0], "{x}.transpose(-2, -1)", "mT")
         if target in (operator.getitem, getattr) and args and isinstance(args[0], _MaxPair):
             if args[1] in (0, 0.0, "values"):
                 return args[0].values
@@ -568,7 +588,8 @@ class _Lowering:
             kw = dict(zip(["size", "scale_factor", "mode", "align_corners"], args[1:],
                           strict=False)) | fx_node.kwargs
             return self.interpolate(fx_node, x, kw.get("mode", "nearest"),
-                                    kw.get("align_corners"))
+                                    kw.get("align_corners"), kw.get("scale_factor"),
+                                    kw.get("recompute_scale_factor"))
         raise self.error(fx_node, "has no rule (the op is not supported by absdsl's front end)")
 
     # ---- linear shape ops (linear_maps.Traced: torch code, transposed by autodiff) ---------
@@ -709,29 +730,33 @@ class _Lowering:
         return self.add_node(fx_node, "mul", [x.node, inv.node], {}, shape)
 
     def softmax(self, fx_node: fx.Node, x: _Bound, dim: Any, log: bool) -> _Bound:
-        """softmax_i = 1 / (1 + s_i) with s_i = sum_{j != i} exp(x_j - x_i), log_softmax_i =
-        -log1p(s_i): each output is bounded from differences of inputs (the usual tight
-        form), and s_i >= 0 keeps 1 / (1 + s) and log1p inside their ranges however wide
-        the bounds (a lower bound of 1 + s could round to 0, one of s cannot go below -1)."""
-        shape = self._node_shape(x)
+        """softmax_i = 1 / (1 + s_i) with s_i = sum_{k=1}^{n-1} exp(x_{i+k} - x_i) (indices
+        mod n), log_softmax_i = -log1p(s_i) (``neg_log1p``). Each difference is one linear
+        map (a roll minus the identity) of moderate size; the n - 1 exponentials are summed
+        by add nodes, and nothing linear follows them: an affine map after exp would take
+        centre and radius of intervals up to 1e43 wide, whose rounding loses the lower end.
+        s_i >= 0 keeps 1 / (1 + s) and -log1p in their ranges."""
+        shape = tuple(self._node_shape(x))
         if dim is None or self._dim(fx_node, dim, len(shape)) != len(shape) - 1:
             raise self.error(fx_node, "softmax over another than the last dimension has no "
                                       "rule")
         n = shape[-1]
-        pairs = tuple(shape) + (n,)
-        eye = self.define("off_diagonal", f"1.0 - torch.eye({n}, dtype=lo.dtype, "
-                                          f"device=lo.device)")
-        diff = self.traced(fx_node, x, "({x}.unsqueeze(-2) - {x}.unsqueeze(-1))",
-                           "pairwise differences x_j - x_i",
-                           abs_code=f"(({{x}}.unsqueeze(-2) + {{x}}.unsqueeze(-1)) * {eye})",
-                           shape=pairs)
-        exp = self.add_node(fx_node, "exp", [diff.node], {}, pairs)
-        others = self.traced(fx_node, exp, f"({{x}} * {eye}).sum(dim=-1)",
-                             "sum over j != i", shape=tuple(shape))
-        if log:
-            logs = self.add_node(fx_node, "log1p", [others.node], {}, tuple(shape))
-            return self.affine(fx_node, logs, lm.Elementwise(-1.0, 1.0, None))
-        return self.add_node(fx_node, "inv1p", [others.node], {}, tuple(shape))
+        if n == 1:  # softmax is 1, log_softmax 0
+            value = self.define("const", "0.0" if log else "1.0")
+            return self.add_node(fx_node, "affine", [x.node],
+                                 {"map": lm.Elementwise(0.0, 0.0, value)}, shape)
+        total: _Bound | None = None
+        for k in range(1, n):
+            diff = self.traced(fx_node, x, f"(torch.roll({{x}}, -{k}, -1) - {{x}})",
+                               f"x_(i+{k}) - x_i", shape=shape,
+                               abs_code=f"(torch.roll({{x}}, -{k}, -1) + {{x}})")
+            term = self.add_node(fx_node, "exp", [diff.node], {}, shape)
+            total = term if total is None else self.add_node(
+                fx_node, "add", [total.node, term.node], {}, shape)
+        assert total is not None
+        # one decreasing op each (no affine map after them: infinite bounds stay infinite)
+        return self.add_node(fx_node, "neg_log1p" if log else "inv1p", [total.node], {},
+                             shape)
 
     def broadcast(self, fx_node: fx.Node, x: _Bound, shape: tuple[int, ...]) -> _Bound:
         """``x`` expanded to ``shape`` (an operand of a broadcasting add or product)."""
@@ -832,14 +857,22 @@ class _Lowering:
         widths = tuple(int(self.value(v)) for v in pad)
         return self.traced(fx_node, x, f"F.pad({{x}}, {widths})", f"pad{widths}")
 
-    def interpolate(self, fx_node: fx.Node, x: _Bound, mode: str, align: Any) -> _Bound:
+    def interpolate(self, fx_node: fx.Node, x: _Bound, mode: str, align: Any,
+                    scale: Any = None, recompute: Any = None) -> _Bound:
+        """Interpolation as traced: by ``scale_factor`` when given (torch samples at
+        1 / scale_factor, not at in / out), else to the traced size."""
         if mode not in ("nearest", "bilinear", "linear", "nearest-exact"):
             raise self.error(fx_node, f"interpolation mode {mode!r} has no rule (nearest, "
                                       f"nearest-exact, linear and bilinear do)")
-        size = tuple(self.shape_of(fx_node)[1:])
         corners = "" if mode.startswith("nearest") else f", align_corners={bool(align)}"
-        return self.traced(fx_node, x, f"F.interpolate({{x}}, size={size}, mode={mode!r}"
-                                       f"{corners})", f"interpolate {mode} to {size}")
+        if scale is not None:
+            factors = tuple(float(self.value(v)) for v in scale) \
+                if isinstance(scale, (list, tuple)) else float(self.value(scale))
+            how = f"scale_factor={factors!r}, recompute_scale_factor={recompute!r}"
+        else:
+            how = f"size={tuple(self.shape_of(fx_node)[1:])}"
+        return self.traced(fx_node, x, f"F.interpolate({{x}}, {how}, mode={mode!r}{corners})",
+                           f"interpolate {mode} ({how})")
 
     def conv_transpose(self, fx_node: fx.Node, x: _Bound, mod: nn.ConvTranspose2d,
                        path: str) -> _Bound:

@@ -38,6 +38,15 @@ class _Compiled:
     fn: Any
 
 
+def _require_no_nan(lb: torch.Tensor, ub: torch.Tensor | None) -> None:
+    """A NaN bound is no bound: fail naming the likely cause instead of returning it."""
+    if bool(torch.isnan(lb).any()) or (ub is not None and bool(torch.isnan(ub).any())):
+        raise InputError("the bounds are NaN: an intermediate bound overflowed to infinity "
+                         "(exp of a wide interval, or a product of infinite bounds) and a "
+                         "relaxation of it is undefined; use smaller input boxes or a forward "
+                         "domain (box, hbox, zonotope), which keep infinite bounds")
+
+
 def has_rule(loaded: LoadedDomain, op: str) -> bool:
     """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
     if loaded.intermediate is None:
@@ -367,6 +376,7 @@ class BoundProgram:
         params = self.params() | compiled.constants
         lb, ub = compiled.fn(params, lo, hi, spec, True, self._rows_per_chunk(compiled, lo),
                              None, upper)
+        _require_no_nan(lb, ub)
         return lb, ub if upper else None
 
     @overload

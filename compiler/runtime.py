@@ -6,6 +6,7 @@ here as ``rt.Gens``); the rest are helpers of the forward rules and of back-subs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -833,7 +834,15 @@ def require_range(lower: Tensor, upper: Tensor, lo: float, hi: float, open_ends:
         return
     low = float(lower.detach().min()) if lower.numel() else lo
     high = float(upper.detach().max()) if upper.numel() else hi
-    outside = (low <= lo or high >= hi) if open_ends else (low < lo or high > hi)
+    if math.isnan(low) or math.isnan(high):
+        from absdsl.errors import InputError
+
+        raise InputError(f"{where}: its input bounds are NaN (an earlier bound overflowed, "
+                         f"e.g. exp of a wide interval); no sound bound exists there")
+    # an infinite end is the limit of the domain (1 / (1 + s) -> 0 as s -> inf), not outside
+    below = (low <= lo if open_ends else low < lo) and math.isfinite(lo)
+    above = (high >= hi if open_ends else high > hi) and math.isfinite(hi)
+    outside = below or above
     if outside:
         from absdsl.errors import InputError
 
