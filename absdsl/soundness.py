@@ -549,10 +549,15 @@ class _Activation(nn.Module):
         info = _ops.get(op)
         self.fn = next(t for t in info.functions if callable(t))
         self.args = tuple(args)
-        params = dict(zip([p.name for p in info.params], args, strict=False))
+        params = dict(zip([p.name for p in info.params if p.position >= 0], args,
+                          strict=False))
         full = {p.name: p.default for p in info.params} | params
-        self.offset = 1.0 + abs(full.get("alpha", 0.0)) + abs(full.get("min_val", 0.0)) + \
-            abs(full.get("max_val", 0.0)) + 1.0 / full.get("sharpness", 1.0)
+        # |f(x)| <= |x| + offset: the magnitude the tolerance of a comparison scales with; as
+        # small as it is true (a larger one would hide errors of tiny boxes)
+        self.offset = {"sigmoid": 1.0, "hardsigmoid": 1.0, "elu": abs(full.get("alpha", 0.0)),
+                       "softplus": math.log(2.0) / full.get("sharpness", 1.0),
+                       "hardtanh": max(abs(full.get("min_val", 0.0)),
+                                       abs(full.get("max_val", 0.0)))}.get(op, 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x, *self.args)
