@@ -95,10 +95,27 @@ class Op:
     def torch_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
         """The op as a torch function of one batched tensor (concrete semantics)."""
         assert self.code is not None, self.name
-        source = self.code("x", params)
-        namespace = {"torch": torch, "F": F}
-        return eval(compile(f"lambda x: {source}", f"<op {self.name}>", "eval"),  # noqa: S307
-                    namespace)
+        return _function(self.code("x", params), ("x",), f"op {self.name}")
+
+    def deriv_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
+        """f' as a torch function (what ``df`` compiles to)."""
+        assert self.deriv is not None, self.name
+        return _function(self.deriv("x", params), ("x",), f"op {self.name} df")
+
+    def slope_min_fn(self, params: Params) -> Callable[[torch.Tensor, torch.Tensor],
+                                                       torch.Tensor]:
+        """dmin(l, u) as a torch function (what ``dmin`` compiles to)."""
+        return _function(slope_min_code(self, params, "l", "u"), ("l", "u"),
+                         f"op {self.name} dmin")
+
+
+def _function(body: str, args: tuple[str, ...], label: str) -> Callable[..., torch.Tensor]:
+    """Table code (ours: numbers pass through repr(float)) as a function, loaded the way
+    every generated program is (``codegen.load_generated``)."""
+    from absdsl.compiler.codegen import load_generated
+
+    source = f"def fn({', '.join(args)}):\n    return {body}\n"
+    return load_generated(source, label)["fn"]
 
 
 def _num(v: float) -> str:
@@ -371,13 +388,6 @@ def covering(name: str) -> tuple[str, ...]:
     return (name,) + (op.groups if op is not None else ())
 
 
-def activation_code(name: str, x: str, params: Params) -> str:
-    op = get(name)
-    if op.code is None:
-        raise KeyError(f"op {name!r} has no elementwise code")
-    return op.code(x, params)
-
-
 def is_pool(name: str) -> bool:
     return name in OPS and OPS[name].kind == "pool"
 
@@ -406,18 +416,3 @@ def slope_min_code(op: Op, params: Params, l: str, u: str) -> str:
         code = (f"torch.where(({l} <= {_num(x + 1e-6)}) & ({u} >= {_num(x - 1e-6)}), "
                 f"torch.clamp({code}, max={_num(value)}), {code})")
     return code
-
-
-def describe_table() -> str:
-    """A readable listing of the table (``absdsl ops``, the docs)."""
-    rows = []
-    for op in OPS.values():
-        params = ", ".join(f"{p.name}={p.default:g}" for p in op.params)
-        spell = [t.__name__ for t in op.modules] + [
-            f"Tensor.{t}" if isinstance(t, str) else f"{getattr(t, '__module__', '')}."
-            f"{getattr(t, '__name__', t)}".replace("torch.nn.functional", "F")
-            for t in op.functions]
-        rows.append(f"{op.name:12} {op.kind:11} groups={','.join(op.groups) or '-':20} "
-                    f"pl={'yes' if op.piecewise_linear else 'no':3} "
-                    f"{('(' + params + ') ') if params else ''}{' '.join(spell)}")
-    return "\n".join(rows)

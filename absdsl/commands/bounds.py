@@ -24,6 +24,15 @@ from absdsl.errors import AbsdslError, InputError
 from absdsl.training.models import load_factory
 
 
+def input_shape(given: str | None, known: tuple[int, ...] | None) -> tuple[int, ...]:
+    """``--input-shape`` when given, else the checkpoint's own shape."""
+    if given is not None:
+        return parse_shape(given, "--input-shape")
+    if known is not None:
+        return known
+    raise InputError("give --input-shape, e.g. --input-shape 1,28,28")
+
+
 def parse_shape(text: str, flag: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())

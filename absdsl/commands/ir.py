@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from absdsl.commands.bounds import load_model, parse_shape
+from absdsl.commands.bounds import input_shape, load_model
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +23,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import absdsl
-    from absdsl.errors import InputError
 
     model, ck_shape = load_model(args.model, args.weights)
-    if args.input_shape is not None:
-        shape = parse_shape(args.input_shape, "--input-shape")
-    elif ck_shape is not None:
-        shape = ck_shape
-    else:
-        raise InputError("give --input-shape, e.g. --input-shape 1,28,28")
+    shape = input_shape(args.input_shape, ck_shape)
     prog = absdsl.compile(model, args.domain or "box", input_shape=shape)
     print(f"# IR of {type(model).__name__} on input [batch, {', '.join(map(str, shape))}]")
     print(prog.ir)

@@ -50,16 +50,11 @@ def run(args: argparse.Namespace) -> int:
               "ops it has rules for (compiler/lowering.py). MILP: piecewise linear.")
         return 0
     import absdsl
-    from absdsl.commands.bounds import load_model, parse_shape
-    from absdsl.errors import AbsdslError, InputError
+    from absdsl.commands.bounds import input_shape, load_model
+    from absdsl.errors import AbsdslError
 
     model, ck_shape = load_model(args.model, args.weights)
-    if args.input_shape is not None:
-        shape = parse_shape(args.input_shape, "--input-shape")
-    elif ck_shape is not None:
-        shape = ck_shape
-    else:
-        raise InputError("give --input-shape, e.g. --input-shape 1,28,28")
+    shape = input_shape(args.input_shape, ck_shape)
     failed = 0
     for name in registry.NAMES:
         try:

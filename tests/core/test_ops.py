@@ -37,14 +37,8 @@ def _span(op: ops.Op) -> tuple[float, float]:
     return (0.05, 5.0) if op.valid is not None else (-6.0, 6.0)
 
 
-def _code_fn(code: str):
-    return eval(compile(f"lambda x: {code}", "<deriv>", "eval"),  # noqa: S307
-                {"torch": torch, "F": F})
-
-
 def _deriv(op: ops.Op, p: ops.Params):
-    assert op.deriv is not None
-    return _code_fn(op.deriv("x", p))
+    return op.deriv_fn(p)
 
 
 def _grid(a: float, b: float, n: int) -> torch.Tensor:
@@ -139,9 +133,7 @@ def test_curvature_intervals(op: ops.Op, p: ops.Params) -> None:
 
 
 def _slope_min(op: ops.Op, p: ops.Params, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    code = ops.slope_min_code(op, p, "l", "u")
-    return eval(compile(code, "<dmin>", "eval"),  # noqa: S307
-                {"torch": torch, "F": F, "l": l, "u": u})
+    return op.slope_min_fn(p)(l, u)
 
 
 @pytest.mark.parametrize("op,p", OP_CASES)

@@ -68,10 +68,6 @@ EXPECTED: dict[str, tuple[frozenset[str], str]] = {
 
 # cases over ~20 s on 2 shared cores (DeepPoly back-substitution through every ReLU6 layer)
 SLOW = {("tv_mobilenet_v2", "deeppoly")}
-# known bugs, pinned: (model, domain) -> why; the case must fail its check until fixed (a
-# strict xfail). DeepPoly's crossed bounds on mobilenet_v2's degenerate box were fixed in
-# fb02926.
-KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _norm(text: str) -> str:
@@ -81,11 +77,7 @@ def _norm(text: str) -> str:
 def _cases() -> list[object]:
     """(model, domain) in model-major order, so one cached model serves its five domains."""
     def marks(case: tuple[str, str]) -> list[pytest.MarkDecorator]:
-        found = [pytest.mark.slow] if case in SLOW else []
-        if case in KNOWN_BUGS:
-            found.append(pytest.mark.xfail(strict=True, raises=AssertionError,
-                                           reason=KNOWN_BUGS[case]))
-        return found
+        return [pytest.mark.slow] if case in SLOW else []
 
     return [pytest.param(m.name, d, id=f"{m.name}-{d}", marks=marks((m.name, d)))
             for m in ZOO for d in DOMAINS]
@@ -104,7 +96,7 @@ def test_table_covers_the_zoo() -> None:
     for name, (compiles, op) in EXPECTED.items():
         assert compiles <= ALL, name
         assert bool(op) == (compiles != ALL), name
-    for name, domain in SLOW | set(KNOWN_BUGS):
+    for name, domain in SLOW:
         assert domain in EXPECTED[name][0], (name, domain)  # only cases that compile
 
 
