@@ -1254,6 +1254,38 @@ def shrink_time_limit(seconds: float) -> Iterator[None]:
         engine.MAX_SHRINKING_SECONDS = old
 
 
+@contextlib.contextmanager
+def without_local_constants() -> Iterator[None]:
+    """Draw as if no module of the caller's were loaded: the same run in every process.
+
+    Hypothesis mixes literal constants of the loaded "local" modules (any module outside
+    site-packages: an editable absdsl, the tests, the user's scripts) into its draws, so a
+    seeded run depended on which modules were imported before it: a CLI process, a test run
+    alone and the same test after another file drew different networks, and a mutant caught in
+    one was missed in the other. Its built-in constant pool (NaN, 0.5, 1e-5, ...) stays: it is
+    fixed for a Hypothesis version. Hypothesis versions without local constants need nothing.
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # another Hypothesis layout: nothing to switch off
+        yield
+        return
+    get_local = getattr(providers, "_get_local_constants", None)
+    cache = getattr(providers, "CONSTANTS_CACHE", None)
+    empty_type = getattr(providers, "Constants", None)
+    if get_local is None or cache is None or empty_type is None:
+        yield
+        return
+    empty = empty_type()
+    cache.cache.clear()  # cached pools were filtered from the local constants too
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = get_local
+        cache.cache.clear()
+
+
 def _run_property(name: str, test: Any, max_examples: int, seed: int,
                   shrink_seconds: float = 30.0) -> PropertyResult:
     """Run a Hypothesis test; the last Violation recorded is the shrunk counterexample."""
@@ -1277,7 +1309,8 @@ def _run_property(name: str, test: Any, max_examples: int, seed: int,
 
     runner = hyp_seed(seed)(_settings(max_examples)(given(**test.strategies)(counted)))
     try:
-        with shrink_time_limit(shrink_seconds), with_reporter(lambda _msg: None):
+        with shrink_time_limit(shrink_seconds), without_local_constants(), \
+                with_reporter(lambda _msg: None):
             runner()  # Hypothesis's own prints are replaced by the report
     except Violation:
         return PropertyResult(name, False, counter["n"], last.get("cex"))

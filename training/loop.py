@@ -37,6 +37,7 @@ from .data import DatasetInfo, Split, eval_batches, load_dataset, num_batches, t
 from .distributed import World, barrier, broadcast_model, init_from_env
 from .models import build_model, ibp_init
 from .programs import canonical_domain, compile_programs, required_domains
+from .progress import progress_bar
 from .schedules import LinearRamp, SmoothRamp
 from .steprule import StepRule, TrainBatch, close_rule, make_step_rule, rule_lr, rule_reductions
 
@@ -267,12 +268,8 @@ class Trainer:
     def _bar(self) -> Any:
         if not (self.progress and self.world.is_main):
             return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=self.steps_per_epoch, initial=self.batch, leave=False,
-            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-        )
+        return progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                            initial=self.batch)
 
     @torch.no_grad()
     def quick_eval(self) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 
@@ -195,7 +196,36 @@ def test_loop_uses_the_rules_lr_and_metric_reductions(tiny, tmp_path, hooked, ca
     assert record["probe_last"] == 4.0 and record["probe_sum"] == 10.0
     assert record["probe_min"] == 1.0 and record["probe_mean"] == pytest.approx(2.5)
     assert made[0].closes == 1
-    assert "probe_last" in capsys.readouterr().err  # on the progress bar (tqdm writes stderr)
+    # not a terminal (captured): no bar, the rule's metrics are on the per-epoch line
+    captured = capsys.readouterr()
+    assert "probe_last" in captured.out and "\r" not in captured.err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal():
+    from absdsl.training.progress import progress_bar
+
+    assert progress_bar(10, "epoch 1/2", stream=io.StringIO()) is None
+    screen = _Terminal()
+    bar = progress_bar(10, "epoch 1/2", stream=screen)
+    assert bar is not None
+    bar.update(3)
+    bar.set_postfix(probe_last="4")
+    bar.close()
+    assert "epoch 1/2" in screen.getvalue() and "probe_last=4" in screen.getvalue()
+
+
+def test_a_log_file_gets_one_line_per_epoch(tiny, tmp_path, capfd):
+    run_training(tiny(train_subset=64, batch_size=16, epochs=3), tmp_path / "r", progress=True,
+                 final_eval=False)
+    out, err = capfd.readouterr()
+    epoch_lines = [s for s in out.splitlines() if s.startswith("{") and '"epoch"' in s]
+    assert [json.loads(s)["epoch"] for s in epoch_lines] == [1, 2, 3]
+    assert "\r" not in out + err
 
 
 def test_rule_is_closed_after_a_stop_and_after_a_hard_ctrl_c(tiny, tmp_path, hooked):
