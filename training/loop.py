@@ -260,9 +260,9 @@ class Trainer:
             with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
             if self.progress:
-                rounded = {k: round(v, 4) if isinstance(v, float) else v
+                rounded = {k: float(f"{v:.4g}") if isinstance(v, float) else v
                            for k, v in record.items()}
-                print(json.dumps(rounded), flush=True)
+                print(json.dumps(rounded, separators=(",", ":")), flush=True)
         barrier()
 
     def _bar(self) -> Any:
