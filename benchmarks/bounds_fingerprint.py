@@ -4,7 +4,7 @@
     PYTHONPATH=/path/to/other python3 benchmarks/bounds_fingerprint.py --out after.json
     python3 benchmarks/bounds_fingerprint.py --compare before.json after.json
 
-Compiles the small zoo models (tests/zoo/models.py, without the torchvision classics) in every
+Compiles small zoo models (tests/zoo/models.py, one of each family and op kind) in every
 built-in domain in float64 with fixed seeds and hashes the exact bytes of every bound: the
 plain bounds, the bounds of a margin spec, lower bounds alone (``upper=False``), the
 intermediate bounds, and, for the back-substitution domains, the same under each engine
@@ -32,6 +32,10 @@ import absdsl  # noqa: E402
 
 DOMAINS = ("box", "hbox", "zonotope", "deeppoly", "crown-ibp")
 BACKSUB = ("deeppoly", "crown-ibp")
+# the default models: each family and op kind of the zoo once, small enough for a few minutes
+MODELS = ("cnn_4layer", "cnn_7layer_bn", "resnet_cifar", "cresnet5", "mlp_relu", "mlp_sigmoid",
+          "mlp_tanh", "mlp_leaky_relu", "cnn_maxpool", "cnn_zeropad", "cnn_gelu", "cnn_silu",
+          "squeeze_excite", "vit_tiny")
 # engine variants: name -> the engine settings changed from the defaults
 VARIANTS: dict[str, dict[str, float | bool]] = {
     "default": {},
@@ -54,7 +58,7 @@ def engine(settings: dict[str, float | bool]) -> Iterator[dict]:
     """Keyword arguments of ``absdsl.compile`` selecting ``settings``: engine options where
     the tree has them, else its module globals, set for the block's duration."""
     try:
-        from absdsl.compiler.options import EngineOptions
+        from absdsl.compiler.context import EngineOptions
     except ImportError:
         EngineOptions = None  # noqa: N806 - a tree from before engine options
     if EngineOptions is not None:
@@ -109,8 +113,7 @@ def fingerprint(entry: zoo.ZooModel, domain: str, variant: str) -> dict[str, str
 
 def run(names: list[str] | None) -> dict[str, dict[str, str]]:
     torch.set_num_threads(1)
-    entries = [e for e in zoo.ZOO if not e.name.startswith("tv_")
-               and (names is None or e.name in names)]
+    entries = [e for e in zoo.ZOO if e.name in (names or MODELS)]
     result: dict[str, dict[str, str]] = {}
     for entry in entries:
         for domain in DOMAINS:
@@ -126,7 +129,7 @@ def run(names: list[str] | None) -> dict[str, dict[str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write the hashes here (JSON)")
-    ap.add_argument("--models", nargs="*", help="zoo model names (default: all small ones)")
+    ap.add_argument("--models", nargs="*", help=f"zoo model names (default: {', '.join(MODELS)})")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                     help="compare two written fingerprints and exit")
     args = ap.parse_args()

@@ -428,9 +428,11 @@ class _Lowering:
         gamma = self.param(f"{path}.weight") if mod.affine else "None"
         beta = self.param(f"{path}.bias") if mod.affine else "None"
         scale = self.define(f"bn_scale_{path}",
-                            f"rt.bn_scale({gamma}, {var}, {float(mod.eps)!r}).reshape{view}")
+                            f"rt.bn_scale(weight={gamma}, running_var={var}, "
+                            f"eps={float(mod.eps)!r}).reshape{view}")
         shift = self.define(f"bn_shift_{path}",
-                            f"rt.bn_shift({beta}, {mean}, {scale}.reshape(-1)).reshape{view}")
+                            f"rt.bn_shift(bias={beta}, running_mean={mean}, "
+                            f"scale={scale}.reshape(-1)).reshape{view}")
         scale_abs = self.define(scale + "_abs", f"{scale}.abs()")
         return self.affine(fx_node, x, lm.Elementwise(scale, scale_abs, shift), batch_norm=True)
 
@@ -447,7 +449,8 @@ class _Lowering:
             raise self.error(fx_node, "avg pooling with ceil_mode, divisor_override or "
                                       "count_include_pad=False has no rule")
         channels = self._node_shape(x)[0]
-        w = self.define("pool_w", f"rt.avgpool_weight({channels}, {kernel}, lo)")
+        w = self.define("pool_w", f"rt.avgpool_weight(channels={channels}, kernel={kernel}, "
+                                  f"like=lo)")
         return self.conv_node(fx_node, x, 2, w, w, None, kernel, stride, padding, (1, 1),
                               channels)
 
@@ -881,11 +884,12 @@ class _Lowering:
                                       "rule")
         w = self.param(f"{path}.weight")
         w_abs = self.define(w + "_abs", f"{w}.abs()")
-        geometry = (f"{tuple(mod.stride)}, {tuple(mod.padding)}, "
-                    f"{tuple(self.shape_of(fx_node)[1:])}, {mod.groups}, {tuple(mod.dilation)}")
-        return self.traced(fx_node, x, f"rt.conv_transpose2d({{x}}, {w}, {geometry})",
+        geometry = (f"stride={tuple(mod.stride)}, padding={tuple(mod.padding)}, "
+                    f"out_hw={tuple(self.shape_of(fx_node)[1:])}, groups={mod.groups}, "
+                    f"dilation={tuple(mod.dilation)}")
+        return self.traced(fx_node, x, f"rt.conv_transpose2d(x={{x}}, weight={w}, {geometry})",
                            f"conv_transpose2d W={w}",
-                           abs_code=f"rt.conv_transpose2d({{x}}, {w_abs}, {geometry})",
+                           abs_code=f"rt.conv_transpose2d(x={{x}}, weight={w_abs}, {geometry})",
                            bias=self.bias(path, mod.bias, 3, fx_node))
 
     def maximum(self, fx_node: fx.Node, a: _Bound, b: _Bound, is_max: bool) -> _Bound:
