@@ -11,15 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler import ops
-from absdsl.compiler import runtime as rt
-from absdsl.compiler.backsub import patches as patch_rows
-from absdsl.compiler.backsub import rows as dense_rows
-from absdsl.compiler.exprs import (
+from .. import domains as registry
+from ..dsl import ast
+from ..dsl.loader import LoadedDomain, load_domain
+from ..errors import DSLError, TraceError
+from . import linear_maps as lm
+from . import ops
+from .exprs import (
     Scope,
     as_tensor,
     compile_expr,
@@ -28,21 +26,9 @@ from absdsl.compiler.exprs import (
     mentions,
     num,
 )
-from absdsl.compiler.ir import Graph, Node
-from absdsl.dsl import ast
-from absdsl.errors import DSLError, TraceError
+from .ir import Graph, Node
+from .namespace import RUNTIME, load_generated  # noqa: F401 - re-exported
 
-
-def load_generated(source: str, label: str) -> dict:
-    """Run generated source (ours, never user text: names are sanitised identifiers and
-    numbers pass through ``repr(float)``) and return the functions it defines."""
-    namespace: dict = {"torch": torch, "F": F, **RUNTIME}
-    exec(compile(source, f"<absdsl {label}>", "exec"), namespace)  # noqa: S102
-    return namespace
-
-
-# what generated code calls: the forward runtime and the back-substitution rows, by keyword
-RUNTIME = {"rt": rt, "dense_rows": dense_rows, "patch_rows": patch_rows}
 # names generated code reads from outside (modules; the arguments of ``bound_program``: the
 # parameters, the box, the spec and the call's context) and the fixed names it binds itself
 # (a spec's matrices; the parameters of relaxation functions and lambdas): Emitter.fresh
@@ -215,12 +201,16 @@ class RuleCompiler:
             s.names[k] = (acc, f.kind)
 
 
+def has_rule(loaded: LoadedDomain, op: str) -> bool:
+    """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
+    if loaded.intermediate is None:
+        return find_rule(loaded.domain, op) is not None
+    return (find_rule(loaded.intermediate, op) is not None
+            and relax_for(op, loaded.relaxes) is not None)
+
+
 def builtin_rules_hint(op: str) -> str:
     """'; built-in domains with a rule for it: ...' (the message of a missing rule)."""
-    from absdsl import domains as registry
-    from absdsl.compiler.program import has_rule
-    from absdsl.dsl.loader import load_domain
-
     having = [name for name in registry.NAMES if has_rule(load_domain(name), op)]
     return (f"; built-in domains with a rule for {op}: {', '.join(having)}" if having
             else f"; no built-in domain has a rule for {op}")

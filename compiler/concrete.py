@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from absdsl.compiler import codegen, ops
-from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
-from absdsl.errors import InputError
+from ..errors import InputError
+from . import codegen, ops
+from .ir import ACTIVATIONS, Graph, Node
 
 NodeFn = Callable[..., torch.Tensor]
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from absdsl.dsl import ast
-from absdsl.errors import DSLError
+from ..dsl import ast
+from ..errors import DSLError
+from . import ops
 
 Value = tuple[str, str]  # (code, kind)
 
@@ -280,8 +281,6 @@ def _call(e: ast.Call, s: Scope) -> Value:
 def _op_call(e: ast.Call, s: Scope, values: list[Value]) -> Value:
     """The activation's derivative ``df(e)``, a lower bound ``dmin(l, u)`` of f' on [l, u],
     and the masks ``convex(l, u)`` / ``concave(l, u)`` (f convex / concave on [l, u])."""
-    from absdsl.compiler import ops
-
     if s.op_info is None:
         raise s.error(f"{e.func} exists only in activation rules and relaxations", e.pos)
     op, params = s.op_info

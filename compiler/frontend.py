@@ -18,10 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler import ops
-from absdsl.compiler.ir import Graph, Node, Prelude
-from absdsl.errors import TraceError
+from ..errors import TraceError
+from . import linear_maps as lm
+from . import ops
+from .ir import Graph, Node, Prelude
 
 _PROBE_BATCH = 2  # a batch size >1 lets us see reshapes that mix samples
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from absdsl.compiler.ops import ACTIVATIONS  # noqa: E402,F401 - re-exported
+from .ops import ACTIVATIONS  # noqa: E402,F401 - re-exported
 
 
 @dataclass

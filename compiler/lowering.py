@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler import ops
-from absdsl.compiler.ir import Graph, Node
+from . import linear_maps as lm
+from . import ops
+from .ir import Graph, Node
 
 
 def lower_unsupported(graph: Graph, has_rule: Callable[[str], bool]) -> Graph:

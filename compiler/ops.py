@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .namespace import load_generated
+
 Params = dict[str, float]
 Code = Callable[[str, Params], str]
 INF = math.inf
@@ -111,9 +113,7 @@ class Op:
 
 def _function(body: str, args: tuple[str, ...], label: str) -> Callable[..., torch.Tensor]:
     """Table code (ours: numbers pass through repr(float)) as a function, loaded the way
-    every generated program is (``codegen.load_generated``)."""
-    from absdsl.compiler.codegen import load_generated
-
+    every generated program is (:func:`namespace.load_generated`)."""
     source = f"def fn({', '.join(args)}):\n    return {body}\n"
     return load_generated(source, label)["fn"]
 

@@ -18,17 +18,17 @@ from typing import Any, Literal, overload
 import torch
 import torch.nn as nn
 
-from absdsl.compiler import codegen
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler.backsub.emit import linear_program
-from absdsl.compiler.concrete import ConcreteGraph
-from absdsl.compiler.context import DEFAULT as DEFAULT_OPTIONS
-from absdsl.compiler.context import Context, EngineOptions
-from absdsl.compiler.frontend import trace
-from absdsl.compiler.ir import ACTIVATIONS, Graph
-from absdsl.compiler.lowering import lower_unsupported
-from absdsl.dsl.loader import LoadedDomain, load_domain
-from absdsl.errors import InputError, MemoryBudgetError
+from ..dsl.loader import LoadedDomain, load_domain
+from ..errors import InputError, MemoryBudgetError
+from . import codegen
+from . import linear_maps as lm
+from .backsub.emit import linear_program
+from .concrete import ConcreteGraph
+from .context import DEFAULT as DEFAULT_OPTIONS
+from .context import Context, EngineOptions
+from .frontend import trace
+from .ir import ACTIVATIONS, Graph
+from .lowering import lower_unsupported
 
 DEFAULT_MEMORY_BUDGET_MB = 2048.0
 _BYTES_PER_ROW_FACTOR = 6  # live copies of a row block during one back-substitution step
@@ -49,14 +49,6 @@ def _require_no_nan(lb: torch.Tensor, ub: torch.Tensor | None) -> None:
                          "(exp of a wide interval, or a product of infinite bounds) and a "
                          "relaxation of it is undefined; use smaller input boxes or a forward "
                          "domain (box, hbox, zonotope), which keep infinite bounds")
-
-
-def has_rule(loaded: LoadedDomain, op: str) -> bool:
-    """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
-    if loaded.intermediate is None:
-        return codegen.find_rule(loaded.domain, op) is not None
-    return (codegen.find_rule(loaded.intermediate, op) is not None
-            and codegen.relax_for(op, loaded.relaxes) is not None)
 
 
 def generate(graph: Graph, loaded: LoadedDomain, options: EngineOptions = DEFAULT_OPTIONS
@@ -186,7 +178,7 @@ class BoundProgram:
         dtype = ref.dtype if ref is not None else torch.float32
         device = ref.device if ref is not None else torch.device("cpu")
         graph, constants = trace(self.model, shape, dtype, device)
-        graph = lower_unsupported(graph, lambda op: has_rule(self.loaded, op))
+        graph = lower_unsupported(graph, lambda op: codegen.has_rule(self.loaded, op))
         source = generate(graph, self.loaded, self.options)
         fn = codegen.load_generated(source, self.loaded.name)["bound_program"]
         compiled = _Compiled(graph, constants, source, fn)

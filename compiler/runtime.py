@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from absdsl.compiler.gens import Block, Gens, _align, _densify
+from ..errors import InputError
+from .gens import Block, Gens, _align, _densify
 
 Tensor = torch.Tensor
 
@@ -123,8 +124,6 @@ def require_range(lower: Tensor, upper: Tensor, lo: float, hi: float, open_ends:
     low = float(lower.detach().min()) if lower.numel() else lo
     high = float(upper.detach().max()) if upper.numel() else hi
     if math.isnan(low) or math.isnan(high):
-        from absdsl.errors import InputError
-
         raise InputError(f"{where}: its input bounds are NaN (an earlier bound overflowed, "
                          f"e.g. exp of a wide interval); no sound bound exists there")
     # an infinite end is the limit of the domain (1 / (1 + s) -> 0 as s -> inf), not outside
@@ -132,8 +131,6 @@ def require_range(lower: Tensor, upper: Tensor, lo: float, hi: float, open_ends:
     above = (high >= hi if open_ends else high > hi) and math.isfinite(hi)
     outside = below or above
     if outside:
-        from absdsl.errors import InputError
-
         ends = "(" if open_ends else "["
         raise InputError(f"{where}: its input bounds reach [{low:.6g}, {high:.6g}], outside "
                          f"the op's domain {ends}{lo:g}, {hi:g}{')' if open_ends else ']'}; "
