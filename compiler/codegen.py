@@ -9,6 +9,7 @@ every activation, and one generated back-substitution function per bounded node.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import domains as registry
@@ -41,21 +42,11 @@ FIXED_LOCALS = ("spec_abs", "spec_w", "spec_w_abs", "spec_b", "lb", "ub", "l", "
 ACTIVATION_CODE = {op.name: op.code for op in ops.ELEMENTWISE if op.code is not None}
 
 
-def pool_code(x: str, p: dict) -> str:
-    """Max pooling of ``x`` with the node's parameters (whole numbers stored as floats)."""
-    def pair(a: str, b: str) -> str:
-        return f"({int(p[a])}, {int(p[b])})"
-    return (f"F.max_pool2d({x}, {pair('kernel_h', 'kernel_w')}, {pair('stride_h', 'stride_w')}, "
-            f"{pair('padding_h', 'padding_w')}, 1, {bool(p['ceil_mode'])})")
-
-
 def op_code(op: str, x: str, params: dict) -> str:
-    """Torch code of an activation or pooling node applied to ``x``."""
-    if op == "amax":  # dim counts the batch
-        return f"torch.amax({x}, dim={int(params['dim'])}, keepdim={bool(params['keepdim'])})"
-    if ops.is_pool(op):
-        return pool_code(x, params)
-    return ACTIVATION_CODE[op](x, params)
+    """Torch code of an activation or pooling node applied to ``x`` (the op table's)."""
+    code = ops.get(op).code
+    assert code is not None, op
+    return code(x, params)
 
 
 @dataclass
@@ -277,61 +268,103 @@ def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, ctx: str,
 
     ``hook(node, state)`` may replace a node's state after it is computed (DeepPoly's
     refinement of Box bounds by back-substitution). ``nodes`` (default: all) and ``states``
-    (the states computed so far) let a caller emit part of the graph elsewhere.
+    (the states computed so far) let a caller emit part of the graph elsewhere. Reshapes and
+    concatenations move state as it is (:data:`_STRUCTURAL`); every other op runs the
+    domain's rule in a scope set up by its kind (:data:`_SCOPES`).
     """
-    rc = RuleCompiler(domain, out)
-    states = {} if states is None else dict(states)
+    walk = _ForwardPass(domain, out, ctx, {} if states is None else dict(states))
     for node in graph.nodes if nodes is None else nodes:
         out.emit("")
         out.emit(f"# {node.describe()}")
-        if node.op == "reshape":
-            states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
-            for k, var in states[node.name].items():
-                out.emit(f"{var} = rt.reshape(value={states[node.inputs[0]][k]}, "
-                         f"batch=lo.shape[0], shape={node.shape})")
-        elif node.op == "cat":
-            states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
-            for k, var in states[node.name].items():
-                parts = ", ".join(states[i][k] for i in node.inputs)
-                out.emit(f"{var} = rt.cat(values=[{parts}], dim={node.attrs['dim']}, "
-                         f"compact={ctx}.compact)")
-        else:
-            rule = rc.rule(node)
-            if node.op == "input":
-                s = rc.scope({}, "lo", node)
-                s.names.update({"lo": ("lo", "bound"), "hi": ("hi", "bound")})
-                state_in: dict[str, str] = {}
-            else:
-                state_in = states[node.inputs[0]]
-                ref = next(v for k, v in state_in.items() if rc.kinds[k] == "bound") \
-                    if any(rc.kinds[k] == "bound" for k in state_in) else "lo"
-                s = rc.scope(state_in if node.op not in ("add", "mul") else {}, ref, node)
-            if node.op == "affine":
-                m = node.attrs["map"]
-                s.linop = m
-                s.linop_code, s.gens_map = _map_code(m, ctx)
-                s.names["b"] = (m.bias, "bound") if m.bias else ("0.0", "num")
-            if node.op in ("add", "mul"):
-                if len(rule.params) != 2:
-                    raise DSLError(f"rule {node.op} must name its two inputs: rule "
-                                   f"{node.op}(p, q)", domain.source, domain.filename,
-                                   rule.pos.line, rule.pos.column)
-                for pname, inp in zip(rule.params, node.inputs, strict=True):
-                    s.inputs[pname] = {k: (v, rc.kinds[k]) for k, v in states[inp].items()}
-                for k in rc.kinds:  # start from the first input; the body overwrites
-                    s.names[k] = (states[node.inputs[0]][k], rc.kinds[k])
-            if node.op == "input":
-                for k in rc.kinds:
-                    s.names.setdefault(k, ("0.0", "num"))
-            info = ops.OPS.get(node.op)
-            if info is not None and info.valid is not None:
-                _require_range(node, info, s, out, ctx)
-            states[node.name] = rc.run(node, rule, s, state_in)
+        move = _STRUCTURAL.get(node.kind)
+        walk.states[node.name] = move(walk, node) if move is not None else walk.rule(node)
         if hook is not None:
-            replaced = hook(node, states[node.name])
+            replaced = hook(node, walk.states[node.name])
             if replaced is not None:
-                states[node.name] = replaced
-    return states
+                walk.states[node.name] = replaced
+    return walk.states
+
+
+class _ForwardPass:
+    """The state of one :func:`forward_pass`: the rule compiler and each node's state."""
+
+    def __init__(self, domain: ast.Domain, out: Emitter, ctx: str,
+                 states: dict[str, dict[str, str]]) -> None:
+        self.domain, self.out, self.ctx, self.states = domain, out, ctx, states
+        self.rc = RuleCompiler(domain, out)
+
+    def reshape(self, node: Node) -> dict[str, str]:
+        state = {k: self.out.fresh(f"{node.name}_{k}") for k in self.rc.kinds}
+        for k, var in state.items():
+            self.out.emit(f"{var} = rt.reshape(value={self.states[node.inputs[0]][k]}, "
+                          f"batch=lo.shape[0], shape={node.shape})")
+        return state
+
+    def cat(self, node: Node) -> dict[str, str]:
+        state = {k: self.out.fresh(f"{node.name}_{k}") for k in self.rc.kinds}
+        for k, var in state.items():
+            parts = ", ".join(self.states[i][k] for i in node.inputs)
+            self.out.emit(f"{var} = rt.cat(values=[{parts}], dim={node.attrs['dim']}, "
+                          f"compact={self.ctx}.compact)")
+        return state
+
+    def rule(self, node: Node) -> dict[str, str]:
+        """The node's state by the domain's rule for its op."""
+        rule = self.rc.rule(node)
+        scope = _SCOPES.get(node.kind, _ForwardPass.unary_scope)
+        s, state_in = scope(self, node, rule)
+        info = ops.OPS.get(node.op)
+        if info is not None and info.valid is not None:
+            _require_range(node, info, s, self.out, self.ctx)
+        return self.rc.run(node, rule, s, state_in)
+
+    def input_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        s = self.rc.scope({}, "lo", node)
+        s.names.update({"lo": ("lo", "bound"), "hi": ("hi", "bound")})
+        for k in self.rc.kinds:
+            s.names.setdefault(k, ("0.0", "num"))
+        return s, {}
+
+    def _input_ref(self, state_in: dict[str, str]) -> str:
+        kinds = self.rc.kinds
+        return next(v for k, v in state_in.items() if kinds[k] == "bound") \
+            if any(kinds[k] == "bound" for k in state_in) else "lo"
+
+    def unary_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        state_in = self.states[node.inputs[0]]
+        return self.rc.scope(state_in, self._input_ref(state_in), node), state_in
+
+    def affine_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        s, state_in = self.unary_scope(node, rule)
+        m = node.attrs["map"]
+        s.linop = m
+        s.linop_code, s.gens_map = _map_code(m, self.ctx)
+        s.names["b"] = (m.bias, "bound") if m.bias else ("0.0", "num")
+        return s, state_in
+
+    def binary_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        """Both inputs' states under the rule's two parameter names (add, mul)."""
+        state_in = self.states[node.inputs[0]]
+        s = self.rc.scope({}, self._input_ref(state_in), node)
+        if len(rule.params) != 2:
+            raise DSLError(f"rule {node.op} must name its two inputs: rule "
+                           f"{node.op}(p, q)", self.domain.source, self.domain.filename,
+                           rule.pos.line, rule.pos.column)
+        kinds = self.rc.kinds
+        for pname, inp in zip(rule.params, node.inputs, strict=True):
+            s.inputs[pname] = {k: (v, kinds[k]) for k, v in self.states[inp].items()}
+        for k in kinds:  # start from the first input; the body overwrites
+            s.names[k] = (state_in[k], kinds[k])
+        return s, state_in
+
+
+# ops that move state as it is, by kind (no rule)
+_STRUCTURAL: dict[str, Callable[[_ForwardPass, Node], dict[str, str]]] = {
+    "reshape": _ForwardPass.reshape, "cat": _ForwardPass.cat}
+# the scope a rule runs in, by kind (default: one input, the elementwise ops and pooling)
+_SCOPES: dict[str, Callable[[_ForwardPass, Node, ast.Rule], tuple[Scope, dict[str, str]]]] = {
+    "input": _ForwardPass.input_scope, "affine": _ForwardPass.affine_scope,
+    "add": _ForwardPass.binary_scope, "product": _ForwardPass.binary_scope}
 
 
 def _require_range(node: Node, info: ops.Op, s: Scope, out: Emitter, ctx: str) -> None:

@@ -21,13 +21,12 @@ import torch.nn as nn
 from ..dsl.loader import LoadedDomain, load_domain
 from ..errors import InputError, MemoryBudgetError
 from . import codegen
-from . import linear_maps as lm
-from .backsub.emit import linear_program
+from .backsub.emit import linear_program, spec_folds
 from .concrete import ConcreteGraph
 from .context import DEFAULT as DEFAULT_OPTIONS
 from .context import Context, EngineOptions
 from .frontend import trace
-from .ir import ACTIVATIONS, Graph
+from .ir import Graph
 from .lowering import lower_unsupported
 
 DEFAULT_MEMORY_BUDGET_MB = 2048.0
@@ -70,9 +69,7 @@ def generate(graph: Graph, loaded: LoadedDomain, options: EngineOptions = DEFAUL
     out.emit("spec_abs = spec.abs() if spec is not None else None")
     if loaded.intermediate is None:
         last = graph.by_name[graph.output]
-        folds = (last.op == "affine" and isinstance(last.attrs["map"], lm.Dense)
-                 and len(last.shape) == 1  # a Linear on [..., n] maps more than one vector
-                 and not any(graph.output in n.inputs for n in graph.nodes))
+        folds = spec_folds(graph)
         hook = _recording_hook(graph, loaded, out)
         # a last layer the spec folds into runs only without a spec
         states = codegen.forward_pass(graph, loaded.domain, out, "ctx", hook,
@@ -104,7 +101,7 @@ def generate(graph: Graph, loaded: LoadedDomain, options: EngineOptions = DEFAUL
 
 
 def _pre_activation_nodes(graph: Graph) -> set[str]:
-    return {n.inputs[0] for n in graph.nodes if n.op in ACTIVATIONS}
+    return {n.inputs[0] for n in graph.nodes if n.kind == "elementwise"}
 
 
 def _recording_hook(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter):

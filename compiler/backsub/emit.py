@@ -12,18 +12,26 @@ back-substituted from the spec. Each bounded node gets a generated function in d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ...dsl.loader import LoadedDomain
 from ...errors import TraceError
 from .. import codegen
 from .. import linear_maps as lm
 from ..codegen import Emitter
-from ..ir import ACTIVATIONS, Graph, Node
+from ..ir import Graph, Node
 from .emit_patches import Geometry, patch_backsub_function, patch_geometry
 from .transpose import transpose
 
 # names that generated back-substitution code binds itself (Emitter.fresh never hands them out)
 LOCALS = ("centre", "radius", "lb", "ub", "rows", "k", "acc", "sides", "n_out", "index")
+
+
+# the inputs whose bounds relax a node, by kind: an activation's input; a product's two
+RELAXED_INPUTS: dict[str, Callable[[Node], list[str]]] = {
+    "elementwise": lambda node: node.inputs[:1],
+    "product": lambda node: list(node.inputs),
+}
 
 
 def linear_program(graph: Graph, loaded: LoadedDomain, out: Emitter, patch_saving: float
@@ -34,103 +42,126 @@ def linear_program(graph: Graph, loaded: LoadedDomain, out: Emitter, patch_savin
     out.used.update(LOCALS)
     out.emit("centre = (hi + lo) / 2")
     out.emit("radius = (hi - lo) / 2")
-    pre_activation: dict[str, list[str]] = {}  # bounded node -> the nodes relaxed with it
-    for node in graph.nodes:
-        if node.op in ACTIVATIONS:
-            pre_activation.setdefault(node.inputs[0], []).append(node.name)
-        elif node.op == "mul":  # a product is relaxed with the bounds of both its inputs
-            for i in node.inputs:
-                pre_activation.setdefault(i, []).append(node.name)
-    bounds: dict[str, tuple[str, str]] = {}
-    lines: dict[str, str] = {}
-    raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, b_lo, ...)
-    patch_lines: dict[str, str] = {}  # the same as maps for patches, made when first used
-    relax_fns: dict[tuple, str] = {}
+    program = _LinearProgram(graph, loaded, out, patch_saving)
+    states = codegen.forward_pass(graph, loaded.intermediate, out, "ctx", program.hook)
+    if not loaded.refine:
+        _forward_spec(graph, loaded, out, states)
+    program.output()
 
-    def relax_fn(op: str, params: dict) -> str:
+
+class _LinearProgram:
+    """The forward pass hook of :func:`linear_program` and the output's back-substitution."""
+
+    def __init__(self, graph: Graph, loaded: LoadedDomain, out: Emitter, patch_saving: float
+                 ) -> None:
+        self.graph, self.loaded, self.out, self.patch_saving = graph, loaded, out, patch_saving
+        # bounded node -> the nodes relaxed with its bounds
+        self.relaxed_at: dict[str, list[str]] = {}
+        for node in graph.nodes:
+            inputs = RELAXED_INPUTS.get(node.kind)
+            for i in inputs(node) if inputs is not None else ():
+                self.relaxed_at.setdefault(i, []).append(node.name)
+        self.bounds: dict[str, tuple[str, str]] = {}
+        self.lines: dict[str, str] = {}
+        self.raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, ...)
+        self.patch_lines: dict[str, str] = {}  # the same as maps for patches, made when used
+        self.relax_fns: dict[tuple, str] = {}
+
+    def relax_fn(self, op: str, params: dict) -> str:
+        """The name of the emitted relaxation function of ``op`` with ``params``."""
         key = (op, tuple(sorted(params.items())))
-        if key not in relax_fns:
-            relax = codegen.relax_for(op, loaded.relaxes)
+        if key not in self.relax_fns:
+            relax = codegen.relax_for(op, self.loaded.relaxes)
             if relax is None:
-                node = next(n for n in graph.nodes if n.op == op)
-                raise TraceError(f"domain {loaded.name} has no relaxation for {op}, needed by "
-                                 f"{node.origin or '%' + node.name}"
+                node = next(n for n in self.graph.nodes if n.op == op)
+                raise TraceError(f"domain {self.loaded.name} has no relaxation for {op}, "
+                                 f"needed by {node.origin or '%' + node.name}"
                                  f"{codegen.builtin_rules_hint(op)}")
-            relax_fns[key] = codegen.relax_function(relax, op, params, out, loaded.domain,
-                                                       relax.filename, relax.source)
-        return relax_fns[key]
+            self.relax_fns[key] = codegen.relax_function(
+                relax, op, params, self.out, self.loaded.domain, relax.filename, relax.source)
+        return self.relax_fns[key]
 
-    def hook(node, state):
-        if node.op == "mul":
-            fn = relax_fn("mul", {})
-            (lx, ux), (ly, uy) = (bounds[i] for i in node.inputs)
-            lines[node.name] = out.fresh(f"planes_{node.name}")
-            out.emit(f"{lines[node.name]} = {fn}({lx}, {ux}, {ly}, {uy})[0]")
-        if node.name not in pre_activation:
+    def hook(self, node: Node, state: dict[str, str]) -> dict[str, str] | None:
+        """After a node's forward state: a product's planes; bounds of a node something is
+        relaxed with, refined by back-substitution, and the relaxations they give."""
+        out, loaded = self.out, self.loaded
+        assert loaded.intermediate is not None
+        if node.kind == "product":
+            fn = self.relax_fn(node.op, {})
+            (lx, ux), (ly, uy) = (self.bounds[i] for i in node.inputs)
+            self.lines[node.name] = out.fresh(f"planes_{node.name}")
+            out.emit(f"{self.lines[node.name]} = {fn}({lx}, {ux}, {ly}, {uy})[0]")
+        if node.name not in self.relaxed_at:
             return None
-        users = [graph.by_name[a] for a in pre_activation[node.name]]
+        users = [self.graph.by_name[a] for a in self.relaxed_at[node.name]]
         lo_b, hi_b = codegen.concretize(loaded.intermediate, out, state)
         l_var, u_var = out.fresh(f"{node.name}_l"), out.fresh(f"{node.name}_u")
         out.emit(f"{l_var}, {u_var} = {lo_b}, {hi_b}")
-        if loaded.refine and _needs_backsub(graph, node.name):
-            needs = []
-            for a in users:
-                if a.op == "mul":  # the planes read every bound
-                    needs.append(f"torch.ones_like({l_var}, dtype=torch.bool)")
-                    continue
-                fn = relax_fn(a.op, a.attrs.get("params", {}))
-                needs.append(f"{fn}({l_var}, {u_var}, True)")
-            found = patch_geometry(graph, node.name, patch_saving)
-            if found is not None:
-                factor = _patch_chunk_factor(graph, *found)
-                backsub = patch_backsub_function(graph, node.name, *found, raw_lines,
-                                                 patch_lines, out)
-            else:
-                factor = 1
-                bs = backsub_function(graph, node.name, lines, out)
-                backsub = (f"lambda index: {bs}(dense_rows.unit_rows(index=index, "
-                           f"shape={node.shape}, like=lo))")
-            out.emit(f"{l_var}, {u_var} = dense_rows.refine(backsub={backsub}, lower={l_var}, "
-                     f"upper={u_var}, needs={' | '.join(needs)}, "
-                     f"rows_per_chunk=ctx.rows_per_chunk * {factor}, "
-                     f"per_sample={found is not None}, ctx=ctx)")
+        if loaded.refine and _needs_backsub(self.graph, node.name):
+            self.refine(node, users, l_var, u_var)
         out.emit(f"if ctx.record is not None: ctx.record[{node.name!r}] = ({l_var}, {u_var})")
-        bounds[node.name] = (l_var, u_var)
+        self.bounds[node.name] = (l_var, u_var)
         for a in users:
-            if a.op == "mul":
+            if a.kind == "product":
                 continue  # relaxed at the product itself, once both bounds are known
-            fn = relax_fn(a.op, a.attrs.get("params", {}))
+            fn = self.relax_fn(a.op, a.attrs.get("params", {}))
             raw = out.fresh(f"relaxed_{a.name}")
             out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
-            raw_lines[a.name] = raw
-            lines[a.name] = out.fresh(f"lines_{a.name}")
-            out.emit(f"{lines[a.name]} = dense_rows.back_lines(lines={raw}, ctx=ctx)")
+            self.raw_lines[a.name] = raw
+            self.lines[a.name] = out.fresh(f"lines_{a.name}")
+            out.emit(f"{self.lines[a.name]} = dense_rows.back_lines(lines={raw}, ctx=ctx)")
         if loaded.refine and set(state) == {"l", "u"}:
             return {"l": l_var, "u": u_var}
         return None
 
-    states = codegen.forward_pass(graph, loaded.intermediate, out, "ctx", hook)
-    if not loaded.refine:
-        _forward_spec(graph, loaded, out, states)
-    out.emit("")
-    out.emit("# output: back-substitute the spec (or the identity) to the input box; without")
-    out.emit("# upper bounds only the lower rows (sides = 1)")
-    bs = backsub_function(graph, graph.output, lines, out)
-    shape = graph.by_name[graph.output].shape
-    out.emit("sides = 2 if ctx.upper else 1")
-    out.emit("if spec is None:")
-    out.emit(f"    n_out = {math.prod(shape)}")
-    out.emit(f"    rows = dense_rows.unit_rows(index=torch.arange(n_out, device=lo.device), "
-             f"shape={shape}, like=lo)")
-    out.emit(f"    lb, ub = dense_rows.output_chunks(backsub={bs}, rows=rows[:, :sides * n_out], "
-             f"sides=sides, rows_per_chunk=ctx.rows_per_chunk)")
-    out.emit(f"    return lb.reshape(lo.shape[0], *{shape}), "
-             f"ub.reshape(lo.shape[0], *{shape}) if ctx.upper else None")
-    out.emit(f"rows = (torch.cat([spec, spec], 1) if ctx.upper else spec).reshape("
-             f"spec.shape[0], sides * spec.shape[1], *{shape})")
-    out.emit(f"lb, ub = dense_rows.output_chunks(backsub={bs}, rows=rows, sides=sides, "
-             f"rows_per_chunk=ctx.rows_per_chunk)")
-    out.emit("return lb, ub if ctx.upper else None")
+    def refine(self, node: Node, users: list[Node], l_var: str, u_var: str) -> None:
+        """Emit the refinement of ``node``'s bounds where its users' relaxations need it."""
+        out, graph = self.out, self.graph
+        needs = []
+        for a in users:
+            if a.kind == "product":  # the planes read every bound
+                needs.append(f"torch.ones_like({l_var}, dtype=torch.bool)")
+                continue
+            fn = self.relax_fn(a.op, a.attrs.get("params", {}))
+            needs.append(f"{fn}({l_var}, {u_var}, True)")
+        found = patch_geometry(graph, node.name, self.patch_saving)
+        if found is not None:
+            factor = _patch_chunk_factor(graph, *found)
+            backsub = patch_backsub_function(graph, node.name, *found, self.raw_lines,
+                                             self.patch_lines, out)
+        else:
+            factor = 1
+            bs = backsub_function(graph, node.name, self.lines, out)
+            backsub = (f"lambda index: {bs}(dense_rows.unit_rows(index=index, "
+                       f"shape={node.shape}, like=lo))")
+        out.emit(f"{l_var}, {u_var} = dense_rows.refine(backsub={backsub}, lower={l_var}, "
+                 f"upper={u_var}, needs={' | '.join(needs)}, "
+                 f"rows_per_chunk=ctx.rows_per_chunk * {factor}, "
+                 f"per_sample={found is not None}, ctx=ctx)")
+
+    def output(self) -> None:
+        """Emit the output's bounds: the spec (or the identity) back to the input box."""
+        out, graph = self.out, self.graph
+        out.emit("")
+        out.emit("# output: back-substitute the spec (or the identity) to the input box; "
+                 "without")
+        out.emit("# upper bounds only the lower rows (sides = 1)")
+        bs = backsub_function(graph, graph.output, self.lines, out)
+        shape = graph.by_name[graph.output].shape
+        out.emit("sides = 2 if ctx.upper else 1")
+        out.emit("if spec is None:")
+        out.emit(f"    n_out = {math.prod(shape)}")
+        out.emit(f"    rows = dense_rows.unit_rows(index=torch.arange(n_out, device=lo.device), "
+                 f"shape={shape}, like=lo)")
+        out.emit(f"    lb, ub = dense_rows.output_chunks(backsub={bs}, "
+                 f"rows=rows[:, :sides * n_out], sides=sides, rows_per_chunk=ctx.rows_per_chunk)")
+        out.emit(f"    return lb.reshape(lo.shape[0], *{shape}), "
+                 f"ub.reshape(lo.shape[0], *{shape}) if ctx.upper else None")
+        out.emit(f"rows = (torch.cat([spec, spec], 1) if ctx.upper else spec).reshape("
+                 f"spec.shape[0], sides * spec.shape[1], *{shape})")
+        out.emit(f"lb, ub = dense_rows.output_chunks(backsub={bs}, rows=rows, sides=sides, "
+                 f"rows_per_chunk=ctx.rows_per_chunk)")
+        out.emit("return lb, ub if ctx.upper else None")
 
 
 def _forward_spec(graph: Graph, loaded: LoadedDomain, out: Emitter,
@@ -139,8 +170,7 @@ def _forward_spec(graph: Graph, loaded: LoadedDomain, out: Emitter,
     program of that domain alone computes (the spec folded into a last linear layer)."""
     assert loaded.intermediate is not None
     last = graph.by_name[graph.output]
-    folds = (last.op == "affine" and isinstance(last.attrs["map"], lm.Dense)
-             and len(last.shape) == 1 and not any(graph.output in n.inputs for n in graph.nodes))
+    folds = spec_folds(graph)
     out.emit("")
     out.emit("# the intermediate domain's own spec bounds (CROWN-IBP mixing), when asked")
     out.emit("if ctx.forward_spec is not None and spec is not None:")
@@ -151,6 +181,14 @@ def _forward_spec(graph: Graph, loaded: LoadedDomain, out: Emitter,
     lb, _ = codegen.concretize(loaded.intermediate, out, spec_state)
     out.emit(f"ctx.forward_spec['lower'] = {lb}")
     out.indent -= 1
+
+
+def spec_folds(graph: Graph) -> bool:
+    """Whether the spec folds into the output's linear layer (a Linear on [n] that nothing
+    else reads: a Linear on [..., n] maps more than one vector)."""
+    last = graph.by_name[graph.output]
+    return (last.kind == "affine" and isinstance(last.attrs["map"], lm.Dense)
+            and len(last.shape) == 1 and not any(graph.output in n.inputs for n in graph.nodes))
 
 
 def _patch_chunk_factor(graph: Graph, chain: list[Node], geoms: list[Geometry]
@@ -169,9 +207,9 @@ def _needs_backsub(graph: Graph, name: str) -> bool:
     would only reproduce Box's bounds."""
     general = 0
     for node in graph.ancestors(name):
-        if node.op == "affine":
+        if node.kind == "affine":
             general += not isinstance(node.attrs["map"], lm.Elementwise)
-        elif node.op not in ("input", "reshape"):
+        elif node.kind not in ("input", "reshape"):
             return True
     return general > 1
 
@@ -181,79 +219,115 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
     upper [B, k]); with ``sides`` 1, rows [B, k] of lower bounds only (upper is [B, 0]).
 
     Walks the target's ancestors in reverse topological order; each node's rows are the sum
-    of what its users push back (transposed linear maps, relaxation lines, slices of a cat).
+    of what its users push back (transposed linear maps, relaxation lines, slices of a cat),
+    one step per op kind (:data:`_STEPS`).
     """
     name = out.fresh(f"backsub_{target}")
-    body = Emitter(indent=out.indent + 1, used=out.used)
-    nodes = graph.ancestors(target)
-    users: dict[str, list[Node]] = {n.name: [] for n in nodes}
-    for n in nodes:
-        for i in n.inputs:
-            users[i].append(n)
+    walk = _DenseWalk(graph, target, lines, out)
+    walk.body.emit("k = rows.shape[1] // sides")
+    walk.body.emit("acc = rows.new_zeros(1, rows.shape[1])")
     lam = {target: "rows"}
-    body.emit("k = rows.shape[1] // sides")
-    body.emit("acc = rows.new_zeros(1, rows.shape[1])")
-    contributions: dict[str, list[str]] = {n.name: [] for n in nodes}
-
-    def push(dst: str, code: str) -> None:
-        var = body.fresh(f"lam_{dst}")
-        body.emit(f"{var} = {code}")
-        contributions[dst].append(var)
-
-    for node in reversed(nodes):
+    for node in reversed(walk.nodes):
         if node.name != target:
-            parts = contributions[node.name]
+            parts = walk.contributions[node.name]
             if not parts:
                 continue
-            lam[node.name] = parts[0] if len(parts) == 1 else body.fresh(f"lam_{node.name}")
+            lam[node.name] = parts[0] if len(parts) == 1 else walk.body.fresh(f"lam_{node.name}")
             if len(parts) > 1:
-                body.emit(f"{lam[node.name]} = {' + '.join(parts)}")
-        cur = lam[node.name]
-        body.emit(f"# {node.op} %{node.name}")
-        if node.op == "input":
-            body.emit(f"return dense_rows.concretize(lam={cur}, k=k, centre=centre, "
-                      f"radius=radius, acc=acc, compact=ctx.compact)")
-            break
-        chain = _input_chain(graph, node, users) if node.op == "affine" else None
-        if chain is not None:
-            body.emit(_first_layer_return(node, cur, out, chain))
-            break
-        if node.op == "affine":
-            m = node.attrs["map"]
-            if m.bias is not None:
-                body.emit(f"acc = acc + dense_rows.bias_dot(lam={cur}, bias={m.bias}, "
-                          f"out_shape={node.shape}, compact=ctx.compact)")
-            push(node.inputs[0], transpose(m, cur))
-        elif node.op == "reshape":
-            src = graph.by_name[node.inputs[0]]
-            push(src.name, f"{cur}.reshape({cur}.shape[0], {cur}.shape[1], *{src.shape})")
-        elif node.op == "add":
-            for i in node.inputs:
-                push(i, cur)
-        elif node.op == "cat":
-            offset = 0
-            for i in node.inputs:
-                size = graph.by_name[i].shape[node.attrs["dim"]]
-                push(i, f"{cur}.narrow({node.attrs['dim'] + 2}, {offset}, {size})")
-                offset += size
-        elif node.op in ACTIVATIONS:
-            var = body.fresh(f"lam_{node.inputs[0]}")
-            body.emit(f"{var}, acc = dense_rows.relax_back(lam={cur}, k=k, "
-                      f"lines={lines[node.name]}, acc=acc)")
-            contributions[node.inputs[0]].append(var)
-        elif node.op == "mul":
-            vx, vy = body.fresh(f"lam_{node.inputs[0]}"), body.fresh(f"lam_{node.inputs[1]}")
-            body.emit(f"{vx}, {vy}, acc = dense_rows.relax_back_product(lam={cur}, k=k, "
-                      f"planes={lines[node.name]}, acc=acc)")
-            contributions[node.inputs[0]].append(vx)
-            contributions[node.inputs[1]].append(vy)
-        else:
+                walk.body.emit(f"{lam[node.name]} = {' + '.join(parts)}")
+        walk.body.emit(f"# {node.op} %{node.name}")
+        step = _STEPS.get(node.kind)
+        if step is None:
             raise TraceError(f"back-substitution has no rule for op {node.op}")
+        if step(walk, node, lam[node.name]):
+            break
     else:
-        body.emit("raise RuntimeError('back-substitution did not reach the input')")
+        walk.body.emit("raise RuntimeError('back-substitution did not reach the input')")
     out.emit(f"def {name}(rows, sides=2):")
-    out.lines.extend(body.lines)
+    out.lines.extend(walk.body.lines)
     return name
+
+
+class _DenseWalk:
+    """The state of one :func:`backsub_function`: its body and the rows pushed to each node.
+
+    Each step takes a node and the name of its rows and returns whether the function ended
+    (the rows reached the input).
+    """
+
+    def __init__(self, graph: Graph, target: str, lines: dict[str, str], out: Emitter) -> None:
+        self.graph, self.lines, self.out = graph, lines, out
+        self.body = Emitter(indent=out.indent + 1, used=out.used)
+        self.nodes = graph.ancestors(target)
+        self.users: dict[str, list[Node]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                self.users[i].append(n)
+        self.contributions: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+
+    def push(self, dst: str, code: str) -> None:
+        var = self.body.fresh(f"lam_{dst}")
+        self.body.emit(f"{var} = {code}")
+        self.contributions[dst].append(var)
+
+    def input(self, node: Node, cur: str) -> bool:
+        self.body.emit(f"return dense_rows.concretize(lam={cur}, k=k, centre=centre, "
+                       f"radius=radius, acc=acc, compact=ctx.compact)")
+        return True
+
+    def affine(self, node: Node, cur: str) -> bool:
+        chain = _input_chain(self.graph, node, self.users)
+        if chain is not None:
+            self.body.emit(_first_layer_return(node, cur, self.out, chain))
+            return True
+        m = node.attrs["map"]
+        if m.bias is not None:
+            self.body.emit(f"acc = acc + dense_rows.bias_dot(lam={cur}, bias={m.bias}, "
+                           f"out_shape={node.shape}, compact=ctx.compact)")
+        self.push(node.inputs[0], transpose(m, cur))
+        return False
+
+    def reshape(self, node: Node, cur: str) -> bool:
+        src = self.graph.by_name[node.inputs[0]]
+        self.push(src.name, f"{cur}.reshape({cur}.shape[0], {cur}.shape[1], *{src.shape})")
+        return False
+
+    def add(self, node: Node, cur: str) -> bool:
+        for i in node.inputs:
+            self.push(i, cur)
+        return False
+
+    def cat(self, node: Node, cur: str) -> bool:
+        offset = 0
+        for i in node.inputs:
+            size = self.graph.by_name[i].shape[node.attrs["dim"]]
+            self.push(i, f"{cur}.narrow({node.attrs['dim'] + 2}, {offset}, {size})")
+            offset += size
+        return False
+
+    def elementwise(self, node: Node, cur: str) -> bool:
+        var = self.body.fresh(f"lam_{node.inputs[0]}")
+        self.body.emit(f"{var}, acc = dense_rows.relax_back(lam={cur}, k=k, "
+                       f"lines={self.lines[node.name]}, acc=acc)")
+        self.contributions[node.inputs[0]].append(var)
+        return False
+
+    def product(self, node: Node, cur: str) -> bool:
+        vx = self.body.fresh(f"lam_{node.inputs[0]}")
+        vy = self.body.fresh(f"lam_{node.inputs[1]}")
+        self.body.emit(f"{vx}, {vy}, acc = dense_rows.relax_back_product(lam={cur}, k=k, "
+                       f"planes={self.lines[node.name]}, acc=acc)")
+        self.contributions[node.inputs[0]].append(vx)
+        self.contributions[node.inputs[1]].append(vy)
+        return False
+
+
+# one back-substitution step per op kind (pooling is lowered before: it has none)
+_STEPS: dict[str, Callable[[_DenseWalk, Node, str], bool]] = {
+    "input": _DenseWalk.input, "affine": _DenseWalk.affine, "reshape": _DenseWalk.reshape,
+    "add": _DenseWalk.add, "cat": _DenseWalk.cat, "elementwise": _DenseWalk.elementwise,
+    "product": _DenseWalk.product,
+}
 
 
 def _input_chain(graph: Graph, node: Node, users: dict[str, list[Node]]) -> list[Node] | None:

@@ -8,10 +8,12 @@ whole maps: :func:`patch_geometry` finds the chain and each map's window geometr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .. import linear_maps as lm
 from ..codegen import Emitter
 from ..exprs import num
-from ..ir import ACTIVATIONS, Graph, Node
+from ..ir import Graph, Node
 
 
 def patch_chain(graph: Graph, target: str) -> list[Node] | None:
@@ -26,18 +28,18 @@ def patch_chain(graph: Graph, target: str) -> list[Node] | None:
         chain.append(node)
         if len(node.shape) != 3:
             return None
-        if node.op == "input":
+        if node.kind == "input":
             return chain
         if len(node.inputs) != 1:
             return None
-        if node.op == "affine":
+        if node.kind == "affine":
             m = node.attrs["map"]
             if isinstance(m, lm.Conv):
                 if m.dims != 2 or not m.kernel:
                     return None
             elif not isinstance(m, lm.Elementwise):
                 return None
-        elif node.op not in ACTIVATIONS:
+        elif node.kind != "elementwise":
             return None
         node = graph.by_name[node.inputs[0]]
 
@@ -62,7 +64,7 @@ def patch_geometry(graph: Graph, target: str, saving: float
         geoms.append((kh, kw, sh, sw, oh, ow, grid[0], grid[1]))
         patch_size += node.shape[0] * kh * kw
         dense_size += node.shape[0] * node.shape[1] * node.shape[2]
-        if node.op == "affine" and isinstance(node.attrs["map"], lm.Conv):
+        if node.kind == "affine" and isinstance(node.attrs["map"], lm.Conv):
             m = node.attrs["map"]
             kh = (kh - 1) * m.stride[0] + m.dilation[0] * (m.kernel[0] - 1) + 1
             kw = (kw - 1) * m.stride[1] + m.dilation[1] * (m.kernel[1] - 1) + 1
@@ -84,7 +86,7 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
     ``patch_lines`` the first time a patch function needs it.
     """
     for node in chain:
-        if node.op in ACTIVATIONS and node.name not in patch_lines:
+        if node.kind == "elementwise" and node.name not in patch_lines:
             shape = graph.by_name[node.inputs[0]].shape
             patch_lines[node.name] = out.fresh(f"patch_lines_{node.name}")
             out.emit(f"{patch_lines[node.name]} = patch_rows.patch_lines("
@@ -93,8 +95,8 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
     body = Emitter(indent=out.indent + 1, used=out.used)
     first = _patch_first_conv(chain)
     start = 0
-    head = chain[0].attrs["map"] if chain[0].op == "affine" else None
-    if (isinstance(head, lm.Conv) and chain[1].op in ACTIVATIONS):
+    head = chain[0].attrs["map"] if chain[0].kind == "affine" else None
+    if isinstance(head, lm.Conv) and chain[1].kind == "elementwise":
         # the target conv and the relaxation of its input in one step: rows only where
         # they depend on the sign of the slopes, the rest convolved once per call
         maps = patch_lines[chain[1].name]
@@ -130,39 +132,70 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
                 body.emit(_mask(node, geom))
             body.emit(_patch_first_layer_return(node, chain, geom, geoms[-1], out))
             break
-        if node.op == "input":
-            body.emit(f"return patch_rows.patch_concretize(rows=rows, k=k, centre=centre, "
-                      f"radius=radius, geom={geom}, pos=pos, acc=acc)")
-        elif node.op in ACTIVATIONS:
-            body.emit(f"rows, acc = patch_rows.patch_relax(rows=rows, k=k, "
-                      f"maps={patch_lines[node.name]}, geom={geom}, pos=pos, acc=acc)")
-            outside = False
-        elif isinstance(node.attrs["map"], lm.Elementwise):
-            m = node.attrs["map"]
-            if m.bias is not None:
-                body.emit(_bias(node, geom))
-            if m.scale is not None:
-                scale = num(m.scale) if isinstance(m.scale, float) else m.scale
-                body.emit(f"rows = patch_rows.patch_scale(rows=rows, k=k, scale={scale}, "
-                          f"geom={geom}, pos=pos, shape={node.shape})")
-        else:
-            m = node.attrs["map"]
-            if outside:
-                body.emit(_mask(node, geom))
-            if m.bias is not None:
-                body.emit(_bias(node, geom))
-            body.emit(f"rows = {_conv_back(m, geom)}")
-            outside = True
+        step = _PATCH_STEPS[_patch_step(node)]
+        outside = step(node, geom, outside, patch_lines, body.emit)
     out.emit(f"def {name}(index):")
     out.lines.extend(body.lines)
     return name
+
+
+def _patch_step(node: Node) -> str:
+    """Which step of a patch function a chain node takes: by kind, affine maps by class."""
+    if node.kind != "affine":
+        return node.kind
+    return "scale" if isinstance(node.attrs["map"], lm.Elementwise) else "conv"
+
+
+# Each step emits its lines for a node of the chain and returns whether the rows may then
+# be non-zero outside their map (windows overhang it after a conv; a relaxation zeroes them).
+PatchStep = Callable[[Node, Geometry, bool, dict[str, str], Callable[[str], None]], bool]
+
+
+def _step_input(node: Node, geom: Geometry, outside: bool, patch_lines: dict[str, str],
+                emit: Callable[[str], None]) -> bool:
+    emit(f"return patch_rows.patch_concretize(rows=rows, k=k, centre=centre, "
+         f"radius=radius, geom={geom}, pos=pos, acc=acc)")
+    return outside
+
+
+def _step_relax(node: Node, geom: Geometry, outside: bool, patch_lines: dict[str, str],
+                emit: Callable[[str], None]) -> bool:
+    emit(f"rows, acc = patch_rows.patch_relax(rows=rows, k=k, "
+         f"maps={patch_lines[node.name]}, geom={geom}, pos=pos, acc=acc)")
+    return False
+
+
+def _step_scale(node: Node, geom: Geometry, outside: bool, patch_lines: dict[str, str],
+                emit: Callable[[str], None]) -> bool:
+    m = node.attrs["map"]
+    if m.bias is not None:
+        emit(_bias(node, geom))
+    if m.scale is not None:
+        scale = num(m.scale) if isinstance(m.scale, float) else m.scale
+        emit(f"rows = patch_rows.patch_scale(rows=rows, k=k, scale={scale}, "
+             f"geom={geom}, pos=pos, shape={node.shape})")
+    return outside
+
+
+def _step_conv(node: Node, geom: Geometry, outside: bool, patch_lines: dict[str, str],
+               emit: Callable[[str], None]) -> bool:
+    if outside:
+        emit(_mask(node, geom))
+    if node.attrs["map"].bias is not None:
+        emit(_bias(node, geom))
+    emit(f"rows = {_conv_back(node.attrs['map'], geom)}")
+    return True
+
+
+_PATCH_STEPS: dict[str, PatchStep] = {"input": _step_input, "elementwise": _step_relax,
+                                      "scale": _step_scale, "conv": _step_conv}
 
 
 def _patch_first_conv(chain: list[Node]) -> Node | None:
     """The conv of a patch chain nearest the input when only elementwise maps lie between
     them (normalisation), else None."""
     for node in reversed(chain[:-1]):
-        m = node.attrs["map"] if node.op == "affine" else None
+        m = node.attrs["map"] if node.kind == "affine" else None
         if isinstance(m, lm.Conv):
             return node
         if not isinstance(m, lm.Elementwise):
