@@ -28,13 +28,10 @@ from .exprs import (
     num,
 )
 from .ir import Graph, Node
-from .namespace import RUNTIME, load_generated  # noqa: F401 - re-exported
+from .namespace import GLOBALS, RUNTIME, load_generated  # noqa: F401 - re-exported
 
-# names generated code reads from outside (modules; the arguments of ``bound_program``: the
-# parameters, the box, the spec and the call's context) and the fixed names it binds itself
-# (a spec's matrices; the parameters of relaxation functions and lambdas): Emitter.fresh
-# never hands them out
-GLOBALS = ("torch", "F", *RUNTIME, "p", "lo", "hi", "spec", "ctx")
+# the fixed names generated code binds itself (a spec's matrices; the parameters of
+# relaxation functions and lambdas): Emitter.fresh never hands them out, nor GLOBALS
 FIXED_LOCALS = ("spec_abs", "spec_w", "spec_w_abs", "spec_b", "lb", "ub", "l", "u", "t")
 
 

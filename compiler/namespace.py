@@ -15,6 +15,9 @@ from .backsub import rows as dense_rows
 
 # what generated code calls: the forward runtime and the back-substitution rows, by keyword
 RUNTIME = {"rt": rt, "dense_rows": dense_rows, "patch_rows": patch_rows}
+# names generated code reads from outside: modules and the arguments of ``bound_program``
+# (parameters, input box, spec, the call's context); no generated name may take them
+GLOBALS = ("torch", "F", *RUNTIME, "p", "lo", "hi", "spec", "ctx")
 
 
 def load_generated(source: str, label: str) -> dict:
