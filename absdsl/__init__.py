@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from absdsl import domains as _registry
 from absdsl.api import compile, linf_ball, load_onnx  # noqa: A004 - the public name is the contract
+from absdsl.compiler.context import EngineOptions
 from absdsl.compiler.specs import margin_spec, margin_spec_full
 from absdsl.cpu_memory import apply_default as _keep_freed_memory
 from absdsl.errors import AbsdslError, DSLError, InputError, MemoryBudgetError, TraceError
 
-__all__ = ["compile", "linf_ball", "load_onnx", "margin_spec", "margin_spec_full", "AbsdslError",
+__all__ = ["compile", "EngineOptions", "linf_ball", "load_onnx", "margin_spec",
+           "margin_spec_full", "AbsdslError",
            "DSLError", "InputError", "MemoryBudgetError", "TraceError", "BUILTIN_DOMAINS"]
 
 # every built-in domain name and alias (the registry is absdsl/domains/__init__.py)

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from absdsl.compiler.context import DEFAULT as DEFAULT_OPTIONS
+from absdsl.compiler.context import EngineOptions
 from absdsl.compiler.program import DEFAULT_MEMORY_BUDGET_MB, BoundProgram
 from absdsl.dsl.loader import LoadedDomain
 from absdsl.errors import InputError
@@ -14,18 +16,21 @@ from absdsl.errors import InputError
 
 def compile(model: nn.Module, domain: str | Path | LoadedDomain = "box", *,  # noqa: A001
             input_shape: tuple[int, ...] | None = None,
-            memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> BoundProgram:
+            memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+            options: EngineOptions = DEFAULT_OPTIONS) -> BoundProgram:
     """Compile ``model`` (fx-traceable, eval mode) with ``domain`` into a bound program.
 
     ``domain``: a built-in name (box/ibp, hbox, zonotope/deepz, deeppoly/crown, crown-ibp),
     a DSL file path (``path`` or ``path:DomainName``) or a loaded domain. The program is
     traced per input shape on its first call (or now, given ``input_shape``).
-    ``memory_budget_mb`` caps the rows back-substituted at once (DeepPoly).
+    ``memory_budget_mb`` caps the rows back-substituted at once (DeepPoly). ``options``
+    selects the engine's optimised paths (:class:`EngineOptions`; none changes a bound
+    beyond rounding); ``prog.engine_paths`` counts the ones that ran.
     """
     # BoundProgram's loader takes a path as text (``path:DomainName`` is text, too).
     spec = str(domain) if isinstance(domain, Path) else domain
     return BoundProgram(model, spec, input_shape=input_shape,
-                        memory_budget_mb=memory_budget_mb)
+                        memory_budget_mb=memory_budget_mb, options=options)
 
 
 def linf_ball(x: torch.Tensor, eps: float | torch.Tensor,

@@ -59,6 +59,7 @@ from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 
 from absdsl.compiler import ops as _ops
+from absdsl.compiler.context import PLAIN as PLAIN_ENGINE
 
 DTYPE = torch.float64
 REL_TOL = 1e-9
@@ -1368,69 +1369,14 @@ ENGINE_COVERAGE: dict[str, int] = {}
 
 
 @contextlib.contextmanager
-def _count_engine_paths() -> Iterator[None]:
-    """Count live-column products, sparse relaxation lines and chunked refinements."""
-    from absdsl.compiler import runtime as rt
-
-    originals: dict[str, Callable] = {}
-
-    def wrap(name: str, counter: Callable[[Any, tuple], None]) -> None:
-        fn = getattr(rt, name, None)
-        if fn is None:
-            return
-        originals[name] = fn
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            out = fn(*args, **kwargs)
-            counter(out, args)
-            return out
-        setattr(rt, name, counted)
-
-    def bump(key: str) -> None:
-        ENGINE_COVERAGE[key] = ENGINE_COVERAGE.get(key, 0) + 1
-
-    def on_live(out: Any, args: tuple) -> None:
-        if out is not None:
-            bump("live columns")
-
-    def on_lines(out: Any, args: tuple) -> None:
-        columns = getattr(out, "columns", None)
-        if columns is not None and columns.shape[-1] > 0:  # some sign-dependent column
-            bump("sparse lines")
-
-    def on_refine(out: Any, args: tuple) -> None:
-        if len(args) >= 6 and args[5]:
-            need = args[3]
-            rows = args[4]
-            if int(need.flatten(1).sum(1).max()) > rows:
-                bump("chunked refinement")
-
-    wrap("live_columns", on_live)
-    wrap("back_lines", on_lines)
-    wrap("refine", on_refine)
-    try:
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(rt, name, fn)
-
-
-@contextlib.contextmanager
-def plain_engine() -> Iterator[None]:
-    """Patches, live columns and sparse lines switched off (the reference engine)."""
-    from absdsl.compiler import codegen
-    from absdsl.compiler import runtime as rt
-
-    saved = [(mod, name, getattr(mod, name)) for mod, name in
-             ((codegen, "PATCH_SAVING"), (rt, "ZERO_COLUMNS"), (rt, "SPARSE_LINES"))
-             if hasattr(mod, name)]
-    for mod, name, _ in saved:
-        setattr(mod, name, -1.0)
-    try:
-        yield
-    finally:
-        for mod, name, old in saved:
-            setattr(mod, name, old)
+def _count_engine_paths(prog: Any) -> Iterator[None]:
+    """Add the optimised paths the program ran in the block (live-column products, sparse
+    relaxation lines, chunked refinements: ``prog.engine_paths``) to the coverage."""
+    before = dict(prog.engine_paths)
+    yield
+    for key, count in prog.engine_paths.items():
+        if count > before.get(key, 0):
+            ENGINE_COVERAGE[key] = ENGINE_COVERAGE.get(key, 0) + count - before.get(key, 0)
 
 
 def _chunk_budget(net: nn.Sequential, shape: tuple[int, ...], batch: int, rows: int) -> float:
@@ -1494,12 +1440,12 @@ def engine_property(domain: Any, ops: frozenset[str], surfaces: tuple[Surface, .
         if "backsub_patches_" in prog.code:
             ENGINE_COVERAGE["patch programs"] = ENGINE_COVERAGE.get("patch programs", 0) + 1
         ENGINE_COVERAGE["programs"] = ENGINE_COVERAGE.get("programs", 0) + 1
-        with plain_engine():
-            plain = absdsl.compile(made.net, domain, input_shape=net_spec.input_shape)
-            plain_out = [plain(lo, hi, spec=C) for C in specs]
+        plain = absdsl.compile(made.net, domain, input_shape=net_spec.input_shape,
+                               options=PLAIN_ENGINE)
+        plain_out = [plain(lo, hi, spec=C) for C in specs]
         params = dict(made.net.named_parameters())
         for C, (pl, pu) in zip(specs, plain_out, strict=True):
-            with torch.no_grad(), _count_engine_paths():
+            with torch.no_grad(), _count_engine_paths(prog):
                 lb, ub = prog(lo, hi, spec=C)
             others = [((pl, pu), "the plain engine")]
             if C is None:  # the vmap form refines every neuron: once per case is enough

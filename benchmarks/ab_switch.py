@@ -1,12 +1,12 @@
-"""A/B of one runtime switch on a table (b) configuration, in one process.
+"""A/B of one engine option on a table (b) configuration, in one process.
 
-    python benchmarks/ab_switch.py --net fc --switch ZERO_COLUMNS --off -1 --on 0.9
-    python benchmarks/ab_switch.py --net cnn5 --switch SPARSE_LINES --off -1 --on 0.25
+    python benchmarks/ab_switch.py --net fc --switch zero_columns --off -1 --on 0.9
+    python benchmarks/ab_switch.py --net cnn5 --switch sparse_lines --off -1 --on 0.25
 
-The switch is a module-level number of ``absdsl.compiler.runtime`` read at call time (such as
-``ZERO_COLUMNS`` or ``SPARSE_LINES``). The same program is called with the switch off and on,
-alternately, so both see the same machine load; the script prints both medians, their ratio
-and the largest bound difference (a scheduling switch must not change the bounds beyond
+The switch is a numeric field of ``absdsl.EngineOptions`` (such as ``zero_columns`` or
+``sparse_lines``). The model is compiled with the switch off and on, and the two programs
+are called alternately, so both see the same machine load; the script prints both medians,
+their ratio and the largest bound difference (a scheduling switch must not change the bounds beyond
 rounding). ``--train-epochs N`` first trains the net normally on mnist5k for N epochs, since
 the share of stably inactive neurons (what some switches exploit) differs after training.
 """
@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,8 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import absdsl  # noqa: E402
-from absdsl.compiler import runtime as rt  # noqa: E402
 from absdsl.compiler.bench import NETS, _inputs, build_net  # noqa: E402
+from absdsl.compiler.context import EngineOptions  # noqa: E402
 
 
 def train_normally(model: torch.nn.Module, epochs: int, seed: int) -> tuple:
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", choices=sorted(NETS), default="fc")
     parser.add_argument("--domain", default="deeppoly")
-    parser.add_argument("--switch", required=True, help="a number in absdsl.compiler.runtime")
+    numeric = sorted(f.name for f in fields(EngineOptions) if f.type == "float")
+    parser.add_argument("--switch", required=True, choices=numeric,
+                        help="a numeric field of absdsl.EngineOptions")
     parser.add_argument("--off", type=float, required=True)
     parser.add_argument("--on", type=float, required=True)
     parser.add_argument("--repeats", type=int, default=7)
@@ -63,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-epochs", type=int, default=0)
     args = parser.parse_args(argv)
-    current = getattr(rt, args.switch, None)
-    if isinstance(current, bool) or not isinstance(current, (int, float)):
-        parser.error(f"--switch {args.switch!r} is not a number in absdsl.compiler.runtime")
     torch.set_num_threads(args.threads)
     shape = (1, 28, 28)
     model = build_net(args.net, shape, args.seed)
@@ -75,24 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         spec = absdsl.margin_spec(y, 10)
     else:
         _, _, lo, hi, spec = _inputs(shape, 32, args.eps, args.seed)
-    prog = absdsl.compile(model, args.domain)
+    progs = {value: absdsl.compile(model, args.domain,
+                                   options=EngineOptions(**{args.switch: value}))
+             for value in (args.off, args.on)}
 
     def call(value: float) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
-        setattr(rt, args.switch, value)
         start = time.perf_counter()
-        out = prog(lo, hi, spec=spec)
+        out = progs[value](lo, hi, spec=spec)
         return time.perf_counter() - start, out
 
-    try:
-        with torch.no_grad():
-            _, off_bounds = call(args.off)
-            _, on_bounds = call(args.on)
-            times: dict[float, list[float]] = {args.off: [], args.on: []}
-            for _ in range(args.repeats):
-                for value in (args.off, args.on):
-                    times[value].append(call(value)[0])
-    finally:
-        setattr(rt, args.switch, current)
+    with torch.no_grad():
+        _, off_bounds = call(args.off)
+        _, on_bounds = call(args.on)
+        times: dict[float, list[float]] = {args.off: [], args.on: []}
+        for _ in range(args.repeats):
+            for value in (args.off, args.on):
+                times[value].append(call(value)[0])
     diff = max(float((a - b).abs().max()) for a, b in zip(off_bounds, on_bounds, strict=True))
     off_ms = statistics.median(times[args.off]) * 1e3
     on_ms = statistics.median(times[args.on]) * 1e3

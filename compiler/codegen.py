@@ -9,15 +9,16 @@ every activation, and one generated back-substitution function per bounded node.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler import ops
-from absdsl.compiler import runtime as rt
-from absdsl.compiler.exprs import (
+from .. import domains as registry
+from ..dsl import ast
+from ..dsl.loader import LoadedDomain, load_domain
+from ..errors import DSLError, TraceError
+from . import linear_maps as lm
+from . import ops
+from .exprs import (
     Scope,
     as_tensor,
     compile_expr,
@@ -26,45 +27,30 @@ from absdsl.compiler.exprs import (
     mentions,
     num,
 )
-from absdsl.compiler.ir import Graph, Node
-from absdsl.dsl import ast
-from absdsl.errors import DSLError, TraceError
+from .ir import Graph, Node
+from .namespace import GLOBALS, RUNTIME, load_generated  # noqa: F401 - re-exported
 
-
-def load_generated(source: str, label: str) -> dict:
-    """Run generated source (ours, never user text: names are sanitised identifiers and
-    numbers pass through ``repr(float)``) and return the functions it defines."""
-    namespace: dict = {"torch": torch, "F": F, "rt": rt}
-    exec(compile(source, f"<absdsl {label}>", "exec"), namespace)  # noqa: S102
-    return namespace
+# the fixed names generated code binds itself (a spec's matrices; the parameters of
+# relaxation functions and lambdas): Emitter.fresh never hands them out, nor GLOBALS
+FIXED_LOCALS = ("spec_abs", "spec_w", "spec_w_abs", "spec_b", "lb", "ub", "l", "u", "t")
 
 
 # the torch code of every elementwise activation, from the op table
 ACTIVATION_CODE = {op.name: op.code for op in ops.ELEMENTWISE if op.code is not None}
 
 
-def pool_code(x: str, p: dict) -> str:
-    """Max pooling of ``x`` with the node's parameters (whole numbers stored as floats)."""
-    def pair(a: str, b: str) -> str:
-        return f"({int(p[a])}, {int(p[b])})"
-    return (f"F.max_pool2d({x}, {pair('kernel_h', 'kernel_w')}, {pair('stride_h', 'stride_w')}, "
-            f"{pair('padding_h', 'padding_w')}, 1, {bool(p['ceil_mode'])})")
-
-
 def op_code(op: str, x: str, params: dict) -> str:
-    """Torch code of an activation or pooling node applied to ``x``."""
-    if op == "amax":  # dim counts the batch
-        return f"torch.amax({x}, dim={int(params['dim'])}, keepdim={bool(params['keepdim'])})"
-    if ops.is_pool(op):
-        return pool_code(x, params)
-    return ACTIVATION_CODE[op](x, params)
+    """Torch code of an activation or pooling node applied to ``x`` (the op table's)."""
+    code = ops.get(op).code
+    assert code is not None, op
+    return code(x, params)
 
 
 @dataclass
 class Emitter:
     lines: list[str] = field(default_factory=list)
     indent: int = 1
-    used: set[str] = field(default_factory=set)
+    used: set[str] = field(default_factory=lambda: {*GLOBALS, *FIXED_LOCALS})
     shared: dict[str, str] = field(default_factory=dict)  # expression -> variable holding it
 
     def emit(self, line: str) -> None:
@@ -94,10 +80,9 @@ class Emitter:
 class RuleCompiler:
     """Compiles a domain's rules at IR nodes into lines of an :class:`Emitter`."""
 
-    def __init__(self, domain: ast.Domain, out: Emitter, compact_flag: str = "compact") -> None:
+    def __init__(self, domain: ast.Domain, out: Emitter) -> None:
         self.domain = domain
         self.out = out
-        self.compact = compact_flag
         self.kinds = {f.name: f.kind for f in domain.state}
 
     def rule(self, node: Node) -> ast.Rule:
@@ -141,9 +126,9 @@ class RuleCompiler:
         if kind == f.kind:
             return code
         if kind == "num" and f.kind == "bound":
-            return s.tmp(f"rt.full_like({code}, {s.ref})")
+            return s.tmp(f"rt.full_like(value={code}, like={s.ref})")
         if kind == "num" and f.kind == "gens" and float(code) == 0.0:
-            return s.tmp(f"rt.Gens.zero({s.ref})", "G")
+            return s.tmp(f"rt.Gens.zero(like={s.ref})", "G")
         raise s.error(f"state variable '{f.name}' is {f.kind} but is assigned a {kind}", pos)
 
     def _block(self, body: tuple[ast.Stmt, ...], s: Scope) -> None:
@@ -198,17 +183,22 @@ class RuleCompiler:
             for cond, res in zip(reversed(conds[:-1]), reversed(results[:-1]), strict=True):
                 val = self._coerce(*res[k], f, s, stmt.pos)
                 if val != acc:
-                    fn = "rt.where" if f.kind == "gens" else "torch.where"
-                    acc = s.tmp(f"{fn}({cond}, {val}, {acc})", f"{s.newgens_key}_{k}")
+                    code = (f"rt.where(mask={cond}, a={val}, b={acc})" if f.kind == "gens"
+                            else f"torch.where({cond}, {val}, {acc})")
+                    acc = s.tmp(code, f"{s.newgens_key}_{k}")
             s.names[k] = (acc, f.kind)
+
+
+def has_rule(loaded: LoadedDomain, op: str) -> bool:
+    """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
+    if loaded.intermediate is None:
+        return find_rule(loaded.domain, op) is not None
+    return (find_rule(loaded.intermediate, op) is not None
+            and relax_for(op, loaded.relaxes) is not None)
 
 
 def builtin_rules_hint(op: str) -> str:
     """'; built-in domains with a rule for it: ...' (the message of a missing rule)."""
-    from absdsl import domains as registry
-    from absdsl.compiler.program import has_rule
-    from absdsl.dsl.loader import load_domain
-
     having = [name for name in registry.NAMES if has_rule(load_domain(name), op)]
     return (f"; built-in domains with a rule for {op}: {', '.join(having)}" if having
             else f"; no built-in domain has a rule for {op}")
@@ -240,7 +230,7 @@ def bind_op(s: Scope, op: str, params: dict) -> None:
         s.names["fmin"] = (num(value), "num")
 
 
-def _map_code(node_map, compact: str):
+def _map_code(node_map, ctx: str):
     def linop_code(x: str, absolute: bool, with_bias: bool = False) -> str:
         return node_map.apply(x, absolute, with_bias)
 
@@ -251,82 +241,130 @@ def _map_code(node_map, compact: str):
             if node_map.scale is None:
                 return g
             scale = repr(node_map.scale) if isinstance(node_map.scale, float) else node_map.scale
-            return f"{g}.elementwise(scale={scale}, fn={fn}, compact={compact})"
+            return f"{g}.elementwise(scale={scale}, fn={fn}, {_gens_flags(ctx)})"
         if isinstance(node_map, lm.Conv) and node_map.dims == 2:
             return (f"{g}.conv2d(weight={node_map.weight}, stride={node_map.stride}, "
                     f"padding={node_map.padding}, dilation={node_map.dilation}, "
-                    f"groups={node_map.groups}, fn={fn}, compact={compact})")
+                    f"groups={node_map.groups}, fn={fn}, {_gens_flags(ctx)})")
         if isinstance(node_map, lm.Dense):
-            return f"{g}.linear(weight={node_map.weight}, fn={fn}, compact={compact})"
-        return f"{g}.map({fn}, {compact})"
+            return f"{g}.linear(weight={node_map.weight}, fn={fn}, {_gens_flags(ctx)})"
+        return f"{g}.map(fn={fn}, compact={ctx}.compact)"
 
     return linop_code, gens_map
 
 
-def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, compact: str,
+def _gens_flags(ctx: str) -> str:
+    """Keyword arguments of a generator set's linear maps: the call's flags."""
+    return f"compact={ctx}.compact, patches={ctx}.options.gens_patches"
+
+
+def forward_pass(graph: Graph, domain: ast.Domain, out: Emitter, ctx: str,
                  hook=None, nodes: list[Node] | None = None,
                  states: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
     """Emit the forward domain's rules node by node; returns each node's state variables.
 
     ``hook(node, state)`` may replace a node's state after it is computed (DeepPoly's
     refinement of Box bounds by back-substitution). ``nodes`` (default: all) and ``states``
-    (the states computed so far) let a caller emit part of the graph elsewhere.
+    (the states computed so far) let a caller emit part of the graph elsewhere. Reshapes and
+    concatenations move state as it is (:data:`_STRUCTURAL`); every other op runs the
+    domain's rule in a scope set up by its kind (:data:`_SCOPES`).
     """
-    rc = RuleCompiler(domain, out, compact)
-    states = {} if states is None else dict(states)
+    walk = _ForwardPass(domain, out, ctx, {} if states is None else dict(states))
     for node in graph.nodes if nodes is None else nodes:
         out.emit("")
         out.emit(f"# {node.describe()}")
-        if node.op == "reshape":
-            states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
-            for k, var in states[node.name].items():
-                out.emit(f"{var} = rt.reshape({states[node.inputs[0]][k]}, lo.shape[0], "
-                         f"{node.shape})")
-        elif node.op == "cat":
-            states[node.name] = {k: out.fresh(f"{node.name}_{k}") for k in rc.kinds}
-            for k, var in states[node.name].items():
-                parts = ", ".join(states[i][k] for i in node.inputs)
-                out.emit(f"{var} = rt.cat([{parts}], {node.attrs['dim']}, {compact})")
-        else:
-            rule = rc.rule(node)
-            if node.op == "input":
-                s = rc.scope({}, "lo", node)
-                s.names.update({"lo": ("lo", "bound"), "hi": ("hi", "bound")})
-                state_in: dict[str, str] = {}
-            else:
-                state_in = states[node.inputs[0]]
-                ref = next(v for k, v in state_in.items() if rc.kinds[k] == "bound") \
-                    if any(rc.kinds[k] == "bound" for k in state_in) else "lo"
-                s = rc.scope(state_in if node.op not in ("add", "mul") else {}, ref, node)
-            if node.op == "affine":
-                m = node.attrs["map"]
-                s.linop = m
-                s.linop_code, s.gens_map = _map_code(m, compact)
-                s.names["b"] = (m.bias, "bound") if m.bias else ("0.0", "num")
-            if node.op in ("add", "mul"):
-                if len(rule.params) != 2:
-                    raise DSLError(f"rule {node.op} must name its two inputs: rule "
-                                   f"{node.op}(p, q)", domain.source, domain.filename,
-                                   rule.pos.line, rule.pos.column)
-                for pname, inp in zip(rule.params, node.inputs, strict=True):
-                    s.inputs[pname] = {k: (v, rc.kinds[k]) for k, v in states[inp].items()}
-                for k in rc.kinds:  # start from the first input; the body overwrites
-                    s.names[k] = (states[node.inputs[0]][k], rc.kinds[k])
-            if node.op == "input":
-                for k in rc.kinds:
-                    s.names.setdefault(k, ("0.0", "num"))
-            info = ops.OPS.get(node.op)
-            if info is not None and info.valid is not None:
-                _require_range(node, info, s, out, compact)
-            states[node.name] = rc.run(node, rule, s, state_in)
+        move = _STRUCTURAL.get(node.kind)
+        walk.states[node.name] = move(walk, node) if move is not None else walk.rule(node)
         if hook is not None:
-            replaced = hook(node, states[node.name])
+            replaced = hook(node, walk.states[node.name])
             if replaced is not None:
-                states[node.name] = replaced
-    return states
+                walk.states[node.name] = replaced
+    return walk.states
 
 
-def _require_range(node: Node, info: ops.Op, s: Scope, out: Emitter, compact: str) -> None:
+class _ForwardPass:
+    """The state of one :func:`forward_pass`: the rule compiler and each node's state."""
+
+    def __init__(self, domain: ast.Domain, out: Emitter, ctx: str,
+                 states: dict[str, dict[str, str]]) -> None:
+        self.domain, self.out, self.ctx, self.states = domain, out, ctx, states
+        self.rc = RuleCompiler(domain, out)
+
+    def reshape(self, node: Node) -> dict[str, str]:
+        state = {k: self.out.fresh(f"{node.name}_{k}") for k in self.rc.kinds}
+        for k, var in state.items():
+            self.out.emit(f"{var} = rt.reshape(value={self.states[node.inputs[0]][k]}, "
+                          f"batch=lo.shape[0], shape={node.shape})")
+        return state
+
+    def cat(self, node: Node) -> dict[str, str]:
+        state = {k: self.out.fresh(f"{node.name}_{k}") for k in self.rc.kinds}
+        for k, var in state.items():
+            parts = ", ".join(self.states[i][k] for i in node.inputs)
+            self.out.emit(f"{var} = rt.cat(values=[{parts}], dim={node.attrs['dim']}, "
+                          f"compact={self.ctx}.compact)")
+        return state
+
+    def rule(self, node: Node) -> dict[str, str]:
+        """The node's state by the domain's rule for its op."""
+        rule = self.rc.rule(node)
+        scope = _SCOPES.get(node.kind, _ForwardPass.unary_scope)
+        s, state_in = scope(self, node, rule)
+        info = ops.OPS.get(node.op)
+        if info is not None and info.valid is not None:
+            _require_range(node, info, s, self.out, self.ctx)
+        return self.rc.run(node, rule, s, state_in)
+
+    def input_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        s = self.rc.scope({}, "lo", node)
+        s.names.update({"lo": ("lo", "bound"), "hi": ("hi", "bound")})
+        for k in self.rc.kinds:
+            s.names.setdefault(k, ("0.0", "num"))
+        return s, {}
+
+    def _input_ref(self, state_in: dict[str, str]) -> str:
+        kinds = self.rc.kinds
+        return next(v for k, v in state_in.items() if kinds[k] == "bound") \
+            if any(kinds[k] == "bound" for k in state_in) else "lo"
+
+    def unary_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        state_in = self.states[node.inputs[0]]
+        return self.rc.scope(state_in, self._input_ref(state_in), node), state_in
+
+    def affine_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        s, state_in = self.unary_scope(node, rule)
+        m = node.attrs["map"]
+        s.linop = m
+        s.linop_code, s.gens_map = _map_code(m, self.ctx)
+        s.names["b"] = (m.bias, "bound") if m.bias else ("0.0", "num")
+        return s, state_in
+
+    def binary_scope(self, node: Node, rule: ast.Rule) -> tuple[Scope, dict[str, str]]:
+        """Both inputs' states under the rule's two parameter names (add, mul)."""
+        state_in = self.states[node.inputs[0]]
+        s = self.rc.scope({}, self._input_ref(state_in), node)
+        if len(rule.params) != 2:
+            raise DSLError(f"rule {node.op} must name its two inputs: rule "
+                           f"{node.op}(p, q)", self.domain.source, self.domain.filename,
+                           rule.pos.line, rule.pos.column)
+        kinds = self.rc.kinds
+        for pname, inp in zip(rule.params, node.inputs, strict=True):
+            s.inputs[pname] = {k: (v, kinds[k]) for k, v in self.states[inp].items()}
+        for k in kinds:  # start from the first input; the body overwrites
+            s.names[k] = (state_in[k], kinds[k])
+        return s, state_in
+
+
+# ops that move state as it is, by kind (no rule)
+_STRUCTURAL: dict[str, Callable[[_ForwardPass, Node], dict[str, str]]] = {
+    "reshape": _ForwardPass.reshape, "cat": _ForwardPass.cat}
+# the scope a rule runs in, by kind (default: one input, the elementwise ops and pooling)
+_SCOPES: dict[str, Callable[[_ForwardPass, Node, ast.Rule], tuple[Scope, dict[str, str]]]] = {
+    "input": _ForwardPass.input_scope, "affine": _ForwardPass.affine_scope,
+    "add": _ForwardPass.binary_scope, "product": _ForwardPass.binary_scope}
+
+
+def _require_range(node: Node, info: ops.Op, s: Scope, out: Emitter, ctx: str) -> None:
     """Emit the check that an op defined on part of the line (sqrt, log, reciprocal) gets
     input bounds inside it: otherwise the call fails naming the node and the range."""
     assert info.valid is not None
@@ -335,15 +373,16 @@ def _require_range(node: Node, info: ops.Op, s: Scope, out: Emitter, compact: st
     l_code = as_tensor(compile_expr(ast.Name("l", pos), s), s)
     u_code = as_tensor(compile_expr(ast.Name("u", pos), s), s)
     where = f"{node.op} %{node.name}" + (f" ({node.origin})" if node.origin else "")
-    out.emit(f"rt.require_range({l_code}, {u_code}, {_float_code(lo_v)}, {_float_code(hi_v)}, "
-             f"{open_ends}, {where!r}, {compact})")
+    out.emit(f"rt.require_range(lower={l_code}, upper={u_code}, lo={_float_code(lo_v)}, "
+             f"hi={_float_code(hi_v)}, open_ends={open_ends}, where={where!r}, "
+             f"compact={ctx}.compact)")
 
 
 def _float_code(v: float) -> str:
     return f"float({str(v)!r})" if v in (float("inf"), float("-inf")) else repr(float(v))
 
 
-def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: str,
+def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], ctx: str,
               last: lm.Dense | None = None) -> dict[str, str]:
     """Apply the domain's affine rule with W = spec (per sample) and b = 0.
 
@@ -357,7 +396,7 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: 
         out.emit("spec_w_abs = spec_w.abs()")
         if last.bias is not None:
             out.emit(f"spec_b = torch.matmul(spec, {last.bias})")
-    rc = RuleCompiler(domain, out, compact)
+    rc = RuleCompiler(domain, out)
     rule = domain.rule_for("affine")
     if rule is None:
         raise TraceError(f"domain {domain.name} has no affine rule")
@@ -373,7 +412,7 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], compact: 
         return f"({code} + spec_b)" if with_bias and has_bias else code
 
     def gens_map(g: str, absolute: bool) -> str:
-        return f"{g}.spec({w}, {compact})"
+        return f"{g}.spec(c={w}, {_gens_flags(ctx)})"
 
     s.linop, s.linop_code, s.gens_map = object(), linop_code, gens_map
     s.names["b"] = ("spec_b", "bound") if has_bias else ("0.0", "num")
@@ -493,323 +532,3 @@ def relax_for(op: str, relaxes: list[ast.Relax]) -> ast.Relax | None:
             if name in r.ops:
                 return r
     return None
-
-
-# ---- back-substitution ------------------------------------------------------------------
-
-def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emitter) -> str:
-    """Emit ``def backsub_<target>(rows, sides=2)``: rows [B, 2k, *shape] -> (lower [B, k],
-    upper [B, k]); with ``sides`` 1, rows [B, k] of lower bounds only (upper is [B, 0]).
-
-    Walks the target's ancestors in reverse topological order; each node's rows are the sum
-    of what its users push back (transposed linear maps, relaxation lines, slices of a cat).
-    """
-    name = out.fresh(f"backsub_{target}")
-    body = Emitter(indent=out.indent + 1, used=out.used)
-    nodes = graph.ancestors(target)
-    users: dict[str, list[Node]] = {n.name: [] for n in nodes}
-    for n in nodes:
-        for i in n.inputs:
-            users[i].append(n)
-    lam = {target: "rows"}
-    body.emit("k = rows.shape[1] // sides")
-    body.emit("acc = rows.new_zeros(1, rows.shape[1])")
-    contributions: dict[str, list[str]] = {n.name: [] for n in nodes}
-
-    def push(dst: str, code: str) -> None:
-        var = body.fresh(f"lam_{dst}")
-        body.emit(f"{var} = {code}")
-        contributions[dst].append(var)
-
-    for node in reversed(nodes):
-        if node.name != target:
-            parts = contributions[node.name]
-            if not parts:
-                continue
-            lam[node.name] = parts[0] if len(parts) == 1 else body.fresh(f"lam_{node.name}")
-            if len(parts) > 1:
-                body.emit(f"{lam[node.name]} = {' + '.join(parts)}")
-        cur = lam[node.name]
-        body.emit(f"# {node.op} %{node.name}")
-        if node.op == "input":
-            body.emit(f"return rt.concretize({cur}, k, centre, radius, acc, compact)")
-            break
-        chain = _input_chain(graph, node, users) if node.op == "affine" else None
-        if chain is not None:
-            body.emit(_first_layer_return(node, cur, out, chain))
-            break
-        if node.op == "affine":
-            m = node.attrs["map"]
-            if m.bias is not None:
-                body.emit(f"acc = acc + rt.bias_dot({cur}, {m.bias}, {node.shape}, compact)")
-            push(node.inputs[0], m.transpose(cur))
-        elif node.op == "reshape":
-            src = graph.by_name[node.inputs[0]]
-            push(src.name, f"{cur}.reshape({cur}.shape[0], {cur}.shape[1], *{src.shape})")
-        elif node.op == "add":
-            for i in node.inputs:
-                push(i, cur)
-        elif node.op == "cat":
-            offset = 0
-            for i in node.inputs:
-                size = graph.by_name[i].shape[node.attrs["dim"]]
-                push(i, f"{cur}.narrow({node.attrs['dim'] + 2}, {offset}, {size})")
-                offset += size
-        elif node.op in ACTIVATION_CODE:
-            var = body.fresh(f"lam_{node.inputs[0]}")
-            body.emit(f"{var}, acc = rt.relax_back({cur}, k, {lines[node.name]}, acc)")
-            contributions[node.inputs[0]].append(var)
-        elif node.op == "mul":
-            vx, vy = body.fresh(f"lam_{node.inputs[0]}"), body.fresh(f"lam_{node.inputs[1]}")
-            body.emit(f"{vx}, {vy}, acc = rt.relax_back_product({cur}, k, {lines[node.name]}, "
-                      f"acc)")
-            contributions[node.inputs[0]].append(vx)
-            contributions[node.inputs[1]].append(vy)
-        else:
-            raise TraceError(f"back-substitution has no rule for op {node.op}")
-    else:
-        body.emit("raise RuntimeError('back-substitution did not reach the input')")
-    out.emit(f"def {name}(rows, sides=2):")
-    out.lines.extend(body.lines)
-    return name
-
-
-def _input_chain(graph: Graph, node: Node, users: dict[str, list[Node]]) -> list[Node] | None:
-    """The elementwise affine nodes between the input and ``node`` (input side first) when
-    each of them and the input has one user on the way to ``node``, else None: rows at
-    ``node`` then reach the input through maps that fold into its centre and radius."""
-    chain: list[Node] = []
-    cur = node
-    while True:
-        src = graph.by_name[cur.inputs[0]]
-        if [u.name for u in users[src.name]] != [cur.name]:
-            return None
-        if src.op == "input":
-            return list(reversed(chain))
-        if src.op != "affine" or not isinstance(src.attrs["map"], lm.Elementwise):
-            return None
-        chain.append(src)
-        cur = src
-
-
-def _first_layer_return(node: Node, cur: str, out: Emitter, chain: list[Node]) -> str:
-    """Concretise rows at the first affine map over the input box in one step.
-
-    The centre term is taken one layer up, lam . (W c + b) with W c + b computed once per
-    call: that replaces the bias dot and the centre dot over the input-sized rows.
-    Elementwise maps between the input and the first map (normalisation) fold into that
-    centre and into the radius (x s + t has centre c s + t and radius r |s|), so rows never
-    pass through them. Rows that reach the input by the sub-pixel transposed conv are read
-    before the pixel shuffle, with the radius laid out the same way, since only the dot
-    with the radius is needed.
-    """
-    m = node.attrs["map"]
-    centre, radius = "centre", "radius"
-    for e in chain:
-        em = e.attrs["map"]
-        centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
-        if em.scale is not None:
-            radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
-    centre = out.value(f"centre_{node.name}", m.apply(centre, with_bias=True))
-    if isinstance(m, lm.Conv) and m.uses_subpixel():
-        radius = out.value(f"radius_{node.name}", (
-            f"rt.subpixel_phases({radius}, {m.weight}.shape[-2:], {m.stride}, {m.padding}, "
-            f"{tuple(node.shape[1:])})"))
-        lam_in = (f"rt.conv_transpose_subpixel({cur}, {m.weight}, {m.stride}, {m.padding}, "
-                  f"{tuple(m.in_shape[1:])}, compact, phases=True)")
-    else:
-        lam_in = m.transpose(cur)
-    return f"return rt.concretize_after({cur}, k, {centre}, {lam_in}, {radius}, acc, compact)"
-
-
-# ---- back-substitution in patches -------------------------------------------------------
-
-PATCH_SAVING = 0.5  # use patches when their rows are at most this fraction of dense rows
-
-
-def patch_chain(graph: Graph, target: str) -> list[Node] | None:
-    """The nodes from ``target`` back to the input when patches apply, else None.
-
-    Patches need a chain (no add, cat or reshape) of 2-d convolutions, elementwise affine
-    maps and activations over [C, H, W] maps, from an input of that shape.
-    """
-    chain = []
-    node = graph.by_name[target]
-    while True:
-        chain.append(node)
-        if len(node.shape) != 3:
-            return None
-        if node.op == "input":
-            return chain
-        if len(node.inputs) != 1:
-            return None
-        if node.op == "affine":
-            m = node.attrs["map"]
-            if isinstance(m, lm.Conv):
-                if m.dims != 2 or not m.kernel:
-                    return None
-            elif not isinstance(m, lm.Elementwise):
-                return None
-        elif node.op not in ACTIVATION_CODE:
-            return None
-        node = graph.by_name[node.inputs[0]]
-
-
-Geometry = tuple[int, int, int, int, int, int, int, int]
-
-
-def patch_geometry(graph: Graph, target: str
-                   ) -> tuple[list[Node], list[Geometry]] | None:
-    """The chain from ``target`` back to the input and, per node (target first), the window
-    geometry of rows on its output map: ``(kh, kw, stride_h, stride_w, offset_h, offset_w,
-    grid_h, grid_w)``; None when patches do not apply or would not save enough over dense
-    rows."""
-    chain = patch_chain(graph, target)
-    if chain is None:
-        return None
-    grid = chain[0].shape[1:]
-    kh, kw, sh, sw, oh, ow = 1, 1, 1, 1, 0, 0
-    geoms = []
-    patch_size = dense_size = 0
-    for node in chain:
-        geoms.append((kh, kw, sh, sw, oh, ow, grid[0], grid[1]))
-        patch_size += node.shape[0] * kh * kw
-        dense_size += node.shape[0] * node.shape[1] * node.shape[2]
-        if node.op == "affine" and isinstance(node.attrs["map"], lm.Conv):
-            m = node.attrs["map"]
-            kh = (kh - 1) * m.stride[0] + m.dilation[0] * (m.kernel[0] - 1) + 1
-            kw = (kw - 1) * m.stride[1] + m.dilation[1] * (m.kernel[1] - 1) + 1
-            oh, ow = oh * m.stride[0] - m.padding[0], ow * m.stride[1] - m.padding[1]
-            sh, sw = sh * m.stride[0], sw * m.stride[1]
-    if patch_size > PATCH_SAVING * dense_size:
-        return None
-    return chain, geoms
-
-
-def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
-                           geoms: list[Geometry], raw_lines: dict[str, str],
-                           patch_lines: dict[str, str], out: Emitter) -> str:
-    """Emit ``def backsub_patches_<target>(index)`` computing bounds of neurons ``index`` of
-    ``target`` with rows in patch form (see ``rt.patch_start``), for the chain and windows of
-    :func:`patch_geometry`.
-
-    ``raw_lines`` names each activation's relaxation lines; their map form is emitted into
-    ``patch_lines`` the first time a patch function needs it.
-    """
-    for node in chain:
-        if node.op in ACTIVATION_CODE and node.name not in patch_lines:
-            shape = graph.by_name[node.inputs[0]].shape
-            patch_lines[node.name] = out.fresh(f"patch_lines_{node.name}")
-            out.emit(f"{patch_lines[node.name]} = rt.patch_lines({raw_lines[node.name]}, "
-                     f"{shape})")
-    name = out.fresh(f"backsub_patches_{target}")
-    body = Emitter(indent=out.indent + 1, used=out.used)
-    first = _patch_first_conv(chain)
-    start = 0
-    head = chain[0].attrs["map"] if chain[0].op == "affine" else None
-    if (isinstance(head, lm.Conv) and chain[1].op in ACTIVATION_CODE):
-        # the target conv and the relaxation of its input in one step: rows only where
-        # they depend on the sign of the slopes, the rest convolved once per call
-        maps = patch_lines[chain[1].name]
-        centre = _patch_centre(chain, first, out) if chain[2] is first else None
-        kern = out.value(f"kernels_{target}", f"rt.patch_kernels({head.weight}, "
-                         f"{head.stride}, {head.dilation}, {head.groups})")
-        terms = out.value(f"terms_{target}", f"rt.patch_first_terms({maps}, {centre})")
-        mid = out.value(f"mid_{target}", head.apply(f"{terms}[0]", with_bias=True))
-        half = out.value(f"half_{target}", head.apply(f"{terms}[1]", absolute=True))
-        body.emit(f"# affine %{target} and {chain[1].op} %{chain[1].name}")
-        body.emit(f"rows, pos, acc = rt.patch_start_relaxed(index, {chain[0].shape}, {kern}, "
-                  f"{maps}, {geoms[1]}, {mid}, {half})")
-        body.emit("k = index.shape[-1]")
-        start = 2
-        if chain[2] is first:
-            m = first.attrs["map"]
-            _, radius = _fold_input(chain[3:-1], out)
-            body.emit(f"# affine %{first.name}: windows {geoms[2][0]}x{geoms[2][1]}")
-            body.emit(f"return rt.patch_spread(rt.patch_conv_back(rows, {m.weight}, "
-                      f"{geoms[2][:2]}, {m.stride}, {m.dilation}, {m.groups}), k, {radius}, "
-                      f"{geoms[-1]}, pos, acc)")
-            start = len(chain)
-    else:
-        body.emit(f"rows, pos, acc = rt.patch_start(index, {chain[0].shape}, lo)")
-        body.emit("k = index.shape[-1]")
-    outside = False  # may rows be non-zero outside their map?
-    for node, geom in zip(chain[start:], geoms[start:], strict=True):
-        body.emit(f"# {node.op} %{node.name}: windows {geom[0]}x{geom[1]}")
-        if node is first:
-            if outside:
-                body.emit(f"rows = rt.patch_mask(rows, k, {node.shape[1:]}, {geom}, pos)")
-            body.emit(_patch_first_layer_return(node, chain, geom, geoms[-1], out))
-            break
-        if node.op == "input":
-            body.emit(f"return rt.patch_concretize(rows, k, centre, radius, {geom}, pos, acc)")
-        elif node.op in ACTIVATION_CODE:
-            body.emit(f"rows, acc = rt.patch_relax(rows, k, {patch_lines[node.name]}, {geom}, "
-                      f"pos, acc)")
-            outside = False
-        elif isinstance(node.attrs["map"], lm.Elementwise):
-            m = node.attrs["map"]
-            if m.bias is not None:
-                body.emit(f"acc = rt.patch_bias(rows, k, {m.bias}, {geom}, pos, {node.shape}, "
-                          f"acc)")
-            if m.scale is not None:
-                scale = num(m.scale) if isinstance(m.scale, float) else m.scale
-                body.emit(f"rows = rt.patch_scale(rows, k, {scale}, {geom}, pos, "
-                          f"{node.shape})")
-        else:
-            m = node.attrs["map"]
-            if outside:
-                body.emit(f"rows = rt.patch_mask(rows, k, {node.shape[1:]}, {geom}, pos)")
-            if m.bias is not None:
-                body.emit(f"acc = rt.patch_bias(rows, k, {m.bias}, {geom}, pos, {node.shape}, "
-                          f"acc)")
-            body.emit(f"rows = rt.patch_conv_back(rows, {m.weight}, {geom[:2]}, {m.stride}, "
-                      f"{m.dilation}, {m.groups})")
-            outside = True
-    out.emit(f"def {name}(index):")
-    out.lines.extend(body.lines)
-    return name
-
-
-def _patch_first_conv(chain: list[Node]) -> Node | None:
-    """The conv of a patch chain nearest the input when only elementwise maps lie between
-    them (normalisation), else None."""
-    for node in reversed(chain[:-1]):
-        m = node.attrs["map"] if node.op == "affine" else None
-        if isinstance(m, lm.Conv):
-            return node
-        if not isinstance(m, lm.Elementwise):
-            return None
-    return None
-
-
-def _fold_input(below: list[Node], out: Emitter) -> tuple[str, str]:
-    """Centre and radius of the input box mapped through the elementwise nodes ``below``
-    (input side last): x s + t has centre c s + t and radius r |s|."""
-    centre, radius = "centre", "radius"
-    for e in reversed(below):
-        em = e.attrs["map"]
-        centre = out.value(f"centre_{e.name}", em.apply(centre, with_bias=True))
-        if em.scale is not None:
-            radius = out.value(f"radius_{e.name}", em.apply(radius, absolute=True))
-    return centre, radius
-
-
-def _patch_centre(chain: list[Node], first: Node, out: Emitter) -> str:
-    """The first conv's output at the input box's centre (bias included), per sample."""
-    centre, _ = _fold_input(chain[chain.index(first) + 1:-1], out)
-    return out.value(f"centre_{first.name}", first.attrs["map"].apply(centre, with_bias=True))
-
-
-def _patch_first_layer_return(node: Node, chain: list[Node], geom: Geometry,
-                              geom_in: Geometry, out: Emitter) -> str:
-    """Patch rows on the first conv's output concretised over the input box in one step,
-    as :func:`_first_layer_return` does for dense rows: the centre term (bias included) one
-    layer up, the elementwise maps below folded into the centre and the radius."""
-    m = node.attrs["map"]
-    centre = _patch_centre(chain, node, out)
-    _, radius = _fold_input(chain[chain.index(node) + 1:-1], out)
-    rows_in = (f"rt.patch_conv_back(rows, {m.weight}, {geom[:2]}, {m.stride}, {m.dilation}, "
-               f"{m.groups})")
-    return (f"return rt.patch_concretize_after(rows, k, {centre}, {rows_in}, {radius}, {geom}, "
-            f"{geom_in}, pos, acc)")

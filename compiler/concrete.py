@@ -12,38 +12,52 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from absdsl.compiler import codegen, ops
-from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
-from absdsl.errors import InputError
+from ..errors import InputError
+from . import codegen, ops
+from .ir import Graph, Node
 
 NodeFn = Callable[..., torch.Tensor]
 
 
+def _affine(node: Node) -> tuple[str, str]:
+    m = node.attrs["map"]
+    plain = m.apply("x0")
+    if m.bias:
+        plain = f"({plain} + {m.bias})"
+    return plain, m.apply("x0", absolute=True)
+
+
+def _same(code: Callable[[Node], str]) -> Callable[[Node], tuple[str, str]]:
+    """A body that is the same with W and with |W| (every op but affine maps)."""
+    return lambda node: (code(node), code(node))
+
+
+def _cat(node: Node) -> str:
+    parts = ", ".join(f"x{i}" for i in range(len(node.inputs)))
+    return f"torch.cat([{parts}], {node.attrs['dim'] + 1})"
+
+
+# code of a node's op on batched inputs ``x0, x1, ...``, (with W, with |W| and no bias), by
+# the op table's kind
+_BODIES: dict[str, Callable[[Node], tuple[str, str]]] = {
+    "input": _same(lambda node: "x0"),
+    "affine": _affine,
+    "add": _same(lambda node: "(x0 + x1)"),
+    "product": _same(lambda node: "(x0 * x1)"),
+    "cat": _same(_cat),
+    "reshape": _same(lambda node: f"x0.reshape(x0.shape[0], *{tuple(node.shape)})"),
+    "elementwise": _same(lambda node: codegen.op_code(node.op, "x0",
+                                                      node.attrs.get("params", {}))),
+    "pool": _same(lambda node: codegen.op_code(node.op, "x0", node.attrs.get("params", {}))),
+}
+
+
 def _node_body(node: Node) -> tuple[str, str]:
     """Code of the node's op on batched inputs ``x0, x1, ...``: (with W, with |W| and no bias)."""
-    if node.op == "input":
-        return "x0", "x0"
-    if node.op == "affine":
-        m = node.attrs["map"]
-        plain = m.apply("x0")
-        if m.bias:
-            plain = f"({plain} + {m.bias})"
-        return plain, m.apply("x0", absolute=True)
-    if node.op == "add":
-        return "(x0 + x1)", "(x0 + x1)"
-    if node.op == "mul":
-        return "(x0 * x1)", "(x0 * x1)"
-    if node.op == "cat":
-        parts = ", ".join(f"x{i}" for i in range(len(node.inputs)))
-        code = f"torch.cat([{parts}], {node.attrs['dim'] + 1})"
-        return code, code
-    if node.op == "reshape":
-        code = f"x0.reshape(x0.shape[0], *{tuple(node.shape)})"
-        return code, code
-    if node.op in ACTIVATIONS or ops.is_pool(node.op):
-        code = codegen.op_code(node.op, "x0", node.attrs.get("params", {}))
-        return code, code
-    raise InputError(f"no concrete semantics for IR op {node.op!r} (node %{node.name})")
+    body = _BODIES.get(ops.OPS[node.op].kind) if node.op in ops.OPS else None
+    if body is None:
+        raise InputError(f"no concrete semantics for IR op {node.op!r} (node %{node.name})")
+    return body(node)
 
 
 def generate_concrete(graph: Graph) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from absdsl.dsl import ast
-from absdsl.errors import DSLError
+from ..dsl import ast
+from ..errors import DSLError
+from . import ops
 
 Value = tuple[str, str]  # (code, kind)
 
@@ -60,7 +61,7 @@ def num(v: float) -> str:
 def as_tensor(value: Value, scope: Scope) -> str:
     code, kind = value
     if kind == "num":
-        return f"rt.full_like({code}, {scope.ref})"
+        return f"rt.full_like(value={code}, like={scope.ref})"
     return code
 
 
@@ -138,7 +139,7 @@ def compile_expr(e: ast.Expr, s: Scope) -> Value:
         if kinds <= {"num", "bound"}:
             return s.tmp(f"torch.where({cond}, {as_tensor(then, s)}, {other[0]})"), "bound"
         if kinds <= {"num", "gens"}:
-            return s.tmp(f"rt.where({cond}, {then[0]}, {other[0]})"), "gens"
+            return s.tmp(f"rt.where(mask={cond}, a={then[0]}, b={other[0]})"), "gens"
         raise s.error(f"the branches of '?:' have kinds {then[1]} and {other[1]}", e.pos)
     raise s.error(f"unsupported expression {type(e).__name__}", getattr(e, "pos", ast.Pos(0, 0)))
 
@@ -188,9 +189,9 @@ def _binop(e: ast.BinOp, s: Scope) -> Value:
     if kb == "gens":
         raise s.error("division by generators is not linear in the error terms", e.pos)
     if ka == "gens":
-        return f"{a}.scale(rt.safe_div(1.0, {b}))", "gens"
+        return f"{a}.scale(rt.safe_div(a=1.0, b={b}))", "gens"
     if s.in_guard:
-        return f"rt.safe_div({a}, {b})", "bound"
+        return f"rt.safe_div(a={a}, b={b})", "bound"
     return f"({a} / {b})", "bound"
 
 
@@ -238,7 +239,8 @@ def _call(e: ast.Call, s: Scope) -> Value:
         code, kind = compile_expr(args[0], s)
         if kind not in ("bound", "num"):
             raise s.error("newgens(e) needs a bound (one fresh generator per neuron)", e.pos)
-        return f"rt.Gens.fresh({s.newgens_key!r}, {as_tensor((code, kind), s)})", "gens"
+        return (f"rt.Gens.fresh(key={s.newgens_key!r}, diag={as_tensor((code, kind), s)})",
+                "gens")
     values = [compile_expr(a, s) for a in args]
     for (_, k) in values:
         if k not in ("num", "bound"):
@@ -279,8 +281,6 @@ def _call(e: ast.Call, s: Scope) -> Value:
 def _op_call(e: ast.Call, s: Scope, values: list[Value]) -> Value:
     """The activation's derivative ``df(e)``, a lower bound ``dmin(l, u)`` of f' on [l, u],
     and the masks ``convex(l, u)`` / ``concave(l, u)`` (f convex / concave on [l, u])."""
-    from absdsl.compiler import ops
-
     if s.op_info is None:
         raise s.error(f"{e.func} exists only in activation rules and relaxations", e.pos)
     op, params = s.op_info

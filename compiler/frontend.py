@@ -8,8 +8,6 @@ plain tensor attributes and what is computed from them) or a Python number.
 from __future__ import annotations
 
 import operator
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,254 +16,48 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler import ops
-from absdsl.compiler.ir import Graph, Node, Prelude
-from absdsl.errors import TraceError
-
-_PROBE_BATCH = 2  # a batch size >1 lets us see reshapes that mix samples
-
-
-@dataclass
-class _Bound:
-    """An input-dependent value: the IR node that computes it."""
-
-    node: str
-
-
-@dataclass
-class _Const:
-    """A constant tensor: the prelude variable holding it and its traced shape."""
-
-    var: str
-    shape: tuple[int, ...]
-
-
-@dataclass
-class _Meta:
-    """A non-tensor value (a size, a shape tuple): allowed only as reshape arguments."""
-
-
-@dataclass
-class _MaxPair:
-    """``torch.max(x, dim)``: (values, indices); the values are an amax node."""
-
-    values: _Bound
-
-
-@dataclass
-class _Parts:
-    """The tuple of ``chunk``/``split``: each part becomes a slice when it is read."""
-
-    source: _Bound
-    dim: int  # per-sample dimension
-    sizes: list[int]
-
-    def all(self, lowering: _Lowering, fx_node: fx.Node) -> list[_Bound]:
-        """Every part (the tuple passed whole to cat or stack)."""
-        return [self.part(lowering, fx_node, i) for i in range(len(self.sizes))]
-
-    def part(self, lowering: _Lowering, fx_node: fx.Node, i: int) -> _Bound:
-        i = i + len(self.sizes) if i < 0 else i
-        start = sum(self.sizes[:i])
-        shape = list(lowering._node_shape(self.source))
-        shape[self.dim] = self.sizes[i]
-        return lowering.traced(fx_node, self.source,
-                               f"{{x}}.narrow({self.dim + 1}, {start}, {self.sizes[i]})",
-                               f"narrow({self.dim + 1}, {start}, {self.sizes[i]})",
-                               shape=tuple(shape))
+from ..errors import TraceError
+from . import linear_maps as lm
+from . import ops
+from .frontend_ops import _OpLowering
+from .fx_values import (
+    _ADD,
+    _ALIAS,
+    _CAT,
+    _DIV,
+    _EXPAND,
+    _FIXED,
+    _MATMUL,
+    _MAX_MIN,
+    _MEAN_SUM,
+    _META_FUNCS,
+    _MUL,
+    _NEG,
+    _PERMUTE,
+    _POW,
+    _PROBE_BATCH,
+    _RESHAPE,
+    _SOFTMAX,
+    _SPLIT,
+    _STACK,
+    _SUB,
+    _TRANSPOSE,
+    _Bound,
+    _Const,
+    _fn_name,
+    _get_attr,
+    _MaxPair,
+    _Meta,
+    _pair,
+    _Parts,
+    _supported_modules,
+)
+from .ir import Graph, Node, Prelude
 
 
-def _supported_modules() -> str:
-    names = ["Linear", "Conv1d/2d", "ConvTranspose2d", "BatchNorm1d/2d", "AvgPool2d",
-             "AdaptiveAvgPool2d", "Flatten", "Unflatten", "ZeroPad2d", "Upsample", "Identity",
-             "Dropout"]
-    names += [t.__name__ for t in ops.BY_MODULE]
-    return ", ".join(names)
-
-
-_ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
-_SUB = {operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_"}
-_MUL = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_"}
-_DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_",
-        "true_divide"}
-_NEG = {operator.neg, torch.neg, "neg"}
-_POW = {operator.pow, torch.pow, "pow"}
-# elementwise max / min of two input-dependent tensors (True: max)
-_MAX_MIN = {torch.maximum: True, "maximum": True, torch.minimum: False, "minimum": False,
-            torch.max: True, "max": True, torch.min: False, "min": False}
-_RESHAPE = {torch.flatten, torch.reshape, "view", "reshape", "flatten", "squeeze", "unsqueeze",
-            torch.squeeze, torch.unsqueeze, "unflatten", torch.unflatten}
-_ALIAS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, "contiguous", "clone",
-          torch.clone, "detach"}
-# shape ops: linear maps given by torch code (see linear_maps.Traced)
-_PERMUTE = {torch.permute, "permute"}
-_TRANSPOSE = {torch.transpose, "transpose", torch.swapaxes, "swapaxes", torch.swapdims,
-              "swapdims"}
-_EXPAND = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
-_MEAN_SUM = {torch.mean: "mean", "mean": "mean", torch.sum: "sum", "sum": "sum"}
-_SPLIT = {torch.chunk: "chunk", "chunk": "chunk", torch.split: "split", "split": "split"}
-_STACK = {torch.stack}
-_MATMUL = {operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm"}
-_SOFTMAX = {F.softmax: False, torch.softmax: False, "softmax": False,
-            F.log_softmax: True, torch.log_softmax: True, "log_softmax": True}
-_FIXED = {F.relu6: ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
-          torch.square: ("pow", {"exponent": 2.0}), "square": ("pow", {"exponent": 2.0})}
-_CAT = {torch.cat, torch.concat, torch.concatenate}
-_META_FUNCS = {getattr, operator.getitem, "size", "dim"}
-
-
-def _fn_name(target: Any) -> str:
-    if isinstance(target, str):
-        return f"Tensor.{target}"
-    mod = (getattr(target, "__module__", "") or "").lstrip("_")
-    return f"{mod}.{getattr(target, '__name__', repr(target))}".lstrip(".")
-
-
-def _user_line(node: fx.Node) -> str:
-    """The last frame of the user's code in the node's stack trace, as 'file:line'."""
-    trace = node.stack_trace or ""
-    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
-    for path, line in reversed(frames):
-        if "/torch/" not in path:
-            return f"{path}:{line}"
-    return ""
-
-
-def _module_path(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        path = list(stack.values())[-1]
-        return str(path[0] if isinstance(path, tuple) else path)
-    return ""
-
-
-def _origin(node: fx.Node, model: nn.Module) -> str:
-    parts = []
-    path = _module_path(node)
-    if node.op == "call_module":
-        mod = model.get_submodule(str(node.target))
-        parts.append(f"module '{path}' ({type(mod).__name__})")
-    else:
-        parts.append(f"{_fn_name(node.target)}" + (f" in module '{path}'" if path else ""))
-    line = _user_line(node)
-    if line:
-        parts.append(f"at {line}")
-    return " ".join(parts)
-
-
-def _pair(value: Any, dims: int) -> tuple[int, ...]:
-    """An int or a sequence of ints (whole numbers traced as floats included) as a tuple."""
-    def whole(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer():
-            raise ValueError(f"expected a whole number, got {v!r}")
-        return int(v)
-
-    if isinstance(value, (int, float)):
-        return (whole(value),) * dims
-    if isinstance(value, (list, tuple)) and len(value) == dims:
-        return tuple(whole(v) for v in value)
-    raise ValueError(f"expected a whole number or {dims} of them, got {value!r}")
-
-
-class _Lowering:
-    """One pass over the fx graph, building IR nodes and prelude values."""
-
-    def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
-        self.model = model
-        self.gm = gm
-        self.nodes: list[Node] = []
-        self.prelude: list[Prelude] = []
-        self.param_names: list[str] = []
-        self.constants: dict[str, torch.Tensor] = {}
-        self.values: dict[str, Any] = {}
-        self._named = dict(model.named_parameters()) | dict(model.named_buffers())
-        self._taken: set[str] = {"p", "lo", "hi", "spec", "rt", "torch", "F"}
-
-    # ---- helpers -------------------------------------------------------------------------
-    def fresh(self, stem: str) -> str:
-        """A readable, unique identifier: the stem itself, or stem_2, stem_3, ..."""
-        base = re.sub(r"[^0-9A-Za-z_]", "_", stem).strip("_") or "v"
-        if base[0].isdigit():
-            base = "n" + base
-        name, i = base, 1
-        while name in self._taken:
-            i += 1
-            name = f"{base}_{i}"
-        self._taken.add(name)
-        return name
-
-    def define(self, stem: str, code: str, reads: tuple[str, ...] = ()) -> str:
-        name = self.fresh(stem)
-        self.prelude.append(Prelude(name, code, reads))
-        return name
-
-    def param(self, qualified: str) -> str:
-        """A prelude variable for parameter/buffer/tensor attribute ``qualified``."""
-        for p in self.prelude:
-            if p.code == f"p[{qualified!r}]":
-                return p.name
-        if qualified not in self._named:
-            value = self.gm.get_parameter(qualified) if False else _get_attr(self.model, qualified)
-            if not isinstance(value, torch.Tensor):
-                raise TraceError(f"attribute '{qualified}' used as a tensor is a "
-                                 f"{type(value).__name__}")
-            self.constants[qualified] = value.detach()
-        self.param_names.append(qualified)
-        return self.define(qualified, f"p[{qualified!r}]", (qualified,))
-
-    def add_node(self, fx_node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any],
-                 shape: tuple[int, ...] | None = None) -> _Bound:
-        name = self.fresh(fx_node.name)
-        if shape is None:
-            shape = self.shape_of(fx_node)
-        origin = "the model's input" if op == "input" else _origin(fx_node, self.model)
-        self.nodes.append(Node(name, op, inputs, shape, attrs, origin))
-        return _Bound(name)
-
-    def shape_of(self, fx_node: fx.Node) -> tuple[int, ...]:
-        meta = fx_node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape"):
-            raise self.error(fx_node, "produces a value that is not a single tensor")
-        shape = tuple(int(s) for s in meta.shape)
-        if not shape or shape[0] != _PROBE_BATCH:
-            raise self.error(fx_node, f"changes the batch dimension (shape {shape} for a "
-                                      f"batch of {_PROBE_BATCH})")
-        return shape[1:]
-
-    def error(self, fx_node: fx.Node, message: str) -> TraceError:
-        return TraceError(f"{_origin(fx_node, self.model)}: {message}")
-
-    def value(self, arg: Any) -> Any:
-        if isinstance(arg, fx.Node):
-            return self.values[arg.name]
-        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            return float(arg)
-        return arg
-
-    def number_arg(self, fx_node: fx.Node, args: list[Any], name: str, index: int,
-                   default: float) -> float:
-        """An op's number argument, by keyword or position: a computed one has no rule and is
-        reported as such rather than failing inside ``float()``."""
-        raw = fx_node.kwargs[name] if name in fx_node.kwargs else (
-            args[index] if len(args) > index else default)
-        value = self.value(raw)
-        if not isinstance(value, float):
-            raise self.error(fx_node, f"argument {name!r} must be a number, not a computed "
-                                      f"value ({type(value).__name__}); no rule")
-        return value
-
-    def per_sample_const(self, fx_node: fx.Node, c: _Const, out_shape: tuple[int, ...]) -> str:
-        """A constant operand as a tensor that broadcasts against per-sample shape."""
-        if len(c.shape) > len(out_shape):
-            lead = c.shape[: len(c.shape) - len(out_shape)]
-            if any(s != 1 for s in lead):
-                raise self.error(fx_node, f"a constant of shape {c.shape} varies along the "
-                                          f"batch dimension")
-            return self.define(c.var + "_s", f"{c.var}.reshape({tuple(c.shape[len(lead):])})")
-        return c.var
+class _Lowering(_OpLowering):
+    """One pass over the fx graph, building IR nodes and prelude values: the walk, modules
+    and functions (the lowerings of single ops are :class:`frontend_ops._OpLowering`'s)."""
 
     # ---- the walk ------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -350,28 +142,6 @@ class _Lowering:
         raise self.error(fx_node, f"has no rule: {type(mod).__name__} is not supported "
                                   f"(supported modules: {_supported_modules()})")
 
-    def elementwise(self, fx_node: fx.Node, x: _Bound, op: ops.Op, params: dict) -> _Bound:
-        """An activation (or max pooling) node, once its parameters have a rule."""
-        if op.kind == "pool":
-            return self.max_pool(fx_node, x, params)
-        full = {p.name: p.default for p in op.params} | params
-        reason = op.check(full)
-        if reason is not None:
-            raise self.error(fx_node, f"{reason}; no rule")
-        return self.add_node(fx_node, op.name, [x.node], {"params": full} if full else {})
-
-    def bias(self, path: str, bias: Any, trailing: int, fx_node: fx.Node) -> str | None:
-        if bias is None:
-            return None
-        b = self.param(f"{path}.bias")
-        if trailing <= 1:
-            return b
-        view = (-1,) + (1,) * (trailing - 1)
-        return self.define(b + "_v", f"{b}.reshape{view}")
-
-    def affine(self, fx_node: fx.Node, x: _Bound, linear: Any, **attrs: Any) -> _Bound:
-        return self.add_node(fx_node, "affine", [x.node], {"map": linear, **attrs})
-
     def conv(self, fx_node: fx.Node, x: _Bound, mod: nn.Conv1d | nn.Conv2d, path: str) -> _Bound:
         dims = 1 if isinstance(mod, nn.Conv1d) else 2
         if mod.padding_mode != "zeros":
@@ -410,9 +180,6 @@ class _Lowering:
                        tuple(in_shape), tuple(kernel))
         return self.affine(fx_node, x, conv, **attrs)
 
-    def _node_shape(self, x: _Bound) -> tuple[int, ...]:
-        return next(n.shape for n in self.nodes if n.name == x.node)
-
     def batch_norm(self, fx_node: fx.Node, x: _Bound, mod: nn.BatchNorm1d | nn.BatchNorm2d,
                    path: str) -> _Bound:
         if mod.training:
@@ -428,9 +195,11 @@ class _Lowering:
         gamma = self.param(f"{path}.weight") if mod.affine else "None"
         beta = self.param(f"{path}.bias") if mod.affine else "None"
         scale = self.define(f"bn_scale_{path}",
-                            f"rt.bn_scale({gamma}, {var}, {float(mod.eps)!r}).reshape{view}")
+                            f"rt.bn_scale(weight={gamma}, running_var={var}, "
+                            f"eps={float(mod.eps)!r}).reshape{view}")
         shift = self.define(f"bn_shift_{path}",
-                            f"rt.bn_shift({beta}, {mean}, {scale}.reshape(-1)).reshape{view}")
+                            f"rt.bn_shift(bias={beta}, running_mean={mean}, "
+                            f"scale={scale}.reshape(-1)).reshape{view}")
         scale_abs = self.define(scale + "_abs", f"{scale}.abs()")
         return self.affine(fx_node, x, lm.Elementwise(scale, scale_abs, shift), batch_norm=True)
 
@@ -447,7 +216,8 @@ class _Lowering:
             raise self.error(fx_node, "avg pooling with ceil_mode, divisor_override or "
                                       "count_include_pad=False has no rule")
         channels = self._node_shape(x)[0]
-        w = self.define("pool_w", f"rt.avgpool_weight({channels}, {kernel}, lo)")
+        w = self.define("pool_w", f"rt.avgpool_weight(channels={channels}, kernel={kernel}, "
+                                  f"like=lo)")
         return self.conv_node(fx_node, x, 2, w, w, None, kernel, stride, padding, (1, 1),
                               channels)
 
@@ -515,6 +285,10 @@ class _Lowering:
                 raise self.error(fx_node, "stochastic depth in training mode is random; call "
                                           "model.eval()")
             return x
+        return self.lower_call(fx_node, target, x, args)
+
+    def lower_call(self, fx_node: fx.Node, target: Any, x: Any, args: list[Any]) -> Any:
+        """A function or method applied to input-dependent ``x``, by its fx target."""
         if target in _RESHAPE:
             return self.reshape(fx_node, x)
         if target in _FIXED:
@@ -591,505 +365,6 @@ class _Lowering:
                                     kw.get("align_corners"), kw.get("scale_factor"),
                                     kw.get("recompute_scale_factor"))
         raise self.error(fx_node, "has no rule (the op is not supported by absdsl's front end)")
-
-    # ---- linear shape ops (linear_maps.Traced: torch code, transposed by autodiff) ---------
-    def traced(self, fx_node: fx.Node, x: _Bound, code: str, label: str,
-               abs_code: str | None = None, bias: str | None = None,
-               shape: tuple[int, ...] | None = None) -> _Bound:
-        """An affine node whose map is ``code`` (over ``{x}``, batched); |W| x is the same
-        code unless ``abs_code`` is given (every coefficient of these maps is 0 or positive).
-        ``shape``: its output's, when it is not the fx node's (an inner step of a lowering)."""
-        out = self.shape_of(fx_node) if shape is None else tuple(shape)
-        m = lm.Traced(code, abs_code or code, bias, tuple(self._node_shape(x)), out, label)
-        return self.add_node(fx_node, "affine", [x.node], {"map": m}, out)
-
-    def _dim(self, fx_node: fx.Node, dim: Any, ndim: int) -> int:
-        """A per-sample dimension (0-based, batch excluded) from a traced one."""
-        if not isinstance(dim, (int, float)) or not float(dim).is_integer():
-            raise self.error(fx_node, f"dimension {dim!r} is not a whole number; no rule")
-        d = int(dim)
-        d = d + ndim + 1 if d < 0 else d
-        if d == 0:
-            raise self.error(fx_node, "an op along the batch dimension has no rule")
-        if not 0 < d <= ndim:
-            raise self.error(fx_node, f"dimension {dim} out of range")
-        return d - 1
-
-    def shape_op(self, fx_node: fx.Node, target: Any, x: _Bound, args: list[Any]) -> _Bound:
-        ndim = len(self._node_shape(x))
-        rest = [self.value(a) for a in fx_node.args[1:]]
-        if target in _PERMUTE:
-            dims: Any = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) \
-                else rest
-            dims = fx_node.kwargs.get("dims", dims)
-            if len(dims) != ndim + 1 or int(dims[0]) % (ndim + 1) != 0:
-                raise self.error(fx_node, f"permute {tuple(dims)} moves the batch dimension; "
-                                          f"no rule")
-            order = [self._dim(fx_node, d, ndim) + 1 for d in dims[1:]]
-            return self.traced(fx_node, x, f"{{x}}.permute(0, {', '.join(map(str, order))})",
-                               f"permute{tuple(order)}")
-        if target in _TRANSPOSE:
-            d0 = self._dim(fx_node, fx_node.kwargs.get("dim0", rest[0] if rest else None), ndim)
-            d1 = self._dim(fx_node, fx_node.kwargs.get("dim1", rest[1] if len(rest) > 1
-                                                        else None), ndim)
-            return self.traced(fx_node, x, f"{{x}}.transpose({d0 + 1}, {d1 + 1})",
-                               f"transpose({d0 + 1}, {d1 + 1})")
-        if target in _EXPAND:
-            out = self.shape_of(fx_node)
-            return self.traced(fx_node, x, f"{{x}}.expand(-1, *{tuple(out)})", f"expand{out}")
-        reduce = _MEAN_SUM[target]
-        dims = fx_node.kwargs.get("dim", rest[0] if rest else None)  # type: ignore[assignment]
-        if dims is None:
-            raise self.error(fx_node, f"{reduce} over every dimension mixes the samples of a "
-                                      f"batch; give dim")
-        dims = dims if isinstance(dims, (list, tuple)) else [dims]
-        keep = bool(fx_node.kwargs.get("keepdim", rest[1] if len(rest) > 1 else False))
-        per = tuple(self._dim(fx_node, d, ndim) + 1 for d in dims)
-        return self.traced(fx_node, x, f"{{x}}.{reduce}(dim={per}, keepdim={keep})",
-                           f"{reduce}{per}")
-
-    # ---- non-linear ops lowered to the table's ops ------------------------------------------
-    def _affine_params(self, path: str, weight: bool, bias: bool) -> tuple[Any, Any]:
-        return (_Const(self.param(f"{path}.weight"), ()) if weight else None,
-                _Const(self.param(f"{path}.bias"), ()) if bias else None)
-
-    def normalize(self, fx_node: fx.Node, x: _Bound, dims: tuple[int, ...], eps: float
-                  ) -> _Bound:
-        """(x - mean) / sqrt(var + eps) over per-sample ``dims`` (1-based, the batch is 0):
-        the centring (linear), its square, the mean, ``rsqrt_eps`` and a product. rsqrt_eps
-        is 1 / sqrt(max(v, 0) + eps), exact for a variance and defined on the whole line, so
-        no domain's bounds of the variance (a zonotope's may dip below 0) leave its range."""
-        shape = self._node_shape(x)
-        n = 1
-        for d in dims:
-            n *= shape[d - 1]
-        mean = f"{{x}}.mean(dim={dims}, keepdim=True)"
-        centred = self.traced(fx_node, x, f"({{x}} - {mean})", f"centre over {dims}",
-                              abs_code=f"({{x}} * {1.0 - 2.0 / n!r} + {mean})"
-                              if n >= 2 else "({x} * 0.0)", shape=shape)
-        square = self.add_node(fx_node, "pow", [centred.node], {"params": {"exponent": 2.0}},
-                               shape)
-        reduced = tuple(1 if i + 1 in dims else s for i, s in enumerate(shape))
-        var = self.traced(fx_node, square, mean, f"mean over {dims}", shape=reduced)
-        inv = self.add_node(fx_node, "rsqrt_eps", [var.node], {"params": {"eps": eps}},
-                            reduced)
-        inv = self.broadcast(fx_node, inv, shape)
-        return self.add_node(fx_node, "mul", [centred.node, inv.node], {}, shape)
-
-    def _scale_shift(self, fx_node: fx.Node, x: _Bound, weight: Any, bias: Any,
-                     view: tuple[int, ...] | None = None) -> _Bound:
-        """``x * weight + bias`` with constant (parameter) weight and bias, if any."""
-        def per_sample(c: Any) -> str | None:
-            if c is None:
-                return None
-            if not isinstance(c, _Const):
-                raise self.error(fx_node, "a normalisation's weight or bias that depends on "
-                                          "the input has no rule")
-            return c.var if view is None else self.define(c.var + "_v",
-                                                          f"{c.var}.reshape{view}")
-        w, b = per_sample(weight), per_sample(bias)
-        if w is None and b is None:
-            return x
-        w_abs = self.define(w + "_abs", f"{w}.abs()") if w is not None else None
-        return self.add_node(fx_node, "affine", [x.node],
-                             {"map": lm.Elementwise(w, w_abs, b)}, self.shape_of(fx_node))
-
-    def layer_norm(self, fx_node: fx.Node, x: _Bound, normalized: tuple[int, ...],
-                   eps: float, affine: tuple[Any, Any]) -> _Bound:
-        shape = self._node_shape(x)
-        if tuple(shape[len(shape) - len(normalized):]) != tuple(normalized):
-            raise self.error(fx_node, f"layer norm over {normalized} of a {shape} tensor")
-        dims = tuple(range(len(shape) - len(normalized) + 1, len(shape) + 1))
-        out = self.normalize(fx_node, x, dims, eps)
-        return self._scale_shift(fx_node, out, *affine)
-
-    def group_norm(self, fx_node: fx.Node, x: _Bound, groups: int, eps: float,
-                   affine: tuple[Any, Any]) -> _Bound:
-        shape = self._node_shape(x)
-        grouped = (groups, shape[0] // groups) + tuple(shape[1:])
-        g = self.add_node(fx_node, "reshape", [x.node], {"shape": grouped}, grouped)
-        out = self.normalize(fx_node, g, tuple(range(2, len(grouped) + 1)), eps)
-        out = self.add_node(fx_node, "reshape", [out.node], {"shape": shape}, shape)
-        view = (-1,) + (1,) * (len(shape) - 1)
-        return self._scale_shift(fx_node, out, *affine, view=view)
-
-    def l2_normalize(self, fx_node: fx.Node, x: _Bound, p: Any, dim: Any, eps: float
-                     ) -> _Bound:
-        """``F.normalize``: x / max(||x||_2, eps) along ``dim``, as x * inv_norm(sum x^2)."""
-        if float(p) != 2.0:
-            raise self.error(fx_node, f"normalize with p={p} has no rule (p=2 only)")
-        shape = self._node_shape(x)
-        d = self._dim(fx_node, dim, len(shape)) + 1
-        reduced = tuple(1 if i + 1 == d else s for i, s in enumerate(shape))
-        square = self.add_node(fx_node, "pow", [x.node], {"params": {"exponent": 2.0}}, shape)
-        total = self.traced(fx_node, square, f"{{x}}.sum(dim={d}, keepdim=True)",
-                            f"sum over {d}", shape=reduced)
-        inv = self.add_node(fx_node, "inv_norm", [total.node], {"params": {"eps": eps}},
-                            reduced)
-        inv = self.broadcast(fx_node, inv, shape)
-        return self.add_node(fx_node, "mul", [x.node, inv.node], {}, shape)
-
-    def softmax(self, fx_node: fx.Node, x: _Bound, dim: Any, log: bool) -> _Bound:
-        """softmax_i = 1 / (1 + s_i) with s_i = sum_{k=1}^{n-1} exp(x_{i+k} - x_i) (indices
-        mod n), log_softmax_i = -log1p(s_i) (``neg_log1p``). Each difference is one linear
-        map (a roll minus the identity) of moderate size; the n - 1 exponentials are summed
-        by add nodes, and nothing linear follows them: an affine map after exp would take
-        centre and radius of intervals up to 1e43 wide, whose rounding loses the lower end.
-        s_i >= 0 keeps 1 / (1 + s) and -log1p in their ranges."""
-        shape = tuple(self._node_shape(x))
-        if dim is None or self._dim(fx_node, dim, len(shape)) != len(shape) - 1:
-            raise self.error(fx_node, "softmax over another than the last dimension has no "
-                                      "rule")
-        n = shape[-1]
-        if n == 1:  # softmax is 1, log_softmax 0
-            value = self.define("const", "0.0" if log else "1.0")
-            return self.add_node(fx_node, "affine", [x.node],
-                                 {"map": lm.Elementwise(0.0, 0.0, value)}, shape)
-        total: _Bound | None = None
-        for k in range(1, n):
-            diff = self.traced(fx_node, x, f"(torch.roll({{x}}, -{k}, -1) - {{x}})",
-                               f"x_(i+{k}) - x_i", shape=shape,
-                               abs_code=f"(torch.roll({{x}}, -{k}, -1) + {{x}})")
-            term = self.add_node(fx_node, "exp", [diff.node], {}, shape)
-            total = term if total is None else self.add_node(
-                fx_node, "add", [total.node, term.node], {}, shape)
-        assert total is not None
-        # one decreasing op each (no affine map after them: infinite bounds stay infinite)
-        return self.add_node(fx_node, "neg_log1p" if log else "inv1p", [total.node], {},
-                             shape)
-
-    def broadcast(self, fx_node: fx.Node, x: _Bound, shape: tuple[int, ...]) -> _Bound:
-        """``x`` expanded to ``shape`` (an operand of a broadcasting add or product)."""
-        have = self._node_shape(x)
-        if have == shape:
-            return x
-        if len(have) != len(shape):
-            grown = (1,) * (len(shape) - len(have)) + tuple(have)
-            x = self.add_node(fx_node, "reshape", [x.node], {"shape": grown}, grown)
-        m = lm.Traced(f"{{x}}.expand(-1, *{tuple(shape)})", f"{{x}}.expand(-1, *{tuple(shape)})",
-                      None, tuple(self._node_shape(x)), shape, f"expand{shape}")
-        return self.add_node(fx_node, "affine", [x.node], {"map": m}, shape)
-
-    def matmul(self, fx_node: fx.Node, a: _Bound, b: _Bound) -> _Bound:
-        """``a @ b`` of two input-dependent tensors: products summed over the shared dim."""
-        sa, sb = self._node_shape(a), self._node_shape(b)
-        out = self.shape_of(fx_node)
-        if len(sa) < 2 or len(sb) < 2:
-            raise self.error(fx_node, "matmul of input-dependent vectors has no rule; use "
-                                      "matrices (per sample)")
-        n, kdim, m = sa[-2], sa[-1], sb[-1]
-        lead = tuple(out[:-2])
-        ea = lm.Traced(f"{{x}}.unsqueeze(-1).expand(-1, *{lead + (n, kdim, m)})",
-                       f"{{x}}.unsqueeze(-1).expand(-1, *{lead + (n, kdim, m)})", None,
-                       tuple(sa), lead + (n, kdim, m), "matmul rows")
-        eb = lm.Traced(f"{{x}}.unsqueeze(-3).expand(-1, *{lead + (n, kdim, m)})",
-                       f"{{x}}.unsqueeze(-3).expand(-1, *{lead + (n, kdim, m)})", None,
-                       tuple(sb), lead + (n, kdim, m), "matmul columns")
-        full = lead + (n, kdim, m)
-        xa = self.add_node(fx_node, "affine", [a.node], {"map": ea}, full)
-        xb = self.add_node(fx_node, "affine", [b.node], {"map": eb}, full)
-        prod = self.add_node(fx_node, "mul", [xa.node, xb.node], {}, full)
-        total = lm.Traced("{x}.sum(dim=-2)", "{x}.sum(dim=-2)", None, full, tuple(out),
-                          "sum over the shared dim")
-        return self.add_node(fx_node, "affine", [prod.node], {"map": total}, tuple(out))
-
-    def index(self, fx_node: fx.Node, x: _Bound, raw: Any) -> _Bound:
-        """``x[...]`` with slices, whole numbers, None and Ellipsis (basic indexing)."""
-        items = raw if isinstance(raw, tuple) else (raw,)
-        parts = []
-        for item in items:
-            if isinstance(item, slice):
-                ends = [self.value(v) for v in (item.start, item.stop, item.step)]
-                if not all(v is None or (isinstance(v, float) and v.is_integer()) for v in ends):
-                    raise self.error(fx_node, "a slice with computed ends has no rule")
-                parts.append(repr(slice(*(None if v is None else int(v) for v in ends))))
-            elif item is None or item is Ellipsis:
-                parts.append(repr(item))
-            elif isinstance(item, int) and not isinstance(item, bool):
-                parts.append(str(item))
-            else:
-                raise self.error(fx_node, f"indexing with {type(item).__name__} (advanced or "
-                                          f"computed indices) has no rule")
-        first = items[0]
-        if not (first is Ellipsis and len(items) > 1) and first != slice(None):
-            raise self.error(fx_node, "indexing must keep the whole batch dimension: x[:, ...]")
-        return self.traced(fx_node, x, f"{{x}}[{', '.join(parts)},]", "index")
-
-    def split(self, fx_node: fx.Node, target: Any, x: _Bound, args: list[Any]) -> _Parts:
-        how = _SPLIT[target]
-        shape = self._node_shape(x)
-        first: Any = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get(
-            "chunks" if how == "chunk" else "split_size_or_sections",
-            fx_node.kwargs.get("split_size"))
-        dim = self._dim(fx_node, fx_node.kwargs.get("dim", fx_node.args[2]
-                                                    if len(fx_node.args) > 2 else 0),
-                        len(shape))
-        size = shape[dim]
-        if how == "chunk":
-            step = -(-size // int(first))
-            sizes = [min(step, size - i) for i in range(0, size, step)]
-        elif isinstance(first, (list, tuple)):
-            sizes = [int(v) for v in first]
-        else:
-            sizes = [min(int(first), size - i) for i in range(0, size, int(first))]
-        return _Parts(x, dim, sizes)
-
-    def stack(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
-        parts = [self.value(p) for p in args[0]]
-        if not all(isinstance(v, _Bound) for v in parts):
-            raise self.error(fx_node, "stacking input-dependent tensors with constants has no "
-                                      "rule")
-        out_shape = self.shape_of(fx_node)
-        dim = self._dim(fx_node, fx_node.kwargs.get("dim", args[1] if len(args) > 1 else 0),
-                        len(out_shape))
-        grown = []
-        for v in parts:
-            shape = list(self._node_shape(v))
-            shape.insert(dim, 1)
-            grown.append(self.add_node(fx_node, "reshape", [v.node], {"shape": tuple(shape)},
-                                       tuple(shape)).node)
-        return self.add_node(fx_node, "cat", grown, {"dim": dim})
-
-    def pad(self, fx_node: fx.Node, x: _Bound, pad: tuple, mode: str, value: Any) -> _Bound:
-        if mode != "constant" or value not in (None, 0, 0.0):
-            raise self.error(fx_node, f"padding with mode={mode!r}, value={value!r} has no rule "
-                                      f"(zero padding only)")
-        widths = tuple(int(self.value(v)) for v in pad)
-        return self.traced(fx_node, x, f"F.pad({{x}}, {widths})", f"pad{widths}")
-
-    def interpolate(self, fx_node: fx.Node, x: _Bound, mode: str, align: Any,
-                    scale: Any = None, recompute: Any = None) -> _Bound:
-        """Interpolation as traced: by ``scale_factor`` when given (torch samples at
-        1 / scale_factor, not at in / out), else to the traced size."""
-        if mode not in ("nearest", "bilinear", "linear", "nearest-exact"):
-            raise self.error(fx_node, f"interpolation mode {mode!r} has no rule (nearest, "
-                                      f"nearest-exact, linear and bilinear do)")
-        corners = "" if mode.startswith("nearest") else f", align_corners={bool(align)}"
-        if scale is not None:
-            factors = tuple(float(self.value(v)) for v in scale) \
-                if isinstance(scale, (list, tuple)) else float(self.value(scale))
-            how = f"scale_factor={factors!r}, recompute_scale_factor={recompute!r}"
-        else:
-            how = f"size={tuple(self.shape_of(fx_node)[1:])}"
-        return self.traced(fx_node, x, f"F.interpolate({{x}}, {how}, mode={mode!r}{corners})",
-                           f"interpolate {mode} ({how})")
-
-    def conv_transpose(self, fx_node: fx.Node, x: _Bound, mod: nn.ConvTranspose2d,
-                       path: str) -> _Bound:
-        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise self.error(fx_node, "a transposed conv with other than zero padding has no "
-                                      "rule")
-        w = self.param(f"{path}.weight")
-        w_abs = self.define(w + "_abs", f"{w}.abs()")
-        geometry = (f"{tuple(mod.stride)}, {tuple(mod.padding)}, "
-                    f"{tuple(self.shape_of(fx_node)[1:])}, {mod.groups}, {tuple(mod.dilation)}")
-        return self.traced(fx_node, x, f"rt.conv_transpose2d({{x}}, {w}, {geometry})",
-                           f"conv_transpose2d W={w}",
-                           abs_code=f"rt.conv_transpose2d({{x}}, {w_abs}, {geometry})",
-                           bias=self.bias(path, mod.bias, 3, fx_node))
-
-    def maximum(self, fx_node: fx.Node, a: _Bound, b: _Bound, is_max: bool) -> _Bound:
-        """max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b) (broadcast first)."""
-        shape = self.shape_of(fx_node)
-        a, b = (self.broadcast(fx_node, v, shape) for v in (a, b))
-        first, second = (a, b) if is_max else (b, a)
-        neg = self.add_node(fx_node, "affine", [first.node],
-                            {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
-        diff = self.add_node(fx_node, "add", [second.node, neg.node], {}, shape)
-        gain = self.add_node(fx_node, "relu", [diff.node], {}, shape)
-        if is_max:
-            return self.add_node(fx_node, "add", [a.node, gain.node], {}, shape)
-        loss = self.add_node(fx_node, "affine", [gain.node],
-                             {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
-        return self.add_node(fx_node, "add", [a.node, loss.node], {}, shape)
-
-    def amax(self, fx_node: fx.Node, x: _Bound, args: list[Any]) -> _Bound:
-        shape = self._node_shape(x)
-        dim = fx_node.kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if isinstance(dim, (list, tuple)):
-            if len(dim) != 1:
-                raise self.error(fx_node, "amax over several dims has no rule; one dim")
-            dim = dim[0]
-        if dim is None:
-            raise self.error(fx_node, "amax over every dim mixes the samples of a batch")
-        d = self._dim(fx_node, dim, len(shape)) + 1
-        keep = bool(fx_node.kwargs.get("keepdim", args[2] if len(args) > 2 else False))
-        out = tuple(1 if i + 1 == d else n for i, n in enumerate(shape)) if keep else \
-            tuple(n for i, n in enumerate(shape) if i + 1 != d)
-        return self.add_node(fx_node, "amax", [x.node],
-                             {"params": {"dim": float(d), "keepdim": float(keep)}}, out)
-
-    def pool_kwargs(self, fx_node: fx.Node, args: list[Any]) -> dict:
-        names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
-        kw = dict(zip(names, fx_node.args[1:], strict=False)) | dict(fx_node.kwargs)
-        return kw
-
-    def max_pool(self, fx_node: fx.Node, x: _Bound, kw: dict) -> _Bound:
-        if fx_node.op == "call_module":
-            mod = self.model.get_submodule(str(fx_node.target))
-            kw = {"kernel_size": mod.kernel_size, "stride": mod.stride, "padding": mod.padding,
-                  "dilation": mod.dilation, "ceil_mode": mod.ceil_mode,
-                  "return_indices": mod.return_indices}
-        try:
-            kernel = _pair(kw["kernel_size"], 2)
-            stride = _pair(kw.get("stride") or kernel, 2)
-            padding = _pair(kw.get("padding", 0), 2)
-            dilation = _pair(kw.get("dilation", 1), 2)
-        except ValueError as err:
-            raise self.error(fx_node, f"max pooling: kernel size, stride or padding: {err}"
-                             ) from None
-        if kw.get("return_indices") or dilation != (1, 1):
-            raise self.error(fx_node, "max pooling with return_indices or dilation has no rule")
-        in_shape = self._node_shape(x)
-        out_shape = self.shape_of(fx_node)
-        if len(in_shape) != 3:
-            raise self.error(fx_node, f"max pooling of a {len(in_shape)}-d map (per sample) has "
-                                      f"no rule; [C, H, W] only")
-        params = {"kernel_h": float(kernel[0]), "kernel_w": float(kernel[1]),
-                  "stride_h": float(stride[0]), "stride_w": float(stride[1]),
-                  "padding_h": float(padding[0]), "padding_w": float(padding[1]),
-                  "ceil_mode": float(bool(kw.get("ceil_mode", False)))}
-        return self.add_node(fx_node, "max_pool2d", [x.node], {"params": params}, out_shape)
-
-    def cat(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
-        parts = args[0]
-        dim = int(self.number_arg(fx_node, args, "dim", 1, 0))
-        vals = [self.value(p) for p in parts]
-        out_shape = self.shape_of(fx_node)
-        if dim < 0:
-            dim += len(out_shape) + 1
-        if dim == 0:
-            raise self.error(fx_node, "concatenation along the batch dimension has no rule")
-        if not all(isinstance(v, _Bound) for v in vals):
-            return self.cat_constants(fx_node, vals, dim, out_shape)
-        return self.add_node(fx_node, "cat", [v.node for v in vals], {"dim": dim - 1})
-
-    def cat_constants(self, fx_node: fx.Node, vals: list[Any], dim: int,
-                      out_shape: tuple[int, ...]) -> _Bound:
-        """One input-dependent tensor concatenated with constants (a class token): an affine
-        map, x placed among zeros plus the constants as its bias."""
-        bound = [v for v in vals if isinstance(v, _Bound)]
-        if len(bound) != 1 or not all(isinstance(v, (_Bound, _Const)) for v in vals):
-            raise self.error(fx_node, "concatenating constants with more than one "
-                                      "input-dependent tensor has no rule")
-        pieces, bias = [], []
-        for v in vals:
-            if isinstance(v, _Bound):
-                pieces.append("{x}")
-                bias.append(f"torch.zeros({tuple(self._node_shape(v))}, dtype=lo.dtype, "
-                            f"device=lo.device)")
-            else:
-                c = self.per_sample_const(fx_node, v, out_shape)
-                size = (v.shape[len(v.shape) - len(out_shape):])
-                pieces.append(f"{{x}}.new_zeros(({{x}}.shape[0], *{tuple(size)}))")
-                bias.append(f"{c}.expand({tuple(size)})")
-        code = f"torch.cat([{', '.join(pieces)}], {dim})"
-        b = self.define("cat_bias", f"torch.cat([{', '.join(bias)}], {dim - 1})")
-        return self.traced(fx_node, bound[0], code, f"cat with constants along {dim}", bias=b)
-
-    def binary(self, fx_node: fx.Node, target: Any, args: list[Any]) -> _Bound:
-        if fx_node.kwargs.get("alpha", 1) != 1 or len(args) != 2:
-            raise self.error(fx_node, "only two-operand add/sub/mul/div without alpha have a "
-                                      "rule")
-        a, b = args
-        out_shape = self.shape_of(fx_node)
-        if isinstance(a, _Bound) and isinstance(b, _Bound):
-            a, b = (self.broadcast(fx_node, v, out_shape) for v in (a, b))
-            if target in _ADD:
-                return self.add_node(fx_node, "add", [a.node, b.node], {})
-            if target in _SUB:
-                neg = self.affine(fx_node, b, lm.Elementwise(-1.0, 1.0, None))
-                return self.add_node(fx_node, "add", [a.node, neg.node], {})
-            if target in _MUL and a.node == b.node:
-                return self.elementwise(fx_node, a, ops.get("pow"), {"exponent": 2.0})
-            if target in _DIV:  # x / y = x * (1 / y), for y > 0 (checked on every call)
-                b = self.add_node(fx_node, "reciprocal", [b.node], {}, self._node_shape(b))
-            return self.add_node(fx_node, "mul", [a.node, b.node], {})
-        x, c, x_first = (a, b, True) if isinstance(a, _Bound) else (b, a, False)
-        if self._node_shape(x) != out_shape:
-            raise self.error(fx_node, "a constant that broadcasts an input-dependent tensor to a "
-                                      "larger shape has no rule")
-        if isinstance(c, _Const):
-            cvar = self.per_sample_const(fx_node, c, out_shape)
-        elif isinstance(c, float):
-            cvar = None
-        else:
-            raise self.error(fx_node, f"operand of type {type(c).__name__} has no rule")
-
-        def lit(v: float) -> str:
-            return repr(v)
-
-        if target in _ADD:
-            bias = cvar or self.define("shift", f"{lit(c)}")
-            return self.affine(fx_node, x, lm.Elementwise(None, None, bias))
-        if target in _SUB:
-            if x_first:
-                bias = self.define("shift", f"-{cvar}" if cvar else lit(-c))
-                return self.affine(fx_node, x, lm.Elementwise(None, None, bias))
-            bias = cvar or self.define("shift", lit(c))
-            return self.affine(fx_node, x, lm.Elementwise(-1.0, 1.0, bias))
-        if target in _MUL:
-            if cvar is None:
-                return self.affine(fx_node, x, lm.Elementwise(c, abs(c), None))
-            return self.affine(fx_node, x, lm.Elementwise(
-                cvar, self.define(cvar + "_abs", f"{cvar}.abs()"), None))
-        if not x_first:  # c / x = c * (1 / x), for x > 0 (checked on every call)
-            recip = self.add_node(fx_node, "reciprocal", [x.node], {}, out_shape)
-            if cvar is None:
-                return recip if c == 1.0 else self.affine(fx_node, recip, lm.Elementwise(
-                    c, abs(c), None))
-            return self.affine(fx_node, recip, lm.Elementwise(
-                cvar, self.define(cvar + "_abs", f"{cvar}.abs()"), None))
-        if cvar is None:
-            if c == 0.0:
-                raise self.error(fx_node, "division by the constant 0")
-            return self.affine(fx_node, x, lm.Elementwise(1.0 / c, abs(1.0 / c), None))
-        inv = self.define(cvar + "_inv", f"1.0 / {cvar}")
-        return self.affine(fx_node, x, lm.Elementwise(
-            inv, self.define(inv + "_abs", f"{inv}.abs()"), None))
-
-    def constant_op(self, fx_node: fx.Node) -> Any:
-        """An op on constants only: evaluated in the prelude from the traced shape."""
-        target = fx_node.target
-        args = [self.value(a) for a in fx_node.args]
-        meta = fx_node.meta.get("tensor_meta")
-        if target in _EXPAND and args and isinstance(args[0], _Const) and meta is not None \
-                and hasattr(meta, "shape") and int(meta.shape[0]) == _PROBE_BATCH:
-            # a constant spread over the batch (a class token): one sample's copy
-            per = (1,) + tuple(int(s) for s in meta.shape[1:])
-            return _Const(self.define("c", f"{args[0].var}.expand({per})"), per)
-        if any(isinstance(a, _Meta) for a in args) and target not in _RESHAPE:
-            return _Meta()
-        if meta is None or not hasattr(meta, "shape"):
-            return _Meta()
-        shape = tuple(int(s) for s in meta.shape)
-        first = args[0] if args else None
-        if target in _RESHAPE | _ALIAS and isinstance(first, _Const):
-            return _Const(self.define("c", f"{first.var}.reshape({shape})"), shape)
-
-        def operand(v: Any) -> str:
-            if isinstance(v, _Const):
-                return v.var
-            if isinstance(v, float):
-                return repr(v)
-            raise self.error(fx_node, f"constant expression with operand {v!r} has no rule")
-
-        for spellings, sym in ((_ADD, "+"), (_SUB, "-"), (_MUL, "*"), (_DIV, "/")):
-            if target in spellings and len(args) == 2:
-                return _Const(self.define("c", f"({operand(args[0])} {sym} {operand(args[1])})"),
-                              shape)
-        if target in _NEG:
-            return _Const(self.define("c", f"(-{operand(args[0])})"), shape)
-        if target in (torch.sqrt, "sqrt"):
-            return _Const(self.define("c", f"torch.sqrt({operand(args[0])})"), shape)
-        raise self.error(fx_node, "a computation on constants that absdsl cannot replay")
-
-
-def _get_attr(model: nn.Module, qualified: str) -> Any:
-    obj: Any = model
-    for part in qualified.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def fold_batch_norm(graph: Graph) -> Graph:

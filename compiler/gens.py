@@ -26,8 +26,8 @@ when its window would hold more than ``PATCH_MAX_FRACTION`` of the origin map, o
 a map that is not a 2-d convolution, an elementwise scale or a fully connected layer.
 
 ``compact`` is the program's flag: false under ``torch.func.vmap``, where shapes may not
-depend on data. ``PATCHES = False`` restores the plain dense form everywhere (the reference
-the tests compare against).
+depend on data. ``patches=False`` (the engine option ``gens_patches``) restores the plain dense
+form everywhere (the reference the tests compare against).
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from .backsub.rows import conv_transpose_subpixel
+
 Tensor = torch.Tensor
 
-PATCHES = True  # False: every linear map densifies (the reference form)
 PATCH_MAX_FRACTION = 0.5  # a window above this share of the origin map goes dense
 _GEMM_ELEMENTS = 1 << 22  # largest window-to-window matrix built for one product
 _ROW_CHUNK_ELEMENTS = 1 << 25  # rows of a fully connected layer per chunk (x map size)
@@ -241,9 +242,9 @@ class Gens:
         return Gens(out, self.batch, shape)
 
     def elementwise(self, *, scale: Tensor | float, fn: Callable[[Tensor], Tensor],
-                    compact: bool) -> Gens:
+                    compact: bool, patches: bool = True) -> Gens:
         """``x * scale`` (normalisation, batch norm): a per-neuron scale of every block."""
-        if not PATCHES:
+        if not patches:
             return self.map(fn, compact)
         if isinstance(scale, Tensor) and scale.dim() <= len(self.shape):
             scale = scale.unsqueeze(0)  # per-sample [*shape] -> batch-broadcast
@@ -251,9 +252,9 @@ class Gens:
 
     def conv2d(self, *, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int], groups: int, fn: Callable[[Tensor], Tensor],
-               compact: bool) -> Gens:
+               compact: bool, patches: bool = True) -> Gens:
         """A 2-d convolution (no bias): diagonal and patch blocks stay windows while they fit."""
-        if not PATCHES or len(self.shape) != 3:
+        if not patches or len(self.shape) != 3:
             return self.map(fn, compact)
         w = _full_kernel(weight, groups, dilation)
         kh, kw = int(w.shape[2]), int(w.shape[3])
@@ -284,15 +285,16 @@ class Gens:
             out.update(dense.blocks)
         return Gens(out, self.batch, neurons)
 
-    def linear(self, *, weight: Tensor, fn: Callable[[Tensor], Tensor], compact: bool) -> Gens:
+    def linear(self, *, weight: Tensor, fn: Callable[[Tensor], Tensor], compact: bool,
+               patches: bool = True) -> Gens:
         """A fully connected layer: patch windows go back onto their origin maps."""
-        if not PATCHES or len(self.shape) != 1:
+        if not patches or len(self.shape) != 1:
             return self.map(fn, compact)
         return self._contract(weight, fn, compact, per_sample=False)
 
-    def spec(self, c: Tensor, compact: bool = True) -> Gens:
+    def spec(self, c: Tensor, compact: bool = True, patches: bool = True) -> Gens:
         """Generators of C x for a per-sample matrix C [B, k, n]."""
-        if PATCHES and any(b.patch is not None or b.diagonal for b in self.blocks.values()):
+        if patches and any(b.patch is not None or b.diagonal for b in self.blocks.values()):
             return self._contract(c, None, compact, per_sample=True)
         out = {}
         for k, b in self.blocks.items():
@@ -527,7 +529,6 @@ def _patch_rows_chunk(b: Block, weight: Tensor, per_sample: bool, compact: bool)
                           for a in range(2))
             if s.in_shape[0] <= 4 and s.stride[0] == s.stride[1] > 1:
                 # transposed convs to few channels are slow on CPUs: the sub-pixel form
-                from absdsl.compiler.runtime import conv_transpose_subpixel
                 rows = conv_transpose_subpixel(rows, s.weight, s.stride, s.padding,
                                                s.in_shape[1:])
             else:

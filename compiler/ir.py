@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from absdsl.compiler.ops import ACTIVATIONS  # noqa: E402,F401 - re-exported
+from .ops import ACTIVATIONS, OPS  # noqa: F401 - ACTIVATIONS re-exported
 
 
 @dataclass
@@ -22,6 +22,11 @@ class Node:
     shape: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # module path and source line, for error messages
+
+    @property
+    def kind(self) -> str:
+        """The op table's kind of the node's op: input, affine, elementwise, pool, ..."""
+        return OPS[self.op].kind
 
     def describe(self) -> str:
         args = ", ".join(self.inputs)

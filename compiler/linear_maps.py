@@ -1,12 +1,11 @@
 """Linear maps of ``affine`` nodes: one small class per op, each with one documented contract.
 
 A map turns a per-sample tensor x of shape ``in_shape`` into ``W x`` of shape ``out_shape``.
-Each class emits torch code (strings over variable names) for three things:
+Each class emits torch code (strings over variable names) for two things:
 
 * ``apply(x, absolute, with_bias)``: ``W x`` (or ``|W| x``) for x of shape [N, *in_shape];
   ``with_bias`` adds ``bias`` in the same call (one pass over the output instead of two);
-* ``transpose(lam)``: ``lam W`` for rows lam of shape [B, k, *out_shape] -> [B, k, *in_shape]
-  (back-substitution; the code may read the program's ``compact`` flag, false under vmap);
+* its transpose ``lam W`` (back-substitution) is emitted by ``backsub.transpose``;
 * ``bias``: the name of a per-sample tensor broadcastable to ``out_shape``, or None.
 
 Weights are names of prelude values, so a program reads the current parameters each call.
@@ -36,9 +35,6 @@ class Dense:
         b = f", {self.bias}" if with_bias and self.bias else ""
         return f"F.linear({x}, {self.weight_abs if absolute else self.weight}{b})"
 
-    def transpose(self, lam: str) -> str:
-        return f"rt.dense_back({lam}, {self.weight}, compact)"
-
 
 @dataclass
 class Conv:
@@ -66,20 +62,6 @@ class Conv:
         b = f"{self.bias}.flatten()" if with_bias and self.bias else "None"  # [C, 1..] -> [C]
         return (f"F.conv{self.dims}d({x}, {w}, {b}, {self.stride}, {self.padding}, "
                 f"{self.dilation}, {self.groups})")
-
-    def transpose(self, lam: str) -> str:
-        if self.uses_subpixel():
-            # CPU transposed convs to 1-4 channels are slow; one forward conv with
-            # stride**2 sub-kernels and a pixel shuffle computes the same sums
-            return (f"rt.conv_transpose_subpixel({lam}, {self.weight}, {self.stride}, "
-                    f"{self.padding}, {tuple(self.in_shape[1:])}, compact)")
-        if self.dims == 2:
-            return (f"rt.conv_back({lam}, {self.weight}, {self.stride}, {self.padding}, "
-                    f"{self.output_padding}, {self.groups}, {self.dilation}, compact)")
-        return (f"F.conv_transpose{self.dims}d({lam}.flatten(0, 1), {self.weight}, None, "
-                f"{self.stride}, {self.padding}, {self.output_padding}, {self.groups}, "
-                f"{self.dilation}).unflatten(0, {lam}.shape[:2])")
-
 
     def uses_subpixel(self) -> bool:
         """Whether ``transpose`` runs as the sub-pixel forward conv (1-4 input channels)."""
@@ -117,9 +99,6 @@ class Elementwise:
         scaled = self._times(x, self.scale_abs if absolute else self.scale)
         return f"({scaled} + {self.bias})" if with_bias and self.bias else scaled
 
-    def transpose(self, lam: str) -> str:
-        return self._times(lam, self.scale)
-
 
 @dataclass
 class Traced:
@@ -128,7 +107,7 @@ class Traced:
     interpolation, non-uniform adaptive pooling, transposed convolutions.
 
     ``abs_code`` is ``|W| x`` (the same code for maps whose coefficients are all >= 0). The
-    transpose is taken by autodiff (``rt.linear_back``): the map is linear, so its
+    transpose is taken by autodiff (``dense_rows.linear_back``): the map is linear, so its
     vector-Jacobian product at any point is ``lam W``.
     """
 
@@ -145,10 +124,6 @@ class Traced:
     def apply(self, x: str, absolute: bool = False, with_bias: bool = False) -> str:
         code = (self.abs_code if absolute else self.code).replace("{x}", x)
         return f"({code} + {self.bias})" if with_bias and self.bias else code
-
-    def transpose(self, lam: str) -> str:
-        return (f"rt.linear_back({lam}, lambda t: {self.code.replace('{x}', 't')}, "
-                f"{self.in_shape})")
 
 
 LinearMap = Dense | Conv | Elementwise | Traced

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler import ops
-from absdsl.compiler.ir import Graph, Node
+from . import linear_maps as lm
+from . import ops
+from .ir import Graph, Node
 
 
 def lower_unsupported(graph: Graph, has_rule: Callable[[str], bool]) -> Graph:
@@ -37,8 +37,7 @@ def lower_unsupported(graph: Graph, has_rule: Callable[[str], bool]) -> Graph:
                     node.attrs, node.origin)
         if ops.is_pool(node.op) and not has_rule(node.op):
             src = next(n for n in nodes if n.name == node.inputs[0])
-            lower = _amax_tree if node.op == "amax" else _max_pool_tree
-            renamed[node.name] = lower(node, src, nodes, fresh)
+            renamed[node.name] = _LOWERINGS[node.op](node, src, nodes, fresh)
         else:
             nodes.append(node)
     return Graph(nodes, renamed.get(graph.output, graph.output), graph.prelude,
@@ -114,3 +113,8 @@ def _max_tree(node: Node, taps: list[str], nodes: list[Node], fresh: Callable[[s
             level.append(taps[-1])
         taps = level
     return taps[0]
+
+
+# how each pooling op becomes affine maps and ReLUs
+_LOWERINGS: dict[str, Callable[[Node, Node, list[Node], Callable[[str], str]], str]] = {
+    "amax": _amax_tree, "max_pool2d": _max_pool_tree}

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .namespace import load_generated
+
 Params = dict[str, float]
 Code = Callable[[str, Params], str]
 INF = math.inf
@@ -74,6 +76,9 @@ class Op:
     valid: tuple[float, float, bool] | None = None  # (lo, hi, open ends): defined range
     check: Callable[[Params], str | None] = lambda p: None  # a reason the params have no rule
     summary: str = ""
+    # the parameters and per-sample (input, output) shapes the DSL checker compiles a rule of
+    # this op at, when its table defaults (and a [4] vector) do not fit it (pooling)
+    example: tuple[Params, tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def elementwise(self) -> bool:
@@ -111,9 +116,7 @@ class Op:
 
 def _function(body: str, args: tuple[str, ...], label: str) -> Callable[..., torch.Tensor]:
     """Table code (ours: numbers pass through repr(float)) as a function, loaded the way
-    every generated program is (``codegen.load_generated``)."""
-    from absdsl.compiler.codegen import load_generated
-
+    every generated program is (:func:`namespace.load_generated`)."""
     source = f"def fn({', '.join(args)}):\n    return {body}\n"
     return load_generated(source, label)["fn"]
 
@@ -345,9 +348,16 @@ POOL: tuple[Op, ...] = (
     Op("max_pool2d", "pool", groups=("monotone",),
        modules={nn.MaxPool2d: lambda m: {}}, functions=(F.max_pool2d, "max_pool2d"),
        piecewise_linear=True,
-       summary="max over k x k windows (any stride, padding; dilation 1)"),
+       summary="max over k x k windows (any stride, padding; dilation 1)",
+       code=lambda x, p: _max_pool_code(x, p),
+       example=({"kernel_h": 2.0, "kernel_w": 2.0, "stride_h": 2.0, "stride_w": 2.0,
+                 "padding_h": 0.0, "padding_w": 0.0, "ceil_mode": 0.0}, (1, 4, 4), (1, 2, 2))),
     Op("amax", "pool", groups=("monotone",), functions=(torch.amax, "amax"),
-       piecewise_linear=True, summary="max over one per-sample dim (torch.amax)"),
+       piecewise_linear=True, summary="max over one per-sample dim (torch.amax)",
+       # dim counts the batch
+       code=lambda x, p: (f"torch.amax({x}, dim={int(p['dim'])}, "
+                          f"keepdim={bool(p['keepdim'])})"),
+       example=({"dim": 3.0, "keepdim": 0.0}, (1, 4, 4), (1, 4))),
 )
 
 PRODUCTS: tuple[Op, ...] = (
@@ -374,6 +384,14 @@ GROUPS = ("monotone", "valley", "antitone", "activation")
 # op of every fx function / method target and module type, with how its params are read
 BY_FUNCTION: dict[Any, Op] = {t: op for op in ELEMENTWISE + POOL for t in op.functions}
 BY_MODULE: dict[type, Op] = {t: op for op in ELEMENTWISE + POOL for t in op.modules}
+
+
+def _max_pool_code(x: str, p: Params) -> str:
+    """Max pooling of ``x`` with the node's parameters (whole numbers stored as floats)."""
+    def pair(a: str, b: str) -> str:
+        return f"({int(p[a])}, {int(p[b])})"
+    return (f"F.max_pool2d({x}, {pair('kernel_h', 'kernel_w')}, {pair('stride_h', 'stride_w')}, "
+            f"{pair('padding_h', 'padding_w')}, 1, {bool(p['ceil_mode'])})")
 
 
 def get(name: str) -> Op:

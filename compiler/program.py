@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -17,14 +18,16 @@ from typing import Any, Literal, overload
 import torch
 import torch.nn as nn
 
-from absdsl.compiler import codegen
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler.concrete import ConcreteGraph
-from absdsl.compiler.frontend import trace
-from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
-from absdsl.compiler.lowering import lower_unsupported
-from absdsl.dsl.loader import LoadedDomain, load_domain
-from absdsl.errors import InputError, MemoryBudgetError
+from ..dsl.loader import LoadedDomain, load_domain
+from ..errors import InputError, MemoryBudgetError
+from . import codegen
+from .backsub.emit import linear_program, spec_folds
+from .concrete import ConcreteGraph
+from .context import DEFAULT as DEFAULT_OPTIONS
+from .context import Context, EngineOptions
+from .frontend import trace
+from .ir import Graph
+from .lowering import lower_unsupported
 
 DEFAULT_MEMORY_BUDGET_MB = 2048.0
 _BYTES_PER_ROW_FACTOR = 6  # live copies of a row block during one back-substitution step
@@ -47,42 +50,29 @@ def _require_no_nan(lb: torch.Tensor, ub: torch.Tensor | None) -> None:
                          "domain (box, hbox, zonotope), which keep infinite bounds")
 
 
-def has_rule(loaded: LoadedDomain, op: str) -> bool:
-    """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
-    if loaded.intermediate is None:
-        return codegen.find_rule(loaded.domain, op) is not None
-    return (codegen.find_rule(loaded.intermediate, op) is not None
-            and codegen.relax_for(op, loaded.relaxes) is not None)
+def generate(graph: Graph, loaded: LoadedDomain, options: EngineOptions = DEFAULT_OPTIONS
+             ) -> str:
+    """The Python source of ``bound_program(p, lo, hi, spec, ctx)``: parameters, input box,
+    spec, and the call's :class:`~absdsl.compiler.context.Context`.
 
-
-def generate(graph: Graph, loaded: LoadedDomain) -> str:
-    """The Python source of ``bound_program(p, lo, hi, spec, compact, rows_per_chunk, record,
-    upper)``.
-
-    ``record``, when a dict, receives the bounds of every pre-activation node (what the MILP
-    stage and the analysis tools need); ``None`` on the hot path. ``upper`` false lets a
+    ``ctx.record``, when a dict, receives the bounds of every pre-activation node (what the MILP
+    stage and the analysis tools need); ``None`` on the hot path. ``ctx.upper`` false lets a
     back-substitution domain skip the upper rows of the output (training reads only lower
-    bounds); its upper bound is then None. ``forward_spec``, when a dict and a spec is given
+    bounds); its upper bound is then None. ``ctx.forward_spec``, when a dict and a spec is given
     to a back-substitution domain whose intermediate bounds are not refined (CROWN-IBP),
     receives under "lower" the spec's lower bounds by the intermediate domain itself (Box,
     the same code a Box program runs), from the forward pass both share.
     """
     out = codegen.Emitter()
-    for reserved in ("p", "lo", "hi", "spec", "spec_abs", "spec_w", "spec_w_abs", "spec_b",
-                     "compact", "rows_per_chunk", "record", "centre", "radius", "lb", "ub",
-                     "rows", "k", "acc", "l", "u", "t", "upper", "sides"):
-        out.used.add(reserved)
     for pre in graph.prelude:
         out.used.add(pre.name)
     out.emit("spec_abs = spec.abs() if spec is not None else None")
     if loaded.intermediate is None:
         last = graph.by_name[graph.output]
-        folds = (last.op == "affine" and isinstance(last.attrs["map"], lm.Dense)
-                 and len(last.shape) == 1  # a Linear on [..., n] maps more than one vector
-                 and not any(graph.output in n.inputs for n in graph.nodes))
+        folds = spec_folds(graph)
         hook = _recording_hook(graph, loaded, out)
         # a last layer the spec folds into runs only without a spec
-        states = codegen.forward_pass(graph, loaded.domain, out, "compact", hook,
+        states = codegen.forward_pass(graph, loaded.domain, out, "ctx", hook,
                                       [n for n in graph.nodes if not (folds and n is last)])
         out.emit("")
         out.emit("# output: concretise (with the spec as one more affine map when given,")
@@ -90,158 +80,28 @@ def generate(graph: Graph, loaded: LoadedDomain) -> str:
         out.emit("if spec is None:")
         out.indent += 1
         if folds:
-            states = codegen.forward_pass(graph, loaded.domain, out, "compact", hook, [last],
+            states = codegen.forward_pass(graph, loaded.domain, out, "ctx", hook, [last],
                                           states)
         final = states[graph.output]
         lb, ub = codegen.concretize(loaded.domain, out, final)
         out.emit(f"return {lb}, {ub}")
         out.indent -= 1
-        spec_state = (codegen.spec_rule(loaded.domain, out, states[last.inputs[0]], "compact",
+        spec_state = (codegen.spec_rule(loaded.domain, out, states[last.inputs[0]], "ctx",
                                         last.attrs["map"]) if folds
-                      else codegen.spec_rule(loaded.domain, out, final, "compact"))
+                      else codegen.spec_rule(loaded.domain, out, final, "ctx"))
         lb, ub = codegen.concretize(loaded.domain, out, spec_state)
         out.emit(f"return {lb}, {ub}")
     else:
-        _linear_program(graph, loaded, out)
+        linear_program(graph, loaded, out, options.patch_saving)
     body = "\n".join(out.lines)
     prelude = _used_prelude(graph, body)
-    header = ["def bound_program(p, lo, hi, spec, compact, rows_per_chunk, record=None, "
-              "upper=True, forward_spec=None):",
+    header = ["def bound_program(p, lo, hi, spec, ctx):",
               f'    """{loaded.name} bounds of the traced model (generated by absdsl)."""']
     return "\n".join(header + prelude + [body]) + "\n"
 
 
-def _linear_program(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter) -> None:
-    assert loaded.intermediate is not None
-    out.emit("centre = (hi + lo) / 2")
-    out.emit("radius = (hi - lo) / 2")
-    pre_activation: dict[str, list[str]] = {}  # bounded node -> the nodes relaxed with it
-    for node in graph.nodes:
-        if node.op in ACTIVATIONS:
-            pre_activation.setdefault(node.inputs[0], []).append(node.name)
-        elif node.op == "mul":  # a product is relaxed with the bounds of both its inputs
-            for i in node.inputs:
-                pre_activation.setdefault(i, []).append(node.name)
-    bounds: dict[str, tuple[str, str]] = {}
-    lines: dict[str, str] = {}
-    raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, b_lo, ...)
-    patch_lines: dict[str, str] = {}  # the same as maps for patches, made when first used
-    relax_fns: dict[tuple, str] = {}
-
-    def relax_fn(op: str, params: dict) -> str:
-        key = (op, tuple(sorted(params.items())))
-        if key not in relax_fns:
-            relax = codegen.relax_for(op, loaded.relaxes)
-            if relax is None:
-                from absdsl.errors import TraceError
-                node = next(n for n in graph.nodes if n.op == op)
-                raise TraceError(f"domain {loaded.name} has no relaxation for {op}, needed by "
-                                 f"{node.origin or '%' + node.name}"
-                                 f"{codegen.builtin_rules_hint(op)}")
-            relax_fns[key] = codegen.relax_function(relax, op, params, out, loaded.domain,
-                                                       relax.filename, relax.source)
-        return relax_fns[key]
-
-    def hook(node, state):
-        if node.op == "mul":
-            fn = relax_fn("mul", {})
-            (lx, ux), (ly, uy) = (bounds[i] for i in node.inputs)
-            lines[node.name] = out.fresh(f"planes_{node.name}")
-            out.emit(f"{lines[node.name]} = {fn}({lx}, {ux}, {ly}, {uy})[0]")
-        if node.name not in pre_activation:
-            return None
-        users = [graph.by_name[a] for a in pre_activation[node.name]]
-        lo_b, hi_b = codegen.concretize(loaded.intermediate, out, state)
-        l_var, u_var = out.fresh(f"{node.name}_l"), out.fresh(f"{node.name}_u")
-        out.emit(f"{l_var}, {u_var} = {lo_b}, {hi_b}")
-        if loaded.refine and _needs_backsub(graph, node.name):
-            needs = []
-            for a in users:
-                if a.op == "mul":  # the planes read every bound
-                    needs.append(f"torch.ones_like({l_var}, dtype=torch.bool)")
-                    continue
-                fn = relax_fn(a.op, a.attrs.get("params", {}))
-                needs.append(f"{fn}({l_var}, {u_var}, True)")
-            found = codegen.patch_geometry(graph, node.name)
-            if found is not None:
-                factor = _patch_chunk_factor(graph, *found)
-                backsub = codegen.patch_backsub_function(graph, node.name, *found, raw_lines,
-                                                         patch_lines, out)
-            else:
-                factor = 1
-                bs = codegen.backsub_function(graph, node.name, lines, out)
-                backsub = f"lambda index: {bs}(rt.unit_rows(index, {node.shape}, lo))"
-            out.emit(f"{l_var}, {u_var} = rt.refine({backsub}, {l_var}, {u_var}, "
-                     f"{' | '.join(needs)}, rows_per_chunk * {factor}, compact, "
-                     f"{found is not None})")
-        out.emit(f"if record is not None: record[{node.name!r}] = ({l_var}, {u_var})")
-        bounds[node.name] = (l_var, u_var)
-        for a in users:
-            if a.op == "mul":
-                continue  # relaxed at the product itself, once both bounds are known
-            fn = relax_fn(a.op, a.attrs.get("params", {}))
-            raw = out.fresh(f"relaxed_{a.name}")
-            out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
-            raw_lines[a.name] = raw
-            lines[a.name] = out.fresh(f"lines_{a.name}")
-            out.emit(f"{lines[a.name]} = rt.back_lines({raw}, compact)")
-        if loaded.refine and set(state) == {"l", "u"}:
-            return {"l": l_var, "u": u_var}
-        return None
-
-    states = codegen.forward_pass(graph, loaded.intermediate, out, "compact", hook)
-    if not loaded.refine:
-        _forward_spec(graph, loaded, out, states)
-    out.emit("")
-    out.emit("# output: back-substitute the spec (or the identity) to the input box; without")
-    out.emit("# upper bounds only the lower rows (sides = 1)")
-    bs = codegen.backsub_function(graph, graph.output, lines, out)
-    shape = graph.by_name[graph.output].shape
-    out.emit("sides = 2 if upper else 1")
-    out.emit("if spec is None:")
-    out.emit(f"    n_out = {_prod(shape)}")
-    out.emit(f"    rows = rt.unit_rows(torch.arange(n_out, device=lo.device), {shape}, lo)")
-    out.emit(f"    lb, ub = rt.output_chunks({bs}, rows[:, :sides * n_out], sides, "
-             f"rows_per_chunk)")
-    out.emit(f"    return lb.reshape(lo.shape[0], *{shape}), "
-             f"ub.reshape(lo.shape[0], *{shape}) if upper else None")
-    out.emit(f"rows = (torch.cat([spec, spec], 1) if upper else spec).reshape("
-             f"spec.shape[0], sides * spec.shape[1], *{shape})")
-    out.emit(f"lb, ub = rt.output_chunks({bs}, rows, sides, rows_per_chunk)")
-    out.emit("return lb, ub if upper else None")
-
-
-def _forward_spec(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter,
-                  states: dict[str, dict[str, str]]) -> None:
-    """Emit the intermediate domain's spec bounds into ``forward_spec`` when asked: what a
-    program of that domain alone computes (the spec folded into a last linear layer)."""
-    assert loaded.intermediate is not None
-    last = graph.by_name[graph.output]
-    folds = (last.op == "affine" and isinstance(last.attrs["map"], lm.Dense)
-             and len(last.shape) == 1 and not any(graph.output in n.inputs for n in graph.nodes))
-    out.emit("")
-    out.emit("# the intermediate domain's own spec bounds (CROWN-IBP mixing), when asked")
-    out.emit("if forward_spec is not None and spec is not None:")
-    out.indent += 1
-    spec_state = (codegen.spec_rule(loaded.intermediate, out, states[last.inputs[0]], "compact",
-                                    last.attrs["map"]) if folds
-                  else codegen.spec_rule(loaded.intermediate, out, states[graph.output],
-                                         "compact"))
-    lb, _ = codegen.concretize(loaded.intermediate, out, spec_state)
-    out.emit(f"forward_spec['lower'] = {lb}")
-    out.indent -= 1
-
-
-def _patch_chunk_factor(graph: Graph, chain: list[Node], geoms: list[codegen.Geometry]
-                        ) -> int:
-    """How many more rows fit a chunk in patch form than dense (the budget is per dense row)."""
-    widest = max(_prod(n.shape) for n in graph.nodes)
-    largest = max(n.shape[0] * g[0] * g[1] for n, g in zip(chain, geoms, strict=True))
-    return max(1, widest // largest)
-
-
 def _pre_activation_nodes(graph: Graph) -> set[str]:
-    return {n.inputs[0] for n in graph.nodes if n.op in ACTIVATIONS}
+    return {n.inputs[0] for n in graph.nodes if n.kind == "elementwise"}
 
 
 def _recording_hook(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter):
@@ -250,29 +110,14 @@ def _recording_hook(graph: Graph, loaded: LoadedDomain, out: codegen.Emitter):
 
     def hook(node, state):
         if node.name in wanted:
-            out.emit("if record is not None:")
+            out.emit("if ctx.record is not None:")
             out.indent += 1
             lo_b, hi_b = codegen.concretize(loaded.domain, out, state)
-            out.emit(f"record[{node.name!r}] = ({lo_b}, {hi_b})")
+            out.emit(f"ctx.record[{node.name!r}] = ({lo_b}, {hi_b})")
             out.indent -= 1
         return None
 
     return hook
-
-
-def _needs_backsub(graph: Graph, name: str) -> bool:
-    """False when Box is already exact: reshapes and affine maps from the input of which at
-    most one is not elementwise (a diagonal map sends a box to exactly a box, so the box
-    reaching the one general map is exact, and so are its interval bounds). Input
-    normalisation in front of the first conv is such a chain: back-substituting its neurons
-    would only reproduce Box's bounds."""
-    general = 0
-    for node in graph.ancestors(name):
-        if node.op == "affine":
-            general += not isinstance(node.attrs["map"], lm.Elementwise)
-        elif node.op not in ("input", "reshape"):
-            return True
-    return general > 1
 
 
 def _prod(shape: tuple[int, ...]) -> int:
@@ -298,12 +143,19 @@ class BoundProgram:
 
     def __init__(self, model: nn.Module, domain: str | LoadedDomain, *,
                  input_shape: tuple[int, ...] | None = None,
-                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> None:
+                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+                 options: EngineOptions = DEFAULT_OPTIONS) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"absdsl.compile: expected an nn.Module, got {type(model).__name__}")
         if memory_budget_mb <= 0:
             raise InputError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+        if not isinstance(options, EngineOptions):
+            raise InputError(f"options must be an absdsl.EngineOptions, got "
+                             f"{type(options).__name__}")
         self.model = model
+        self.options = options
+        #: how often each optimised engine path ran in this program's calls (all shapes)
+        self.engine_paths: Counter[str] = Counter()
         self.loaded = load_domain(domain)
         self.memory_budget_mb = float(memory_budget_mb)
         self._compiled: dict[tuple[int, ...], _Compiled] = {}
@@ -323,8 +175,8 @@ class BoundProgram:
         dtype = ref.dtype if ref is not None else torch.float32
         device = ref.device if ref is not None else torch.device("cpu")
         graph, constants = trace(self.model, shape, dtype, device)
-        graph = lower_unsupported(graph, lambda op: has_rule(self.loaded, op))
-        source = generate(graph, self.loaded)
+        graph = lower_unsupported(graph, lambda op: codegen.has_rule(self.loaded, op))
+        source = generate(graph, self.loaded, self.options)
         fn = codegen.load_generated(source, self.loaded.name)["bound_program"]
         compiled = _Compiled(graph, constants, source, fn)
         self._compiled[shape] = compiled
@@ -374,8 +226,8 @@ class BoundProgram:
         self._check_modes()
         compiled = self._compile(tuple(lo.shape[1:]))
         params = self.params() | compiled.constants
-        lb, ub = compiled.fn(params, lo, hi, spec, True, self._rows_per_chunk(compiled, lo),
-                             None, upper)
+        lb, ub = compiled.fn(params, lo, hi, spec,
+                             self._context(compiled, lo, compact=True, upper=upper))
         _require_no_nan(lb, ub)
         return lb, ub if upper else None
 
@@ -400,8 +252,8 @@ class BoundProgram:
         self._validate(lo, hi, spec, check_values=False)
         compiled = self._compile(tuple(lo.shape[1:]))
         merged = self.params() | compiled.constants | dict(params)
-        lb, ub = compiled.fn(merged, lo, hi, spec, False, self._rows_per_chunk(compiled, lo),
-                             None, upper)
+        lb, ub = compiled.fn(merged, lo, hi, spec,
+                             self._context(compiled, lo, compact=False, upper=upper))
         return lb, ub if upper else None
 
     @property
@@ -428,8 +280,8 @@ class BoundProgram:
         else:
             merged = self.params() | compiled.constants | dict(params)
         found: dict[str, torch.Tensor] = {}
-        lb, _ = compiled.fn(merged, lo, hi, spec, params is None,
-                            self._rows_per_chunk(compiled, lo), None, False, found)
+        lb, _ = compiled.fn(merged, lo, hi, spec, self._context(
+            compiled, lo, compact=params is None, upper=False, forward_spec=found))
         return lb, found["lower"]
 
     def intermediate_bounds(self, lo: torch.Tensor, hi: torch.Tensor
@@ -444,7 +296,8 @@ class BoundProgram:
         compiled = self._compile(tuple(lo.shape[1:]))
         params = self.params() | compiled.constants
         record: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        compiled.fn(params, lo, hi, None, True, self._rows_per_chunk(compiled, lo), record)
+        compiled.fn(params, lo, hi, None,
+                    self._context(compiled, lo, compact=True, record=record))
         batch = lo.shape[0]
         return {name: (lb.reshape(batch, *compiled.graph.by_name[name].shape),
                        ub.reshape(batch, *compiled.graph.by_name[name].shape))
@@ -455,6 +308,14 @@ class BoundProgram:
         compiled = self._compile(tuple(input_shape)) if input_shape is not None \
             else self._require()
         return ConcreteGraph(compiled.graph, self.params() | compiled.constants)
+
+    def _context(self, compiled: _Compiled, lo: torch.Tensor, *, compact: bool,
+                 upper: bool = True, record: dict | None = None,
+                 forward_spec: dict | None = None) -> Context:
+        """The context of one call (``compact`` false under vmap: shapes fixed by the input)."""
+        return Context(compact=compact, rows_per_chunk=self._rows_per_chunk(compiled, lo),
+                       options=self.options, record=record, upper=upper,
+                       forward_spec=forward_spec, paths=self.engine_paths)
 
     def _rows_per_chunk(self, compiled: _Compiled, lo: torch.Tensor) -> int:
         if self.loaded.intermediate is None:
@@ -526,12 +387,13 @@ class BoundProgram:
     # -- pickling: recompile on the other side (Ray actors, multiprocessing) ------------
     def __getstate__(self) -> dict[str, Any]:
         return {"model": self.model, "domain": self.loaded.origin or self.loaded,
-                "memory_budget_mb": self.memory_budget_mb,
+                "memory_budget_mb": self.memory_budget_mb, "options": self.options,
                 "shapes": list(self._compiled)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["model"], state["domain"],  # type: ignore[misc]
-                      memory_budget_mb=state["memory_budget_mb"])
+                      memory_budget_mb=state["memory_budget_mb"],
+                      options=state.get("options", EngineOptions()))
         for shape in state["shapes"]:
             self._compile(shape)
 

@@ -23,7 +23,7 @@ def support_table() -> list[tuple[str, str, str, list[str]]]:
     """(op, kind, how each built-in domain bounds it) rows: 'rule', 'lowered' or '-'."""
     from absdsl import domains as registry
     from absdsl.compiler import ops
-    from absdsl.compiler.program import has_rule
+    from absdsl.compiler.codegen import has_rule
     from absdsl.dsl.loader import load_domain
 
     loaded = [load_domain(name) for name in registry.NAMES]

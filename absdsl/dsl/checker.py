@@ -11,8 +11,6 @@ from absdsl.dsl import ast
 from absdsl.errors import DSLError
 
 KINDS = ("bound", "gens")
-_POOL_SAMPLE = {"kernel_h": 2.0, "kernel_w": 2.0, "stride_h": 2.0, "stride_w": 2.0,
-                "padding_h": 0.0, "padding_w": 0.0, "ceil_mode": 0.0}
 
 
 def covered_ops(name: str, elementwise_only: bool = False) -> list[str]:
@@ -26,19 +24,17 @@ def covered_ops(name: str, elementwise_only: bool = False) -> list[str]:
 
 
 def sample_params(op: str) -> dict:
-    if op == "amax":
-        return {"dim": 3.0, "keepdim": 0.0}
-    if ops.is_pool(op):
-        return dict(_POOL_SAMPLE)
-    return ops.get(op).sample_params()[0]
+    example = ops.get(op).example
+    return dict(example[0]) if example is not None else ops.get(op).sample_params()[0]
 
 
 def _graph(op: str) -> Graph:
     dense = lm.Dense("W", "W_abs", "b")
-    if ops.is_pool(op):
-        out = (1, 4) if op == "amax" else (1, 2, 2)
-        nodes = [Node("x", "input", [], (1, 4, 4)),
-                 Node("y", op, ["x"], out, {"params": sample_params(op)})]
+    example = ops.OPS[op].example if op in ops.OPS else None
+    if example is not None:
+        _, shape_in, shape_out = example
+        nodes = [Node("x", "input", [], shape_in),
+                 Node("y", op, ["x"], shape_out, {"params": sample_params(op)})]
         return Graph(nodes, "y")
     nodes = [Node("x", "input", [], (4,))]
     if op == "affine" or op == "input":

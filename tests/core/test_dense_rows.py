@@ -9,6 +9,8 @@ tests pin the bounds to the plain form (default layout, every column) in float64
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,8 +18,8 @@ import torch.nn.functional as F
 from core_helpers import DTYPE, box
 
 import absdsl
-from absdsl.compiler import codegen
-from absdsl.compiler import runtime as rt
+from absdsl.compiler.backsub import rows as rt
+from absdsl.compiler.context import Context, EngineOptions
 
 
 def relu_lines(batch: int, shape: tuple[int, ...], unstable: float, seed: int) -> tuple:
@@ -40,14 +42,19 @@ def relu_lines(batch: int, shape: tuple[int, ...], unstable: float, seed: int) -
     return a_lo, zeros, a_hi, b_hi
 
 
+def _ctx(compact: bool) -> Context:
+    """A call's context with the default engine options (``compact`` false: as under vmap)."""
+    return Context(compact=compact, rows_per_chunk=1 << 30)
+
+
 @pytest.mark.parametrize("shape", [(6, 5, 4), (40,)])
 @pytest.mark.parametrize("rows_batch", [1, 3])
 def test_sparse_lines_equal_dense_lines(shape, rows_batch) -> None:
     batch, k = 3, 4
     lines = relu_lines(batch, shape, unstable=0.1, seed=1)
-    dense, sparse = rt.back_lines(lines, compact=False), rt.back_lines(lines, compact=True)
+    dense, sparse = rt.back_lines(lines, _ctx(False)), rt.back_lines(lines, _ctx(True))
     assert dense.columns is None and sparse.columns is not None
-    assert sparse.columns.shape[1] <= rt.SPARSE_LINES * torch.Size(shape).numel()
+    assert sparse.columns.shape[1] <= EngineOptions().sparse_lines * torch.Size(shape).numel()
     lam = torch.randn(rows_batch, 2 * k, *shape, dtype=DTYPE, requires_grad=True)
     acc = torch.randn(batch, 2 * k, dtype=DTYPE)
     want, want_acc = rt.relax_back(lam, k, dense, acc)
@@ -65,7 +72,7 @@ def test_sparse_lines_equal_dense_lines(shape, rows_batch) -> None:
 
 def test_many_sign_dependent_columns_keep_the_dense_form() -> None:
     lines = relu_lines(2, (30,), unstable=0.6, seed=2)
-    assert rt.back_lines(lines, compact=True).columns is None
+    assert rt.back_lines(lines, _ctx(True)).columns is None
 
 
 @pytest.mark.parametrize(("groups", "dilation", "stride"), [(1, 1, 2), (2, 2, 1), (4, 1, 3)])
@@ -103,8 +110,8 @@ def _cnn() -> nn.Sequential:
 
 
 def _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C) -> None:
-    """``fast`` equals the program's bounds now (the faster form switched off by the caller)
-    and under vmap (which turns the data-dependent forms off)."""
+    """``fast`` equals the bounds of ``prog`` (compiled by the caller with the faster form
+    switched off) and under vmap (which turns the data-dependent forms off)."""
     plain = prog(lo, hi, spec=C)
     params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
     mapped = torch.func.vmap(lambda p: prog.functional(p, lo, hi, C))(params)
@@ -116,11 +123,12 @@ def _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C) -> None:
 def test_programs_give_the_same_bounds_in_every_form(monkeypatch) -> None:
     """Sparse lines + channels-last rows (forced on) against the plain form (vmap, which
     turns both off) and against sparse lines switched off."""
-    monkeypatch.setattr(codegen, "PATCH_SAVING", -1.0)  # dense rows through the convs
     model = _cnn()
     lo, hi = box((1, 16, 16), batch=3, eps=0.15, seed=7)
     C = absdsl.margin_spec(torch.tensor([0, 2, 1]), 3).to(DTYPE)
-    prog = absdsl.compile(model, "deeppoly")
+    dense_rows = EngineOptions(patch_saving=-1.0)  # dense rows through the convs
+    prog = absdsl.compile(model, "deeppoly", options=EngineOptions(patch_saving=-1.0,
+                                                                   sparse_lines=1.0))
     seen = {"sparse": 0, "channels_last": 0}
     relax = rt.relax_back
 
@@ -130,11 +138,10 @@ def test_programs_give_the_same_bounds_in_every_form(monkeypatch) -> None:
         return relax(lam, k, lines, acc)
 
     monkeypatch.setattr(rt, "relax_back", spy)
-    monkeypatch.setattr(rt, "SPARSE_LINES", 1.0)
     fast = prog(lo, hi, spec=C)
     assert seen["sparse"] > 0 and seen["channels_last"] > 0
-    monkeypatch.setattr(rt, "SPARSE_LINES", -1.0)
-    _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C)
+    plain = absdsl.compile(model, "deeppoly", options=replace(dense_rows, sparse_lines=-1.0))
+    _assert_same_as_plain_and_vmap(fast, plain, model, lo, hi, C)
     box_lb = absdsl.compile(model, "box")(lo, hi, spec=C)[0]
     assert (fast[0] - box_lb).max() > 1e-3  # back-substitution did tighten something
 
@@ -142,16 +149,15 @@ def test_programs_give_the_same_bounds_in_every_form(monkeypatch) -> None:
 def test_float32_rows_run_channels_last_and_match_the_plain_form(monkeypatch) -> None:
     """oneDNN keeps float32 transposed convs channels last (float64 falls back to the default
     layout), so this path is checked in float32, to float32 rounding."""
-    monkeypatch.setattr(codegen, "PATCH_SAVING", -1.0)
     model = _cnn().float()
     lo, hi = (t.float() for t in box((1, 16, 16), batch=3, eps=0.15, seed=8))
     C = absdsl.margin_spec(torch.tensor([1, 0, 2]), 3)
-    prog = absdsl.compile(model, "deeppoly")
+    prog = absdsl.compile(model, "deeppoly", options=EngineOptions(patch_saving=-1.0))
     outputs = []
     conv_back = rt.conv_back
 
-    def spy(*args):
-        outputs.append(conv_back(*args))
+    def spy(*args, **kwargs):
+        outputs.append(conv_back(*args, **kwargs))
         return outputs[-1]
 
     monkeypatch.setattr(rt, "conv_back", spy)
@@ -181,7 +187,7 @@ def test_dense_back_skips_each_samples_zero_columns() -> None:
     for b in range(batch):  # every live column is kept (so nothing nonzero is dropped)
         live = set((lam[b] != 0).any(0).nonzero().squeeze(1).tolist())
         assert live <= set(order[b].tolist())
-    got = rt.dense_back(lam, weight, compact=True)
+    got = rt.dense_back(lam, weight, _ctx(True))
     want = lam @ weight
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     w = torch.randn_like(want)
@@ -196,7 +202,7 @@ def test_dense_back_keeps_the_plain_product_when_skipping_does_not_pay() -> None
     lam = torch.randn(3, 64, 40, generator=g, dtype=DTYPE)
     assert rt.live_columns(lam) is None  # no zero column
     lam[:, :, :2] = 0.0
-    assert rt.live_columns(lam) is None  # 38 of 40 kept: above ZERO_COLUMNS
+    assert rt.live_columns(lam) is None  # 38 of 40 kept: above the zero_columns share
     few = torch.randn(3, 2, 40, generator=g, dtype=DTYPE)
     few[:, :, :20] = 0.0
     assert rt.live_columns(few) is None  # 2 rows (a spec's): gathering the weight costs more
@@ -226,20 +232,20 @@ def test_programs_skip_zero_columns_with_the_same_bounds(monkeypatch) -> None:
     taken = []
     live_columns = rt.live_columns
 
-    def spy(lam):
-        taken.append(live_columns(lam) is not None)
-        return None if not taken[-1] else live_columns(lam)
+    def spy(lam, share):
+        taken.append(live_columns(lam, share) is not None)
+        return None if not taken[-1] else live_columns(lam, share)
 
     monkeypatch.setattr(rt, "live_columns", spy)
     fast = prog(lo, hi, spec=C)
     assert any(taken)
-    monkeypatch.setattr(rt, "ZERO_COLUMNS", -1.0)
-    _assert_same_as_plain_and_vmap(fast, prog, model, lo, hi, C)
+    assert prog.engine_paths["live columns"] == sum(taken)
+    off = absdsl.compile(model, "deeppoly", options=EngineOptions(zero_columns=-1.0))
+    _assert_same_as_plain_and_vmap(fast, off, model, lo, hi, C)
     grads = []
-    for share in (rt.ZERO_COLUMNS, 0.9):  # off (as set above), then on: same gradients
-        monkeypatch.setattr(rt, "ZERO_COLUMNS", share)
+    for program in (off, prog):  # off, then on: same gradients
         model.zero_grad()
-        lb, ub = prog(lo, hi, spec=C)
+        lb, ub = program(lo, hi, spec=C)
         (lb.sum() - 0.5 * ub.sum()).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
@@ -278,7 +284,7 @@ def test_zero_column_skipping_under_torch_func_and_forward_mode(monkeypatch) -> 
 
     skipping = derivatives()
     assert len(calls) >= 4  # every transform went through the gathered product
-    monkeypatch.setattr(rt, "ZERO_COLUMNS", -1.0)
+    prog = absdsl.compile(model, "deeppoly", options=EngineOptions(zero_columns=-1.0))
     calls.clear()
     plain = derivatives()
     assert not calls

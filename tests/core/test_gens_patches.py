@@ -1,7 +1,7 @@
 """Patch-form generators (HBox, Zonotope) equal the dense reference form.
 
-``gens.PATCHES = False`` runs every linear map on dense generator matrices, the form the
-project used before (and the obvious implementation of the domains' rules); the patch form
+``EngineOptions(gens_patches=False)`` runs every linear map on dense generator matrices, the
+form the project used before (and the obvious implementation of the domains' rules); the patch form
 must give the same bounds to 1e-10 in float64, the same gradients, the same values under
 ``torch.func.vmap``, and actually keep windows (not densify) on conv chains.
 """
@@ -15,6 +15,7 @@ from core_helpers import DTYPE, assert_sound, mlp
 
 import absdsl
 from absdsl.compiler import gens
+from absdsl.compiler.context import EngineOptions
 
 DOMAINS = ["hbox", "zonotope"]
 
@@ -79,12 +80,8 @@ def _model(kind: str) -> tuple[nn.Module, tuple[int, ...]]:
 
 
 def _bounds(prog, lo, hi, spec, patches: bool):
-    old = gens.PATCHES
-    gens.PATCHES = patches
-    try:
-        return prog(lo, hi), prog(lo, hi, spec=spec)
-    finally:
-        gens.PATCHES = old
+    prog = absdsl.compile(prog.model, prog.loaded, options=EngineOptions(gens_patches=patches))
+    return prog(lo, hi), prog(lo, hi, spec=spec)
 
 
 def _assert_same(got, want, tol: float) -> None:
@@ -118,15 +115,11 @@ def test_patch_form_gradients_equal_dense_reference(domain) -> None:
     x = torch.rand(2, *shape, generator=g, dtype=DTYPE)
     lo, hi = x - 0.05, x + 0.05
     spec = absdsl.margin_spec(torch.tensor([0, 2]), 3).to(DTYPE)
-    prog = absdsl.compile(model, domain)
     grads = []
     for flag in (False, True):
         model.zero_grad()
-        gens.PATCHES = flag
-        try:
-            lb, _ = prog(lo, hi, spec=spec)
-        finally:
-            gens.PATCHES = True
+        prog = absdsl.compile(model, domain, options=EngineOptions(gens_patches=flag))
+        lb, _ = prog(lo, hi, spec=spec)
         lb.sum().backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     assert any(v.abs().max() > 0 for v in grads[1].values())
@@ -147,13 +140,10 @@ def test_patch_form_under_vmap_equals_separate_calls(domain, kind) -> None:
                                                                 dtype=DTYPE)
                for k, v in model.named_parameters()}
     lb_v, ub_v = torch.func.vmap(lambda p: prog.functional(p, lo, hi, spec))(stacked)
+    dense = absdsl.compile(model, domain, options=EngineOptions(gens_patches=False))
     for i in range(3):
         one = {k: v[i] for k, v in stacked.items()}
-        gens.PATCHES = False
-        try:
-            lb, ub = prog.functional(one, lo, hi, spec)
-        finally:
-            gens.PATCHES = True
+        lb, ub = dense.functional(one, lo, hi, spec)
         torch.testing.assert_close(lb_v[i], lb, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(ub_v[i], ub, rtol=1e-10, atol=1e-10)
 

@@ -6,7 +6,7 @@
 * A conv over a relaxed activation builds rows only for the spread (``patch_start_relaxed``)
   and gets every other term from two convolutions: the chain's bounds must equal those of
   dense rows, for a target right above the first conv and for a deeper one.
-* Per-sample patch rows run laid end to end (``rt.Ragged``): no padding rows.
+* Per-sample patch rows run laid end to end (``patch_rows.Ragged``): no padding rows.
 * A relaxation asked for ``needs`` only returns the mask of the full call.
 """
 
@@ -20,7 +20,9 @@ from test_patches import _compile, _uses_patches, conv_chain
 
 import absdsl
 from absdsl.compiler import codegen
-from absdsl.compiler import runtime as rt
+from absdsl.compiler.backsub import patches as patch_rows
+from absdsl.compiler.backsub import rows as rt
+from absdsl.compiler.context import EngineOptions
 
 
 class Normalised(nn.Module):
@@ -57,13 +59,13 @@ def _pair() -> tuple[nn.Module, nn.Module]:
 @pytest.mark.parametrize("domain", ["deeppoly", "crown-ibp"])
 @pytest.mark.parametrize("patches", [True, False])
 def test_normalisation_folds_into_the_input_box(domain, patches, monkeypatch) -> None:
-    monkeypatch.setattr(codegen, "PATCH_SAVING", 0.5 if patches else -1.0)
+    options = EngineOptions(patch_saving=0.5 if patches else -1.0)
     normalised, folded = _pair()
     lo, hi = box((2, 15, 15), batch=3, eps=0.3, seed=1)
     C = absdsl.margin_spec(torch.tensor([0, 2, 1]), 3).to(DTYPE)
-    prog = absdsl.compile(normalised, domain)
+    prog = absdsl.compile(normalised, domain, options=options)
     got = prog(lo, hi, spec=C)
-    want = absdsl.compile(folded, domain)(lo, hi, spec=C)
+    want = absdsl.compile(folded, domain, options=options)(lo, hi, spec=C)
     assert "radius_truediv" in prog.code  # the radius scaled by 1 / std, once per call
     assert (got[1] - got[0]).min() > 1e-3  # not a degenerate box
     torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
@@ -90,10 +92,10 @@ def test_relaxed_start_equals_dense_rows(monkeypatch) -> None:
     code = out[True][2]
     # the second conv's target is concretised right after (spread only), the third's rows
     # go on through the generic patch steps
-    assert code.count("rt.patch_start_relaxed(") == 2
-    assert "rt.patch_spread(" in code and "rt.patch_relax(" in code
-    assert "rt.patch_concretize_after(" in code
-    assert "rt.patch_start(" not in code
+    assert code.count("patch_rows.patch_start_relaxed(") == 2
+    assert "patch_rows.patch_spread(" in code and "patch_rows.patch_relax(" in code
+    assert "patch_rows.patch_concretize_after(" in code
+    assert "patch_rows.patch_start(" not in code
     for side in (0, 1):
         torch.testing.assert_close(out[True][0][side], out[False][0][side], rtol=1e-10,
                                    atol=1e-10)
@@ -113,13 +115,13 @@ def test_per_sample_rows_have_no_padding(monkeypatch) -> None:
     seen = []
     refine = rt.refine
 
-    def spy(backsub, lower, upper, needs, rows, select, per_sample=False):
+    def spy(backsub, lower, upper, needs, rows_per_chunk, per_sample, ctx):
         def counted(index):
-            if isinstance(index, rt.Ragged):
+            if isinstance(index, patch_rows.Ragged):
                 seen.append((int(needs.flatten(1).expand(lower.shape[0], -1).sum()),
                              index.neuron.numel()))
             return backsub(index)
-        return refine(counted, lower, upper, needs, rows, select, per_sample)
+        return refine(counted, lower, upper, needs, rows_per_chunk, per_sample, ctx)
 
     monkeypatch.setattr(rt, "refine", spy)
     prog(lo, hi)

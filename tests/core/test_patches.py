@@ -15,7 +15,9 @@ from core_helpers import DTYPE, box
 from test_exactness import deeppoly_reference
 
 import absdsl
-from absdsl.compiler import codegen
+from absdsl.compiler.backsub import patches as patch_rows
+from absdsl.compiler.backsub import rows as dense_rows
+from absdsl.compiler.context import EngineOptions
 
 
 class Mixed(nn.Module):
@@ -63,8 +65,8 @@ def conv_chain(seed: int) -> nn.Sequential:
 
 
 def _compile(model: nn.Module, patches: bool, monkeypatch) -> absdsl.compiler.program.BoundProgram:
-    monkeypatch.setattr(codegen, "PATCH_SAVING", 0.5 if patches else -1.0)
-    return absdsl.compile(model, "deeppoly")
+    return absdsl.compile(model, "deeppoly",
+                          options=EngineOptions(patch_saving=0.5 if patches else -1.0))
 
 
 def _uses_patches(prog, lo) -> int:
@@ -171,8 +173,6 @@ def test_patches_under_vmap_and_grad(monkeypatch) -> None:
 def test_window_reads_agree_for_few_and_many_rows(geom) -> None:
     """``patch_gather`` reads windows one way for few rows and another for many: both must
     equal a plain loop over the padded map (zeros outside)."""
-    from absdsl.compiler import runtime as rt
-
     kh, kw, sh, sw, oh, ow, gh, gw = geom
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(2, 3, 11, 10, generator=g, dtype=DTYPE)
@@ -180,7 +180,7 @@ def test_window_reads_agree_for_few_and_many_rows(geom) -> None:
     padded[:, :, 10:21, 10:20] = maps
     for count in (1, gh * gw):  # 1 row: windows read directly; all rows: unfolded
         pos = torch.randperm(gh * gw, generator=g)[:count]
-        got = rt.patch_gather(maps, geom, pos)
+        got = patch_rows.patch_gather(maps, geom, pos)
         for j, p in enumerate(pos.tolist()):
             y0, x0 = 10 + oh + (p // gw) * sh, 10 + ow + (p % gw) * sw
             want = padded[:, :, y0:y0 + kh, x0:x0 + kw].flatten(1)
@@ -189,11 +189,9 @@ def test_window_reads_agree_for_few_and_many_rows(geom) -> None:
 
 def test_windows_that_end_before_the_map_starts_read_zeros() -> None:
     """A window wholly in the padding (a conv output column that reads padding only)."""
-    from absdsl.compiler import runtime as rt
-
     geom = (3, 1, 1, 16, -1, -2, 12, 1)  # one grid column, its window is column -2
     maps = torch.randn(2, 3, 12, 12, dtype=DTYPE)
-    got = rt.patch_gather(maps, geom, torch.arange(12))
+    got = patch_rows.patch_gather(maps, geom, torch.arange(12))
     assert torch.equal(got, torch.zeros(2, 12, 3 * 3, dtype=DTYPE))
 
 
@@ -225,14 +223,14 @@ def test_a_samples_bounds_do_not_depend_on_its_batch(patches, monkeypatch) -> No
     prog = _compile(model, patches, monkeypatch)
     assert (_uses_patches(prog, lo) > 0) == patches
     widths = []
-    refine = absdsl.compiler.runtime.refine
+    refine = dense_rows.refine
 
-    def spy(backsub, lower, upper, needs, rows, select, per_sample=False):
+    def spy(backsub, lower, upper, needs, rows_per_chunk, per_sample, ctx):
         widths.append((per_sample, needs.flatten(1).sum(1).tolist(),
                        int(needs.flatten(1).any(0).sum())))
-        return refine(backsub, lower, upper, needs, rows, select, per_sample)
+        return refine(backsub, lower, upper, needs, rows_per_chunk, per_sample, ctx)
 
-    monkeypatch.setattr(absdsl.compiler.runtime, "refine", spy)
+    monkeypatch.setattr(dense_rows, "refine", spy)
     together = prog(lo, hi, spec=C)
     # the samples differ in which neurons they need, so per-sample rows are fewer
     assert any(max(per) < union for _, per, union in widths)
@@ -253,14 +251,14 @@ def test_per_sample_rows_when_one_sample_needs_every_neuron(monkeypatch) -> None
     prog = _compile(model, True, monkeypatch)
     assert _uses_patches(prog, lo) > 0
     full = []
-    refine = absdsl.compiler.runtime.refine
+    refine = dense_rows.refine
 
-    def spy(backsub, lower, upper, needs, rows, select, per_sample=False):
+    def spy(backsub, lower, upper, needs, rows_per_chunk, per_sample, ctx):
         per = needs.flatten(1).sum(1)
         full.append(per_sample and int(per.max()) == needs[0].numel() and int(per.min()) > 0)
-        return refine(backsub, lower, upper, needs, rows, select, per_sample)
+        return refine(backsub, lower, upper, needs, rows_per_chunk, per_sample, ctx)
 
-    monkeypatch.setattr(absdsl.compiler.runtime, "refine", spy)
+    monkeypatch.setattr(dense_rows, "refine", spy)
     together = prog(lo, hi, spec=C)
     inter = prog.intermediate_bounds(lo, hi)
     assert any(full)

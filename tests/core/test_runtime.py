@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from absdsl.compiler import runtime as rt
+from absdsl.compiler.backsub import rows as rt
+from absdsl.compiler.context import Context
 
 
 @pytest.mark.parametrize(("channels", "kernel", "stride", "padding", "size"), [
@@ -38,7 +39,8 @@ def test_back_lines_take_the_line_chosen_by_the_sign() -> None:
     k = 5
     lam = torch.randn(2, 2 * k, *shape, dtype=torch.float64)
     acc = torch.randn(2, 2 * k, dtype=torch.float64)
-    got, got_acc = rt.relax_back(lam, k, rt.back_lines((a_lo, b_lo, a_hi, b_hi)), acc)
+    lines = rt.back_lines((a_lo, b_lo, a_hi, b_hi), Context(compact=False, rows_per_chunk=1))
+    got, got_acc = rt.relax_back(lam, k, lines, acc)
     low, up = lam[:, :k], lam[:, k:]
     pos_lo, neg_lo, pos_up, neg_up = (low.clamp(min=0), low.clamp(max=0), up.clamp(min=0),
                                       up.clamp(max=0))

@@ -186,12 +186,12 @@ def test_engine_property_reaches_the_optimised_paths() -> None:
 
 def test_engine_property_finds_a_broken_optimised_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sparse lines that drop the sign-dependent terms differ from the plain engine."""
-    from absdsl.compiler import runtime as rt
+    from absdsl.compiler.backsub import rows as rt
 
     real = rt.back_lines
 
-    def broken(lines: tuple, compact: bool = False) -> Any:
-        out = real(lines, compact)
+    def broken(lines: tuple, ctx: Any) -> Any:
+        out = real(lines, ctx)
         if getattr(out, "columns", None) is not None:
             out.a_half_at = out.a_half_at * 0.9
         return out
