@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import absdsl  # noqa: E402
 from absdsl.compiler import runtime as rt  # noqa: E402
-from absdsl.compiler.bench import NETS, _inputs, build_net  # noqa: E402
+from absdsl.experiments.bench_bounds import NETS, _inputs, build_net  # noqa: E402
 
 
 def train_normally(model: torch.nn.Module, epochs: int, seed: int) -> tuple:

@@ -1,6 +1,6 @@
 """What ``torch.compile`` gains on bound programs, measured in one run.
 
-Configurations (networks and inputs as in ``absdsl bench bounds``, ``compiler/bench.py``):
+Configurations (networks and inputs as in ``absdsl bench bounds``, ``absdsl/experiments/bench_bounds.py``):
 Box via ``prog(lo, hi, spec=C)`` on CNN3 and CNN7 at batch 128, and DeepPoly via
 ``prog.functional(params, lo, hi, C)`` on the MLP 784-64-32-10 at batch 32; MNIST shape
 (1, 28, 28), eps 0.02, margin spec of random labels.
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import absdsl  # noqa: E402
-from absdsl.compiler.bench import (  # noqa: E402
+from absdsl.experiments.bench_bounds import (  # noqa: E402
     SHAPES,
     _inputs,
     build_net,
@@ -198,7 +198,7 @@ def format_table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_compile", description=__doc__.splitlines()[0],
-        epilog="Networks and inputs: compiler/bench.py. Each time is a median over rounds of "
+        epilog="Networks and inputs: absdsl/experiments/bench_bounds.py. Each time is a median over rounds of "
                "alternating calls.")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (7)")

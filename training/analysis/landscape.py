@@ -307,21 +307,12 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     if not 0 <= eps <= 1:
         raise AnalysisError(f"eps must lie in [0, 1] (pixel units), got {eps}")
     check_options(span, points, sigmas, samples, radii, sensitivity_samples)
-    if memory_budget_mb is not None and not memory_budget_mb > 0:
-        raise AnalysisError(f"memory budget must be > 0 MiB, got {memory_budget_mb}")
-    if jump_ratio <= 1 or jump_window < 1 or min_jump < 0:
-        raise AnalysisError(f"jump options: ratio > 1, window >= 1, min_jump >= 0; got "
-                            f"{jump_ratio}, {jump_window}, {min_jump}")
+    _check_run_options(memory_budget_mb, jump_ratio, jump_window, min_jump)
     names = [canonical_domain(d) for d in domains]
     if not names:
         raise AnalysisError("no domain given")
     note = progress or (lambda message: None)
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise AnalysisError(f"unknown device {device!r}: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"device {device!r} was asked for but CUDA is not available")
+    dev = _device(device)
     model64 = float64_copy(model).to(dev)
     for p in model64.parameters():
         p.requires_grad_(True)
@@ -375,29 +366,12 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         for j, sigma in enumerate(sigmas):
             note(f"{name}: smoothed loss, sigma {sigma:g}, {samples} samples x {points} points")
             gen = torch.Generator().manual_seed(int(seed) * 7919 + 101 * k + j + 1)
-            noise = torch.randn(int(points), int(samples), layout.size, generator=gen,
-                                dtype=torch.float64).to(dev)
-            members = (line.unsqueeze(1) + sigma * noise).reshape(-1, layout.size)
-            draws = _losses(obj, members).reshape(int(points), int(samples))
-            mean, std = draws.mean(1), draws.std(1)
-            half = 1.96 * std / math.sqrt(samples)
-            smoothed[name][f"{sigma:g}"] = {
-                "sigma": float(sigma), "n": int(samples), "mean": mean.tolist(),
-                "std": std.tolist(), "lower": (mean - half).tolist(),
-                "upper": (mean + half).tolist(),
-            }
+            smoothed[name][f"{sigma:g}"] = _smoothed_loss(obj, line, float(sigma), int(samples),
+                                                          gen)
         note(f"{name}: sensitivity at {len(radii)} radii, {sensitivity_samples} directions")
         gen = torch.Generator().manual_seed(int(seed) * 7919 + 101 * k + 997)
-        u = torch.randn(int(sensitivity_samples), layout.size, generator=gen,
-                        dtype=torch.float64).to(dev)
-        u = u / u.norm(dim=1, keepdim=True)
-        r = torch.tensor(list(radii), dtype=torch.float64, device=dev)
-        members = (theta + r.view(-1, 1, 1) * u.unsqueeze(0)).reshape(-1, layout.size)
-        change = (_losses(obj, members).reshape(len(radii), -1) - centre).abs() / r.view(-1, 1)
-        sensitivity[name] = {"mean": change.mean(1).tolist(),
-                             "std": (change.std(1) if change.shape[1] > 1
-                                     else torch.zeros_like(r)).tolist(),
-                             "max": change.max(1).values.tolist()}
+        sensitivity[name] = _sensitivity(obj, theta, centre, radii, int(sensitivity_samples),
+                                         gen)
         timings[name] = time.perf_counter() - start
     return LandscapeResult(
         domains=names, eps=float(eps), n_inputs=int(x64.shape[0]), direction=info,
@@ -408,6 +382,53 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         jump_options={"ratio": jump_ratio, "window": jump_window, "min_jump": min_jump},
         seconds=timings,
     )
+
+
+def _check_run_options(memory_budget_mb: float | None, jump_ratio: float, jump_window: int,
+                       min_jump: float) -> None:
+    if memory_budget_mb is not None and not memory_budget_mb > 0:
+        raise AnalysisError(f"memory budget must be > 0 MiB, got {memory_budget_mb}")
+    if jump_ratio <= 1 or jump_window < 1 or min_jump < 0:
+        raise AnalysisError(f"jump options: ratio > 1, window >= 1, min_jump >= 0; got "
+                            f"{jump_ratio}, {jump_window}, {min_jump}")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise AnalysisError(f"unknown device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AnalysisError(f"device {device!r} was asked for but CUDA is not available")
+    return dev
+
+
+def _smoothed_loss(obj: Any, line: torch.Tensor, sigma: float, samples: int,
+                   gen: torch.Generator) -> dict[str, Any]:
+    """Monte-Carlo mean of the loss under N(0, sigma^2) weight noise at every grid point."""
+    points, size = line.shape
+    noise = torch.randn(points, samples, size, generator=gen,
+                        dtype=torch.float64).to(line.device)
+    members = (line.unsqueeze(1) + sigma * noise).reshape(-1, size)
+    draws = _losses(obj, members).reshape(points, samples)
+    mean, std = draws.mean(1), draws.std(1)
+    half = 1.96 * std / math.sqrt(samples)
+    return {"sigma": sigma, "n": samples, "mean": mean.tolist(), "std": std.tolist(),
+            "lower": (mean - half).tolist(), "upper": (mean + half).tolist()}
+
+
+def _sensitivity(obj: Any, theta: torch.Tensor, centre: float, radii: Sequence[float],
+                 samples: int, gen: torch.Generator) -> dict[str, list[float]]:
+    """|L(theta + r u) - L(theta)| / r over random unit directions u, per radius r."""
+    size = theta.shape[0]
+    u = torch.randn(samples, size, generator=gen, dtype=torch.float64).to(theta.device)
+    u = u / u.norm(dim=1, keepdim=True)
+    r = torch.tensor(list(radii), dtype=torch.float64, device=theta.device)
+    members = (theta + r.view(-1, 1, 1) * u.unsqueeze(0)).reshape(-1, size)
+    change = (_losses(obj, members).reshape(len(radii), -1) - centre).abs() / r.view(-1, 1)
+    return {"mean": change.mean(1).tolist(),
+            "std": (change.std(1) if change.shape[1] > 1 else torch.zeros_like(r)).tolist(),
+            "max": change.max(1).values.tolist()}
 
 
 # -- the figure ----------------------------------------------------------------------------
