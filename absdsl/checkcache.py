@@ -21,11 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from absdsl import domains as registry
 from absdsl.errors import DSLError
 
 ENV_VAR = "ABSDSL_CHECK_CACHE"
-BUILTIN_FILES = ("box.absd", "hbox.absd", "zonotope.absd", "relax.absd", "deeppoly.absd",
-                 "crown-ibp.absd")
+BUILTIN_FILES = registry.ALL_FILES  # every file shipped in absdsl/domains
 
 
 def cache_path() -> Path:

@@ -11,6 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from absdsl.cpu_memory import apply_default as keep_freed_memory_by_default
+from absdsl.errors import AbsdslError
+
 # (command, module, one-line help). "bench X" commands are nested under "bench".
 COMMANDS: list[tuple[str, str, str]] = [
     ("bounds", "absdsl.commands.bounds", "print bounds of a model on an input for a domain"),
@@ -26,7 +29,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("verify", "absdsl.commands.verify", "decide a VNN-LIB property on an ONNX network"),
 ]
 BENCHES: list[tuple[str, str, str]] = [
-    ("bounds", "absdsl.experiments.bench_bounds", "time and memory of bound programs vs a forward pass"),
+    ("bounds", "absdsl.experiments.bench_bounds",
+     "time and memory of bound programs vs a forward pass"),
     ("train", "absdsl.experiments.bench_train", "epoch time per domain vs a standard epoch"),
     ("pgpe", "absdsl.experiments.bench_pgpe", "PGPE generation time: batched vs member by member"),
 ]
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
-    from absdsl.errors import AbsdslError
+    keep_freed_memory_by_default()  # the command's process: freed tensors stay mapped
 
     try:
         return int(run(args) or 0)

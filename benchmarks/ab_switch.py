@@ -25,6 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import absdsl  # noqa: E402
+from absdsl import cpu_memory  # noqa: E402
 from absdsl.compiler import runtime as rt  # noqa: E402
 from absdsl.experiments.bench_bounds import NETS, _inputs, build_net  # noqa: E402
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-epochs", type=int, default=0)
     args = parser.parse_args(argv)
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     current = getattr(rt, args.switch, None)
     if isinstance(current, bool) or not isinstance(current, (int, float)):
         parser.error(f"--switch {args.switch!r} is not a number in absdsl.compiler.runtime")

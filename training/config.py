@@ -24,6 +24,9 @@ class ConfigError(AbsdslError):
 METHODS = ("certified", "pgd", "sabr", "mtl-ibp", "natural")
 
 
+DEFAULT_STEP_RULE = "grad"
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run. ``None`` fields come from the preset."""
@@ -34,7 +37,7 @@ class TrainConfig:
     model: str = "cnn3"
     domain: str = "box"
     method: str = "certified"
-    optimizer: str = "grad"
+    optimizer: str = DEFAULT_STEP_RULE  # the step rule (--optimizer; training/steprule.py)
     eps: float = 0.1
     train_eps: float | None = None  # eps trained for; defaults to eps
     epochs: int | None = None

@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from absdsl.cpu_memory import apply_default as keep_freed_memory_by_default
 from absdsl.errors import AbsdslError
 
+from . import builtin_rules  # noqa: F401 - registers grad, pgpe and rgs
 from . import grad as _grad  # noqa: F401 - registers the "grad" step rule
 from .checkpoint import (
     CheckpointError,
@@ -399,8 +401,10 @@ def run_training(
     """Train (or continue) a run in ``run_dir``; returns the final metrics (metrics.json).
 
     With ``resume`` the config comes from the run folder (``cfg`` is ignored) and ``epochs``
-    may extend the run.
+    may extend the run. Training sets the process's allocator once
+    (:func:`absdsl.cpu_memory.apply_default`: freed CPU memory stays with the process).
     """
+    keep_freed_memory_by_default()  # a training process: freed tensors stay mapped
     run_dir = Path(run_dir)
     wall = time.perf_counter()
     checkpoint = None

@@ -54,15 +54,17 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import absdsl
+from absdsl import cpu_memory
+from absdsl import domains as registry
 from absdsl.errors import AbsdslError, InputError
 
 # auto_LiRPA 0.7 CROWN on this class of machine (2 CPU cores), batch 32, MNIST shapes, ms.
 LIRPA_CROWN_MS = {"mlp": 17.0, "cnn3": 82.0, "fc": 243.0, "cnn5": 1600.0}
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 TABLE_A_NETS = ("cnn3", "cnn5", "cnn7")
-TABLE_A_DOMAINS = ("box", "hbox", "zonotope")
+TABLE_A_DOMAINS = registry.names_of_kind("forward")
 TABLE_B_NETS = ("mlp", "cnn3", "fc", "cnn5")
-TABLE_B_DOMAINS = ("deeppoly", "crown-ibp")
+TABLE_B_DOMAINS = registry.names_of_kind("backsub")[::-1]  # tightest first
 NUM_CLASSES = 10
 FORWARD_BURST_MS = 100.0  # a round's forward burst lasts about this long (1 to 5 calls)
 MAX_BURST = 5
@@ -78,16 +80,16 @@ class Target:
     max_ratio: float | None  # None: report the time only
 
 
+# HBox and Zonotope: CNN3/CNN5 at batch 128 within 4 GiB and 50x a forward pass; CNN7 at
+# batch 32 within 8 GiB (time reported)
+_NET_TARGETS = {"cnn3": Target(128, 4.0, 50.0), "cnn5": Target(128, 4.0, 50.0),
+                "cnn7": Target(32, 8.0, None)}
+SPEED_TARGETS: dict[str, dict[str, Target]] = {"hbox": _NET_TARGETS, "zonotope": _NET_TARGETS}
+
+
 def speed_target(net: str, domain: str) -> Target | None:
-    """HBox and Zonotope: CNN3/CNN5 at batch 128 within 4 GiB and 50x a forward pass;
-    CNN7 at batch 32 within 8 GiB (time reported)."""
-    if domain not in ("hbox", "zonotope"):
-        return None
-    if net in ("cnn3", "cnn5"):
-        return Target(128, 4.0, 50.0)
-    if net == "cnn7":
-        return Target(32, 8.0, None)
-    return None
+    """The speed target of a table (a) row (None: the row has none)."""
+    return SPEED_TARGETS.get(domain, {}).get(net)
 
 
 # -- the networks (plain: no input normalisation layer) ------------------------------------
@@ -740,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_bounds", description=__doc__.splitlines()[0])
     register(parser)
     args = parser.parse_args(argv)
-
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     try:
         return run(args)
     except AbsdslError as err:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from absdsl.errors import InputError
+from absdsl.training import builtin_rules  # noqa: F401 - registers grad
 from absdsl.training.checkpoint import (
     FORMAT,
     VERSION,

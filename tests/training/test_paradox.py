@@ -11,8 +11,8 @@ import torch
 
 from absdsl.cli import main
 from absdsl.experiments import paradox
-from absdsl.training.data import dataset_info
 from absdsl.experiments.paradox import ParadoxError, make_config
+from absdsl.training.data import dataset_info
 
 RUNS = ("pgd", "grad-box", "grad-deeppoly", "pgpe-box", "pgpe-deeppoly", "rgs-box",
         "rgs-deeppoly")

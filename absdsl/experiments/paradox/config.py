@@ -14,7 +14,6 @@ from absdsl import domains as registry
 from absdsl.errors import AbsdslError
 from absdsl.training.data import DatasetInfo, dataset_info
 from absdsl.training.models import Normalize
-from absdsl.training.programs import DOMAIN_ALIASES
 
 FORMAT = "absdsl-paradox"
 VERSION = 1
@@ -35,7 +34,6 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "rgs": ("rgs_epochs", "rgs_lr", "rgs_milestones", "rgs_decay", "rgs_ramp_epochs",
             "rgs_batch_size", "rgs_samples", "rgs_batches"),
 }
-TABLE_DOMAINS = ("box", "hbox", "zonotope", "crown-ibp", "deeppoly")
 METRICS = ("natural", "certified", "adversarial")
 # settings that change where or how fast the experiment runs, not what it measures
 NOT_COMPARED = ("device", "data_root", "download", "pgpe_memory_mib", "population_eval")
@@ -233,12 +231,11 @@ def _parse_list(text: str, what: str) -> list[str]:
 
 
 def _canonical_domain(name: str) -> str:
-
-    key = registry.canonical(name) or name.strip().lower()
-    if key not in TABLE_DOMAINS:
+    key = registry.canonical(name)
+    if key is None:
         raise ParadoxError(
-            f"unknown domain {name!r}; choose from {', '.join(TABLE_DOMAINS)} "
-            f"(aliases {', '.join(DOMAIN_ALIASES)})"
+            f"unknown domain {name!r}; choose from {', '.join(registry.NAMES)} "
+            f"(aliases {', '.join(registry.ALIASES)})"
         )
     return key
 

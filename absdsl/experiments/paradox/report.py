@@ -6,12 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    METRICS,
-    OPTIMIZERS,
-    ParadoxConfig,
-    eps_key,
-)
+from absdsl import domains as registry
+
+from .config import METRICS, OPTIMIZERS, ParadoxConfig, eps_key
 from .plan import run_name
 
 
@@ -154,10 +151,6 @@ def findings(rows: list[dict[str, Any]], n: int | None = None) -> dict[str, Any]
     return out
 
 
-DOMAIN_NAMES = {"box": "IBP (box)", "hbox": "HBox", "zonotope": "Zonotope",
-                "crown-ibp": "CROWN-IBP", "deeppoly": "DeepPoly"}
-
-
 def table_optimizers(tables: list[dict[str, Any]]) -> list[str]:
     """The optimisers with at least one trained row (the columns the table shows)."""
     return [o for o in OPTIMIZERS
@@ -177,7 +170,7 @@ def format_tables(tables: list[dict[str, Any]], dataset: str) -> str:
     lines += [head1, head2, "-" * len(head2)]
     for t in tables:
         for i, r in enumerate(t["rows"]):
-            name = DOMAIN_NAMES.get(r["domain"], r["domain"])
+            name = registry.title(r["domain"])
             cells = []
             for m in METRICS:
                 for opt in opts:
