@@ -6,9 +6,14 @@ Precedence: built-in defaults < the data set's preset < ``--config FILE`` < flag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
+
+from absdsl.training.certify import allow_unchecked_domains, domain_trust
+from absdsl.training.cli_certify import report_soundness_errors
+from absdsl.training.loop import resume_state, run_training
 
 from .builtin_rules import available_step_rules
 from .config import DEFAULT_STEP_RULE, METHODS, ConfigError, load_toml, parse_option, resolve
@@ -107,7 +112,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_certify_domain(cfg: Any, args: argparse.Namespace) -> None:
     """The final certification's trust gate, run before training starts (not after it)."""
-    from .certify import domain_trust
 
     if args.no_final_eval:
         return
@@ -117,11 +121,6 @@ def _check_certify_domain(cfg: Any, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from .certify import allow_unchecked_domains
-    from .cli_certify import report_soundness_errors
-    from .loop import resume_state, run_training
 
     progress = not args.quiet
     trust = allow_unchecked_domains() if args.uncertified_domain else contextlib.nullcontext()

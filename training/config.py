@@ -15,6 +15,7 @@ from typing import Any
 import tomllib
 
 from absdsl.errors import AbsdslError
+from absdsl.training.data import dataset_info
 
 
 class ConfigError(AbsdslError):
@@ -137,7 +138,6 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def resolve(overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the data set's preset, then ``overrides`` (file and flags merged)."""
-    from .data import dataset_info
 
     unknown = set(overrides) - FIELD_NAMES
     if unknown:

@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from absdsl.compiler.specs import margin_spec
 from absdsl.cpu_memory import apply_default as keep_freed_memory_by_default
 from absdsl.errors import AbsdslError
+from absdsl.training.certify import CertifyOptions, certify_model
+from absdsl.training.checkpoint import latest_checkpoint
+from absdsl.training.objective import input_box, run_program
 
 from . import builtin_rules  # noqa: F401 - registers grad, pgpe and rgs
 from . import grad as _grad  # noqa: F401 - registers the "grad" step rule
@@ -269,8 +274,6 @@ class Trainer:
     def _bar(self) -> Any:
         if not (self.progress and self.world.is_main):
             return None
-        from tqdm import tqdm
-
         return tqdm(
             total=self.steps_per_epoch, initial=self.batch, leave=False,
             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
@@ -283,9 +286,7 @@ class Trainer:
         A progress number only: the final certification (float64, tolerance) is
         :func:`absdsl.training.certify.certify`.
         """
-        from absdsl.compiler.specs import margin_spec
 
-        from .objective import input_box, run_program
 
         model = self.model
         was_training = model.training
@@ -371,7 +372,6 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool = False) ->
 
 def resume_state(run_dir: Path, epochs: int | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """The config and newest checkpoint of a run folder (``epochs`` may extend the run)."""
-    from .checkpoint import latest_checkpoint
 
     if not run_dir.is_dir():
         raise RunError(f"cannot resume: {run_dir} is not a run folder")
@@ -435,7 +435,6 @@ def run_training(
         "train_seconds": trainer.train_seconds,
     }
     if final_eval and world.is_main:
-        from .certify import CertifyOptions, certify_model
 
         opts = CertifyOptions(
             eps=trainer.cfg.eps,

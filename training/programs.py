@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+import absdsl
 from absdsl import domains as _registry
 from absdsl.errors import AbsdslError
 
@@ -43,8 +44,6 @@ def required_domains(domain: str, method: str) -> list[str]:
 
 def compile_programs(model: nn.Module, domains: list[str]) -> dict[str, Any]:
     """Compile one bound program per domain (model switched to eval mode while tracing)."""
-    import absdsl
-
     compile_fn = getattr(absdsl, "compile", None)
     if compile_fn is None:  # pragma: no cover - only while the compiler is being written
         raise AbsdslError("this absdsl has no compiler (absdsl.compile is missing)")

@@ -28,6 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from absdsl.training.objective import certified_loss
+from absdsl.training.programs import canonical_domain
+from absdsl.training.smoothing.fitness import PopulationObjective
+from absdsl.training.smoothing.params import ParamLayout
+
 from .tightness import (
     AnalysisError,
     check_data,
@@ -158,7 +163,6 @@ def _unit(flat: torch.Tensor, what: str) -> torch.Tensor:
 
 def random_direction(model: nn.Module, seed: int = 0) -> torch.Tensor:
     """Filter-normalised Gaussian direction (Li et al. 2018), then scaled to norm 1."""
-    from ..smoothing.params import ParamLayout
 
     layout = ParamLayout.of(model)
     params = dict(model.named_parameters())
@@ -180,7 +184,6 @@ def random_direction(model: nn.Module, seed: int = 0) -> torch.Tensor:
 
 def load_direction(path: str | Path, model: nn.Module) -> torch.Tensor:
     """A .pt dict name -> tensor (weights_only), shape-checked per trainable parameter."""
-    from ..smoothing.params import ParamLayout
 
     path = Path(path)
     if not path.is_file():
@@ -219,8 +222,6 @@ def load_direction(path: str | Path, model: nn.Module) -> torch.Tensor:
 def gradient_direction(model64: nn.Module, prog: Any, x: torch.Tensor, y: torch.Tensor,
                        eps: float, num_classes: int) -> torch.Tensor:
     """The normalised gradient of a domain's certified loss at the model's weights."""
-    from ..objective import certified_loss
-    from ..smoothing.params import ParamLayout
 
     layout = ParamLayout.of(model64)
     params = dict(model64.named_parameters())
@@ -262,7 +263,6 @@ def find_jumps(t: Sequence[float], loss: Sequence[float], ratio: float = 10.0,
 def _objectives(model64: nn.Module, domains: Sequence[str], x: torch.Tensor, y: torch.Tensor,
                 eps: float, num_classes: int, chunk_size: int | None,
                 memory_budget_mb: float | None) -> dict[str, Any]:
-    from ..smoothing.fitness import PopulationObjective
 
     out: dict[str, Any] = {}
     shape = tuple(x.shape[1:])
@@ -300,8 +300,6 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     a flat tensor over the trainable parameters. Every input is checked (and every domain
     compiled) before the first loss is evaluated. ``progress(message)`` is called per stage.
     """
-    from ..programs import canonical_domain
-    from ..smoothing.params import ParamLayout
 
     check_data(x, y)
     if not 0 <= eps <= 1:

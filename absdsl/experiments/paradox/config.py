@@ -266,7 +266,15 @@ def make_config(preset: str, overrides: dict[str, Any] | None = None) -> Paradox
 
 def validate(cfg: ParadoxConfig) -> None:
     """Range and name checks with messages naming the setting; no work is done."""
+    _check_names(cfg)
+    _check_counts(cfg)
+    _check_choices(cfg)
+    if max(cfg.eps) * cfg.tightness_eps_max > 1.0:
+        cfg.tightness_eps_max = 1.0 / max(cfg.eps)  # the curve stops at eps 1
 
+
+def _check_names(cfg: ParadoxConfig) -> None:
+    """Domains, step rules, eps and the data set, in canonical form (the lists deduplicated)."""
     cfg.domains = _unique([_canonical_domain(d) for d in cfg.domains])
     opts = [o.strip().lower() for o in cfg.optimizers]
     for o in opts:
@@ -289,6 +297,10 @@ def validate(cfg: ParadoxConfig) -> None:
         dataset_info(cfg.dataset)
     except AbsdslError as err:
         raise ParadoxError(str(err)) from err
+
+
+def _check_counts(cfg: ParadoxConfig) -> None:
+    """Epochs, batches, ramps, milestones and decays."""
     for name in ("batch_size", "pgd_epochs", "grad_epochs", "pgpe_epochs", "pgpe_batch_size",
                  "rgs_epochs", "rgs_batch_size", "tightness_subset", "eval_pgd_steps",
                  "eval_pgd_restarts", "pgd_steps"):
@@ -322,6 +334,10 @@ def validate(cfg: ParadoxConfig) -> None:
         if not (isinstance(value, int | float) and not isinstance(value, bool)
                 and math.isfinite(value) and 0 < value <= 1):
             raise ParadoxError(f"{name} must lie in (0, 1], got {value!r}")
+
+
+def _check_choices(cfg: ParadoxConfig) -> None:
+    """Named choices, population sizes, subsets, rates and the MILP stage's time limit."""
     if cfg.grad_start not in GRAD_STARTS:
         raise ParadoxError(f"grad_start must be one of {', '.join(GRAD_STARTS)} (scratch: the "
                            f"paper's GRAD; pgd: fine-tune the PGD start), got {cfg.grad_start!r}")
@@ -362,8 +378,6 @@ def validate(cfg: ParadoxConfig) -> None:
         check_time_limit(cfg.milp_time_limit)
     except MilpError as err:
         raise ParadoxError(str(err)) from err
-    if max(cfg.eps) * cfg.tightness_eps_max > 1.0:
-        cfg.tightness_eps_max = 1.0 / max(cfg.eps)  # the curve stops at eps 1
 
 
 def check_data_available(cfg: ParadoxConfig) -> None:
