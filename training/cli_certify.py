@@ -79,7 +79,6 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     check_options(args)
     cfg, model, path, run_dir = load_run_model(Path(args.target), args.data_root)
     domain = args.domain or cfg.certify_domain or cfg.domain

@@ -121,7 +121,6 @@ def _check_certify_domain(cfg: Any, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     progress = not args.quiet
     trust = allow_unchecked_domains() if args.uncertified_domain else contextlib.nullcontext()
     if args.resume:

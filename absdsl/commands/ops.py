@@ -43,7 +43,6 @@ def support_table() -> list[tuple[str, str, str, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.model is None:
         names = list(registry.NAMES)
         print(f"{'op':12} {'kind':11} {'MILP':5} " + " ".join(f"{n:10}" for n in names))

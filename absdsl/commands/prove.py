@@ -41,7 +41,6 @@ def run_proofs(spec: str, timeout: float) -> tuple[bool, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.timeout <= 0:
         raise InputError(f"--timeout must be > 0, got {args.timeout}")
     require_solver()

@@ -652,7 +652,6 @@ def _subset(text: str | None, default: tuple[str, ...], known: tuple[str, ...] |
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     for flag in ("batch_a", "batch_b", "batch_cnn7"):

@@ -114,12 +114,10 @@ class Bench:
         return num_batches(len(self.train), self.batch_size)
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-
         return train_batches(self.train, self.batch_size, 0, epoch)
 
 
 def _bench(overrides: dict[str, Any]) -> Bench:
-
     cfg = resolve(overrides)
     info, train, _ = load_dataset(cfg.dataset, cfg.data_root, False)
     return Bench(cfg, info, train.subset(cfg.train_subset))
@@ -135,7 +133,6 @@ def _initial_model(b: Bench) -> nn.Module:
 
 
 def _rule(model: nn.Module, cfg: Any) -> Any:
-
     programs = compile_programs(model, required_domains(cfg.domain, cfg.method))
     return make_step_rule("grad", model, cfg, programs)
 
@@ -153,7 +150,6 @@ class Standard:
         self._stream = self._batches()
 
     def _batches(self) -> Iterator[Any]:
-
         epoch = 0
         while True:
             for i, (x, y, _) in enumerate(self.b.batches(epoch)):

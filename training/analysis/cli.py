@@ -148,7 +148,6 @@ def _check_domains(model: Any, names: list[str], shape: tuple[int, ...]) -> list
 
 
 def _run_tightness(args: argparse.Namespace) -> int:
-
     if args.eps_max is not None:
         eps_grid(args.eps_max, args.n_eps)
     elif args.n_eps < 2:
@@ -206,7 +205,6 @@ def _run_tightness(args: argparse.Namespace) -> int:
 
 
 def _run_landscape(args: argparse.Namespace) -> int:
-
     check_options(args.span, args.points, args.sigmas, args.samples, args.radii,
                   args.sensitivity_samples)
     if args.inputs < 1:

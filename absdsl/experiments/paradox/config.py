@@ -52,7 +52,6 @@ class ParadoxError(AbsdslError):
 
 # ---- models of the presets ----------------------------------------------------------------
 def _fc(info: DatasetInfo, widths: tuple[int, ...]) -> nn.Sequential:
-
     c, h, w = info.shape
     layers: list[nn.Module] = [Normalize(info.mean, info.std), nn.Flatten()]
     sizes = (c * h * w, *widths)

@@ -113,5 +113,4 @@ def experiment(cfg: ParadoxConfig, out: Path, *, overwrite: bool = False, quiet:
 
 
 def _normalisation() -> str:
-
     return AUC_NORMALISATION

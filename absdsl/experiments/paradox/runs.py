@@ -71,7 +71,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-
     atomic_write_text(json.dumps(data, indent=2) + "\n", path)
 
 
@@ -84,7 +83,6 @@ def file_sha256(path: Path) -> str:
 
 
 def final_checkpoint(run_dir: Path, epochs: int) -> Path:
-
     return run_dir / "checkpoints" / checkpoint_name(epochs)
 
 
@@ -203,7 +201,6 @@ def ensure_run(spec: RunSpec, out: Path, start: RunOutcome | None, *, quiet: boo
 
 
 def _train(fn: Any, run_dir: Path, out: Path) -> dict[str, Any]:
-
     try:
         return fn()
     except Interrupted as err:
