@@ -11,7 +11,7 @@ from absdsl import domains as _registry
 from absdsl.api import compile, linf_ball, load_onnx  # noqa: A004 - the public name is the contract
 from absdsl.compiler.context import EngineOptions
 from absdsl.compiler.specs import margin_spec, margin_spec_full
-from absdsl.cpu_memory import apply_default as _keep_freed_memory
+from absdsl.dsl import checker as _checker  # noqa: F401 - registers the load-time check
 from absdsl.errors import AbsdslError, DSLError, InputError, MemoryBudgetError, TraceError
 
 __all__ = ["compile", "EngineOptions", "linf_ball", "load_onnx", "margin_spec",
@@ -19,7 +19,5 @@ __all__ = ["compile", "EngineOptions", "linf_ball", "load_onnx", "margin_spec",
            "DSLError", "InputError", "MemoryBudgetError", "TraceError", "BUILTIN_DOMAINS"]
 
 # every built-in domain name and alias (the registry is absdsl/domains/__init__.py)
-BUILTIN_DOMAINS = tuple(_registry.FILES) + tuple(_registry.ALIASES)
+BUILTIN_DOMAINS = tuple(_registry.FILES_BY_ANY_NAME)
 __version__ = "0.1.0"
-
-_keep_freed_memory()  # see absdsl/cpu_memory.py: freed tensors stay mapped (no page faults)

@@ -21,11 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from absdsl import domains as registry
+from absdsl.dsl.parser import parse_source
 from absdsl.errors import DSLError
 
 ENV_VAR = "ABSDSL_CHECK_CACHE"
-BUILTIN_FILES = ("box.absd", "hbox.absd", "zonotope.absd", "relax.absd", "deeppoly.absd",
-                 "crown-ibp.absd")
+BUILTIN_FILES = registry.ALL_FILES  # every file shipped in absdsl/domains
 
 
 def cache_path() -> Path:
@@ -45,7 +46,6 @@ def domain_file(spec: str) -> Path:
 
 def domain_digest(path: str | Path, _seen: frozenset[str] = frozenset()) -> str:
     """SHA-256 over the file's text and, recursively, the files it imports."""
-    from absdsl.dsl.parser import parse_source
 
     path = Path(path)
     try:

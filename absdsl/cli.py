@@ -11,6 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from absdsl.cpu_memory import apply_default as keep_freed_memory_by_default
+from absdsl.errors import AbsdslError
+
 # (command, module, one-line help). "bench X" commands are nested under "bench".
 COMMANDS: list[tuple[str, str, str]] = [
     ("bounds", "absdsl.commands.bounds", "print bounds of a model on an input for a domain"),
@@ -21,14 +24,15 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "absdsl.training.cli_train", "certified training (GRAD, PGPE, RGS)"),
     ("certify", "absdsl.training.cli_certify", "natural, adversarial and certified accuracy"),
     ("analyze", "absdsl.training.analysis.cli", "tightness and loss-landscape analysis"),
-    ("paradox", "absdsl.training.paradox", "the paradox experiment: GRAD vs PGPE per domain"),
+    ("paradox", "absdsl.experiments.paradox", "the paradox experiment: GRAD vs PGPE per domain"),
     ("export", "absdsl.commands.export", "write a trained run as ONNX, checked by onnxruntime"),
     ("verify", "absdsl.commands.verify", "decide a VNN-LIB property on an ONNX network"),
 ]
 BENCHES: list[tuple[str, str, str]] = [
-    ("bounds", "absdsl.compiler.bench", "time and memory of bound programs vs a forward pass"),
-    ("train", "absdsl.training.bench_train", "epoch time per domain vs a standard epoch"),
-    ("pgpe", "absdsl.training.bench_pgpe", "PGPE generation time: batched vs member by member"),
+    ("bounds", "absdsl.experiments.bench_bounds",
+     "time and memory of bound programs vs a forward pass"),
+    ("train", "absdsl.experiments.bench_train", "epoch time per domain vs a standard epoch"),
+    ("pgpe", "absdsl.experiments.bench_pgpe", "PGPE generation time: batched vs member by member"),
 ]
 
 
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
-    from absdsl.errors import AbsdslError
+    keep_freed_memory_by_default()  # the command's process: freed tensors stay mapped
 
     try:
         return int(run(args) or 0)

@@ -6,8 +6,10 @@ the top of the heap back to the kernel above its trim threshold; every call then
 new pages, and the page faults cost more than the arithmetic (CNN3 Box at batch 128: 6.6 ms
 per call with the defaults, 2.0 ms with the thresholds below, on the same machine).
 
-:func:`keep_freed_memory` raises both thresholds with ``mallopt``. ``import absdsl`` calls it
-once unless the environment sets ``ABSDSL_KEEP_FREED_MEMORY=0``; it does nothing where the C
+:func:`keep_freed_memory` raises both thresholds with ``mallopt``. It is a process-wide
+setting, so ``import absdsl`` does not make it: the ``absdsl`` command and ``run_training``
+call :func:`apply_default` when they start, and a program of your own opts in by calling it
+(once per process; ``ABSDSL_KEEP_FREED_MEMORY=0`` switches it off). It does nothing where the C
 library has no ``mallopt`` (macOS, Windows, musl). The cost is memory: up to the trim
 threshold of freed heap stays with the process instead of returning to the system.
 """
@@ -46,7 +48,8 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_BYTES,
 
 
 def apply_default() -> bool | None:
-    """What ``import absdsl`` runs: once per process, unless switched off by the environment."""
+    """What the command line and training run at start: once per process, unless switched off
+    by the environment."""
     global _applied
     if _applied is None:
         _applied = (False if os.environ.get(ENV_SWITCH, "1").strip() in ("0", "false", "no")

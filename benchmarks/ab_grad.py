@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import absdsl  # noqa: E402,F401
 import absdsl.compiler  # noqa: E402
 import absdsl.training  # noqa: E402
+from absdsl import cpu_memory  # noqa: E402
 
 # (package, module, file): loaded in this order, each seeing the earlier ones
 _MODULES = [("absdsl.compiler", "runtime", "compiler/runtime.py"),
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-backward", action="store_true", help="time the bounds only")
     args = parser.parse_args(argv)
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     torch.set_num_threads(args.threads)
 
     from absdsl.training.config import resolve

@@ -26,8 +26,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import absdsl  # noqa: E402
-from absdsl.compiler.bench import NETS, _inputs, build_net  # noqa: E402
+from absdsl import cpu_memory  # noqa: E402
 from absdsl.compiler.context import EngineOptions  # noqa: E402
+from absdsl.experiments.bench_bounds import NETS, _inputs, build_net  # noqa: E402
 
 
 def train_normally(model: torch.nn.Module, epochs: int, seed: int) -> tuple:
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-epochs", type=int, default=0)
     args = parser.parse_args(argv)
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     torch.set_num_threads(args.threads)
     shape = (1, 28, 28)
     model = build_net(args.net, shape, args.seed)

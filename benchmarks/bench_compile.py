@@ -1,6 +1,7 @@
 """What ``torch.compile`` gains on bound programs, measured in one run.
 
-Configurations (networks and inputs as in ``absdsl bench bounds``, ``compiler/bench.py``):
+Configurations (networks and inputs as in ``absdsl bench bounds``,
+``absdsl/experiments/bench_bounds.py``):
 Box via ``prog(lo, hi, spec=C)`` on CNN3 and CNN7 at batch 128, and DeepPoly via
 ``prog.functional(params, lo, hi, C)`` on the MLP 784-64-32-10 at batch 32; MNIST shape
 (1, 28, 28), eps 0.02, margin spec of random labels.
@@ -33,7 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import absdsl  # noqa: E402
-from absdsl.compiler.bench import (  # noqa: E402
+from absdsl import cpu_memory  # noqa: E402
+from absdsl.experiments.bench_bounds import (  # noqa: E402
     SHAPES,
     _inputs,
     build_net,
@@ -198,8 +200,8 @@ def format_table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_compile", description=__doc__.splitlines()[0],
-        epilog="Networks and inputs: compiler/bench.py. Each time is a median over rounds of "
-               "alternating calls.")
+        epilog="Networks and inputs: absdsl/experiments/bench_bounds.py. Each time is a median "
+               "over rounds of alternating calls.")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (7)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nets", default=None,
                         help="comma-separated subset of " + ",".join(c[0] for c in CONFIGS))
     args = parser.parse_args(argv)
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
     wanted = None if args.nets is None else {s.strip() for s in args.nets.split(",")}

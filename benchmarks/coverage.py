@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import absdsl  # noqa: E402
+from absdsl import cpu_memory  # noqa: E402
 from tests.zoo.models import (  # noqa: E402
     BATCH,
     BY_NAME,
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also call the HEAVY cases (minutes each, GBs of memory)")
     parser.add_argument("--json", type=Path, default=None, help="also write the cells here")
     args = parser.parse_args(argv)
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     names = [n for n in args.models.split(",") if n] or [m.name for m in ZOO]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from absdsl import cpu_memory  # noqa: E402
+
 
 def setup(model_name: str, domain: str, checkpoint: str | None, eps: float, batch: int,
           beta: float = 1.0):
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=25, help="operators to print")
     parser.add_argument("--shapes", action="store_true", help="group operators by shape")
     args = parser.parse_args(argv)
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     torch.set_num_threads(args.threads)
     model, programs, batches, grad_step, natural_step = setup(
         args.model, args.domain, args.checkpoint, args.eps, args.batch_size, args.beta)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from absdsl.training.certify import CertifyError, CertifyOptions, certify_model, domain_trust
+from absdsl.training.checkpoint import atomic_write_text
+from absdsl.training.data import dataset_info, load_dataset
+from absdsl.training.models import build_model
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from .config import resolve
@@ -44,8 +50,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def load_run_model(target: Path, data_root: str | None = None) -> tuple[Any, Any, Any, Path]:
     """(config, model with the checkpoint's weights, checkpoint path, run folder)."""
-    from .data import dataset_info
-    from .models import build_model
 
     path = latest_checkpoint(target) if target.is_dir() else target
     ckpt = load_checkpoint(path)
@@ -67,7 +71,6 @@ def load_run_model(target: Path, data_root: str | None = None) -> tuple[Any, Any
 
 def check_options(args: argparse.Namespace) -> None:
     """Options checked before the checkpoint or the data are read (one clear line each)."""
-    from .certify import CertifyError
     from .milp import check_time_limit
 
     check_time_limit(args.milp_time_limit)
@@ -76,10 +79,6 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .certify import CertifyOptions, certify_model, domain_trust
-    from .checkpoint import atomic_write_text
-    from .data import load_dataset
-
     check_options(args)
     cfg, model, path, run_dir = load_run_model(Path(args.target), args.data_root)
     domain = args.domain or cfg.certify_domain or cfg.domain
@@ -121,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
 def report_soundness_errors(errors: list[dict[str, Any]]) -> bool:
     """Print every certificate PGD refuted (a bug in the domain: the summary's
     ``soundness_errors``); True if there was one."""
-    import sys
-
     for e in errors:
         print(f"SOUNDNESS ERROR: input {e['index']}: {e['error']}", file=sys.stderr)
     if errors:

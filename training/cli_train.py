@@ -6,12 +6,18 @@ Precedence: built-in defaults < the data set's preset < ``--config FILE`` < flag
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-from .config import METHODS, ConfigError, load_toml, parse_option, resolve
+from absdsl.training.certify import allow_unchecked_domains, domain_trust
+from absdsl.training.cli_certify import report_soundness_errors
+from absdsl.training.loop import resume_state, run_training
+
+from .builtin_rules import available_step_rules
+from .config import DEFAULT_STEP_RULE, METHODS, ConfigError, load_toml, parse_option, resolve
+from .steprule import add_rule_arguments, rule_options_from_args
 
 # flag -> (config key, type, help)
 _FLAGS: list[tuple[str, str, Any, str]] = [
@@ -21,7 +27,9 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--domain", "domain", str, "box|ibp, hbox, zonotope|deepz, deeppoly|crown, crown-ibp, "
                                 "or a domain file"),
     ("--method", "method", str, f"training method: {', '.join(METHODS)} (default certified)"),
-    ("--optimizer", "optimizer", str, "step rule: grad (default), pgpe, rgs"),
+    ("--optimizer", "optimizer", str, "step rule: " + ", ".join(
+        f"{rule} (default)" if rule == DEFAULT_STEP_RULE else rule
+        for rule in available_step_rules())),
     ("--eps", "eps", float, "L-infinity radius in pixel units [0, 1] (default 0.1)"),
     ("--train-eps", "train_eps", float, "radius trained for (default: --eps)"),
     ("--epochs", "epochs", int, "number of epochs"),
@@ -55,14 +63,6 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-def _smoothing_options() -> Any:
-    """The PGPE/RGS options module, if that package is installed."""
-    try:
-        return importlib.import_module("absdsl.training.smoothing.options")
-    except ModuleNotFoundError:
-        return None
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
     parser.add_argument("--out", metavar="RUN", help="run folder (config, metrics, checkpoints)")
@@ -81,9 +81,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training settings (override the config file)")
     for flag, dest, kind, help_text in _FLAGS:
         group.add_argument(flag, dest=f"cfg_{dest}", type=kind, default=None, help=help_text)
-    smoothing = _smoothing_options()
-    if smoothing is not None:
-        smoothing.add_arguments(parser)
+    add_rule_arguments(parser)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,9 +104,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for text in args.option:
         key, value = parse_option(text)
         options[key] = value
-    smoothing = _smoothing_options()
-    if smoothing is not None:
-        options.update(smoothing.options_from_args(args))
+    options.update(rule_options_from_args(args))
     if options:
         out["options"] = options
     return out
@@ -116,7 +112,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_certify_domain(cfg: Any, args: argparse.Namespace) -> None:
     """The final certification's trust gate, run before training starts (not after it)."""
-    from .certify import domain_trust
 
     if args.no_final_eval:
         return
@@ -126,12 +121,6 @@ def _check_certify_domain(cfg: Any, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from .certify import allow_unchecked_domains
-    from .cli_certify import report_soundness_errors
-    from .loop import resume_state, run_training
-
     progress = not args.quiet
     trust = allow_unchecked_domains() if args.uncertified_domain else contextlib.nullcontext()
     if args.resume:

@@ -15,6 +15,7 @@ from typing import Any
 import tomllib
 
 from absdsl.errors import AbsdslError
+from absdsl.training.data import dataset_info
 
 
 class ConfigError(AbsdslError):
@@ -22,6 +23,9 @@ class ConfigError(AbsdslError):
 
 
 METHODS = ("certified", "pgd", "sabr", "mtl-ibp", "natural")
+
+
+DEFAULT_STEP_RULE = "grad"
 
 
 @dataclass
@@ -34,7 +38,7 @@ class TrainConfig:
     model: str = "cnn3"
     domain: str = "box"
     method: str = "certified"
-    optimizer: str = "grad"
+    optimizer: str = DEFAULT_STEP_RULE  # the step rule (--optimizer; training/steprule.py)
     eps: float = 0.1
     train_eps: float | None = None  # eps trained for; defaults to eps
     epochs: int | None = None
@@ -134,7 +138,6 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def resolve(overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the data set's preset, then ``overrides`` (file and flags merged)."""
-    from .data import dataset_info
 
     unknown = set(overrides) - FIELD_NAMES
     if unknown:

@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from absdsl.compiler.specs import margin_spec
+from absdsl.cpu_memory import apply_default as keep_freed_memory_by_default
 from absdsl.errors import AbsdslError
+from absdsl.training.certify import CertifyOptions, certify_model
+from absdsl.training.checkpoint import latest_checkpoint
+from absdsl.training.objective import input_box, run_program
 
+from . import builtin_rules  # noqa: F401 - registers grad, pgpe and rgs
 from . import grad as _grad  # noqa: F401 - registers the "grad" step rule
 from .checkpoint import (
     CheckpointError,
@@ -278,9 +285,7 @@ class Trainer:
         A progress number only: the final certification (float64, tolerance) is
         :func:`absdsl.training.certify.certify`.
         """
-        from absdsl.compiler.specs import margin_spec
 
-        from .objective import input_box, run_program
 
         model = self.model
         was_training = model.training
@@ -366,7 +371,6 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool = False) ->
 
 def resume_state(run_dir: Path, epochs: int | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """The config and newest checkpoint of a run folder (``epochs`` may extend the run)."""
-    from .checkpoint import latest_checkpoint
 
     if not run_dir.is_dir():
         raise RunError(f"cannot resume: {run_dir} is not a run folder")
@@ -396,8 +400,10 @@ def run_training(
     """Train (or continue) a run in ``run_dir``; returns the final metrics (metrics.json).
 
     With ``resume`` the config comes from the run folder (``cfg`` is ignored) and ``epochs``
-    may extend the run.
+    may extend the run. Training sets the process's allocator once
+    (:func:`absdsl.cpu_memory.apply_default`: freed CPU memory stays with the process).
     """
+    keep_freed_memory_by_default()  # a training process: freed tensors stay mapped
     run_dir = Path(run_dir)
     wall = time.perf_counter()
     checkpoint = None
@@ -428,7 +434,6 @@ def run_training(
         "train_seconds": trainer.train_seconds,
     }
     if final_eval and world.is_main:
-        from .certify import CertifyOptions, certify_model
 
         opts = CertifyOptions(
             eps=trainer.cfg.eps,

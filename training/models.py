@@ -114,9 +114,17 @@ BUILTIN: dict[str, Callable[[DatasetInfo], nn.Module]] = {
 }
 
 
+# Factories that moved: saved configs and checkpoints keep naming them by the old path (the
+# paradox presets still write it, so that earlier experiment folders resume).
+MOVED_FACTORIES: dict[str, str] = {
+    "absdsl.training.paradox:quick_fc": "absdsl.experiments.paradox:quick_fc",
+    "absdsl.training.paradox:micro_fc": "absdsl.experiments.paradox:micro_fc",
+}
+
+
 def load_factory(spec: str) -> Callable[..., nn.Module]:
     """Resolve ``package.module:factory`` with importlib (never eval)."""
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = MOVED_FACTORIES.get(spec, spec).partition(":")
     if not module_name or not attr:
         raise ModelError(f"model {spec!r}: expected a built-in name or 'module:factory' (or, "
                          f"where a command takes one, a checkpoint file)")

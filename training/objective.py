@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from absdsl import domains as registry
+
 from .attacks import PGDConfig, pgd_attack
 from .losses import robust_loss
 from .steprule import TrainBatch
@@ -89,7 +91,8 @@ def mixed_margin(
     The mixture is what CROWN-IBP trains with (Zhang et al. 2020): beta = 1 is pure
     CROWN-IBP, beta = 0 pure IBP; a term with weight 0 is not computed.
     """
-    if domain != "crown-ibp" or "box" not in programs:
+    loose = registry.mixed_with(domain)  # CROWN-IBP: Box
+    if loose is None or loose not in programs:
         return margin_lower(programs[domain], params, lo, hi, y, n)
     if beta >= 1.0:
         return margin_lower(programs[domain], params, lo, hi, y, n)
@@ -102,7 +105,7 @@ def mixed_margin(
         m_box = lb_box.new_zeros(lb_box.shape[0], n).scatter(1, others, lb_box)
         m_crown = lb_crown.new_zeros(lb_crown.shape[0], n).scatter(1, others, lb_crown)
         return (1.0 - beta) * m_box + beta * m_crown
-    m_box = margin_lower(programs["box"], params, lo, hi, y, n)
+    m_box = margin_lower(programs[loose], params, lo, hi, y, n)
     if beta <= 0.0:
         return m_box
     m_crown = margin_lower(prog, params, lo, hi, y, n)

@@ -7,14 +7,15 @@ from typing import Any
 
 from torch import nn
 
+import absdsl
 from absdsl import domains as _registry
 from absdsl.errors import AbsdslError
 
-BUILTIN_DOMAINS = ("box", "hbox", "zonotope", "deeppoly", "crown-ibp")
+# views of the registry (absdsl/domains/__init__.py), for the training layer's callers
+BUILTIN_DOMAINS = _registry.NAMES
 DOMAIN_ALIASES = _registry.ALIASES
 # loosest (cheapest) first: the order of a "tightest" certification cascade
 CASCADE_ORDER = _registry.NAMES
-assert set(BUILTIN_DOMAINS) == set(CASCADE_ORDER)
 
 
 class DomainError(AbsdslError):
@@ -35,19 +36,14 @@ def canonical_domain(name: str) -> str:
 
 
 def required_domains(domain: str, method: str) -> list[str]:
-    """The programs a run needs: its domain, plus Box for CROWN-IBP's beta mixing."""
+    """The programs a run needs: its domain, plus the one it mixes in by beta (CROWN-IBP: Box)."""
     if method in ("natural", "pgd"):
         return []
-    names = [domain]
-    if domain == "crown-ibp":
-        names.append("box")
-    return names
+    return _registry.needed_programs(domain)
 
 
 def compile_programs(model: nn.Module, domains: list[str]) -> dict[str, Any]:
     """Compile one bound program per domain (model switched to eval mode while tracing)."""
-    import absdsl
-
     compile_fn = getattr(absdsl, "compile", None)
     if compile_fn is None:  # pragma: no cover - only while the compiler is being written
         raise AbsdslError("this absdsl has no compiler (absdsl.compile is missing)")

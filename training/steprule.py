@@ -1,16 +1,21 @@
-"""Step rules: how one optimisation step updates the model (GRAD here; PGPE/RGS plug in).
+"""Step rules: how one optimisation step updates the model, and their registry.
 
 The training loop owns data, schedules, checkpoints and metrics; a step rule owns only the
-update. ``--optimizer NAME`` picks the factory registered under NAME, called as
+update. Each rule's module registers it here with :func:`register_step_rule`, together with
+its options (``config.options`` keys, offered as flags by ``absdsl train``); importing
+:mod:`absdsl.training.builtin_rules` registers the built-in ones (``grad``, ``pgpe``, ``rgs``).
+This module imports none of them. Users pick a rule with ``--optimizer NAME`` (the config key
+``optimizer``): the factory registered under NAME is called as
 ``factory(model, config, programs)`` with the resolved :class:`TrainConfig` and the compiled
 bound programs by domain name.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -113,39 +118,95 @@ Factory = Callable[[nn.Module, Any, dict[str, Any]], StepRule]
 _REGISTRY: dict[str, Factory] = {}
 
 
+@dataclass(frozen=True)
+class RuleOption:
+    """One option of a step rule: its ``config.options`` key, type and help (flag ``--key``)."""
+
+    key: str
+    kind: type
+    help: str
+
+
+_OPTIONS: dict[str, dict[str, RuleOption]] = {}
+OPTION_DEST_PREFIX = "rule_"  # argparse dest of an option's flag: rule_<key>
+
+
 class UnknownStepRuleError(AbsdslError):
     """--optimizer names a rule that no module registered."""
+
+
+class StepRuleOptionError(AbsdslError):
+    """Two step rules declare the same option with different types."""
 
 
 class NonFiniteLossError(AbsdslError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
 
-def register_step_rule(name: str, factory: Factory) -> None:
-    """Make ``--optimizer name`` available. Re-registering a name replaces it."""
+def register_step_rule(name: str, factory: Factory, options: Iterable[RuleOption] = ()) -> None:
+    """Make ``--optimizer name`` available, with its options. Re-registering replaces it."""
     _REGISTRY[name] = factory
+    _OPTIONS[name] = {option.key: option for option in options}
+    rule_options()  # a clash with another rule's option is an error now, not at parse time
 
 
 def available_step_rules() -> list[str]:
-    _load_plugins()
     return sorted(_REGISTRY)
+
+
+def rule_options() -> dict[str, tuple[RuleOption, list[str]]]:
+    """Every registered option once (key -> the option, the rules that take it)."""
+    merged: dict[str, tuple[RuleOption, list[str]]] = {}
+    for name, options in _OPTIONS.items():
+        for key, option in options.items():
+            if key in merged and merged[key][0].kind is not option.kind:
+                raise StepRuleOptionError(
+                    f"step rule {name!r}: option {key!r} is {option.kind.__name__}, but "
+                    f"{', '.join(merged[key][1])} declare it {merged[key][0].kind.__name__}")
+            merged.setdefault(key, (option, []))[1].append(name)
+    return merged
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per registered option (``--popsize``, ``--sigma``, ...), grouped per rule set."""
+    groups: dict[tuple[str, ...], Any] = {}
+    for key, (option, names) in rule_options().items():
+        rules = tuple(names)
+        if rules not in groups:
+            listed = "|".join(rules)
+            groups[rules] = parser.add_argument_group(
+                f"{' / '.join(r.upper() for r in rules)} (with --optimizer {listed})")
+        flag, dest = "--" + key.replace("_", "-"), OPTION_DEST_PREFIX + key
+        if option.kind is bool:
+            groups[rules].add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                       default=None, help=option.help)
+        else:
+            groups[rules].add_argument(flag, dest=dest, type=option.kind, default=None,
+                                       help=option.help, metavar=key.upper())
+
+
+def rule_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of :func:`add_rule_arguments` that were given, as a ``config.options`` dict."""
+    out = {}
+    for key in rule_options():
+        value = getattr(args, OPTION_DEST_PREFIX + key, None)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def make_step_rule(
     name: str, model: nn.Module, config: Any, programs: dict[str, Any], *, resume: bool = False
 ) -> StepRule:
-    """Build the step rule registered under ``name`` (plugins are imported on demand).
+    """Build the step rule registered under ``name``.
 
     With ``resume`` the rule is about to receive a checkpoint's state, so the options in
     :data:`FRESH_START_OPTIONS` are left out of the config it sees.
     """
-    from . import grad  # noqa: F401 - registers "grad"
-
-    if name not in _REGISTRY:
-        _load_plugins()
     if name not in _REGISTRY:
         raise UnknownStepRuleError(
-            f"unknown optimizer {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+            f"unknown optimizer {name!r} (--optimizer names a step rule); available: "
+            f"{', '.join(sorted(_REGISTRY))}"
         )
     if resume:
         config = _without_fresh_start_options(config)
@@ -161,19 +222,6 @@ def _without_fresh_start_options(config: Any) -> Any:
     out = copy.copy(config)
     out.options = kept
     return out
-
-
-def _load_plugins() -> None:
-    """Import the smoothing package (PGPE, RGS) if it exists; it registers its own rules."""
-    if "pgpe" in _REGISTRY:
-        return
-    import importlib
-
-    try:
-        importlib.import_module("absdsl.training.smoothing")
-    except ModuleNotFoundError as err:
-        if err.name is None or not "absdsl.training.smoothing".startswith(err.name):
-            raise
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:

@@ -20,8 +20,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+import absdsl
 from absdsl.errors import AbsdslError, InputError
-from absdsl.training.models import load_factory
+from absdsl.training.certify import certificate_threshold, domain_trust
+from absdsl.training.data import dataset_info
+from absdsl.training.models import build_model, load_factory
 
 
 def input_shape(given: str | None, known: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -90,8 +93,6 @@ def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, tuple[
         if not isinstance(cfg, dict) or "model" not in cfg:
             raise InputError(f"--model {spec}: not an absdsl training checkpoint (no config with "
                              f"a model name); give --model module:factory --weights {spec}")
-        from absdsl.training.data import dataset_info
-        from absdsl.training.models import build_model
 
         info = dataset_info(str(cfg.get("dataset", "mnist")))
         model = build_model(str(cfg["model"]), info)
@@ -153,8 +154,6 @@ def _read_input(path: Path) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    import absdsl
-
     if args.eps < 0:
         raise InputError(f"--eps must be >= 0, got {args.eps}")
     model, ck_shape = load_model(args.model, args.weights)
@@ -210,7 +209,6 @@ def run(args: argparse.Namespace) -> int:
         spec = absdsl.margin_spec(labels, n_out).to(dtype)
     trust = None
     if spec is not None:  # the certification policy: float64 model and box, a threshold
-        from absdsl.training.certify import domain_trust
 
         if args.tolerance <= 0:
             raise InputError(f"--tolerance must be > 0, got {args.tolerance}")
@@ -226,7 +224,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {prog.domain} bounds, eps {args.eps:g}, input {tuple(x.shape)}"
           + (", margins f_y - f_i, float64" if spec is not None else ""))
     if trust is not None:
-        from absdsl.training.certify import certificate_threshold
 
         threshold = certificate_threshold(prog, lo, hi, lb, ub, args.tolerance)
         print(f"# certified iff every margin lower bound > {args.tolerance:g} + 1e-9 * M (M: "

@@ -8,6 +8,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from absdsl.checkcache import cache_path, domain_file, record_pass
+from absdsl.commands.prove import run_proofs
+from absdsl.dsl.loader import BUILTIN_FILES, load_domain
+from absdsl.errors import InputError
+from absdsl.prove import solver_available
+
 # absdsl.soundness.DEFAULT_PROPERTIES (tested equal; not imported here, since that module
 # loads torch and Hypothesis and --help must stay fast); continuity is opt-in
 PROPERTIES = ("bounds", "spec", "engine", "relaxations")
@@ -33,11 +39,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from absdsl.checkcache import cache_path, domain_file, record_pass
-    from absdsl.commands.prove import run_proofs
-    from absdsl.dsl.loader import BUILTIN_FILES, load_domain
-    from absdsl.errors import InputError
-    from absdsl.prove import solver_available
     from absdsl.soundness import check_domain
 
     if args.examples < 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+import absdsl
 from absdsl.commands.bounds import input_shape, load_model
 
 
@@ -22,8 +23,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import absdsl
-
     model, ck_shape = load_model(args.model, args.weights)
     shape = input_shape(args.input_shape, ck_shape)
     prog = absdsl.compile(model, args.domain or "box", input_shape=shape)

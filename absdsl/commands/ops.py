@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import argparse
 
+import absdsl
+from absdsl import domains as registry
+from absdsl.commands.bounds import input_shape, load_model
+from absdsl.compiler import ops
+from absdsl.compiler.codegen import has_rule
+from absdsl.dsl.loader import load_domain
+from absdsl.errors import AbsdslError
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
@@ -21,10 +29,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def support_table() -> list[tuple[str, str, str, list[str]]]:
     """(op, kind, how each built-in domain bounds it) rows: 'rule', 'lowered' or '-'."""
-    from absdsl import domains as registry
-    from absdsl.compiler import ops
-    from absdsl.compiler.codegen import has_rule
-    from absdsl.dsl.loader import load_domain
 
     loaded = [load_domain(name) for name in registry.NAMES]
     rows = []
@@ -39,8 +43,6 @@ def support_table() -> list[tuple[str, str, str, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from absdsl import domains as registry
-
     if args.model is None:
         names = list(registry.NAMES)
         print(f"{'op':12} {'kind':11} {'MILP':5} " + " ".join(f"{n:10}" for n in names))
@@ -49,10 +51,6 @@ def run(args: argparse.Namespace) -> int:
         print("\nrule: the domain has a rule (or relaxation) for it; lowered: rewritten into "
               "ops it has rules for (compiler/lowering.py). MILP: piecewise linear.")
         return 0
-    import absdsl
-    from absdsl.commands.bounds import input_shape, load_model
-    from absdsl.errors import AbsdslError
-
     model, ck_shape = load_model(args.model, args.weights)
     shape = input_shape(args.input_shape, ck_shape)
     failed = 0

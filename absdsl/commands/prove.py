@@ -11,6 +11,11 @@ import argparse
 import time
 from pathlib import Path
 
+from absdsl.checkcache import domain_file
+from absdsl.dsl.loader import BUILTIN_FILES, builtin_path
+from absdsl.errors import InputError
+from absdsl.prove import prove_file, require_solver
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("domain", metavar="DOMAIN_FILE",
@@ -22,8 +27,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def resolve_file(spec: str) -> Path:
     """A built-in name as its shipped file; ``path:Name`` as ``path``."""
-    from absdsl.checkcache import domain_file
-    from absdsl.dsl.loader import BUILTIN_FILES, builtin_path
 
     if spec.lower() in BUILTIN_FILES:
         return builtin_path(BUILTIN_FILES[spec.lower()])
@@ -32,16 +35,12 @@ def resolve_file(spec: str) -> Path:
 
 def run_proofs(spec: str, timeout: float) -> tuple[bool, str]:
     """(no rule refuted, the printed report)."""
-    from absdsl.prove import prove_file
 
     report = prove_file(resolve_file(spec), timeout_s=timeout)
     return report.ok, report.format()
 
 
 def run(args: argparse.Namespace) -> int:
-    from absdsl.errors import InputError
-    from absdsl.prove import require_solver
-
     if args.timeout <= 0:
         raise InputError(f"--timeout must be > 0, got {args.timeout}")
     require_solver()

@@ -8,6 +8,7 @@ from absdsl.compiler import codegen, ops
 from absdsl.compiler import linear_maps as lm
 from absdsl.compiler.ir import Graph, Node
 from absdsl.dsl import ast
+from absdsl.dsl.loader import LoadedDomain, register_domain_check
 from absdsl.errors import DSLError
 
 KINDS = ("bound", "gens")
@@ -99,7 +100,7 @@ def check_relax(relax: ast.Relax, filename: str, source: str) -> None:
                                    ast.Domain("relax", relax.pos), filename, source)
 
 
-def check_loaded(loaded) -> None:
+def check_loaded(loaded: LoadedDomain) -> None:
     domain = loaded.domain
     if loaded.intermediate is None:
         check_forward(domain)
@@ -107,3 +108,6 @@ def check_loaded(loaded) -> None:
     check_forward(loaded.intermediate)
     for relax in loaded.relaxes:
         check_relax(relax, relax.filename, relax.source)
+
+
+register_domain_check(check_loaded)

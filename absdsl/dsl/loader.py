@@ -1,8 +1,14 @@
 """Resolve a domain argument (a built-in name, a file path, ``path:Name`` or a parsed domain)
-into a :class:`LoadedDomain`, and check it (the checker compiles every rule once)."""
+into a :class:`LoadedDomain`, and check it.
+
+The check compiles every rule once, so it needs the compiler, which sits above the DSL: the
+checker (:mod:`absdsl.dsl.checker`) registers itself with :func:`register_domain_check` when
+``import absdsl`` runs, and loading refuses to go on without a registered check.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,10 +16,10 @@ from pathlib import Path
 from absdsl import domains as registry
 from absdsl.dsl import ast
 from absdsl.dsl.parser import load_module
-from absdsl.errors import DSLError, InputError
+from absdsl.errors import AbsdslError, DSLError, InputError
 
-# every built-in name and alias -> its file (from the registry in absdsl/domains)
-BUILTIN_FILES = dict(registry.FILES) | {a: registry.FILES[c] for a, c in registry.ALIASES.items()}
+# every built-in name and alias -> its file (a view of the registry in absdsl/domains)
+BUILTIN_FILES = registry.FILES_BY_ANY_NAME
 
 
 @dataclass
@@ -29,6 +35,24 @@ class LoadedDomain:
     @property
     def name(self) -> str:
         return self.domain.name
+
+
+DomainCheck = Callable[[LoadedDomain], None]
+_CHECKS: list[DomainCheck] = []
+
+
+def register_domain_check(check: DomainCheck) -> None:
+    """Run ``check`` on every domain loaded from now on (once, however often registered)."""
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+
+
+def _check(loaded: LoadedDomain) -> None:
+    if not _CHECKS:  # fail closed: an unchecked domain must not reach a program
+        raise AbsdslError("no domain check is registered: import absdsl (it registers "
+                          "absdsl.dsl.checker) before loading a domain")
+    for check in _CHECKS:
+        check(loaded)
 
 
 def builtin_path(filename: str) -> Path:
@@ -95,7 +119,5 @@ def _from_file(path: Path, name: str | None) -> LoadedDomain:
         _, pos = domain.bounds_source
         raise DSLError("'bounds' needs 'output backsub' (a back-substitution domain)",
                        domain.source, domain.filename, pos.line, pos.column)
-    from absdsl.dsl.checker import check_loaded
-
-    check_loaded(loaded)
+    _check(loaded)
     return loaded

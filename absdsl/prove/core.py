@@ -10,8 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from absdsl.compiler.codegen import find_rule, relax_for
 from absdsl.dsl import ast
-from absdsl.errors import AbsdslError
+from absdsl.dsl.checker import covered_ops
+from absdsl.dsl.loader import load_domain
+from absdsl.dsl.parser import load_module
+from absdsl.errors import AbsdslError, DSLError
+from absdsl.prove.interp import eval_expr
 
 from .backends import NumpyBackend, Z3Backend, model_value
 from .interp import Ctx, Gens, ProveError, V, coerce, gamma_side, relax_lines, run_block
@@ -203,8 +208,6 @@ def relax_obligations(relax: ast.Relax, scope: list[ast.Relax] | None = None
                       ) -> list[Obligation]:
     """Obligations of ``relax`` for the encodable activations it is the relaxation of (among
     the relaxations ``scope``: a group's relaxation does not cover an op with its own)."""
-    from absdsl.compiler.codegen import relax_for
-    from absdsl.dsl.checker import covered_ops
 
     ops = [op for name in relax.ops for op in covered_ops(name, elementwise_only=True)
            if op in ACTIVATIONS and relax_for(op, scope or [relax]) is relax]
@@ -226,7 +229,6 @@ def _relax_builder(relax: ast.Relax, op: str, k: int) -> Callable[[Any, Any], li
         names = {relax.lower_name: V("bound", [lo]), relax.upper_name: V("bound", [hi])}
         names |= {p: V("bound", [t]) for p, t in params.items()}
         ctx = Ctx(bk, 1, names, {}, activation=op, params=params, in_guard=True)
-        from .interp import eval_expr
 
         for j, case in enumerate(relax.cases[:k + 1]):
             if case.cond is None:
@@ -427,7 +429,6 @@ def domain_obligations(domain: ast.Domain, timeout_s: float) -> list[Obligation]
         rule = domain.rule_for(op)
         if rule is not None:
             out.append(rule_obligation(domain, rule, op, correlated))
-    from absdsl.compiler.codegen import find_rule
 
     for op in ACTIVATIONS:
         rule = find_rule(domain, op)
@@ -575,8 +576,6 @@ def file_obligations(path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S
     """Every relaxation the file sees (its own and imported) and every forward domain it
     defines, imports or takes activation bounds from; the file is loaded and checked first
     (syntax and type errors raise ``DSLError`` at file:line:col)."""
-    from absdsl.dsl.loader import load_domain
-    from absdsl.dsl.parser import load_module
 
     module = load_module(path)
     domains: list[ast.Domain] = []
@@ -610,7 +609,6 @@ def file_obligations(path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S
 def prove_file(path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProofReport:
     require_solver()
     if not Path(path).is_file():
-        from absdsl.errors import DSLError
 
         raise DSLError("no such domain file", filename=str(path))
     report = ProofReport(str(path))

@@ -53,7 +53,7 @@ class Ctx:
     params: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, dict[str, V]] = field(default_factory=dict)
     in_guard: bool = False
-    sum_mode: tuple[str, Any] = ("box", None)  # how sum(|G|) is read (see gamma_side)
+    sum_mode: tuple[str, Any] = ("abs", None)  # how sum(|G|) is read (see gamma_side)
 
     def child(self, names: dict[str, V], in_guard: bool) -> Ctx:
         return Ctx(self.bk, self.n, names, self.kinds, self.gamma, self.lazy, self.W,
@@ -263,7 +263,7 @@ def _call(e: ast.Call, ctx: Ctx) -> V:
         arg = eval_expr(e.args[0], ctx)
         g: Gens = arg.data
         mode, extra = ctx.sum_mode
-        if mode == "box":
+        if mode == "abs":
             return V("bound", abs_sum(g, ctx.n, bk))
         field_name = _gens_field_of(e.args[0])
         return V("bound", extra(field_name, g))

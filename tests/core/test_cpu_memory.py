@@ -18,6 +18,7 @@ import json, resource, torch
 import torch.nn as nn
 import absdsl
 from absdsl import cpu_memory
+cpu_memory.apply_default()  # what the absdsl command and training do when they start
 torch.manual_seed(0)
 torch.set_num_threads(1)
 model = nn.Sequential(nn.Conv2d(1, 8, 5, 2, 2), nn.ReLU(), nn.Conv2d(8, 8, 4, 2, 1), nn.ReLU(),

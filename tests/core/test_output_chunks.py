@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import absdsl
-from absdsl.compiler.bench import peak_tensor_bytes
+from absdsl.experiments.bench_bounds import peak_tensor_bytes
 
 
 def _wide_head() -> nn.Module:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from absdsl.cli import main
-from absdsl.training import bench_train
+from absdsl.experiments import bench_train
 from absdsl.training.checkpoint import load_checkpoint
 
 # 512 digits in batches of 128: 4 batches an epoch, so a run takes a few seconds
@@ -23,7 +23,7 @@ def test_bench_train_rows_at_init_and_on_trained_weights(tmp_path, capsys):
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "x standard" in text and "<= 2.5x" in text
-    assert "issue 14 targets on the trained weights:" in text
+    assert "speed targets on the trained weights:" in text
     init, trained = json.loads(out.read_text())["rows"]
     assert (init["domain"], init["weights"]) == ("box", "init")
     assert (trained["domain"], trained["weights"]) == ("box", "trained")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from absdsl.cli import main
-from absdsl.training import paradox
+from absdsl.experiments import paradox
+from absdsl.experiments.paradox import ParadoxError, make_config
 from absdsl.training.data import dataset_info
-from absdsl.training.paradox import ParadoxError, make_config
 
 RUNS = ("pgd", "grad-box", "grad-deeppoly", "pgpe-box", "pgpe-deeppoly", "rgs-box",
         "rgs-deeppoly")

@@ -17,6 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from absdsl.training.analysis.landscape import check_options, loss_landscape, plot_landscape
+from absdsl.training.analysis.tightness import (
+    AUC_NORMALISATION,
+    certified_auc,
+    compile_domain,
+    eps_grid,
+    float64_copy,
+    propagation_tightness_per_margin,
+)
+from absdsl.training.checkpoint import CheckpointError, atomic_write_text
+from absdsl.training.cli_certify import load_run_model
+from absdsl.training.data import load_dataset
+from absdsl.training.programs import canonical_domain
+
 from .tightness import AnalysisError
 
 
@@ -109,9 +123,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace, n: int) -> tuple[Any, Any, Any, Any, Path, Path]:
     """(config, model, x, y, checkpoint path, output folder) for the first n test inputs."""
-    from ..checkpoint import CheckpointError
-    from ..cli_certify import load_run_model
-    from ..data import load_dataset
 
     target = Path(args.target)
     if not target.exists():
@@ -126,8 +137,6 @@ def _load(args: argparse.Namespace, n: int) -> tuple[Any, Any, Any, Any, Path, P
 
 def _check_domains(model: Any, names: list[str], shape: tuple[int, ...]) -> list[str]:
     """Canonical names; each compiled for the model now (an op it lacks fails here)."""
-    from ..programs import canonical_domain
-    from .tightness import compile_domain, float64_copy
 
     if not names:
         raise AnalysisError("no domain given")
@@ -139,14 +148,6 @@ def _check_domains(model: Any, names: list[str], shape: tuple[int, ...]) -> list
 
 
 def _run_tightness(args: argparse.Namespace) -> int:
-    from ..checkpoint import atomic_write_text
-    from .tightness import (
-        AUC_NORMALISATION,
-        certified_auc,
-        eps_grid,
-        propagation_tightness_per_margin,
-    )
-
     if args.eps_max is not None:
         eps_grid(args.eps_max, args.n_eps)
     elif args.n_eps < 2:
@@ -204,9 +205,6 @@ def _run_tightness(args: argparse.Namespace) -> int:
 
 
 def _run_landscape(args: argparse.Namespace) -> int:
-    from ..checkpoint import atomic_write_text
-    from .landscape import check_options, loss_landscape, plot_landscape
-
     check_options(args.span, args.points, args.sigmas, args.samples, args.radii,
                   args.sensitivity_samples)
     if args.inputs < 1:

@@ -28,6 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from absdsl.training.objective import certified_loss
+from absdsl.training.programs import canonical_domain
+from absdsl.training.smoothing.fitness import PopulationObjective
+from absdsl.training.smoothing.params import ParamLayout
+
 from .tightness import (
     AnalysisError,
     check_data,
@@ -158,7 +163,6 @@ def _unit(flat: torch.Tensor, what: str) -> torch.Tensor:
 
 def random_direction(model: nn.Module, seed: int = 0) -> torch.Tensor:
     """Filter-normalised Gaussian direction (Li et al. 2018), then scaled to norm 1."""
-    from ..smoothing.params import ParamLayout
 
     layout = ParamLayout.of(model)
     params = dict(model.named_parameters())
@@ -180,7 +184,6 @@ def random_direction(model: nn.Module, seed: int = 0) -> torch.Tensor:
 
 def load_direction(path: str | Path, model: nn.Module) -> torch.Tensor:
     """A .pt dict name -> tensor (weights_only), shape-checked per trainable parameter."""
-    from ..smoothing.params import ParamLayout
 
     path = Path(path)
     if not path.is_file():
@@ -219,8 +222,6 @@ def load_direction(path: str | Path, model: nn.Module) -> torch.Tensor:
 def gradient_direction(model64: nn.Module, prog: Any, x: torch.Tensor, y: torch.Tensor,
                        eps: float, num_classes: int) -> torch.Tensor:
     """The normalised gradient of a domain's certified loss at the model's weights."""
-    from ..objective import certified_loss
-    from ..smoothing.params import ParamLayout
 
     layout = ParamLayout.of(model64)
     params = dict(model64.named_parameters())
@@ -262,7 +263,6 @@ def find_jumps(t: Sequence[float], loss: Sequence[float], ratio: float = 10.0,
 def _objectives(model64: nn.Module, domains: Sequence[str], x: torch.Tensor, y: torch.Tensor,
                 eps: float, num_classes: int, chunk_size: int | None,
                 memory_budget_mb: float | None) -> dict[str, Any]:
-    from ..smoothing.fitness import PopulationObjective
 
     out: dict[str, Any] = {}
     shape = tuple(x.shape[1:])
@@ -300,28 +300,17 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     a flat tensor over the trainable parameters. Every input is checked (and every domain
     compiled) before the first loss is evaluated. ``progress(message)`` is called per stage.
     """
-    from ..programs import canonical_domain
-    from ..smoothing.params import ParamLayout
 
     check_data(x, y)
     if not 0 <= eps <= 1:
         raise AnalysisError(f"eps must lie in [0, 1] (pixel units), got {eps}")
     check_options(span, points, sigmas, samples, radii, sensitivity_samples)
-    if memory_budget_mb is not None and not memory_budget_mb > 0:
-        raise AnalysisError(f"memory budget must be > 0 MiB, got {memory_budget_mb}")
-    if jump_ratio <= 1 or jump_window < 1 or min_jump < 0:
-        raise AnalysisError(f"jump options: ratio > 1, window >= 1, min_jump >= 0; got "
-                            f"{jump_ratio}, {jump_window}, {min_jump}")
+    _check_run_options(memory_budget_mb, jump_ratio, jump_window, min_jump)
     names = [canonical_domain(d) for d in domains]
     if not names:
         raise AnalysisError("no domain given")
     note = progress or (lambda message: None)
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise AnalysisError(f"unknown device {device!r}: {err}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"device {device!r} was asked for but CUDA is not available")
+    dev = _device(device)
     model64 = float64_copy(model).to(dev)
     for p in model64.parameters():
         p.requires_grad_(True)
@@ -375,29 +364,12 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         for j, sigma in enumerate(sigmas):
             note(f"{name}: smoothed loss, sigma {sigma:g}, {samples} samples x {points} points")
             gen = torch.Generator().manual_seed(int(seed) * 7919 + 101 * k + j + 1)
-            noise = torch.randn(int(points), int(samples), layout.size, generator=gen,
-                                dtype=torch.float64).to(dev)
-            members = (line.unsqueeze(1) + sigma * noise).reshape(-1, layout.size)
-            draws = _losses(obj, members).reshape(int(points), int(samples))
-            mean, std = draws.mean(1), draws.std(1)
-            half = 1.96 * std / math.sqrt(samples)
-            smoothed[name][f"{sigma:g}"] = {
-                "sigma": float(sigma), "n": int(samples), "mean": mean.tolist(),
-                "std": std.tolist(), "lower": (mean - half).tolist(),
-                "upper": (mean + half).tolist(),
-            }
+            smoothed[name][f"{sigma:g}"] = _smoothed_loss(obj, line, float(sigma), int(samples),
+                                                          gen)
         note(f"{name}: sensitivity at {len(radii)} radii, {sensitivity_samples} directions")
         gen = torch.Generator().manual_seed(int(seed) * 7919 + 101 * k + 997)
-        u = torch.randn(int(sensitivity_samples), layout.size, generator=gen,
-                        dtype=torch.float64).to(dev)
-        u = u / u.norm(dim=1, keepdim=True)
-        r = torch.tensor(list(radii), dtype=torch.float64, device=dev)
-        members = (theta + r.view(-1, 1, 1) * u.unsqueeze(0)).reshape(-1, layout.size)
-        change = (_losses(obj, members).reshape(len(radii), -1) - centre).abs() / r.view(-1, 1)
-        sensitivity[name] = {"mean": change.mean(1).tolist(),
-                             "std": (change.std(1) if change.shape[1] > 1
-                                     else torch.zeros_like(r)).tolist(),
-                             "max": change.max(1).values.tolist()}
+        sensitivity[name] = _sensitivity(obj, theta, centre, radii, int(sensitivity_samples),
+                                         gen)
         timings[name] = time.perf_counter() - start
     return LandscapeResult(
         domains=names, eps=float(eps), n_inputs=int(x64.shape[0]), direction=info,
@@ -408,6 +380,53 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         jump_options={"ratio": jump_ratio, "window": jump_window, "min_jump": min_jump},
         seconds=timings,
     )
+
+
+def _check_run_options(memory_budget_mb: float | None, jump_ratio: float, jump_window: int,
+                       min_jump: float) -> None:
+    if memory_budget_mb is not None and not memory_budget_mb > 0:
+        raise AnalysisError(f"memory budget must be > 0 MiB, got {memory_budget_mb}")
+    if jump_ratio <= 1 or jump_window < 1 or min_jump < 0:
+        raise AnalysisError(f"jump options: ratio > 1, window >= 1, min_jump >= 0; got "
+                            f"{jump_ratio}, {jump_window}, {min_jump}")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise AnalysisError(f"unknown device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AnalysisError(f"device {device!r} was asked for but CUDA is not available")
+    return dev
+
+
+def _smoothed_loss(obj: Any, line: torch.Tensor, sigma: float, samples: int,
+                   gen: torch.Generator) -> dict[str, Any]:
+    """Monte-Carlo mean of the loss under N(0, sigma^2) weight noise at every grid point."""
+    points, size = line.shape
+    noise = torch.randn(points, samples, size, generator=gen,
+                        dtype=torch.float64).to(line.device)
+    members = (line.unsqueeze(1) + sigma * noise).reshape(-1, size)
+    draws = _losses(obj, members).reshape(points, samples)
+    mean, std = draws.mean(1), draws.std(1)
+    half = 1.96 * std / math.sqrt(samples)
+    return {"sigma": sigma, "n": samples, "mean": mean.tolist(), "std": std.tolist(),
+            "lower": (mean - half).tolist(), "upper": (mean + half).tolist()}
+
+
+def _sensitivity(obj: Any, theta: torch.Tensor, centre: float, radii: Sequence[float],
+                 samples: int, gen: torch.Generator) -> dict[str, list[float]]:
+    """|L(theta + r u) - L(theta)| / r over random unit directions u, per radius r."""
+    size = theta.shape[0]
+    u = torch.randn(samples, size, generator=gen, dtype=torch.float64).to(theta.device)
+    u = u / u.norm(dim=1, keepdim=True)
+    r = torch.tensor(list(radii), dtype=torch.float64, device=theta.device)
+    members = (theta + r.view(-1, 1, 1) * u.unsqueeze(0)).reshape(-1, size)
+    change = (_losses(obj, members).reshape(len(radii), -1) - centre).abs() / r.view(-1, 1)
+    return {"mean": change.mean(1).tolist(),
+            "std": (change.std(1) if change.shape[1] > 1 else torch.zeros_like(r)).tolist(),
+            "max": change.max(1).values.tolist()}
 
 
 # -- the figure ----------------------------------------------------------------------------

@@ -18,8 +18,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import absdsl
 from absdsl.compiler.ir import ACTIVATIONS, Graph
+from absdsl.compiler.specs import margin_spec
 from absdsl.errors import AbsdslError
+from absdsl.training.certify import (
+    BoundStage,
+    CertifyOptions,
+    CleanStage,
+    InputResult,
+    StageContext,
+)
+from absdsl.training.programs import canonical_domain
 
 AUC_NORMALISATION = (
     "AUC = (1 / eps_max) * integral over eps in [0, eps_max] of the certified accuracy "
@@ -96,9 +106,6 @@ def trapezoid_auc(eps: list[float], certified: list[float]) -> float:
 
 def compile_domain(model64: nn.Module, domain: str, input_shape: tuple[int, ...]):
     """Compile now, for this input shape: an op the domain cannot handle fails here."""
-    import absdsl
-
-    from ..programs import canonical_domain
 
     return absdsl.compile(model64, domain=canonical_domain(domain), input_shape=input_shape)
 
@@ -113,8 +120,6 @@ def certified_auc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, domain: st
     certified, a margin lower bound must exceed ``tolerance``. No PGD or MILP stage: this
     measures the domain, not the network's true robustness.
     """
-    from ..certify import BoundStage, CertifyOptions, CleanStage, InputResult, StageContext
-    from ..programs import canonical_domain
 
     check_data(x, y)
     grid = eps_grid(eps_max, n_eps)
@@ -196,7 +201,6 @@ def _linear(fn, *xs: torch.Tensor) -> torch.Tensor:
 def _tightness_batch(cg, graph: Graph, head: list[str], frontier: list[str],
                      x: torch.Tensor, y: torch.Tensor, eps: float, n_out: int) -> torch.Tensor:
     """tau per (input, margin) for one batch: [B, n_out - 1]."""
-    from absdsl.compiler.specs import margin_spec
 
     spec = margin_spec(y, n_out).to(x.dtype)
     k = spec.shape[1]
@@ -267,8 +271,6 @@ def _tightness_batch(cg, graph: Graph, head: list[str], frontier: list[str],
 def propagation_tightness_per_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                      eps: float, batch_size: int = 100) -> torch.Tensor:
     """Mao et al.'s tau for every (input, margin f_y - f_i): [N, num_classes - 1], float64."""
-    import absdsl
-
     check_data(x, y)
     if not eps >= 0 or eps > 1:
         raise AnalysisError(f"eps must lie in [0, 1] (pixel units), got {eps}")

@@ -11,14 +11,14 @@ from __future__ import annotations
 from ..steprule import register_step_rule
 from .errors import MemoryBudgetError, RayUnavailableError, SmoothingConfigError
 from .fitness import PopulationObjective
-from .options import add_arguments, options_from_args, parse_options
+from .options import parse_options, rule_options
 from .params import ParamLayout
 from .pgpe import PGPEOptions, PGPESearch
 from .rgs import RGSOptions, smoothed_gradient
 from .rules import PGPEStep, RGSStep
 
-register_step_rule("pgpe", PGPEStep)
-register_step_rule("rgs", RGSStep)
+register_step_rule("pgpe", PGPEStep, rule_options())
+register_step_rule("rgs", RGSStep, rule_options())
 
 __all__ = [
     "MemoryBudgetError",
@@ -31,8 +31,6 @@ __all__ = [
     "RGSStep",
     "RayUnavailableError",
     "SmoothingConfigError",
-    "add_arguments",
-    "options_from_args",
     "parse_options",
     "smoothed_gradient",
 ]

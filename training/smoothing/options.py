@@ -1,17 +1,16 @@
 """Step-rule options for PGPE and RGS: read from the run config, checked before any work.
 
 The training config carries step-rule options in ``config.options`` (the ``[pgpe]`` /
-``[options]`` TOML table or ``--option key=value``); :func:`add_arguments` offers the same as
-flags for the ``absdsl train`` parser and :func:`options_from_args` turns those flags into
-that dict.
+``[options]`` TOML table or ``--option key=value``); :func:`rule_options` declares them with
+the ``pgpe`` and ``rgs`` rules, so that ``absdsl train`` offers each as a flag too.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from ..steprule import RuleOption
 from .errors import SmoothingConfigError
 from .pgpe import OPTIMIZERS, RANKINGS, PGPEOptions
 from .rgs import RGSOptions
@@ -132,25 +131,6 @@ def parse_options(raw: dict[str, Any], *, lr: float, seed: int) -> SmoothingOpti
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--popsize``, ``--sigma``, ... (dest ``smoothing_<key>``) to a train parser."""
-    group = parser.add_argument_group("PGPE / RGS (with --optimizer pgpe|rgs)")
-    for key, (kind, help_text) in OPTION_HELP.items():
-        flag = "--" + key.replace("_", "-")
-        dest = "smoothing_" + key
-        if kind is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text,
-                               metavar=key.upper())
-
-
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags of :func:`add_arguments` that were given, as a ``config.options`` dict."""
-    out = {}
-    for key in OPTION_HELP:
-        value = getattr(args, "smoothing_" + key, None)
-        if value is not None:
-            out[key] = value
-    return out
+def rule_options() -> tuple[RuleOption, ...]:
+    """The options PGPE and RGS register with their step rules (flags of ``absdsl train``)."""
+    return tuple(RuleOption(key, kind, text) for key, (kind, text) in OPTION_HELP.items())

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from absdsl.training.smoothing.distributed import RayEvaluator
+
 from ..data import dataset_info
 from ..schedules import step_decay_factor
 from ..steprule import TrainBatch, check_finite
@@ -132,7 +134,6 @@ class PGPEStep(_SmoothingStep):
         self.evaluate: Callable[[torch.Tensor], torch.Tensor] = objective.losses
         self.remote = None
         if opts.num_actors > 0:
-            from .distributed import RayEvaluator
 
             self.remote = RayEvaluator(
                 objective, opts.num_actors, address=opts.ray_address,

@@ -4,7 +4,7 @@ Two tables, each measured in one run (so ratios compare like with like on the sa
 
 (a) Box, HBox and Zonotope programs on CNN3 and CNN5 at batch 128 (``--batch-a``) and on CNN7
     at batch 32 (``--batch-cnn7``), on MNIST (1x28x28) and CIFAR (3x32x32) shapes, with the
-    pass/fail of issue 14's targets for HBox and Zonotope;
+    pass/fail of the speed targets for HBox and Zonotope;
 (b) DeepPoly and CROWN-IBP programs on MLP 784-64-32-10, CNN3, FC 784-400-200-100-100-10 and
     CNN5 at batch 32 on MNIST shapes, against the reference times of auto_LiRPA 0.7 CROWN;
     with ``--lirpa``, also against auto_LiRPA itself (installed by
@@ -51,14 +51,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import absdsl
+from absdsl import cpu_memory
+from absdsl import domains as registry
+from absdsl.errors import AbsdslError, InputError
 
 # auto_LiRPA 0.7 CROWN on this class of machine (2 CPU cores), batch 32, MNIST shapes, ms.
 LIRPA_CROWN_MS = {"mlp": 17.0, "cnn3": 82.0, "fc": 243.0, "cnn5": 1600.0}
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 TABLE_A_NETS = ("cnn3", "cnn5", "cnn7")
-TABLE_A_DOMAINS = ("box", "hbox", "zonotope")
+TABLE_A_DOMAINS = registry.names_of_kind("forward")
 TABLE_B_NETS = ("mlp", "cnn3", "fc", "cnn5")
-TABLE_B_DOMAINS = ("deeppoly", "crown-ibp")
+TABLE_B_DOMAINS = registry.names_of_kind("backsub")[::-1]  # tightest first
 NUM_CLASSES = 10
 FORWARD_BURST_MS = 100.0  # a round's forward burst lasts about this long (1 to 5 calls)
 MAX_BURST = 5
@@ -67,23 +73,23 @@ CAP_SLACK_GIB = 1.0  # address space beyond --max-gib: libraries, thread arenas,
 
 @dataclass(frozen=True)
 class Target:
-    """One of issue 14's targets for a table (a) row: its batch, memory and time limits."""
+    """One speed target for a table (a) row: its batch, memory and time limits."""
 
     batch: int
     max_gib: float
     max_ratio: float | None  # None: report the time only
 
 
-def issue14_target(net: str, domain: str) -> Target | None:
-    """HBox and Zonotope: CNN3/CNN5 at batch 128 within 4 GiB and 50x a forward pass;
-    CNN7 at batch 32 within 8 GiB (time reported)."""
-    if domain not in ("hbox", "zonotope"):
-        return None
-    if net in ("cnn3", "cnn5"):
-        return Target(128, 4.0, 50.0)
-    if net == "cnn7":
-        return Target(32, 8.0, None)
-    return None
+# HBox and Zonotope: CNN3/CNN5 at batch 128 within 4 GiB and 50x a forward pass; CNN7 at
+# batch 32 within 8 GiB (time reported)
+_NET_TARGETS = {"cnn3": Target(128, 4.0, 50.0), "cnn5": Target(128, 4.0, 50.0),
+                "cnn7": Target(32, 8.0, None)}
+SPEED_TARGETS: dict[str, dict[str, Target]] = {"hbox": _NET_TARGETS, "zonotope": _NET_TARGETS}
+
+
+def speed_target(net: str, domain: str) -> Target | None:
+    """The speed target of a table (a) row (None: the row has none)."""
+    return SPEED_TARGETS.get(domain, {}).get(net)
 
 
 # -- the networks (plain: no input normalisation layer) ------------------------------------
@@ -222,8 +228,6 @@ def throughput_gflops() -> float:
 
 def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
     """Peak live CPU tensor bytes allocated during one call of ``fn`` (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
     sys.stderr.flush()
     saved = os.dup(2)  # kineto prints start/stop lines on fd 2: keep them off the report
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -321,7 +325,7 @@ class Row:
     ours_paired_ms: float | None = None  # our time in the same alternating loop as it
     lirpa_max_diff: float | None = None  # max |bound difference| to auto_LiRPA's, margins
     estimate_gib: float | None = None  # table (a): the probes' estimate of the peak
-    target: str = ""  # table (a): issue 14's target for the row and whether it is met
+    target: str = ""  # table (a): the row's speed target and whether it is met
     target_ok: bool | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -338,8 +342,6 @@ class Row:
 
 
 def _inputs(shape: tuple[int, ...], batch: int, eps: float, seed: int):
-    import absdsl
-
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *shape, generator=gen)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
@@ -353,7 +355,6 @@ LIRPA_METHODS = {"deeppoly": "CROWN", "crown-ibp": "CROWN-IBP"}
 
 def lirpa_version() -> str:
     """auto_LiRPA's version, or a clear error naming how to install it."""
-    from absdsl.errors import InputError
 
     setup = "benchmarks/setup_lirpa.sh VENV installs it next to this torch (docs/benchmarks.md)"
     try:
@@ -399,8 +400,6 @@ def max_bound_difference(a: tuple[torch.Tensor, torch.Tensor],
 def measure_config(table: str, net: str, data: str, domains: tuple[str, ...], batch: int,
                    args: argparse.Namespace, with_grad: bool, log: Callable[[str], None]
                    ) -> list[Row]:
-    import absdsl
-
     shape = SHAPES[data]
     model = build_net(net, shape)
     x, y, lo, hi, spec = _inputs(shape, batch, args.eps, args.seed)
@@ -484,8 +483,8 @@ def _out_of_memory(err: BaseException) -> bool:
 
 
 def judge_target(row: Row) -> None:
-    """Fill ``row.target`` and ``row.target_ok`` with issue 14's target for the row."""
-    target = issue14_target(row.net, row.domain)
+    """Fill ``row.target`` and ``row.target_ok`` with the row's speed target."""
+    target = speed_target(row.net, row.domain)
     if target is None:
         return
     if row.batch != target.batch:
@@ -543,7 +542,7 @@ def _speed(v: float | None) -> str:
 def format_table(rows: list[Row], table: str) -> str:
     if table == "a":
         head = ["net", "data", "domain", "batch", "fwd ms", "bounds ms", "time x fwd",
-                "fwd MiB", "est. MiB", "bounds MiB", "mem x fwd", "issue 14 target", "note"]
+                "fwd MiB", "est. MiB", "bounds MiB", "mem x fwd", "speed target", "note"]
         body = [[r.net, r.data, r.domain, str(r.batch), _fmt(r.fwd_ms, ".2f"),
                  _fmt(r.ms, ".2f"), _fmt(r.time_ratio, ".2f"), _fmt(r.fwd_peak_mib, ".2f"),
                  _fmt(None if r.estimate_gib is None else r.estimate_gib * 1024, ".1f"),
@@ -604,8 +603,8 @@ def machine() -> str:
 # -- the command ---------------------------------------------------------------------------
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", choices=("a", "b", "both"), default="both",
-                        help="a: Box/HBox/Zonotope on CNN3/5/7 (issue 2); b: DeepPoly/CROWN-IBP "
-                             "vs auto_LiRPA (issue 3); default both")
+                        help="a: Box/HBox/Zonotope on CNN3/5/7; b: DeepPoly/CROWN-IBP "
+                             "vs auto_LiRPA; default both")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 warm-up, 2 repeats, no gradient timing")
@@ -616,7 +615,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-a", type=int, default=128,
                         help="table (a) batch of CNN3, CNN5 and the other nets (128)")
     parser.add_argument("--batch-cnn7", type=int, default=32,
-                        help="table (a) batch of CNN7 (32, issue 14's target batch)")
+                        help="table (a) batch of CNN7 (32, the speed target's batch)")
     parser.add_argument("--batch-b", type=int, default=32, help="table (b) batch (32)")
     parser.add_argument("--nets", default=None,
                         help="comma-separated subset of nets (cnn3,cnn5,cnn7,mlp,fc,tiny)")
@@ -641,7 +640,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _subset(text: str | None, default: tuple[str, ...], known: tuple[str, ...] | list[str],
             what: str) -> tuple[str, ...]:
-    from absdsl.errors import InputError
 
     if text is None:
         return default
@@ -654,8 +652,6 @@ def _subset(text: str | None, default: tuple[str, ...], known: tuple[str, ...] |
 
 
 def run(args: argparse.Namespace) -> int:
-    from absdsl.errors import InputError
-
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     for flag in ("batch_a", "batch_b", "batch_cnn7"):
@@ -706,7 +702,7 @@ def run(args: argparse.Namespace) -> int:
                 judge_target(r)
         else:
             title = (f"(b) DeepPoly/CROWN-IBP vs forward and auto_LiRPA 0.7 CROWN (the "
-                     f"issue's reference figures), batch {args.batch_b}, MNIST shapes")
+                     f"reference figures), batch {args.batch_b}, MNIST shapes")
             if lirpa is not None:
                 title += (f"; live: auto_LiRPA {lirpa} (CROWN for deeppoly, CROWN-IBP for "
                           f"crown-ibp) and ours called alternately; max abs diff: the largest "
@@ -722,7 +718,7 @@ def run(args: argparse.Namespace) -> int:
         if table == "a":
             judged = [r for r in rows if r.target_ok is not None]
             if judged:
-                print(f"issue 14 targets (HBox and Zonotope; CNN3/CNN5 at batch 128 within "
+                print(f"speed targets (HBox and Zonotope; CNN3/CNN5 at batch 128 within "
                       f"4 GiB and 50x a forward pass, CNN7 at batch 32 within 8 GiB): "
                       f"{sum(bool(r.target_ok) for r in judged)} of {len(judged)} pass")
         print("compile (trace + generate + exec), ms: " + ", ".join(
@@ -745,8 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_bounds", description=__doc__.splitlines()[0])
     register(parser)
     args = parser.parse_args(argv)
-    from absdsl.errors import AbsdslError
-
+    cpu_memory.apply_default()  # as the absdsl command does: freed tensors stay mapped
     try:
         return run(args)
     except AbsdslError as err:

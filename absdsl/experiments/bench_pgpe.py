@@ -31,8 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .smoothing.memory import PeakMemory
-from .smoothing.pgpe import PGPEOptions, PGPESearch
+import absdsl
+from absdsl.training.data import dataset_info
+from absdsl.training.models import cnn3 as build
+from absdsl.training.objective import certified_loss
+from absdsl.training.smoothing.errors import SmoothingConfigError
+from absdsl.training.smoothing.fitness import PopulationObjective
+from absdsl.training.smoothing.memory import PeakMemory
+from absdsl.training.smoothing.pgpe import PGPEOptions, PGPESearch
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +66,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def cnn3() -> nn.Module:
     """The paper's CNN3 for 1x28x28 inputs (the built-in model when it is available)."""
-    from .data import dataset_info
-    from .models import cnn3 as build
 
     return build(dataset_info("mnist"))
 
@@ -108,11 +112,6 @@ def bench_domain(
     domain: str, popsize: int, batch: int, eps: float, device: torch.device,
     repeats: int, budget: int | None, one_by_one: bool, members: int | None = None,
 ) -> dict[str, Any]:
-    import absdsl
-
-    from .objective import certified_loss
-    from .smoothing.fitness import PopulationObjective
-
     torch.manual_seed(0)
     model = cnn3().to(device).eval()
     program = absdsl.compile(model, domain=domain)
@@ -232,8 +231,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .smoothing.errors import SmoothingConfigError
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SmoothingConfigError("--device cuda but no GPU is available")

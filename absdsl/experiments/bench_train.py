@@ -34,10 +34,30 @@ import torch
 from torch import nn
 
 from absdsl.errors import InputError
+from absdsl.training import builtin_rules  # noqa: F401 - registers grad
+from absdsl.training.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    atomic_save,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from absdsl.training.config import resolve
+from absdsl.training.data import load_dataset, num_batches, train_batches
+from absdsl.training.models import build_model, ibp_init
+from absdsl.training.objective import input_box
+from absdsl.training.programs import (
+    BUILTIN_DOMAINS,
+    canonical_domain,
+    compile_programs,
+    required_domains,
+)
+from absdsl.training.schedules import LinearRamp, SmoothRamp
+from absdsl.training.steprule import TrainBatch, make_step_rule
 
-from .programs import BUILTIN_DOMAINS, canonical_domain
-
-# Issue 14's targets: a certified epoch on the trained weights as a multiple of a standard one.
+# Speed targets: a certified epoch on the trained weights as a multiple of a standard one.
 TARGETS = {"box": 2.5, "hbox": 50.0, "zonotope": 50.0, "deeppoly": 30.0, "crown-ibp": 10.0}
 WARMUP_STEPS = 2
 BURST = 3  # timed standard steps before each timed step of a domain
@@ -90,20 +110,14 @@ class Bench:
     @property
     def total(self) -> int:
         """Batches in a full epoch."""
-        from .data import num_batches
 
         return num_batches(len(self.train), self.batch_size)
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        from .data import train_batches
-
         return train_batches(self.train, self.batch_size, 0, epoch)
 
 
 def _bench(overrides: dict[str, Any]) -> Bench:
-    from .config import resolve
-    from .data import load_dataset
-
     cfg = resolve(overrides)
     info, train, _ = load_dataset(cfg.dataset, cfg.data_root, False)
     return Bench(cfg, info, train.subset(cfg.train_subset))
@@ -111,7 +125,6 @@ def _bench(overrides: dict[str, Any]) -> Bench:
 
 def _initial_model(b: Bench) -> nn.Module:
     """The initialisation a certified run starts from (seed 0, Shi et al. for IBP)."""
-    from .models import build_model, ibp_init
 
     torch.manual_seed(0)
     model = build_model(b.cfg.model, b.info)
@@ -120,9 +133,6 @@ def _initial_model(b: Bench) -> nn.Module:
 
 
 def _rule(model: nn.Module, cfg: Any) -> Any:
-    from .programs import compile_programs, required_domains
-    from .steprule import make_step_rule
-
     programs = compile_programs(model, required_domains(cfg.domain, cfg.method))
     return make_step_rule("grad", model, cfg, programs)
 
@@ -140,8 +150,6 @@ class Standard:
         self._stream = self._batches()
 
     def _batches(self) -> Iterator[Any]:
-        from .steprule import TrainBatch
-
         epoch = 0
         while True:
             for i, (x, y, _) in enumerate(self.b.batches(epoch)):
@@ -170,7 +178,6 @@ def time_epoch(b: Bench, rule: Any, steps: int, eps: float, standard: Standard,
     ``steps`` > 0 only that many batches are timed and both times are scaled up to the
     epoch's number of batches (the standard one from the mean of the burst medians).
     """
-    from .steprule import TrainBatch
 
     for i, (x, y, _) in enumerate(b.batches()):
         if i >= warmup:
@@ -192,7 +199,6 @@ def time_epoch(b: Bench, rule: Any, steps: int, eps: float, standard: Standard,
 def unstable_fraction(program: Any, model: nn.Module, x: torch.Tensor, eps: float) -> float:
     """Share of pre-activation neurons with lower bound < 0 < upper bound under ``program``
     (the domain's own intermediate bounds) on the L-inf ball of radius ``eps`` around ``x``."""
-    from .objective import input_box
 
     was_training = model.training
     model.eval()
@@ -217,8 +223,6 @@ def pretrain(b: Bench, model: nn.Module, epochs: int, batches: int) -> dict[str,
     it, as in ``absdsl train``); epoch N is at the full eps. Certified epochs take the first
     ``batches`` batches of their shuffled order (0: all). Returns the last epoch's means.
     """
-    from .schedules import LinearRamp, SmoothRamp
-    from .steprule import TrainBatch
 
     cfg = b.cfg
     per_epoch = b.total if batches <= 0 else min(batches, b.total)
@@ -268,7 +272,6 @@ def load_weights(path: Path, model: nn.Module, model_name: str, where: str
                  ) -> tuple[dict[str, torch.Tensor], str]:
     """The model weights of a run folder's newest checkpoint or of a checkpoint file
     (``weights_only=True``), checked against ``model`` before any timing starts."""
-    from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
     try:
         file = latest_checkpoint(path) if path.is_dir() else path
@@ -290,7 +293,6 @@ def load_weights(path: Path, model: nn.Module, model_name: str, where: str
 
 def save_weights(folder: Path, model: nn.Module, cfg: Any, epochs: int) -> Path:
     """The pre-trained weights as a checkpoint ``--weights`` (and ``load_checkpoint``) reads."""
-    from .checkpoint import FORMAT, VERSION, atomic_save, checkpoint_name
 
     path = folder / "checkpoints" / checkpoint_name(epochs)
     atomic_save({"format": FORMAT, "version": VERSION, "config": cfg.to_dict(),
@@ -392,7 +394,7 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]], wall: float) -
           f"eps {args.eps}; {timed}; each row divided by a standard epoch timed just before "
           f"it ({machine}, torch {torch.__version__}); {wall:.0f} s")
     head = (f"{'domain':<12}{'weights':<9}{'seconds':>10}{'standard s':>12}"
-            f"{'x standard':>12}{'unstable':>10}  target (issue 14, trained weights)")
+            f"{'x standard':>12}{'unstable':>10}  speed target (trained weights)")
     print(head)
     if standards:
         med = statistics.median(standards)
@@ -414,7 +416,7 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]], wall: float) -
     trained = [r for r in rows if r["weights"] == "trained" and r["target"] is not None]
     if trained:
         ok = sum(r["ratio"] <= r["target"] for r in trained)
-        print(f"issue 14 targets on the trained weights: {ok} of {len(trained)} pass")
+        print(f"speed targets on the trained weights: {ok} of {len(trained)} pass")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "seconds": wall,
                                                "rows": rows}, indent=1))
