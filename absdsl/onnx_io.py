@@ -99,9 +99,12 @@ def _graph_input(model: Any, path: Path) -> tuple[Any, tuple[int, ...]]:
         raise OnnxError(f"{path}: input {value.name!r} has element type {tt.elem_type}; only "
                         f"float and double inputs are supported")
     dims = list(tt.shape.dim)
+    if len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return value, (int(dims[0].dim_value),)  # a rank-1 input: one sample, no batch axis
     if len(dims) < 2:
         raise OnnxError(f"{path}: input {value.name!r} has rank {len(dims)}; expected a batch "
-                        f"axis first, e.g. [1, 784] or [1, 1, 28, 28]")
+                        f"axis first, e.g. [1, 784] or [1, 1, 28, 28], or a fixed rank-1 "
+                        f"vector")
     first = dims[0]
     if first.HasField("dim_value") and first.dim_value not in (1,):
         raise OnnxError(f"{path}: input {value.name!r} has a fixed batch size of "
@@ -113,6 +116,69 @@ def _graph_input(model: Any, path: Path) -> tuple[Any, tuple[int, ...]]:
                             f"({d.dim_param or '?'}); only the batch axis may be symbolic")
         shape.append(int(d.dim_value))
     return value, tuple(shape)
+
+
+UPGRADE_OPSET = 13  # older files are converted to this opset (onnx2torch's oldest versions)
+
+
+def _upgrade_opset(model: Any, path: Path) -> Any:
+    """A file exported at an opset below 13 converted with ``onnx.version_converter``.
+
+    onnx2torch registers converters from opset 9-13 on (``Flatten`` version 1 of opset-8
+    exports, ``Dropout`` 7, ...); the official converter rewrites the old node versions into
+    their opset-13 equivalents. A conversion that fails leaves the model as it was (its ops
+    are then checked and named as usual).
+    """
+    from onnx import version_converter
+
+    if _opset(model) >= UPGRADE_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception:  # noqa: BLE001 - the converter raises RuntimeError and assertions
+        return model
+
+
+def _add_batch_axis(model: Any) -> Any:
+    """A rank-1 input ``[n]`` becomes ``[1, n]`` (and rank-1 outputs lose their shape), so
+    the network has the batch axis every other layer expects; ops that broadcast over
+    leading axes (MatMul, Add, Relu, ...) then compute the same values per sample."""
+    inits = {i.name for i in model.graph.initializer}
+    value = next(i for i in model.graph.input if i.name not in inits)
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) != 1:
+        return model
+    n = int(dims[0].dim_value)
+    value.type.tensor_type.shape.ClearField("dim")
+    for size in (1, n):
+        value.type.tensor_type.shape.dim.add().dim_value = size
+    for out in model.graph.output:
+        if len(out.type.tensor_type.shape.dim) <= 1:
+            out.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    return model
+
+
+def _drop_dropout(model: Any) -> Any:
+    """Dropout (any opset) is the identity at inference: its consumers read its input."""
+    rename: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
+            rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+            continue
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        kept.append(node)
+    if not rename:
+        return model
+    for out in model.graph.output:  # a Dropout that produced the output: its input is it
+        if out.name in rename:
+            out.name = rename[out.name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
 
 
 def _fold_constants(model: Any, path: Path) -> Any:
@@ -372,8 +438,12 @@ def _const_of(gm: fx.GraphModule, arg: Any) -> torch.Tensor | None:
 
 
 def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
-             input_shape: tuple[int, ...]) -> None:
-    """Replace onnx2torch's own modules by modules whose forward uses lowered torch ops."""
+             input_shape: tuple[int, ...], vector: bool = False) -> None:
+    """Replace onnx2torch's own modules by modules whose forward uses lowered torch ops.
+
+    ``vector``: the file's input is a rank-1 vector (one sample, no batch axis), so every
+    value on the data path is a vector and ``W @ v`` is the linear map with matrix W.
+    """
     from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
     from onnx2torch.node_converters.clip import OnnxClip
     from onnx2torch.node_converters.concat import OnnxConcat
@@ -399,6 +469,15 @@ def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
                                 f"axis={mod.axis} mixes the batch axis into the features; "
                                 f"no rule")
             gm.add_submodule(str(node.target), nn.Flatten(1))
+        if vector and node.op == "call_module" and isinstance(
+                gm.get_submodule(str(node.target)), OnnxMatMul) and len(node.args) == 2:
+            w = _const_of(gm, node.args[0])  # W @ v on the vector v of a one-sample network
+            if w is not None and w.dim() == 2 and _const_of(gm, node.args[1]) is None:
+                lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+                with torch.no_grad():
+                    lin.weight.data = w.detach().clone().contiguous()
+                gm.add_submodule(str(node.target), lin)
+                node.args = (node.args[1],)
     gm.recompile()
     probe = torch.zeros((1, *input_shape))
     shapes = _shapes_at_batch1(gm, probe)
@@ -545,7 +624,9 @@ def load_onnx(path: str | Path) -> OnnxNetwork:
     _, onnx2torch = _require()
     p = Path(path)
     model = read_onnx(p)
-    _, input_shape = _graph_input(model, p)
+    value, input_shape = _graph_input(model, p)
+    rank1 = len(value.type.tensor_type.shape.dim) == 1
+    model = _drop_dropout(_add_batch_axis(_upgrade_opset(model, p)))
     folded = _fold_constants(model, p)
     _check_ops(folded, p)
     _check_attributes(folded, p)
@@ -559,7 +640,7 @@ def load_onnx(path: str | Path) -> OnnxNetwork:
     except Exception as err:  # noqa: BLE001 - converters raise anything
         raise OnnxError(f"{p}: onnx2torch cannot convert the network: {_first_line(err)}") \
             from None
-    _rewrite(gm, names, p, input_shape)
+    _rewrite(gm, names, p, input_shape, vector=len(input_shape) == 1 and rank1)
     with torch.no_grad():
         out = gm(torch.zeros((2, *input_shape)))
     if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
@@ -618,7 +699,11 @@ def onnxruntime_outputs(session: Any, x: np.ndarray) -> np.ndarray:
     dtype = np.float64 if inp.type == "tensor(double)" else np.float32
     fixed_one = bool(inp.shape) and inp.shape[0] == 1
     xs = np.ascontiguousarray(x, dtype=dtype)
-    if fixed_one or xs.shape[0] == 1:
+    if len(inp.shape) == 1:  # a rank-1 input: one sample per run, without a batch axis
+        outs = [session.run(None, {inp.name: xs[i].reshape(-1)})[0]
+                for i in range(xs.shape[0])]
+        out = np.concatenate([np.asarray(o).reshape(1, -1) for o in outs], axis=0)
+    elif fixed_one or xs.shape[0] == 1:
         outs = [session.run(None, {inp.name: xs[i:i + 1]})[0] for i in range(xs.shape[0])]
         out = np.concatenate([np.asarray(o).reshape(1, -1) for o in outs], axis=0)
     else:
