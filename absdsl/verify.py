@@ -41,6 +41,7 @@ DEFAULT_TOLERANCE = 1e-6
 WITNESS_SLACK = 1e-6  # a witness must satisfy its rows by this much (x (1 + max |y|))
 CUTOFF_SLACK = 1e-5
 RESULTS = ("unsat", "sat", "unknown", "timeout")
+COMPLETE_STAGES = ("auto", "bab", "milp", "none")  # auto: bab for <= 64 inputs, else milp
 
 
 class WitnessError(AbsdslError):
@@ -65,10 +66,13 @@ class VerifyResult:
     refuted: dict[str, int] = field(default_factory=dict)  # polytopes refuted per stage
     open_polytopes: int = 0
     notes: list[str] = field(default_factory=list)
+    complete: str | None = None  # the complete stage that ran (bab | milp | none)
+    branches: int = 0  # sub-boxes bounded by branch and bound
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"result": self.result, "seconds": round(self.seconds, 4),
-                               "stage": self.stage, "refuted": self.refuted,
+                               "stage": self.stage, "complete": self.complete,
+                               "branches": self.branches, "refuted": self.refuted,
                                "open_polytopes": self.open_polytopes, "notes": self.notes}
         if self.witness is not None:
             w = self.witness
@@ -99,7 +103,7 @@ def _float32_in_box(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
 class _Verifier:
     def __init__(self, net: nn.Module, input_shape: tuple[int, ...], prop: Property,
                  session: Any, timeout: float, tolerance: float, pgd_steps: int,
-                 pgd_restarts: int, seed: int, start: float) -> None:
+                 pgd_restarts: int, seed: int, start: float, complete: str = "auto") -> None:
         self.model = copy.deepcopy(net).double().cpu().eval()
         self.input_shape = input_shape
         self.prop = prop
@@ -110,6 +114,8 @@ class _Verifier:
         self.pgd_steps = pgd_steps
         self.pgd_restarts = pgd_restarts
         self.gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.complete = complete
         self.open = {(c, k) for c, case in enumerate(prop.cases)
                      for k in range(len(case.polytopes))}
         self.result = VerifyResult("unknown", 0.0)
@@ -327,6 +333,47 @@ class _Verifier:
         point = np.clip(np.asarray(res.x)[problem.inputs], problem.lo, problem.hi)
         return "open", point
 
+    def bab(self) -> bool:
+        """Input-box branch and bound (``absdsl.bab``) on every case with open polytopes."""
+        from absdsl.bab import InputBab
+
+        for c in sorted({c for c, _ in self.open}):
+            if self.left() <= 0:
+                return False
+            case = self.prop.cases[c]
+            keys = sorted(k for cc, k in self.open if cc == c)
+            polys = [case.polytopes[k] for k in keys]
+
+            def confirm(j: int, x: np.ndarray, c: int = c, keys: list[int] = keys
+                        ) -> Witness | None:
+                return self.confirm(c, keys[j], x, "bab")
+
+            try:
+                search = InputBab(self.model, self.input_shape, polys, self.tol, self.left,
+                                  confirm, seed=self.seed)
+            except AbsdslError as err:
+                self.result.notes.append(f"bab skipped: {str(err).splitlines()[0]}")
+                return False
+            outcome = search.run(case.lo, case.hi)
+            self.result.branches += outcome.branches
+            if outcome.note:
+                self.result.notes.append(f"bab: {outcome.note}")
+            if outcome.status == "sat":
+                return self.found(outcome.witness)
+            if outcome.status == "unsat":
+                self.refute("bab", [(c, k) for k in keys])
+            else:
+                return False
+        return False
+
+    def complete_stage(self) -> str:
+        if self.complete != "auto":
+            return self.complete
+        n_in = int(np.prod(self.input_shape))
+        from absdsl.bab import MAX_INPUT_DIMS
+
+        return "bab" if n_in <= MAX_INPUT_DIMS else "milp"
+
     def run(self) -> VerifyResult:
         # the box centres first: a property violated there needs no search
         for c, k in sorted(self.open):
@@ -338,7 +385,11 @@ class _Verifier:
         self.bounds()
         if self.open and self.left() > 0 and self.pgd():
             return self.finish()
-        if self.open and self.left() > 0 and self.milp():
+        stage = self.complete_stage()
+        self.result.complete = stage
+        if stage == "bab" and self.open and self.left() > 0 and self.bab():
+            return self.finish()
+        if stage == "milp" and self.open and self.left() > 0 and self.milp():
             return self.finish()
         if not self.open:
             self.result.result = "unsat"
@@ -369,7 +420,7 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
                     onnx_path: str, timeout: float = 300.0,
                     tolerance: float = DEFAULT_TOLERANCE, pgd_steps: int = 50,
                     pgd_restarts: int = 8, seed: int = 0,
-                    start: float | None = None) -> VerifyResult:
+                    start: float | None = None, complete: str = "auto") -> VerifyResult:
     """Decide ``prop`` on ``net`` (an imported ``onnx_path``); see the module docstring.
 
     ``start`` (a ``time.perf_counter()`` value) lets the caller count its own loading time
@@ -381,12 +432,16 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
         raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
     if not (tolerance > 0 and math.isfinite(tolerance)):
         raise AbsdslError(f"--tolerance must be > 0, got {tolerance}")
+    if complete not in COMPLETE_STAGES:
+        raise AbsdslError(f"--complete must be one of {', '.join(COMPLETE_STAGES)}, got "
+                          f"{complete!r}")
     with torch.no_grad():
         probe = net(torch.zeros((1, *input_shape)))
     check_sizes(prop, input_shape, int(probe.reshape(1, -1).shape[1]), onnx_path)
     session = onnxruntime_session(onnx_path)
     verifier = _Verifier(net, input_shape, prop, session, float(timeout), tolerance, pgd_steps,
-                         pgd_restarts, seed, time.perf_counter() if start is None else start)
+                         pgd_restarts, seed, time.perf_counter() if start is None else start,
+                         complete)
     if prop.dropped_empty:
         verifier.result.notes.append(f"{prop.dropped_empty} disjunct(s) with an empty input box "
                                      f"or a false constant were dropped")

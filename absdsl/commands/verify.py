@@ -32,6 +32,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pgd-steps", type=int, default=50)
     parser.add_argument("--pgd-restarts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: the competition's one-core setting)")
+    parser.add_argument("--complete", choices=("auto", "bab", "milp", "none"), default="auto",
+                        help="the complete stage: input-box branch and bound (bab), the exact "
+                             "MILP, or none; auto: bab for networks with at most 64 inputs, "
+                             "milp otherwise")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tolerance must be > 0, got {args.tolerance}")
     if args.pgd_steps < 1 or args.pgd_restarts < 1:
         raise InputError("--pgd-steps and --pgd-restarts must be >= 1")
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     from absdsl.onnx_io import load_onnx
     from absdsl.verify import check_sizes, verify_property
     from absdsl.vnnlib import read_vnnlib
@@ -51,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     check_sizes(prop, net.input_shape, net.num_outputs, args.onnx)
     result = verify_property(net, net.input_shape, prop, args.onnx, timeout=args.timeout,
                              tolerance=args.tolerance, pgd_steps=args.pgd_steps,
-                             pgd_restarts=args.pgd_restarts, seed=args.seed, start=start)
+                             pgd_restarts=args.pgd_restarts, seed=args.seed, start=start,
+                             complete=args.complete)
     if args.out:
         from absdsl.training.checkpoint import atomic_write_text
 
