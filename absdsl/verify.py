@@ -319,18 +319,21 @@ class _Verifier:
                                                                          np.inf))
         c = np.zeros(n + 1)
         c[n] = 1.0
-        res = milp(c, integrality=np.append(problem.integrality, 0), bounds=bounds,
-                   constraints=LinearConstraint(a, lb, ub),
-                   options={"disp": False, "presolve": True,
-                            "time_limit": max(float(time_limit), 1e-3)})
-        if int(res.status) == 2:  # infeasible under the cutoff: min t > tol + slack
-            return "refuted", None
-        dual = getattr(res, "mip_dual_bound", None)
-        if int(res.status) == 0 and dual is not None and float(dual) > self.tol:
-            return "refuted", None
-        if res.x is None:
+        seconds = max(float(time_limit), 1e-3)
+        res = _run_until(lambda: milp(c, integrality=np.append(problem.integrality, 0),
+                                      bounds=bounds, constraints=LinearConstraint(a, lb, ub),
+                                      options={"disp": False, "presolve": True,
+                                               "time_limit": seconds}), seconds)
+        if res is None:  # killed at the deadline
             return "open", None
-        point = np.clip(np.asarray(res.x)[problem.inputs], problem.lo, problem.hi)
+        status, dual, x = res
+        if status == 2:  # infeasible under the cutoff: min t > tol + slack
+            return "refuted", None
+        if status == 0 and dual is not None and float(dual) > self.tol:
+            return "refuted", None
+        if x is None:
+            return "open", None
+        point = np.clip(x[problem.inputs], problem.lo, problem.hi)
         return "open", point
 
     def bab(self) -> bool:
@@ -403,6 +406,41 @@ class _Verifier:
         return self.result
 
 
+def _run_until(solve: Any, seconds: float) -> tuple[int, float | None, np.ndarray | None] | None:
+    """``solve()`` (a scipy ``milp`` call) in a forked child that is killed ``seconds`` from
+    now: HiGHS checks its own time limit only between phases, so the deadline is kept by the
+    parent. Returns (status, dual bound, x), or None when the child was killed or failed."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            res = solve()
+            x = None if res.x is None else np.asarray(res.x, dtype=np.float64)
+            dual = getattr(res, "mip_dual_bound", None)
+            send.send((int(res.status), None if dual is None else float(dual), x))
+        except Exception:  # noqa: BLE001 - any failure leaves the question open
+            send.send(None)
+        finally:
+            send.close()
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    send.close()
+    try:
+        result = recv.recv() if recv.poll(seconds + 0.2) else None
+    except EOFError:  # the child died without an answer
+        result = None
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+    return result
+
+
 def check_sizes(prop: Property, input_shape: tuple[int, ...], num_outputs: int,
                 network: str) -> None:
     """The property's X and Y counts must be the network's input and output sizes."""
@@ -448,5 +486,36 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
     return verifier.run()
 
 
-__all__ = ["RESULTS", "VerifyResult", "Witness", "WitnessError", "check_sizes",
-           "verify_property"]
+def decide_files(onnx_path: str, vnnlib_path: str, timeout: float, start: float | None = None,
+                 **options: Any) -> tuple[VerifyResult, Property | None]:
+    """Read both files and decide, all within ``timeout`` seconds from ``start``.
+
+    The clock runs from ``start`` (the command's own start) through parsing and loading: a
+    property or network that takes the whole budget to read gives ``timeout`` (with no
+    property, None). Bad input raises (``InputError``: one line, exit 2), before any answer.
+    """
+    from absdsl.onnx_io import load_onnx
+    from absdsl.vnnlib import VnnlibTimeout, read_vnnlib
+
+    start = time.perf_counter() if start is None else start
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
+    deadline = start + float(timeout)
+
+    def out_of_time(notes: list[str]) -> VerifyResult:
+        return VerifyResult("timeout", time.perf_counter() - start, notes=notes)
+
+    try:
+        prop = read_vnnlib(vnnlib_path, deadline)  # a syntax error before the network is read
+    except VnnlibTimeout:
+        return out_of_time(["the deadline passed while reading the property"]), None
+    net = load_onnx(onnx_path)
+    check_sizes(prop, net.input_shape, net.num_outputs, onnx_path)
+    if time.perf_counter() >= deadline:
+        return out_of_time(["the deadline passed while loading the network"]), prop
+    return verify_property(net, net.input_shape, prop, onnx_path, timeout=timeout,
+                           start=start, **options), prop
+
+
+__all__ = ["COMPLETE_STAGES", "RESULTS", "VerifyResult", "Witness", "WitnessError",
+           "check_sizes", "decide_files", "verify_property"]

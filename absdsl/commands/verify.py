@@ -53,17 +53,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from absdsl.onnx_io import load_onnx
-    from absdsl.verify import check_sizes, verify_property
-    from absdsl.vnnlib import read_vnnlib
+    from absdsl.verify import VerifyResult, decide_files
 
-    prop = read_vnnlib(args.vnnlib)  # a syntax error is reported before the network is read
-    net = load_onnx(args.onnx)
-    check_sizes(prop, net.input_shape, net.num_outputs, args.onnx)
-    result = verify_property(net, net.input_shape, prop, args.onnx, timeout=args.timeout,
-                             tolerance=args.tolerance, pgd_steps=args.pgd_steps,
-                             pgd_restarts=args.pgd_restarts, seed=args.seed, start=start,
-                             complete=args.complete)
+    result, prop = decide_files(args.onnx, args.vnnlib, timeout=args.timeout,
+                                tolerance=args.tolerance, pgd_steps=args.pgd_steps,
+                                pgd_restarts=args.pgd_restarts, seed=args.seed, start=start,
+                                complete=args.complete)
+    assert isinstance(result, VerifyResult)
     if args.out:
         from absdsl.training.checkpoint import atomic_write_text
 
@@ -71,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data = result.to_json()
         data.update({"network": args.onnx, "property": args.vnnlib,
-                     "cases": len(prop.cases),
-                     "polytopes": sum(len(c.polytopes) for c in prop.cases),
+                     "cases": len(prop.cases) if prop else None,
+                     "polytopes": sum(len(c.polytopes) for c in prop.cases) if prop else None,
                      "tolerance": args.tolerance, "timeout": args.timeout})
         print(json.dumps(data))
     else:
@@ -80,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         detail = ", ".join(f"{k}: {v}" for k, v in result.refuted.items()) or "none"
         print(f"# {result.seconds:.2f} s; polytopes refuted by stage: {detail}; "
               f"open: {result.open_polytopes}" + (f"; decided by {result.stage}"
-                                                  if result.stage else ""))
+                                                  if result.stage else "")
+              + (f"; {result.branches} branches" if result.branches else ""))
         for note in result.notes:
             print(f"# note: {note}")
     return 0
