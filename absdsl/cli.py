@@ -29,6 +29,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("bounds", "absdsl.compiler.bench", "time and memory of bound programs vs a forward pass"),
     ("train", "absdsl.training.bench_train", "epoch time per domain vs a standard epoch"),
     ("pgpe", "absdsl.training.bench_pgpe", "PGPE generation time: batched vs member by member"),
+    ("verify", "absdsl.verify_bench", "absdsl verify over a VNN-COMP folder: answers, wrong"),
 ]
 
 
