@@ -70,8 +70,8 @@ class InputBab:
                  polytopes: Sequence[Any], tolerance: float, left: Callable[[], float],
                  confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
                  domains: Sequence[str] = BAB_DOMAINS, batch: int = 64,
-                 attack_steps: int = 5,
-                 record: list[BranchRecord] | None = None) -> None:
+                 attack_steps: int = 5, record: list[BranchRecord] | None = None,
+                 programs: dict[str, Any] | None = None, heuristic: str = "bound") -> None:
         import absdsl
 
         self.model = model
@@ -82,6 +82,10 @@ class InputBab:
         self.record = record
         self.batch = max(1, int(batch))
         self.attack_steps = attack_steps
+        if heuristic not in ("bound", "smear"):
+            raise AbsdslError(f"unknown split heuristic {heuristic!r} (bound, smear)")
+        self.heuristic = heuristic
+        self.scores = torch.zeros((0,))
         self.gen = torch.Generator().manual_seed(seed)
         self.rows_of: list[slice] = []
         at = 0
@@ -93,11 +97,13 @@ class InputBab:
         self.b = torch.from_numpy(np.concatenate([p.b for p in polytopes]).reshape(at))
         self.b_max = float(self.b.abs().max()) if at else 0.0
         self.progs = []
-        for name in domains:
+        for name in domains:  # programs the caller already compiled are reused
             try:
-                self.progs.append((name, absdsl.compile(model, name, input_shape=input_shape)))
+                prog = (programs or {}).get(name) or absdsl.compile(model, name,
+                                                                    input_shape=input_shape)
             except AbsdslError:
                 continue
+            self.progs.append((name, prog))
         if not self.progs:
             raise AbsdslError("no bound domain has rules for every op of the network")
 
@@ -154,8 +160,13 @@ class InputBab:
                 break
             lo_t, hi_t = self._shape(lo[todo]), self._shape(hi[todo])
             spec = self.A.unsqueeze(0).expand(todo.numel(), -1, -1)
-            with torch.no_grad():
-                lb, ub = prog(lo_t, hi_t, spec=spec)
+            last = name == self.progs[-1][0] and self.heuristic == "bound"
+            if last:  # the bound's sensitivity to the box picks the split dimension
+                lo_t.requires_grad_(True)
+                hi_t.requires_grad_(True)
+            with torch.set_grad_enabled(last):
+                lb_g, ub = prog(lo_t, hi_t, spec=spec)
+            lb, ub = lb_g.detach(), ub.detach()
             g = lb - self.b
             gaps[todo] = torch.maximum(gaps[todo], g)
             if self.record is not None:
@@ -176,16 +187,41 @@ class InputBab:
                 rows = todo[cand[refuted]]
                 open_[rows, k] = False
             closed = todo[~open_[todo].any(dim=1)]
-            was_open_before = closed.numel()
-            if was_open_before:
-                counts[name] = counts.get(name, 0) + int(was_open_before)
+            if closed.numel():
+                counts[name] = counts.get(name, 0) + int(closed.numel())
+        if last and lb_g.requires_grad:
+            self._bound_scores(todo, lo_t, hi_t, lb_g, open_, gaps)
         return open_, gaps, counts
 
+    def _bound_scores(self, todo: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor,
+                      lb: torch.Tensor, open_: torch.Tensor, gaps: torch.Tensor) -> None:
+        """Per box of ``todo`` and input dimension, how much halving it should raise the
+        lower bounds of the open polytopes' best rows: for a bound ``a . x`` minimised over
+        the box, d lb / d lo - d lb / d hi = |a|, so |a_d| x width_d is the gain of a full
+        cut; through the program's gradient it includes the intermediate bounds."""
+        target = torch.zeros((), dtype=lb.dtype)
+        for k, s in enumerate(self.rows_of):
+            if s.stop == s.start:
+                continue
+            best = gaps[todo][:, s].argmax(dim=1) + s.start
+            pick = lb.gather(1, best.unsqueeze(1)).squeeze(1)
+            target = target + (pick * open_[todo, k].to(lb.dtype)).sum()
+        if not target.requires_grad:
+            return
+        g_lo, g_hi = torch.autograd.grad(target, (lo_t, hi_t))
+        width = (hi_t - lo_t).detach()
+        score = ((g_lo - g_hi).clamp(min=0) * width).reshape(todo.numel(), -1)
+        self.scores[todo] = score
+
     def _split_dims(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor,
-                    gaps: torch.Tensor) -> torch.Tensor:
-        """Per box the dimension with the largest width x |gradient| of the open polytopes'
-        best rows at the centre; the widest dimension where the gradient vanishes."""
+                    gaps: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Per box the dimension with the largest score: the bound's sensitivity (heuristic
+        "bound", ``_bound_scores``) or width x |gradient| of the open polytopes' best rows at
+        the centre ("smear"); the widest dimension where the score vanishes."""
         width = hi - lo
+        if scores is not None:
+            score = torch.where(scores.sum(dim=1, keepdim=True) > 0, scores, width)
+            return score.argmax(dim=1)
         x = ((lo + hi) / 2).detach().requires_grad_(True)
         score = torch.zeros_like(lo)
         with torch.enable_grad():
@@ -221,6 +257,7 @@ class InputBab:
             if w is not None:
                 out.status, out.witness = "sat", w
                 return out
+            self.scores = torch.zeros_like(lo)
             open_, gaps, counts = self._bound(lo, hi, open_)
             out.branches += lo.shape[0]
             for name, c in counts.items():
@@ -230,8 +267,9 @@ class InputBab:
             if bool(keep.any()):
                 lo, hi, open_, gaps, depth = lo[keep], hi[keep], open_[keep], gaps[keep], \
                     depth[keep]
+                scores = self.scores[keep] if self.heuristic == "bound" else None
                 _, left_hi, right_lo, _ = split_box(lo, hi, self._split_dims(lo, hi, open_,
-                                                                             gaps))
+                                                                             gaps, scores))
                 stack_lo += [lo, right_lo]
                 stack_hi += [left_hi, hi]
                 stack_open += [open_, open_.clone()]

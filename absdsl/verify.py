@@ -115,6 +115,7 @@ class _Verifier:
         self.pgd_restarts = pgd_restarts
         self.gen = torch.Generator().manual_seed(seed)
         self.seed = seed
+        self.programs: dict[str, Any] = {}  # domain -> compiled program of the bounds stage
         self.complete = complete
         self.open = {(c, k) for c, case in enumerate(prop.cases)
                      for k in range(len(case.polytopes))}
@@ -173,6 +174,7 @@ class _Verifier:
                 return
             try:
                 prog = absdsl.compile(self.model, domain, input_shape=self.input_shape)
+                self.programs[domain] = prog  # reused by branch and bound
             except AbsdslError as err:
                 self.result.notes.append(f"bound:{domain} skipped: {str(err).splitlines()[0]}")
                 continue
@@ -353,7 +355,7 @@ class _Verifier:
 
             try:
                 search = InputBab(self.model, self.input_shape, polys, self.tol, self.left,
-                                  confirm, seed=self.seed)
+                                  confirm, seed=self.seed, programs=self.programs)
             except AbsdslError as err:
                 self.result.notes.append(f"bab skipped: {str(err).splitlines()[0]}")
                 return False
