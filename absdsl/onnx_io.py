@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from absdsl.errors import AbsdslError, InputError, TraceError
@@ -32,7 +33,8 @@ from absdsl.errors import AbsdslError, InputError, TraceError
 # ONNX ops with a lowering (after constant folding). Constant-only nodes of any op are folded.
 SUPPORTED_OPS = ("Gemm", "MatMul", "Conv", "BatchNormalization", "Relu", "Flatten", "Reshape",
                  "Add", "Sub", "Mul", "Div", "Concat", "AveragePool", "GlobalAveragePool",
-                 "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Identity", "Dropout")
+                 "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Identity", "Dropout", "Transpose",
+                 "Slice", "Pad", "MaxPool", "Gather")
 EXPORT_OPSET = 17  # understood by onnx2torch, onnxruntime and the VNN-COMP tools
 MAX_FOLD_ELEMENTS = 50_000_000  # a folded constant larger than this is refused (memory)
 
@@ -400,6 +402,41 @@ class _ClampOneSide(nn.Module):
         return torch.neg(torch.relu(torch.neg(x) + self.hi)) + self.hi
 
 
+class _Permute(nn.Module):
+    """ONNX Transpose that keeps the batch axis first (the NHWC -> NCHW of Keras exports)."""
+
+    def __init__(self, perm: tuple[int, ...]) -> None:
+        super().__init__()
+        self.perm = tuple(perm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.perm)
+
+
+class _Index(nn.Module):
+    """ONNX Slice (positive steps) or Gather of one constant index, as basic indexing with
+    the batch axis whole: ``x[:, a:b, i]``."""
+
+    def __init__(self, items: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.items = items
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.items]
+
+
+class _Pad(nn.Module):
+    """ONNX Pad with constant widths and value (``F.pad``), the batch and channel axes kept."""
+
+    def __init__(self, widths: tuple[int, ...], value: float) -> None:
+        super().__init__()
+        self.widths = tuple(widths)
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.widths, "constant", self.value)
+
+
 class _FlattenOutput(nn.Module):
     """Outputs with more than one per-sample axis are flattened, so specs see a vector."""
 
@@ -449,13 +486,17 @@ def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
     from onnx2torch.node_converters.concat import OnnxConcat
     from onnx2torch.node_converters.flatten import OnnxFlatten
     from onnx2torch.node_converters.functions import OnnxFunction
+    from onnx2torch.node_converters.gather import OnnxGather
     from onnx2torch.node_converters.gemm import OnnxGemm
     from onnx2torch.node_converters.global_average_pool import (
         OnnxGlobalAveragePool,
         OnnxGlobalAveragePoolWithKnownInputShape,
     )
     from onnx2torch.node_converters.matmul import OnnxMatMul
+    from onnx2torch.node_converters.pad import OnnxPadDynamic, OnnxPadStatic
     from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.node_converters.slice import OnnxSlice, OnnxSliceV9
+    from onnx2torch.node_converters.transpose import OnnxTranspose
 
     fns: dict[str, Callable[..., torch.Tensor]] = {
         "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
@@ -511,6 +552,27 @@ def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
                                 f"constant shapes have a rule")
             new, args = _Reshape(_reshape_target(shapes.get(args[0].name), target, where)), \
                 args[:1]
+        elif isinstance(mod, OnnxTranspose):
+            rank = len(shapes.get(args[0].name, ()))
+            perm = list(mod.perm) if mod.perm is not None else list(range(rank))[::-1]
+            if not perm or perm[0] != 0:
+                raise OnnxError(f"{where}: Transpose with perm {perm} moves the batch axis; "
+                                f"only permutations that keep it first have a rule")
+            new, args = _Permute(tuple(perm)), args[:1]
+        elif isinstance(mod, (OnnxSlice, OnnxSliceV9)):
+            new, args = _Index(_slice_items(gm, mod, args, shapes.get(args[0].name), where)), \
+                args[:1]
+        elif isinstance(mod, OnnxGather):
+            new, args = _Index(_gather_items(gm, mod, args, shapes.get(args[0].name), where)), \
+                args[:1]
+        elif isinstance(mod, (OnnxPadStatic, OnnxPadDynamic)):
+            if mod.mode != "constant":
+                raise OnnxError(f"{where}: Pad mode {mod.mode!r} has no rule (constant only)")
+            widths, value = _pad_widths(gm, mod, args, where)
+            rank = len(shapes.get(args[0].name, ()))
+            if len(widths) > 2 * max(rank - 2, 0) and any(widths[2 * (rank - 2):]):
+                raise OnnxError(f"{where}: Pad of the batch or channel axis has no rule")
+            new, args = _Pad(widths, value), args[:1]
         elif isinstance(mod, OnnxConcat):
             new = _Concat(int(mod.axis))
         elif isinstance(mod, (OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)):
@@ -581,6 +643,70 @@ def _reshape_target(in_shape: tuple[int, ...] | None, target: torch.Tensor,
         raise OnnxError(f"{where}: reshaping {list(in_shape)} to {t} at batch 1 moves the "
                         f"batch axis; only reshapes that keep it first have a rule")
     return tuple(t[1:])
+
+
+def _pad_widths(gm: fx.GraphModule, mod: Any, args: list[Any], where: str
+               ) -> tuple[tuple[int, ...], float]:
+    """F.pad widths (last axis first) and the value of an ONNX Pad with constant pads."""
+    from onnx2torch.node_converters.pad import _onnx_padding_to_torch
+
+    if not hasattr(mod, "pads"):  # pads (and the value) given as constant inputs
+        pads = _const_of(gm, args[1]) if len(args) > 1 else None
+        value = _const_of(gm, args[2]) if len(args) > 2 else torch.zeros(())
+        if pads is None or value is None:
+            raise OnnxError(f"{where}: Pad with computed widths has no rule")
+        widths = _onnx_padding_to_torch([int(v) for v in pads.reshape(-1).tolist()])
+        return tuple(int(w) for w in widths), float(value.reshape(-1)[0]) if value.numel() \
+            else 0.0
+    return tuple(int(w) for w in mod.pads), float(mod.constant_value)
+
+
+def _slice_items(gm: fx.GraphModule, mod: Any, args: list[Any],
+                 in_shape: tuple[int, ...] | None, where: str) -> tuple[Any, ...]:
+    """The index tuple of an ONNX Slice with constant starts, ends, axes, positive steps."""
+    if in_shape is None:
+        raise OnnxError(f"{where}: the input shape is unknown")
+    if len(args) > 1:
+        consts = [_const_of(gm, a) for a in args[1:]]
+        if any(c is None for c in consts):
+            raise OnnxError(f"{where}: Slice with computed starts or ends has no rule")
+        values = [[int(v) for v in c.reshape(-1).tolist()] for c in consts if c is not None]
+        starts, ends = values[0], values[1]
+        axes = values[2] if len(values) > 2 else list(range(len(starts)))
+        steps = values[3] if len(values) > 3 else [1] * len(starts)
+    else:  # Slice-9 keeps its constants as attributes (no flips for positive steps)
+        if mod._flip_dims:  # noqa: SLF001 - the converter's own fields
+            raise OnnxError(f"{where}: Slice with a negative step has no rule")
+        items = tuple(mod._pos_axes_slices) + tuple(mod._neg_axes_slices)  # noqa: SLF001
+        if items and items[0] != slice(None):
+            raise OnnxError(f"{where}: Slice of the batch axis has no rule")
+        return items
+    rank = len(in_shape)
+    index: list[Any] = [slice(None)] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = axis + rank if axis < 0 else axis
+        if axis == 0 or step < 1:
+            raise OnnxError(f"{where}: Slice of the batch axis or with a step below 1 has no "
+                            f"rule")
+        size = in_shape[axis]
+        lo = max(0, min(size, start + size if start < 0 else start))
+        hi = max(0, min(size, end + size if end < 0 else end))
+        index[axis] = slice(lo, hi, step)
+    return tuple(index)
+
+
+def _gather_items(gm: fx.GraphModule, mod: Any, args: list[Any],
+                  in_shape: tuple[int, ...] | None, where: str) -> tuple[Any, ...]:
+    """An ONNX Gather of one constant index on a non-batch axis, as ``x[:, ..., i]``."""
+    idx = _const_of(gm, args[1]) if len(args) > 1 else None
+    if in_shape is None or idx is None or idx.numel() != 1 or idx.dim() != 0:
+        raise OnnxError(f"{where}: only Gather of one constant scalar index has a rule")
+    rank = len(in_shape)
+    axis = int(mod._axis) + rank if int(mod._axis) < 0 else int(mod._axis)  # noqa: SLF001
+    if axis == 0:
+        raise OnnxError(f"{where}: Gather along the batch axis has no rule")
+    i = int(idx)
+    return (*([slice(None)] * axis), i + in_shape[axis] if i < 0 else i)
 
 
 def _gemm_linear(gm: fx.GraphModule, mod: Any, args: list[Any], where: str) -> nn.Linear:

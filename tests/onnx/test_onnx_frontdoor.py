@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import absdsl
-from absdsl.onnx_io import onnxruntime_outputs, onnxruntime_session
+from absdsl.onnx_io import OnnxError, onnxruntime_outputs, onnxruntime_session
 
 
 def _save(nodes: list, inits: dict[str, np.ndarray], in_shape: list[int],
@@ -100,3 +101,48 @@ def test_rank1_input_with_vector_times_matrix(tmp_path: Path) -> None:
     path = _save(nodes, {"W": np.array([[2.0, -1.0]])}, [1], [2], 14, tmp_path / "nano.onnx")
     net = _agrees_with_onnxruntime(path)
     assert net.input_shape == (1,) and net.num_outputs == 2
+
+
+def test_keras_style_nhwc_transpose_pad_maxpool_slice_gather(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    inits = {"W": rng.normal(size=(3, 2, 3, 3)), "B": rng.normal(size=(3,)),
+             "G": rng.normal(size=(4, 3)), "GB": rng.normal(size=(3,))}
+    ints = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64),
+            "starts": np.array([0], dtype=np.int64), "ends": np.array([2], dtype=np.int64),
+            "axes": np.array([1], dtype=np.int64), "one": np.array(1, dtype=np.int64)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="sequential/conv2d/BiasAdd__7",
+                              perm=[0, 3, 1, 2]),
+             helper.make_node("Pad", ["t", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "W", "B"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["m"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Slice", ["m", "starts", "ends", "axes"], ["s"], name="slice"),
+             helper.make_node("Gather", ["s", "one"], ["g"], name="gather", axis=1),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "G", "GB"], ["y"], name="fc")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 2])]
+    tensors = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
+    tensors += [numpy_helper.from_array(v, k) for k, v in ints.items()]
+    graph = helper.make_graph(nodes, "keras", inputs, [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, [1, 3])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    path = tmp_path / "keras.onnx"
+    onnx.save(model, str(path))
+    net = _agrees_with_onnxruntime(path)
+    assert net.input_shape == (4, 4, 2) and net.num_outputs == 3
+    lo = -torch.ones(1, 4, 4, 2, dtype=torch.float64)
+    for domain in ("box", "deeppoly"):
+        lb, ub = absdsl.compile(net.double(), domain)(lo, -lo)
+        pts = torch.rand(300, 4, 4, 2, dtype=torch.float64) * 2 - 1
+        with torch.no_grad():
+            ys = net(pts)
+        assert bool((ys >= lb - 1e-9).all() and (ys <= ub + 1e-9).all()), domain
+
+
+def test_transpose_of_the_batch_axis_names_the_node(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], name="swap", perm=[1, 0])]
+    path = _save(nodes, {}, [1, 3], [3, 1], 13, tmp_path / "swap.onnx")
+    with pytest.raises(OnnxError, match=r"ONNX node 'swap' \(Transpose\).*batch axis"):
+        absdsl.load_onnx(path)
