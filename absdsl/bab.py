@@ -70,7 +70,7 @@ class InputBab:
                  polytopes: Sequence[Any], tolerance: float, left: Callable[[], float],
                  confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
                  domains: Sequence[str] = BAB_DOMAINS, batch: int = 64,
-                 attack_steps: int = 5, record: list[BranchRecord] | None = None,
+                 attack_steps: int = 5, samples: int = 32, record: list[BranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, heuristic: str = "bound") -> None:
         import absdsl
 
@@ -82,6 +82,7 @@ class InputBab:
         self.record = record
         self.batch = max(1, int(batch))
         self.attack_steps = attack_steps
+        self.samples = max(0, int(samples))
         if heuristic not in ("bound", "smear"):
             raise AbsdslError(f"unknown split heuristic {heuristic!r} (bound, smear)")
         self.heuristic = heuristic
@@ -122,8 +123,17 @@ class InputBab:
         return torch.stack(cols, dim=1)
 
     def _attack(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor) -> Any:
-        """Centres, then a few signed-gradient steps per box on its open polytopes."""
-        x = (lo + hi) / 2
+        """The centre and ``samples`` random points per box (one forward pass); from the
+        best of them a few signed-gradient steps on the box's open polytopes."""
+        n = lo.shape[1]
+        with torch.no_grad():
+            pts = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * torch.rand(
+                (lo.shape[0], self.samples + 1, n), generator=self.gen, dtype=lo.dtype)
+            pts[:, 0] = (lo + hi) / 2
+            v = self._violations(self._outputs(pts.reshape(-1, n))).reshape(
+                lo.shape[0], self.samples + 1, -1)
+            v = torch.where(open_.unsqueeze(1), v, torch.full_like(v, math.inf))
+            x = pts[torch.arange(lo.shape[0]), v.min(dim=2).values.argmin(dim=1)]
         step = (hi - lo) / 4
         for it in range(self.attack_steps + 1):
             x = x.detach().requires_grad_(it < self.attack_steps)
