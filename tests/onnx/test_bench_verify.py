@@ -53,3 +53,26 @@ def test_bad_folder_and_options(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["bench", "verify", str(tmp_path)]) == 2
     assert "instances.csv:1: timeout 'soon'" in capsys.readouterr().err
     assert main(["bench", "verify", str(tmp_path), "--cap", "0"]) == 2
+
+
+def test_run_instance_script_writes_the_result_file(mlp_file: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "vnncomp" / "run_instance.sh"
+    prop = tmp_path / "p.vnnlib.gz"
+    with gzip.open(prop, "wt") as f:
+        f.write(vnnlib(BOX, 2, "(>= Y_0 (+ Y_1 1e9))"))
+    results = tmp_path / "out.txt"
+    env = dict(os.environ, ABSDSL=f"{sys.executable} -m absdsl.cli")
+    done = subprocess.run(["bash", str(script), "v1", "test", str(mlp_file), str(prop),
+                           str(results), "60"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert results.read_text().splitlines()[0] == "unsat"
+    broken = tmp_path / "broken.vnnlib"
+    broken.write_text("(declare-const X_0 Real")
+    subprocess.run(["bash", str(script), "v1", "test", str(mlp_file), str(broken),
+                    str(results), "60"], env=env, capture_output=True, text=True, timeout=300)
+    assert results.read_text().strip() == "error"
