@@ -359,7 +359,13 @@ class _Verifier:
             except AbsdslError as err:
                 self.result.notes.append(f"bab skipped: {str(err).splitlines()[0]}")
                 return False
-            outcome = search.run(case.lo, case.hi)
+            try:
+                outcome = search.run(case.lo, case.hi)
+            except WitnessError:
+                raise
+            except AbsdslError as err:  # e.g. bounds that overflowed to NaN: no answer
+                self.result.notes.append(f"bab stopped: {str(err).splitlines()[0]}")
+                return False
             self.result.branches += outcome.branches
             if outcome.note:
                 self.result.notes.append(f"bab: {outcome.note}")
