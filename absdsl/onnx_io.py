@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from absdsl.errors import AbsdslError, InputError, TraceError
@@ -32,7 +33,8 @@ from absdsl.errors import AbsdslError, InputError, TraceError
 # ONNX ops with a lowering (after constant folding). Constant-only nodes of any op are folded.
 SUPPORTED_OPS = ("Gemm", "MatMul", "Conv", "BatchNormalization", "Relu", "Flatten", "Reshape",
                  "Add", "Sub", "Mul", "Div", "Concat", "AveragePool", "GlobalAveragePool",
-                 "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Identity", "Dropout")
+                 "Sigmoid", "Tanh", "LeakyRelu", "Clip", "Identity", "Dropout", "Transpose",
+                 "Slice", "Pad", "MaxPool", "Gather")
 EXPORT_OPSET = 17  # understood by onnx2torch, onnxruntime and the VNN-COMP tools
 MAX_FOLD_ELEMENTS = 50_000_000  # a folded constant larger than this is refused (memory)
 
@@ -99,9 +101,12 @@ def _graph_input(model: Any, path: Path) -> tuple[Any, tuple[int, ...]]:
         raise OnnxError(f"{path}: input {value.name!r} has element type {tt.elem_type}; only "
                         f"float and double inputs are supported")
     dims = list(tt.shape.dim)
+    if len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return value, (int(dims[0].dim_value),)  # a rank-1 input: one sample, no batch axis
     if len(dims) < 2:
         raise OnnxError(f"{path}: input {value.name!r} has rank {len(dims)}; expected a batch "
-                        f"axis first, e.g. [1, 784] or [1, 1, 28, 28]")
+                        f"axis first, e.g. [1, 784] or [1, 1, 28, 28], or a fixed rank-1 "
+                        f"vector")
     first = dims[0]
     if first.HasField("dim_value") and first.dim_value not in (1,):
         raise OnnxError(f"{path}: input {value.name!r} has a fixed batch size of "
@@ -113,6 +118,69 @@ def _graph_input(model: Any, path: Path) -> tuple[Any, tuple[int, ...]]:
                             f"({d.dim_param or '?'}); only the batch axis may be symbolic")
         shape.append(int(d.dim_value))
     return value, tuple(shape)
+
+
+UPGRADE_OPSET = 13  # older files are converted to this opset (onnx2torch's oldest versions)
+
+
+def _upgrade_opset(model: Any, path: Path) -> Any:
+    """A file exported at an opset below 13 converted with ``onnx.version_converter``.
+
+    onnx2torch registers converters from opset 9-13 on (``Flatten`` version 1 of opset-8
+    exports, ``Dropout`` 7, ...); the official converter rewrites the old node versions into
+    their opset-13 equivalents. A conversion that fails leaves the model as it was (its ops
+    are then checked and named as usual).
+    """
+    from onnx import version_converter
+
+    if _opset(model) >= UPGRADE_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception:  # noqa: BLE001 - the converter raises RuntimeError and assertions
+        return model
+
+
+def _add_batch_axis(model: Any) -> Any:
+    """A rank-1 input ``[n]`` becomes ``[1, n]`` (and rank-1 outputs lose their shape), so
+    the network has the batch axis every other layer expects; ops that broadcast over
+    leading axes (MatMul, Add, Relu, ...) then compute the same values per sample."""
+    inits = {i.name for i in model.graph.initializer}
+    value = next(i for i in model.graph.input if i.name not in inits)
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) != 1:
+        return model
+    n = int(dims[0].dim_value)
+    value.type.tensor_type.shape.ClearField("dim")
+    for size in (1, n):
+        value.type.tensor_type.shape.dim.add().dim_value = size
+    for out in model.graph.output:
+        if len(out.type.tensor_type.shape.dim) <= 1:
+            out.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    return model
+
+
+def _drop_dropout(model: Any) -> Any:
+    """Dropout (any opset) is the identity at inference: its consumers read its input."""
+    rename: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
+            rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+            continue
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        kept.append(node)
+    if not rename:
+        return model
+    for out in model.graph.output:  # a Dropout that produced the output: its input is it
+        if out.name in rename:
+            out.name = rename[out.name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
 
 
 def _fold_constants(model: Any, path: Path) -> Any:
@@ -334,6 +402,41 @@ class _ClampOneSide(nn.Module):
         return torch.neg(torch.relu(torch.neg(x) + self.hi)) + self.hi
 
 
+class _Permute(nn.Module):
+    """ONNX Transpose that keeps the batch axis first (the NHWC -> NCHW of Keras exports)."""
+
+    def __init__(self, perm: tuple[int, ...]) -> None:
+        super().__init__()
+        self.perm = tuple(perm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.perm)
+
+
+class _Index(nn.Module):
+    """ONNX Slice (positive steps) or Gather of one constant index, as basic indexing with
+    the batch axis whole: ``x[:, a:b, i]``."""
+
+    def __init__(self, items: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.items = items
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.items]
+
+
+class _Pad(nn.Module):
+    """ONNX Pad with constant widths and value (``F.pad``), the batch and channel axes kept."""
+
+    def __init__(self, widths: tuple[int, ...], value: float) -> None:
+        super().__init__()
+        self.widths = tuple(widths)
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.widths, "constant", self.value)
+
+
 class _FlattenOutput(nn.Module):
     """Outputs with more than one per-sample axis are flattened, so specs see a vector."""
 
@@ -372,20 +475,28 @@ def _const_of(gm: fx.GraphModule, arg: Any) -> torch.Tensor | None:
 
 
 def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
-             input_shape: tuple[int, ...]) -> None:
-    """Replace onnx2torch's own modules by modules whose forward uses lowered torch ops."""
+             input_shape: tuple[int, ...], vector: bool = False) -> None:
+    """Replace onnx2torch's own modules by modules whose forward uses lowered torch ops.
+
+    ``vector``: the file's input is a rank-1 vector (one sample, no batch axis), so every
+    value on the data path is a vector and ``W @ v`` is the linear map with matrix W.
+    """
     from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
     from onnx2torch.node_converters.clip import OnnxClip
     from onnx2torch.node_converters.concat import OnnxConcat
     from onnx2torch.node_converters.flatten import OnnxFlatten
     from onnx2torch.node_converters.functions import OnnxFunction
+    from onnx2torch.node_converters.gather import OnnxGather
     from onnx2torch.node_converters.gemm import OnnxGemm
     from onnx2torch.node_converters.global_average_pool import (
         OnnxGlobalAveragePool,
         OnnxGlobalAveragePoolWithKnownInputShape,
     )
     from onnx2torch.node_converters.matmul import OnnxMatMul
+    from onnx2torch.node_converters.pad import OnnxPadDynamic, OnnxPadStatic
     from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.node_converters.slice import OnnxSlice, OnnxSliceV9
+    from onnx2torch.node_converters.transpose import OnnxTranspose
 
     fns: dict[str, Callable[..., torch.Tensor]] = {
         "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
@@ -399,6 +510,15 @@ def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
                                 f"axis={mod.axis} mixes the batch axis into the features; "
                                 f"no rule")
             gm.add_submodule(str(node.target), nn.Flatten(1))
+        if vector and node.op == "call_module" and isinstance(
+                gm.get_submodule(str(node.target)), OnnxMatMul) and len(node.args) == 2:
+            w = _const_of(gm, node.args[0])  # W @ v on the vector v of a one-sample network
+            if w is not None and w.dim() == 2 and _const_of(gm, node.args[1]) is None:
+                lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+                with torch.no_grad():
+                    lin.weight.data = w.detach().clone().contiguous()
+                gm.add_submodule(str(node.target), lin)
+                node.args = (node.args[1],)
     gm.recompile()
     probe = torch.zeros((1, *input_shape))
     shapes = _shapes_at_batch1(gm, probe)
@@ -432,6 +552,27 @@ def _rewrite(gm: fx.GraphModule, nodes: dict[str, tuple[str, str]], path: Path,
                                 f"constant shapes have a rule")
             new, args = _Reshape(_reshape_target(shapes.get(args[0].name), target, where)), \
                 args[:1]
+        elif isinstance(mod, OnnxTranspose):
+            rank = len(shapes.get(args[0].name, ()))
+            perm = list(mod.perm) if mod.perm is not None else list(range(rank))[::-1]
+            if not perm or perm[0] != 0:
+                raise OnnxError(f"{where}: Transpose with perm {perm} moves the batch axis; "
+                                f"only permutations that keep it first have a rule")
+            new, args = _Permute(tuple(perm)), args[:1]
+        elif isinstance(mod, (OnnxSlice, OnnxSliceV9)):
+            new, args = _Index(_slice_items(gm, mod, args, shapes.get(args[0].name), where)), \
+                args[:1]
+        elif isinstance(mod, OnnxGather):
+            new, args = _Index(_gather_items(gm, mod, args, shapes.get(args[0].name), where)), \
+                args[:1]
+        elif isinstance(mod, (OnnxPadStatic, OnnxPadDynamic)):
+            if mod.mode != "constant":
+                raise OnnxError(f"{where}: Pad mode {mod.mode!r} has no rule (constant only)")
+            widths, value = _pad_widths(gm, mod, args, where)
+            rank = len(shapes.get(args[0].name, ()))
+            if len(widths) > 2 * max(rank - 2, 0) and any(widths[2 * (rank - 2):]):
+                raise OnnxError(f"{where}: Pad of the batch or channel axis has no rule")
+            new, args = _Pad(widths, value), args[:1]
         elif isinstance(mod, OnnxConcat):
             new = _Concat(int(mod.axis))
         elif isinstance(mod, (OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)):
@@ -504,6 +645,70 @@ def _reshape_target(in_shape: tuple[int, ...] | None, target: torch.Tensor,
     return tuple(t[1:])
 
 
+def _pad_widths(gm: fx.GraphModule, mod: Any, args: list[Any], where: str
+               ) -> tuple[tuple[int, ...], float]:
+    """F.pad widths (last axis first) and the value of an ONNX Pad with constant pads."""
+    from onnx2torch.node_converters.pad import _onnx_padding_to_torch
+
+    if not hasattr(mod, "pads"):  # pads (and the value) given as constant inputs
+        pads = _const_of(gm, args[1]) if len(args) > 1 else None
+        value = _const_of(gm, args[2]) if len(args) > 2 else torch.zeros(())
+        if pads is None or value is None:
+            raise OnnxError(f"{where}: Pad with computed widths has no rule")
+        widths = _onnx_padding_to_torch([int(v) for v in pads.reshape(-1).tolist()])
+        return tuple(int(w) for w in widths), float(value.reshape(-1)[0]) if value.numel() \
+            else 0.0
+    return tuple(int(w) for w in mod.pads), float(mod.constant_value)
+
+
+def _slice_items(gm: fx.GraphModule, mod: Any, args: list[Any],
+                 in_shape: tuple[int, ...] | None, where: str) -> tuple[Any, ...]:
+    """The index tuple of an ONNX Slice with constant starts, ends, axes, positive steps."""
+    if in_shape is None:
+        raise OnnxError(f"{where}: the input shape is unknown")
+    if len(args) > 1:
+        consts = [_const_of(gm, a) for a in args[1:]]
+        if any(c is None for c in consts):
+            raise OnnxError(f"{where}: Slice with computed starts or ends has no rule")
+        values = [[int(v) for v in c.reshape(-1).tolist()] for c in consts if c is not None]
+        starts, ends = values[0], values[1]
+        axes = values[2] if len(values) > 2 else list(range(len(starts)))
+        steps = values[3] if len(values) > 3 else [1] * len(starts)
+    else:  # Slice-9 keeps its constants as attributes (no flips for positive steps)
+        if mod._flip_dims:  # noqa: SLF001 - the converter's own fields
+            raise OnnxError(f"{where}: Slice with a negative step has no rule")
+        items = tuple(mod._pos_axes_slices) + tuple(mod._neg_axes_slices)  # noqa: SLF001
+        if items and items[0] != slice(None):
+            raise OnnxError(f"{where}: Slice of the batch axis has no rule")
+        return items
+    rank = len(in_shape)
+    index: list[Any] = [slice(None)] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = axis + rank if axis < 0 else axis
+        if axis == 0 or step < 1:
+            raise OnnxError(f"{where}: Slice of the batch axis or with a step below 1 has no "
+                            f"rule")
+        size = in_shape[axis]
+        lo = max(0, min(size, start + size if start < 0 else start))
+        hi = max(0, min(size, end + size if end < 0 else end))
+        index[axis] = slice(lo, hi, step)
+    return tuple(index)
+
+
+def _gather_items(gm: fx.GraphModule, mod: Any, args: list[Any],
+                  in_shape: tuple[int, ...] | None, where: str) -> tuple[Any, ...]:
+    """An ONNX Gather of one constant index on a non-batch axis, as ``x[:, ..., i]``."""
+    idx = _const_of(gm, args[1]) if len(args) > 1 else None
+    if in_shape is None or idx is None or idx.numel() != 1 or idx.dim() != 0:
+        raise OnnxError(f"{where}: only Gather of one constant scalar index has a rule")
+    rank = len(in_shape)
+    axis = int(mod._axis) + rank if int(mod._axis) < 0 else int(mod._axis)  # noqa: SLF001
+    if axis == 0:
+        raise OnnxError(f"{where}: Gather along the batch axis has no rule")
+    i = int(idx)
+    return (*([slice(None)] * axis), i + in_shape[axis] if i < 0 else i)
+
+
 def _gemm_linear(gm: fx.GraphModule, mod: Any, args: list[Any], where: str) -> nn.Linear:
     b = _const_of(gm, args[1]) if len(args) > 1 else None
     c = _const_of(gm, args[2]) if len(args) > 2 else None
@@ -545,7 +750,9 @@ def load_onnx(path: str | Path) -> OnnxNetwork:
     _, onnx2torch = _require()
     p = Path(path)
     model = read_onnx(p)
-    _, input_shape = _graph_input(model, p)
+    value, input_shape = _graph_input(model, p)
+    rank1 = len(value.type.tensor_type.shape.dim) == 1
+    model = _drop_dropout(_add_batch_axis(_upgrade_opset(model, p)))
     folded = _fold_constants(model, p)
     _check_ops(folded, p)
     _check_attributes(folded, p)
@@ -559,7 +766,7 @@ def load_onnx(path: str | Path) -> OnnxNetwork:
     except Exception as err:  # noqa: BLE001 - converters raise anything
         raise OnnxError(f"{p}: onnx2torch cannot convert the network: {_first_line(err)}") \
             from None
-    _rewrite(gm, names, p, input_shape)
+    _rewrite(gm, names, p, input_shape, vector=len(input_shape) == 1 and rank1)
     with torch.no_grad():
         out = gm(torch.zeros((2, *input_shape)))
     if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
@@ -618,7 +825,11 @@ def onnxruntime_outputs(session: Any, x: np.ndarray) -> np.ndarray:
     dtype = np.float64 if inp.type == "tensor(double)" else np.float32
     fixed_one = bool(inp.shape) and inp.shape[0] == 1
     xs = np.ascontiguousarray(x, dtype=dtype)
-    if fixed_one or xs.shape[0] == 1:
+    if len(inp.shape) == 1:  # a rank-1 input: one sample per run, without a batch axis
+        outs = [session.run(None, {inp.name: xs[i].reshape(-1)})[0]
+                for i in range(xs.shape[0])]
+        out = np.concatenate([np.asarray(o).reshape(1, -1) for o in outs], axis=0)
+    elif fixed_one or xs.shape[0] == 1:
         outs = [session.run(None, {inp.name: xs[i:i + 1]})[0] for i in range(xs.shape[0])]
         out = np.concatenate([np.asarray(o).reshape(1, -1) for o in outs], axis=0)
     else:

@@ -41,6 +41,7 @@ DEFAULT_TOLERANCE = 1e-6
 WITNESS_SLACK = 1e-6  # a witness must satisfy its rows by this much (x (1 + max |y|))
 CUTOFF_SLACK = 1e-5
 RESULTS = ("unsat", "sat", "unknown", "timeout")
+COMPLETE_STAGES = ("auto", "bab", "milp", "none")  # auto: bab for <= 64 inputs, else milp
 
 
 class WitnessError(AbsdslError):
@@ -65,10 +66,13 @@ class VerifyResult:
     refuted: dict[str, int] = field(default_factory=dict)  # polytopes refuted per stage
     open_polytopes: int = 0
     notes: list[str] = field(default_factory=list)
+    complete: str | None = None  # the complete stage that ran (bab | milp | none)
+    branches: int = 0  # sub-boxes bounded by branch and bound
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"result": self.result, "seconds": round(self.seconds, 4),
-                               "stage": self.stage, "refuted": self.refuted,
+                               "stage": self.stage, "complete": self.complete,
+                               "branches": self.branches, "refuted": self.refuted,
                                "open_polytopes": self.open_polytopes, "notes": self.notes}
         if self.witness is not None:
             w = self.witness
@@ -99,7 +103,7 @@ def _float32_in_box(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
 class _Verifier:
     def __init__(self, net: nn.Module, input_shape: tuple[int, ...], prop: Property,
                  session: Any, timeout: float, tolerance: float, pgd_steps: int,
-                 pgd_restarts: int, seed: int, start: float) -> None:
+                 pgd_restarts: int, seed: int, start: float, complete: str = "auto") -> None:
         self.model = copy.deepcopy(net).double().cpu().eval()
         self.input_shape = input_shape
         self.prop = prop
@@ -110,6 +114,9 @@ class _Verifier:
         self.pgd_steps = pgd_steps
         self.pgd_restarts = pgd_restarts
         self.gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.programs: dict[str, Any] = {}  # domain -> compiled program of the bounds stage
+        self.complete = complete
         self.open = {(c, k) for c, case in enumerate(prop.cases)
                      for k in range(len(case.polytopes))}
         self.result = VerifyResult("unknown", 0.0)
@@ -167,6 +174,7 @@ class _Verifier:
                 return
             try:
                 prog = absdsl.compile(self.model, domain, input_shape=self.input_shape)
+                self.programs[domain] = prog  # reused by branch and bound
             except AbsdslError as err:
                 self.result.notes.append(f"bound:{domain} skipped: {str(err).splitlines()[0]}")
                 continue
@@ -313,19 +321,69 @@ class _Verifier:
                                                                          np.inf))
         c = np.zeros(n + 1)
         c[n] = 1.0
-        res = milp(c, integrality=np.append(problem.integrality, 0), bounds=bounds,
-                   constraints=LinearConstraint(a, lb, ub),
-                   options={"disp": False, "presolve": True,
-                            "time_limit": max(float(time_limit), 1e-3)})
-        if int(res.status) == 2:  # infeasible under the cutoff: min t > tol + slack
-            return "refuted", None
-        dual = getattr(res, "mip_dual_bound", None)
-        if int(res.status) == 0 and dual is not None and float(dual) > self.tol:
-            return "refuted", None
-        if res.x is None:
+        seconds = max(float(time_limit), 1e-3)
+        res = _run_until(lambda: milp(c, integrality=np.append(problem.integrality, 0),
+                                      bounds=bounds, constraints=LinearConstraint(a, lb, ub),
+                                      options={"disp": False, "presolve": True,
+                                               "time_limit": seconds}), seconds)
+        if res is None:  # killed at the deadline
             return "open", None
-        point = np.clip(np.asarray(res.x)[problem.inputs], problem.lo, problem.hi)
+        status, dual, x = res
+        if status == 2:  # infeasible under the cutoff: min t > tol + slack
+            return "refuted", None
+        if status == 0 and dual is not None and float(dual) > self.tol:
+            return "refuted", None
+        if x is None:
+            return "open", None
+        point = np.clip(x[problem.inputs], problem.lo, problem.hi)
         return "open", point
+
+    def bab(self) -> bool:
+        """Input-box branch and bound (``absdsl.bab``) on every case with open polytopes."""
+        from absdsl.bab import InputBab
+
+        for c in sorted({c for c, _ in self.open}):
+            if self.left() <= 0:
+                return False
+            case = self.prop.cases[c]
+            keys = sorted(k for cc, k in self.open if cc == c)
+            polys = [case.polytopes[k] for k in keys]
+
+            def confirm(j: int, x: np.ndarray, c: int = c, keys: list[int] = keys
+                        ) -> Witness | None:
+                return self.confirm(c, keys[j], x, "bab")
+
+            try:
+                search = InputBab(self.model, self.input_shape, polys, self.tol, self.left,
+                                  confirm, seed=self.seed, programs=self.programs)
+            except AbsdslError as err:
+                self.result.notes.append(f"bab skipped: {str(err).splitlines()[0]}")
+                return False
+            try:
+                outcome = search.run(case.lo, case.hi)
+            except WitnessError:
+                raise
+            except AbsdslError as err:  # e.g. bounds that overflowed to NaN: no answer
+                self.result.notes.append(f"bab stopped: {str(err).splitlines()[0]}")
+                return False
+            self.result.branches += outcome.branches
+            if outcome.note:
+                self.result.notes.append(f"bab: {outcome.note}")
+            if outcome.status == "sat":
+                return self.found(outcome.witness)
+            if outcome.status == "unsat":
+                self.refute("bab", [(c, k) for k in keys])
+            else:
+                return False
+        return False
+
+    def complete_stage(self) -> str:
+        if self.complete != "auto":
+            return self.complete
+        n_in = int(np.prod(self.input_shape))
+        from absdsl.bab import MAX_INPUT_DIMS
+
+        return "bab" if n_in <= MAX_INPUT_DIMS else "milp"
 
     def run(self) -> VerifyResult:
         # the box centres first: a property violated there needs no search
@@ -338,7 +396,11 @@ class _Verifier:
         self.bounds()
         if self.open and self.left() > 0 and self.pgd():
             return self.finish()
-        if self.open and self.left() > 0 and self.milp():
+        stage = self.complete_stage()
+        self.result.complete = stage
+        if stage == "bab" and self.open and self.left() > 0 and self.bab():
+            return self.finish()
+        if stage == "milp" and self.open and self.left() > 0 and self.milp():
             return self.finish()
         if not self.open:
             self.result.result = "unsat"
@@ -350,6 +412,41 @@ class _Verifier:
         self.result.open_polytopes = len(self.open) if self.result.result != "sat" else 0
         self.result.seconds = time.perf_counter() - self.start
         return self.result
+
+
+def _run_until(solve: Any, seconds: float) -> tuple[int, float | None, np.ndarray | None] | None:
+    """``solve()`` (a scipy ``milp`` call) in a forked child that is killed ``seconds`` from
+    now: HiGHS checks its own time limit only between phases, so the deadline is kept by the
+    parent. Returns (status, dual bound, x), or None when the child was killed or failed."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            res = solve()
+            x = None if res.x is None else np.asarray(res.x, dtype=np.float64)
+            dual = getattr(res, "mip_dual_bound", None)
+            send.send((int(res.status), None if dual is None else float(dual), x))
+        except Exception:  # noqa: BLE001 - any failure leaves the question open
+            send.send(None)
+        finally:
+            send.close()
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    send.close()
+    try:
+        result = recv.recv() if recv.poll(seconds + 0.2) else None
+    except EOFError:  # the child died without an answer
+        result = None
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+    return result
 
 
 def check_sizes(prop: Property, input_shape: tuple[int, ...], num_outputs: int,
@@ -369,7 +466,7 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
                     onnx_path: str, timeout: float = 300.0,
                     tolerance: float = DEFAULT_TOLERANCE, pgd_steps: int = 50,
                     pgd_restarts: int = 8, seed: int = 0,
-                    start: float | None = None) -> VerifyResult:
+                    start: float | None = None, complete: str = "auto") -> VerifyResult:
     """Decide ``prop`` on ``net`` (an imported ``onnx_path``); see the module docstring.
 
     ``start`` (a ``time.perf_counter()`` value) lets the caller count its own loading time
@@ -381,17 +478,52 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
         raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
     if not (tolerance > 0 and math.isfinite(tolerance)):
         raise AbsdslError(f"--tolerance must be > 0, got {tolerance}")
+    if complete not in COMPLETE_STAGES:
+        raise AbsdslError(f"--complete must be one of {', '.join(COMPLETE_STAGES)}, got "
+                          f"{complete!r}")
     with torch.no_grad():
         probe = net(torch.zeros((1, *input_shape)))
     check_sizes(prop, input_shape, int(probe.reshape(1, -1).shape[1]), onnx_path)
     session = onnxruntime_session(onnx_path)
     verifier = _Verifier(net, input_shape, prop, session, float(timeout), tolerance, pgd_steps,
-                         pgd_restarts, seed, time.perf_counter() if start is None else start)
+                         pgd_restarts, seed, time.perf_counter() if start is None else start,
+                         complete)
     if prop.dropped_empty:
         verifier.result.notes.append(f"{prop.dropped_empty} disjunct(s) with an empty input box "
                                      f"or a false constant were dropped")
     return verifier.run()
 
 
-__all__ = ["RESULTS", "VerifyResult", "Witness", "WitnessError", "check_sizes",
-           "verify_property"]
+def decide_files(onnx_path: str, vnnlib_path: str, timeout: float, start: float | None = None,
+                 **options: Any) -> tuple[VerifyResult, Property | None]:
+    """Read both files and decide, all within ``timeout`` seconds from ``start``.
+
+    The clock runs from ``start`` (the command's own start) through parsing and loading: a
+    property or network that takes the whole budget to read gives ``timeout`` (with no
+    property, None). Bad input raises (``InputError``: one line, exit 2), before any answer.
+    """
+    from absdsl.onnx_io import load_onnx
+    from absdsl.vnnlib import VnnlibTimeout, read_vnnlib
+
+    start = time.perf_counter() if start is None else start
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
+    deadline = start + float(timeout)
+
+    def out_of_time(notes: list[str]) -> VerifyResult:
+        return VerifyResult("timeout", time.perf_counter() - start, notes=notes)
+
+    try:
+        prop = read_vnnlib(vnnlib_path, deadline)  # a syntax error before the network is read
+    except VnnlibTimeout:
+        return out_of_time(["the deadline passed while reading the property"]), None
+    net = load_onnx(onnx_path)
+    check_sizes(prop, net.input_shape, net.num_outputs, onnx_path)
+    if time.perf_counter() >= deadline:
+        return out_of_time(["the deadline passed while loading the network"]), prop
+    return verify_property(net, net.input_shape, prop, onnx_path, timeout=timeout,
+                           start=start, **options), prop
+
+
+__all__ = ["COMPLETE_STAGES", "RESULTS", "VerifyResult", "Witness", "WitnessError",
+           "check_sizes", "decide_files", "verify_property"]

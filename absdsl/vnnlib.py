@@ -15,14 +15,16 @@ evaluated.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from absdsl.errors import InputError
+from absdsl.errors import AbsdslError, InputError
 
 MAX_DISJUNCTS = 100_000  # the DNF of a property larger than this is refused (memory)
 _VAR = re.compile(r"^([XY])_(\d+)$")
@@ -36,15 +38,13 @@ class VnnlibError(InputError):
 @dataclass(frozen=True)
 class _Atom:
     text: str
-    line: int
-    col: int
+    pos: int  # character offset (line:col only for messages)
 
 
 @dataclass
 class _List:
     items: list[_Atom | _List]
-    line: int
-    col: int
+    pos: int
 
 
 _Expr = _Atom | _List
@@ -90,68 +90,67 @@ class Property:
 
 # ---- reading S-expressions -----------------------------------------------------------------
 
+_TOKEN = re.compile(r";[^\n]*|[()]|[^\s();]+")
+DEADLINE_EVERY = 20_000  # tokens (and disjuncts) between two looks at the clock
+
+
+class VnnlibTimeout(AbsdslError):
+    """The deadline passed while the property was being read: the answer is ``timeout``."""
+
+
 class _Reader:
-    def __init__(self, text: str, path: str) -> None:
+    """S-expressions from one ``re.findall`` pass; a node's ``pos`` is its token index,
+    turned into ``line:col`` (by a second, positional pass) only for a message, so a
+    30 MB file is read in seconds."""
+
+    def __init__(self, text: str, path: str, deadline: float | None = None) -> None:
         self.text = text
         self.path = path
-        self.pos = 0
-        self.line = 1
-        self.col = 1
+        self.deadline = deadline
+        self._offsets: list[int] | None = None
+        self._newlines: list[int] | None = None
 
-    def error(self, message: str, line: int | None = None, col: int | None = None) -> VnnlibError:
-        return VnnlibError(f"{self.path}:{line or self.line}:{col or self.col}: {message}")
+    def where(self, pos: int) -> tuple[int, int]:
+        """line:col of token ``pos`` (``len(tokens)``: the end of the file)."""
+        if self._offsets is None:
+            self._offsets = [m.start() for m in _TOKEN.finditer(self.text)]
+            self._newlines = [m.start() for m in re.finditer("\n", self.text)]
+        assert self._newlines is not None
+        at = self._offsets[pos] if pos < len(self._offsets) else len(self.text)
+        line = bisect.bisect_left(self._newlines, at)
+        col = at - (self._newlines[line - 1] + 1 if line else 0) + 1
+        return line + 1, col
 
-    def _advance(self, n: int = 1) -> None:
-        for _ in range(n):
-            if self.text[self.pos] == "\n":
-                self.line += 1
-                self.col = 1
-            else:
-                self.col += 1
-            self.pos += 1
+    def error(self, message: str, pos: int) -> VnnlibError:
+        line, col = self.where(pos)
+        return VnnlibError(f"{self.path}:{line}:{col}: {message}")
 
-    def _skip(self) -> None:
-        while self.pos < len(self.text):
-            ch = self.text[self.pos]
-            if ch == ";":
-                while self.pos < len(self.text) and self.text[self.pos] != "\n":
-                    self._advance()
-            elif ch.isspace():
-                self._advance()
-            else:
-                return
+    def check_clock(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise VnnlibTimeout(f"{self.path}: the deadline passed while reading the property")
 
     def forms(self) -> list[_Expr]:
+        """Every top-level form; an iterative reader (no recursion limit on nesting)."""
+        tokens = _TOKEN.findall(self.text)
+        self.check_clock()
         out: list[_Expr] = []
-        while True:
-            self._skip()
-            if self.pos >= len(self.text):
-                return out
-            if self.text[self.pos] == ")":
-                raise self.error("unexpected ')'")
-            out.append(self.expr())
-
-    def expr(self) -> _Expr:
-        self._skip()
-        if self.pos >= len(self.text):
-            raise self.error("unexpected end of file")
-        line, col = self.line, self.col
-        if self.text[self.pos] == "(":
-            self._advance()
-            items: list[_Expr] = []
-            while True:
-                self._skip()
-                if self.pos >= len(self.text):
-                    raise self.error(f"unclosed '(' opened at {line}:{col}")
-                if self.text[self.pos] == ")":
-                    self._advance()
-                    return _List(items, line, col)
-                items.append(self.expr())
-        start = self.pos
-        while (self.pos < len(self.text) and not self.text[self.pos].isspace()
-               and self.text[self.pos] not in "();"):
-            self._advance()
-        return _Atom(self.text[start:self.pos], line, col)
+        stack: list[tuple[list[_Expr], int]] = []
+        for at, tok in enumerate(tokens):
+            if at % DEADLINE_EVERY == 0:
+                self.check_clock()
+            if tok == "(":
+                stack.append(([], at))
+            elif tok == ")":
+                if not stack:
+                    raise self.error("unexpected ')'", at)
+                items, opened = stack.pop()
+                (stack[-1][0] if stack else out).append(_List(items, opened))
+            elif tok[0] != ";":
+                (stack[-1][0] if stack else out).append(_Atom(tok, at))
+        if stack:
+            line, col = self.where(stack[-1][1])
+            raise self.error(f"unclosed '(' opened at {line}:{col}", len(tokens))
+        return out
 
 
 # ---- linear forms --------------------------------------------------------------------------
@@ -179,17 +178,16 @@ class _Ineq:
 
     lhs: _Linear
     strict: bool
-    line: int
-    col: int
+    pos: int
 
 
 class _Parser:
     def __init__(self, reader: _Reader) -> None:
         self.r = reader
-        self.declared: dict[tuple[str, int], tuple[int, int]] = {}
+        self.declared: dict[tuple[str, int], int] = {}  # variable -> token of its name
 
     def err(self, node: _Expr, message: str) -> VnnlibError:
-        return self.r.error(message, node.line, node.col)
+        return self.r.error(message, pos=node.pos)
 
     def declare(self, form: _List) -> None:
         if len(form.items) != 3 or not all(isinstance(i, _Atom) for i in form.items[1:]):
@@ -204,9 +202,9 @@ class _Parser:
             raise self.err(kind, f"variable {name.text}: type {kind.text!r}; only Real")
         key = (m.group(1), int(m.group(2)))
         if key in self.declared:
-            line, col = self.declared[key]
+            line, col = self.r.where(self.declared[key])
             raise self.err(name, f"{name.text} is declared twice (first at {line}:{col})")
-        self.declared[key] = (name.line, name.col)
+        self.declared[key] = name.pos
 
     def term(self, node: _Expr) -> _Linear:
         if isinstance(node, _Atom):
@@ -252,6 +250,19 @@ class _Parser:
         raise self.err(node.items[0], f"unknown arithmetic operator {op!r} "
                                       f"(expected +, -, *)")
 
+    def _bound_atom(self, op: str, var: _Atom, num: _Atom, pos: int) -> _Ineq | None:
+        """(op VAR NUMBER) as an inequality, None when it is not of that shape."""
+        m = _VAR.match(var.text)
+        if m is None or not _NUMBER.match(num.text):
+            return None
+        key = (m.group(1), int(m.group(2)))
+        value = float(num.text)
+        if key not in self.declared or not math.isfinite(value):
+            return None  # the general path reports it
+        if op in ("<=", "<"):  # x - v <= 0
+            return _Ineq(_Linear({key: 1.0}, -value), op == "<", pos)
+        return _Ineq(_Linear({key: -1.0}, value), op == ">", pos)
+
     def formula(self, node: _Expr) -> list[list[_Ineq]]:
         """The DNF of a formula: a list of conjunctions of inequalities."""
         if not isinstance(node, _List) or not node.items or not isinstance(node.items[0],
@@ -283,21 +294,25 @@ class _Parser:
                     raise self.err(node, f"the property has more than {MAX_DISJUNCTS} "
                                          f"disjuncts in normal form")
             return dis
+        if op in ("<=", ">=", "<", ">") and len(args) == 2 and isinstance(args[0], _Atom) \
+                and isinstance(args[1], _Atom):  # the common (<= X_3 0.5): no term objects
+            fast = self._bound_atom(op, args[0], args[1], node.pos)
+            if fast is not None:
+                return [[fast]]
         if op in ("<=", ">=", "<", ">", "="):
             if len(args) != 2:
                 raise self.err(node, f"({op} a b) takes two arguments, got {len(args)}")
             left, right = self.term(args[0]), self.term(args[1])
             diff = left.plus(right.scaled(-1.0))  # left - right
             if op in ("<=", "<"):
-                return [[_Ineq(diff, op == "<", node.line, node.col)]]
+                return [[_Ineq(diff, op == "<", node.pos)]]
             if op in (">=", ">"):
-                return [[_Ineq(diff.scaled(-1.0), op == ">", node.line, node.col)]]
-            return [[_Ineq(diff, False, node.line, node.col),
-                     _Ineq(diff.scaled(-1.0), False, node.line, node.col)]]
+                return [[_Ineq(diff.scaled(-1.0), op == ">", node.pos)]]
+            return [[_Ineq(diff, False, node.pos), _Ineq(diff.scaled(-1.0), False, node.pos)]]
         raise self.err(node.items[0], f"unknown connective or relation {op!r}")
 
 
-def _dense(declared: dict[tuple[str, int], tuple[int, int]], kind: str, path: str) -> int:
+def _dense(declared: dict[tuple[str, int], int], kind: str, path: str) -> int:
     idx = sorted(i for k, i in declared if k == kind)
     if idx != list(range(len(idx))):
         missing = next(i for i in range(len(idx) + 1) if i not in idx)
@@ -306,26 +321,29 @@ def _dense(declared: dict[tuple[str, int], tuple[int, int]], kind: str, path: st
     return len(idx)
 
 
-def parse_vnnlib(text: str, path: str = "<vnnlib>") -> Property:
-    """A property from VNN-LIB text (see the module docstring)."""
-    reader = _Reader(text, path)
+def parse_vnnlib(text: str, path: str = "<vnnlib>", deadline: float | None = None
+                 ) -> Property:
+    """A property from VNN-LIB text (see the module docstring).
+
+    ``deadline`` (a ``time.perf_counter()`` value): past it, ``VnnlibTimeout`` is raised.
+    """
+    reader = _Reader(text, path, deadline)
     parser = _Parser(reader)
     assertions: list[_Expr] = []
     for form in reader.forms():
         if not isinstance(form, _List) or not form.items or not isinstance(form.items[0],
                                                                            _Atom):
-            raise reader.error("expected (declare-const ...) or (assert ...)", form.line,
-                               form.col)
+            raise reader.error("expected (declare-const ...) or (assert ...)", pos=form.pos)
         head = form.items[0].text
         if head == "declare-const":
             parser.declare(form)
         elif head == "assert":
             if len(form.items) != 2:
-                raise reader.error("(assert ...) takes one formula", form.line, form.col)
+                raise reader.error("(assert ...) takes one formula", pos=form.pos)
             assertions.append(form.items[1])
         else:
             raise reader.error(f"unknown command {head!r} (expected declare-const or assert)",
-                               form.items[0].line, form.items[0].col)
+                               pos=form.items[0].pos)
     dnf: list[list[_Ineq]] = [[]]
     for a in assertions:  # syntax and linearity errors first, with their line:col
         parts = parser.formula(a)
@@ -344,13 +362,17 @@ def parse_vnnlib(text: str, path: str = "<vnnlib>") -> Property:
                           f"Y_j; it needs both")
     if not assertions:
         raise VnnlibError(f"{path}: the property has no (assert ...)")
-    return _split(dnf, n_in, n_out, path)
+    reader.check_clock()
+    return _split(dnf, n_in, n_out, path, reader)
 
 
-def _split(dnf: list[list[_Ineq]], n_in: int, n_out: int, path: str) -> Property:
+def _split(dnf: list[list[_Ineq]], n_in: int, n_out: int, path: str,
+           reader: _Reader) -> Property:
     cases: dict[tuple[bytes, bytes], Case] = {}
     dropped = 0
-    for conj in dnf:
+    for index, conj in enumerate(dnf):
+        if index % 1000 == 999:
+            reader.check_clock()
         lo = np.full(n_in, -np.inf)
         hi = np.full(n_in, np.inf)
         rows: list[np.ndarray] = []
@@ -360,14 +382,14 @@ def _split(dnf: list[list[_Ineq]], n_in: int, n_out: int, path: str) -> Property
         for ineq in conj:
             xs = {i: c for (k, i), c in ineq.lhs.coeffs.items() if k == "X" and c != 0.0}
             ys = {i: c for (k, i), c in ineq.lhs.coeffs.items() if k == "Y" and c != 0.0}
-            where = f"{path}:{ineq.line}:{ineq.col}"
             if xs and ys:
-                raise VnnlibError(f"{where}: a constraint mixing inputs and outputs is not "
-                                  f"supported")
+                raise reader.error("a constraint mixing inputs and outputs is not supported",
+                                   ineq.pos)
             if xs:
                 if len(xs) > 1:
-                    raise VnnlibError(f"{where}: a linear constraint over several inputs is not "
-                                      f"supported; inputs must be bounded one by one (a box)")
+                    raise reader.error("a linear constraint over several inputs is not "
+                                       "supported; inputs must be bounded one by one (a box)",
+                                       ineq.pos)
                 (i, c), = xs.items()
                 bound = -ineq.lhs.const / c  # c x + k <= 0
                 if c > 0:
@@ -403,7 +425,8 @@ def _split(dnf: list[list[_Ineq]], n_in: int, n_out: int, path: str) -> Property
     return Property(path, n_in, n_out, list(cases.values()), dropped)
 
 
-def read_vnnlib(path: str | Path) -> Property:
+def read_vnnlib(path: str | Path, deadline: float | None = None) -> Property:
+    """The property in file ``path``; ``VnnlibTimeout`` past ``deadline`` (perf_counter)."""
     p = Path(path)
     if not p.is_file():
         raise VnnlibError(f"{p}: no such VNN-LIB file")
@@ -411,7 +434,8 @@ def read_vnnlib(path: str | Path) -> Property:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise VnnlibError(f"{p}: cannot be read as text: {err}") from None
-    return parse_vnnlib(text, str(p))
+    return parse_vnnlib(text, str(p), deadline)
 
 
-__all__ = ["Case", "Polytope", "Property", "VnnlibError", "parse_vnnlib", "read_vnnlib"]
+__all__ = ["Case", "Polytope", "Property", "VnnlibError", "VnnlibTimeout", "parse_vnnlib",
+           "read_vnnlib"]

@@ -32,6 +32,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pgd-steps", type=int, default=50)
     parser.add_argument("--pgd-restarts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: the competition's one-core setting)")
+    parser.add_argument("--complete", choices=("auto", "bab", "milp", "none"), default="auto",
+                        help="the complete stage: input-box branch and bound (bab), the exact "
+                             "MILP, or none; auto: bab for networks with at most 64 inputs, "
+                             "milp otherwise")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,16 +48,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tolerance must be > 0, got {args.tolerance}")
     if args.pgd_steps < 1 or args.pgd_restarts < 1:
         raise InputError("--pgd-steps and --pgd-restarts must be >= 1")
-    from absdsl.onnx_io import load_onnx
-    from absdsl.verify import check_sizes, verify_property
-    from absdsl.vnnlib import read_vnnlib
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    import torch
 
-    prop = read_vnnlib(args.vnnlib)  # a syntax error is reported before the network is read
-    net = load_onnx(args.onnx)
-    check_sizes(prop, net.input_shape, net.num_outputs, args.onnx)
-    result = verify_property(net, net.input_shape, prop, args.onnx, timeout=args.timeout,
-                             tolerance=args.tolerance, pgd_steps=args.pgd_steps,
-                             pgd_restarts=args.pgd_restarts, seed=args.seed, start=start)
+    torch.set_num_threads(args.threads)
+    from absdsl.verify import VerifyResult, decide_files
+
+    result, prop = decide_files(args.onnx, args.vnnlib, timeout=args.timeout,
+                                tolerance=args.tolerance, pgd_steps=args.pgd_steps,
+                                pgd_restarts=args.pgd_restarts, seed=args.seed, start=start,
+                                complete=args.complete)
+    assert isinstance(result, VerifyResult)
     if args.out:
         from absdsl.training.checkpoint import atomic_write_text
 
@@ -59,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data = result.to_json()
         data.update({"network": args.onnx, "property": args.vnnlib,
-                     "cases": len(prop.cases),
-                     "polytopes": sum(len(c.polytopes) for c in prop.cases),
+                     "cases": len(prop.cases) if prop else None,
+                     "polytopes": sum(len(c.polytopes) for c in prop.cases) if prop else None,
                      "tolerance": args.tolerance, "timeout": args.timeout})
         print(json.dumps(data))
     else:
@@ -68,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         detail = ", ".join(f"{k}: {v}" for k, v in result.refuted.items()) or "none"
         print(f"# {result.seconds:.2f} s; polytopes refuted by stage: {detail}; "
               f"open: {result.open_polytopes}" + (f"; decided by {result.stage}"
-                                                  if result.stage else ""))
+                                                  if result.stage else "")
+              + (f"; {result.branches} branches" if result.branches else ""))
         for note in result.notes:
             print(f"# note: {note}")
     return 0

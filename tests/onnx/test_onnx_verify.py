@@ -53,10 +53,17 @@ def test_holds_by_bounds_and_by_milp(mlp_file: Path, tmp_path: Path,
     # Y_1 - Y_0 <= lo - 0.02 is unreachable (the grid minimum is a little below the true
     # minimum only by the grid's resolution), and too close for the domains in this box
     prop = _write(tmp_path, "milp.vnnlib", vnnlib(WIDE, 2, f"(<= (- Y_1 Y_0) {lo - 0.02!r})"))
-    rc, out, _ = _run(["verify", str(mlp_file), str(prop), "--json"], capsys)
+    rc, out, _ = _run(["verify", str(mlp_file), str(prop), "--json", "--complete", "milp"],
+                      capsys)
     data = json.loads(out)
     assert rc == 0 and data["result"] == "unsat", data
     assert data["refuted"] == {"milp": 1} and data["stage"] == "milp"
+    # the default complete stage on 2 inputs: branch and bound on the input box
+    rc, out, _ = _run(["verify", str(mlp_file), str(prop), "--json"], capsys)
+    data = json.loads(out)
+    assert rc == 0 and data["result"] == "unsat", data
+    assert data["refuted"] == {"bab": 1} and data["stage"] == "bab"
+    assert data["complete"] == "bab" and data["branches"] > 1
 
 
 def test_fails_with_a_witness_checked_by_onnxruntime(mlp_file: Path, tmp_path: Path,
@@ -109,7 +116,8 @@ def test_timeout_and_unknown(mlp_file: Path, tmp_path: Path) -> None:
     slo, _ = _gap_range(sig, WIDE)
     prop = parse_vnnlib(vnnlib(WIDE, 2, f"(<= (- Y_1 Y_0) {slo - 1e-3!r})"))
     snet = absdsl.load_onnx(path)
-    res = verify_property(snet, snet.input_shape, prop, str(path), timeout=60)
+    res = verify_property(snet, snet.input_shape, prop, str(path), timeout=60,
+                          complete="milp")
     assert res.result == "unknown" and any("milp skipped" in n for n in res.notes)
 
 
