@@ -54,8 +54,8 @@ def load_onnx(path: str | Path) -> nn.Module:
     """An ONNX network as an ``nn.Module`` (eval mode) that :func:`compile` traces.
 
     Needs the ``onnx`` extra; every op is checked now, so one without a rule fails here with
-    the ONNX node's name and op type (``absdsl/onnx_io.py``).
+    the ONNX node's name and op type (``absdsl/verification/onnx_io.py``).
     """
-    from absdsl.onnx_io import load_onnx as _load
+    from absdsl.verification.onnx_io import load_onnx as _load
 
     return _load(path)

@@ -33,7 +33,8 @@ BENCHES: list[tuple[str, str, str]] = [
      "time and memory of bound programs vs a forward pass"),
     ("train", "absdsl.experiments.bench_train", "epoch time per domain vs a standard epoch"),
     ("pgpe", "absdsl.experiments.bench_pgpe", "PGPE generation time: batched vs member by member"),
-    ("verify", "absdsl.verify_bench", "absdsl verify over a VNN-COMP folder: answers, wrong"),
+    ("verify", "absdsl.experiments.bench_verify",
+     "absdsl verify over a VNN-COMP folder: answers, wrong"),
 ]
 
 

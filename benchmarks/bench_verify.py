@@ -1,5 +1,5 @@
 """Run ``absdsl verify`` over a VNN-COMP layout folder and count answers (``absdsl bench
-verify`` as a script; the code is ``absdsl/verify_bench.py``).
+verify`` as a script; the code is ``absdsl/experiments/bench_verify.py``).
 
     python benchmarks/bench_verify.py DIR [--cap S] [--answers results.csv] [--every K]
 """
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from absdsl.errors import AbsdslError
-from absdsl.verify_bench import register, run
+from absdsl.experiments.bench_verify import register, run
 
 
 def main(argv: list[str] | None = None) -> int:

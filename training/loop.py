@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from absdsl.compiler.specs import margin_spec
 from absdsl.cpu_memory import apply_default as keep_freed_memory_by_default

@@ -151,8 +151,8 @@ def build_model(name: str, info: DatasetInfo) -> nn.Module:
     key = name.lower()
     if key in BUILTIN:
         model = BUILTIN[key](info)
-    elif key.endswith(".onnx"):  # an ONNX file (absdsl/onnx_io.py), its weights included
-        from absdsl.onnx_io import load_onnx
+    elif key.endswith(".onnx"):  # an ONNX file with its weights (verification/onnx_io.py)
+        from absdsl.verification.onnx_io import load_onnx
 
         model = load_onnx(name)
     elif ":" in name:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 
 def on_terminal(stream: TextIO | None = None) -> bool:
     """True when ``stream`` (default: stderr, where tqdm writes) is an interactive terminal."""
@@ -26,6 +28,4 @@ def progress_bar(total: int, desc: str, initial: int = 0, stream: TextIO | None 
     """A tqdm bar on a terminal, else None (the caller's per-epoch line is the log)."""
     if not on_terminal(stream):
         return None
-    from tqdm import tqdm  # only needed where a bar is drawn
-
     return tqdm(total=total, initial=initial, leave=False, desc=desc, file=stream or sys.stderr)

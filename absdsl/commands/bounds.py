@@ -80,7 +80,7 @@ def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, tuple[
     if path.suffix.lower() == ".onnx":  # an ONNX network knows its input shape
         if weights is not None:
             raise InputError("--weights goes with --model module:factory, not with an ONNX file")
-        from absdsl.onnx_io import load_onnx
+        from absdsl.verification.onnx_io import load_onnx
 
         net = load_onnx(path)
         return net.eval(), net.input_shape

@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from absdsl.onnx_io import export_onnx, onnxruntime_outputs, onnxruntime_session
     from absdsl.training.cli_certify import load_run_model
     from absdsl.training.data import eval_batches, load_dataset
+    from absdsl.verification.onnx_io import export_onnx, onnxruntime_outputs, onnxruntime_session
 
     out = Path(args.onnx)
     if out.suffix.lower() != ".onnx":

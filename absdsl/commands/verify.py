@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from absdsl.verify import VerifyResult, decide_files
+    from absdsl.verification.verify import VerifyResult, decide_files
 
     result, prop = decide_files(args.onnx, args.vnnlib, timeout=args.timeout,
                                 tolerance=args.tolerance, pgd_steps=args.pgd_steps,

@@ -1,5 +1,5 @@
-"""Input-box branch and bound (``absdsl.bab``): every branch's bounds hold inside its box,
-the halves cover their parent, and its answers agree with a dense grid."""
+"""Input-box branch and bound (``absdsl.verification.bab``): every branch's bounds hold inside its
+box, the halves cover their parent, and its answers agree with a dense grid."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from absdsl.bab import BranchRecord, InputBab, split_box
-from absdsl.vnnlib import Polytope
+from absdsl.verification.bab import BranchRecord, InputBab, split_box
+from absdsl.verification.vnnlib import Polytope
 
 
 def _net(seed: int, n_in: int, width: int = 12, depth: int = 2) -> nn.Sequential:

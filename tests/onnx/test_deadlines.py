@@ -11,8 +11,8 @@ import pytest
 from onnx_helpers import vnnlib
 
 from absdsl.cli import main
-from absdsl.verify import _run_until, decide_files
-from absdsl.vnnlib import VnnlibTimeout, parse_vnnlib, read_vnnlib
+from absdsl.verification.verify import _run_until, decide_files
+from absdsl.verification.vnnlib import VnnlibTimeout, parse_vnnlib, read_vnnlib
 
 
 def _big_property(n_cases: int) -> str:
@@ -50,7 +50,7 @@ def test_loading_past_the_deadline_is_a_timeout_not_an_answer(mlp_file: Path,
     result, prop = decide_files(str(mlp_file), str(path), timeout=10.0)
     assert result.result == "unsat" and prop is not None
     # a clock that ran out while the network was loaded: timeout, never the unsat above
-    import absdsl.onnx_io as onnx_io
+    import absdsl.verification.onnx_io as onnx_io
 
     real = onnx_io.load_onnx
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import absdsl
-from absdsl.onnx_io import OnnxError, onnxruntime_outputs, onnxruntime_session
+from absdsl.verification.onnx_io import OnnxError, onnxruntime_outputs, onnxruntime_session
 
 
 def _save(nodes: list, inits: dict[str, np.ndarray], in_shape: list[int],
@@ -32,7 +32,7 @@ def _save(nodes: list, inits: dict[str, np.ndarray], in_shape: list[int],
     return path
 
 
-def _agrees_with_onnxruntime(path: Path, n: int = 8) -> absdsl.onnx_io.OnnxNetwork:
+def _agrees_with_onnxruntime(path: Path, n: int = 8) -> absdsl.verification.onnx_io.OnnxNetwork:
     net = absdsl.load_onnx(path)
     x = torch.rand(n, *net.input_shape, generator=torch.Generator().manual_seed(0)) * 4 - 2
     ort = onnxruntime_outputs(onnxruntime_session(path), x.numpy())

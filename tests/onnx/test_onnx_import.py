@@ -14,7 +14,7 @@ from onnx_helpers import export, mlp, res_cnn, vnnlib
 import absdsl
 from absdsl.cli import main
 from absdsl.errors import AbsdslError
-from absdsl.onnx_io import OnnxError, onnxruntime_outputs, onnxruntime_session
+from absdsl.verification.onnx_io import OnnxError, onnxruntime_outputs, onnxruntime_session
 
 DOMAINS = ("box", "zonotope", "crown-ibp", "deeppoly")
 

@@ -13,9 +13,9 @@ from onnx_helpers import export, mlp, vnnlib
 
 import absdsl
 from absdsl.cli import main
-from absdsl.onnx_io import onnxruntime_outputs, onnxruntime_session
-from absdsl.verify import verify_property
-from absdsl.vnnlib import parse_vnnlib
+from absdsl.verification.onnx_io import onnxruntime_outputs, onnxruntime_session
+from absdsl.verification.verify import verify_property
+from absdsl.verification.vnnlib import parse_vnnlib
 
 WIDE = [(-3.0, 3.0), (-3.0, 3.0)]
 
@@ -147,7 +147,7 @@ def test_bad_input_exits_2_without_a_result(mlp_file: Path, tmp_path: Path,
     rc, out, err = _run(["verify", str(mlp_file), str(prop), "--timeout", "0"], capsys)
     assert rc == 2 and "--timeout" in err
     # a witness that onnxruntime does not reproduce is an error, never 'sat'
-    import absdsl.onnx_io as onnx_io
+    import absdsl.verification.onnx_io as onnx_io
 
     real = onnx_io.onnxruntime_outputs
     monkeypatch.setattr(onnx_io, "onnxruntime_outputs",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx_helpers import vnnlib
 
-from absdsl.vnnlib import VnnlibError, parse_vnnlib
+from absdsl.verification.vnnlib import VnnlibError, parse_vnnlib
 
 ROBUST = vnnlib([(0.25, 0.5), (-1.0, 0.0)], 3, "(or (>= Y_1 Y_0) (>= Y_2 Y_0))")
 

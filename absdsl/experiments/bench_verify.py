@@ -110,7 +110,7 @@ def _plain(path: Path, scratch: Path) -> Path:
 
 def run_instance(inst: Instance, limit: float, scratch: Path, complete: str) -> tuple[
         str, float, str | None, int, str]:
-    from absdsl.verify import decide_files
+    from absdsl.verification.verify import decide_files
 
     start = time.perf_counter()
     try:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from absdsl.errors import AbsdslError
-from absdsl.vnnlib import Polytope, Property, VnnlibError
+from absdsl.verification.vnnlib import Polytope, Property, VnnlibError
 
 DEFAULT_TOLERANCE = 1e-6
 WITNESS_SLACK = 1e-6  # a witness must satisfy its rows by this much (x (1 + max |y|))
@@ -140,7 +140,7 @@ class _Verifier:
     def confirm(self, c: int, k: int, x: np.ndarray, stage: str) -> Witness | None:
         """A checked witness from candidate x, None if it is not one; raises if onnxruntime
         disagrees with the float64 model about a clear witness."""
-        from absdsl.onnx_io import onnxruntime_outputs
+        from absdsl.verification.onnx_io import onnxruntime_outputs
 
         case = self.prop.cases[c]
         poly = case.polytopes[k]
@@ -339,8 +339,8 @@ class _Verifier:
         return "open", point
 
     def bab(self) -> bool:
-        """Input-box branch and bound (``absdsl.bab``) on every case with open polytopes."""
-        from absdsl.bab import InputBab
+        """Input-box branch and bound (``verification.bab``) on every case with open polytopes."""
+        from absdsl.verification.bab import InputBab
 
         for c in sorted({c for c, _ in self.open}):
             if self.left() <= 0:
@@ -381,7 +381,7 @@ class _Verifier:
         if self.complete != "auto":
             return self.complete
         n_in = int(np.prod(self.input_shape))
-        from absdsl.bab import MAX_INPUT_DIMS
+        from absdsl.verification.bab import MAX_INPUT_DIMS
 
         return "bab" if n_in <= MAX_INPUT_DIMS else "milp"
 
@@ -472,7 +472,7 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
     ``start`` (a ``time.perf_counter()`` value) lets the caller count its own loading time
     against ``timeout``.
     """
-    from absdsl.onnx_io import onnxruntime_session
+    from absdsl.verification.onnx_io import onnxruntime_session
 
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
@@ -502,8 +502,8 @@ def decide_files(onnx_path: str, vnnlib_path: str, timeout: float, start: float 
     property or network that takes the whole budget to read gives ``timeout`` (with no
     property, None). Bad input raises (``InputError``: one line, exit 2), before any answer.
     """
-    from absdsl.onnx_io import load_onnx
-    from absdsl.vnnlib import VnnlibTimeout, read_vnnlib
+    from absdsl.verification.onnx_io import load_onnx
+    from absdsl.verification.vnnlib import VnnlibTimeout, read_vnnlib
 
     start = time.perf_counter() if start is None else start
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
