@@ -111,7 +111,9 @@ def fingerprint(entry: zoo.ZooModel, domain: str, variant: str) -> dict[str, str
     return found
 
 
-def run(names: list[str] | None) -> dict[str, dict[str, str]]:
+def run(names: list[str] | None, out: Path | None = None) -> dict[str, dict[str, str]]:
+    """Every case's hashes; written to ``out`` after each case (a cut-short run still
+    leaves what it found)."""
     torch.set_num_threads(1)
     entries = [e for e in zoo.ZOO if e.name in (names or MODELS)]
     result: dict[str, dict[str, str]] = {}
@@ -123,6 +125,8 @@ def run(names: list[str] | None) -> dict[str, dict[str, str]]:
                 key = f"{entry.name}/{domain}/{variant}"
                 result[key] = fingerprint(entry, domain, variant)
                 print(key, result[key].get("plain", result[key].get("refused")), flush=True)
+                if out is not None:
+                    out.write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
 
 
@@ -135,14 +139,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
-        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        both = set(a) & set(b)  # a cut-short run compares what it reached
+        differ = sorted(k for k in both if a[k] != b[k])
         for key in differ:
-            print("DIFFERS", key, a.get(key), b.get(key))
-        print(f"{len(a)} vs {len(b)} cases, {len(differ)} differ")
+            print("DIFFERS", key, a[key], b[key])
+        print(f"{len(a)} vs {len(b)} cases, {len(both)} in both, {len(differ)} differ")
         sys.exit(1 if differ else 0)
-    result = run(args.models)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1, sort_keys=True))
+    result = run(args.models, args.out)
     print("total", hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()[:20])
 
 
