@@ -190,6 +190,9 @@ def validate(cfg: TrainConfig) -> None:
              f"{name} must be true or false, got {getattr(cfg, name)!r}")
     if cfg.loss_fusion:
         _check_loss_fusion(cfg)
+    need(not cfg.torch_compile or cfg.optimizer == "grad",
+         f"torch_compile (--compile) applies to the grad optimizer; {cfg.optimizer!r} "
+         f"evaluates populations under vmap, which runs the eager programs")
 
 
 def _check_loss_fusion(cfg: TrainConfig) -> None:

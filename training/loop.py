@@ -111,6 +111,10 @@ class Trainer:
         if cfg.loss_fusion and "box" not in names:
             names.append("box")  # the chord intervals of loss fusion
         self.programs = compile_programs(self.model, names)
+        if cfg.torch_compile:
+            from .fused import compile_programs_fused
+
+            self.programs = compile_programs_fused(self.programs)
         self.rule = make_step_rule(
             cfg.optimizer, self.model, cfg, self.programs, resume=checkpoint is not None
         )
