@@ -94,8 +94,9 @@ def bench_net(net: str, batch: int, eps: float, rounds: int, backend: str | None
             m = margin_lower(eager[d], None, lo, hi, y, n)
             margin_ce = float(F.cross_entropy(-m.scatter(1, y.unsqueeze(1), 0.0), y))
             fused, _ = fused_ce_upper(eager[d], eager["box"], None, lo, hi, y, n)
-            print(f"    {LABEL[d]:<10} margin form {margin_ce:9.4f}   fused {float(fused.mean()):9.4f}"
-                  f"   fused / margin {float(fused.mean()) / margin_ce:6.3f}")
+            fused_ce = float(fused.mean())
+            print(f"    {LABEL[d]:<10} margin form {margin_ce:9.4f}   fused {fused_ce:9.4f}"
+                  f"   fused / margin {fused_ce / margin_ce:6.3f}")
 
 
 def main() -> None:
