@@ -198,3 +198,24 @@ def test_cli_loss_fusion_with_box_exits_2_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "cannot be fused" in err
     assert not out.exists()  # refused before the run folder was made
+
+
+def test_smoothing_fitness_fuses_and_vmaps():
+    from absdsl.training.smoothing.fitness import PopulationObjective
+
+    model = _net(9, conv=True)
+    progs = _programs(model)
+    x, y = torch.rand(4, 1, 7, 7, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    fused = PopulationObjective(model, progs, "crown-ibp", N, loss_fusion=True, mode="vmap")
+    plain = PopulationObjective(model, progs, "crown-ibp", N, mode="vmap")
+    for objective in (fused, plain):
+        objective.set_batch(x, y, 0.05)
+    flat = fused.layout.flatten(model)
+    population = flat.unsqueeze(0) + 0.01 * torch.randn(3, flat.numel(), dtype=flat.dtype)
+    batched = fused.losses(population)
+    one_by_one = torch.stack([fused.flat_loss(p) for p in population])
+    assert torch.allclose(batched, one_by_one, atol=1e-8)
+    expected = certified_loss(progs["crown-ibp"], None, x, y, 0.05, num_classes=N,
+                              programs=progs, domain="crown-ibp", loss_fusion=True)
+    assert torch.allclose(fused.flat_loss(flat), expected)
+    assert not torch.allclose(plain.flat_loss(flat), expected)
