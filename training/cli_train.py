@@ -78,6 +78,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uncertified-domain", action="store_true",
                         help="certify at the end with a domain file that has not passed "
                              "absdsl check; every result is marked uncertified-domain")
+    parser.add_argument("--loss-fusion", action="store_true", default=None,
+                        help="bound the robust cross-entropy itself: one back-substituted row "
+                             "per sample instead of n - 1 margins (deeppoly, crown-ibp)")
+    parser.add_argument("--compile", dest="torch_compile", action="store_true", default=None,
+                        help="run the bound programs through torch.compile (falls back to "
+                             "the eager program with one warning if compiling fails)")
     group = parser.add_argument_group("training settings (override the config file)")
     for flag, dest, kind, help_text in _FLAGS:
         group.add_argument(flag, dest=f"cfg_{dest}", type=kind, default=None, help=help_text)
@@ -100,6 +106,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                 from err
     if args.download:
         out["download"] = True
+    for flag in ("loss_fusion", "torch_compile"):
+        if getattr(args, flag, None):
+            out[flag] = True
     options = dict(out.get("options", {}))
     for text in args.option:
         key, value = parse_option(text)

@@ -69,6 +69,8 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     device: str = "cpu"
+    loss_fusion: bool = False  # bound the robust CE itself: one row per sample
+    torch_compile: bool = False  # bound programs through torch.compile
     options: dict[str, Any] = field(default_factory=dict)  # step-rule options ([pgpe] table)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +188,29 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.init in ("ibp", "default"), f"init must be 'ibp' or 'default', got {cfg.init!r}")
     need(cfg.tolerance > 0, f"tolerance must be > 0, got {cfg.tolerance}")
     need(cfg.eval_every >= 0, "eval_every must be >= 0")
+    for name in ("loss_fusion", "torch_compile"):
+        need(isinstance(getattr(cfg, name), bool),
+             f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    if cfg.loss_fusion:
+        _check_loss_fusion(cfg)
+    need(not cfg.torch_compile or cfg.optimizer == "grad",
+         f"torch_compile (--compile) applies to the grad optimizer; {cfg.optimizer!r} "
+         f"evaluates populations under vmap, which runs the eager programs")
+
+
+def _check_loss_fusion(cfg: TrainConfig) -> None:
+    """``loss_fusion`` with a domain or method it cannot fuse: a ConfigError before training."""
+    from .loss_fusion import LossFusionError, check_fusable
+    from .programs import DomainError, canonical_domain
+
+    try:
+        domain = canonical_domain(cfg.domain)
+    except DomainError:
+        domain = cfg.domain
+    try:
+        check_fusable(domain, cfg.method)
+    except LossFusionError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _toml_value(v: Any) -> str:

@@ -113,7 +113,14 @@ class Trainer:
         if cfg.init == "ibp" and cfg.method in ("certified", "sabr", "mtl-ibp"):
             ibp_init(self.model)
         self.model.to(cfg.device)
-        self.programs = compile_programs(self.model, required_domains(cfg.domain, cfg.method))
+        names = required_domains(cfg.domain, cfg.method)
+        if cfg.loss_fusion and "box" not in names:
+            names.append("box")  # the chord intervals of loss fusion
+        self.programs = compile_programs(self.model, names)
+        if cfg.torch_compile:
+            from .fused import compile_programs_fused
+
+            self.programs = compile_programs_fused(self.programs)
         self.rule = make_step_rule(
             cfg.optimizer, self.model, cfg, self.programs, resume=checkpoint is not None
         )

@@ -127,6 +127,7 @@ def certified_loss(
     programs: Mapping[str, Any] | None = None,
     domain: str | None = None,
     beta: float = 1.0,
+    loss_fusion: bool = False,
 ) -> torch.Tensor:
     """kappa * CE(f(x), y) + (1 - kappa) * CE(z, y), z from the margin lower bounds.
 
@@ -134,13 +135,17 @@ def certified_loss(
     "box" entry), ``domain="crown-ibp"`` and ``beta``. The natural term needs either
     ``natural_logits`` or ``model``; it is skipped when kappa is 0. At eps = 0 the robust
     loss is the natural loss of the bound program's (degenerate) box, so no special case.
+    ``loss_fusion`` bounds the robust CE itself (``training/loss_fusion.py``; needs
+    ``programs`` with "box" and ``domain``).
     """
     lo, hi = input_box(x, eps, clip)
-    if programs is not None and domain is not None:
-        m = mixed_margin(programs, domain, params, lo, hi, y, num_classes, beta)
+    if loss_fusion and programs is not None and domain is not None:
+        robust = _fused_loss(programs, domain, params, lo, hi, y, num_classes, beta)[0]
+    elif programs is not None and domain is not None:
+        robust = robust_loss(mixed_margin(programs, domain, params, lo, hi, y, num_classes,
+                                          beta), y)
     else:
-        m = margin_lower(prog, params, lo, hi, y, num_classes)
-    robust = robust_loss(m, y)
+        robust = robust_loss(margin_lower(prog, params, lo, hi, y, num_classes), y)
     if kappa <= 0.0:
         return robust
     if natural_logits is None:
@@ -214,6 +219,13 @@ def batch_loss(
             adv = pgd_attack(lambda z: forward(model, params, z), x, y, eps, pgd)
             adv_logits = forward(model, params, adv)
             loss = F.cross_entropy(adv_logits, y)
+        elif method == "certified" and getattr(cfg, "loss_fusion", False):
+            lo, hi = input_box(x, eps)
+            loss, certified = _fused_loss(programs, domain, params, lo, hi, y, num_classes,
+                                          batch.beta)
+            metrics["train_cert_acc"] = float(certified.float().mean())
+            if batch.kappa > 0 and logits is not None:
+                loss = batch.kappa * F.cross_entropy(logits, y) + (1 - batch.kappa) * loss
         elif method == "certified":
             lo, hi = input_box(x, eps)
             m = mixed_margin(programs, domain, params, lo, hi, y, num_classes, batch.beta)
@@ -223,19 +235,39 @@ def batch_loss(
                 loss = batch.kappa * F.cross_entropy(logits, y) + (1 - batch.kappa) * loss
         elif method == "sabr":
             lo, hi = sabr_box(model, params, x, y, eps, cfg.sabr_lambda, pgd)
-            m = mixed_margin(programs, domain, params, lo, hi, y, num_classes, batch.beta)
-            loss = robust_loss(m, y)
+            loss = _robust(programs, domain, params, lo, hi, y, num_classes, batch.beta, cfg)
             if batch.kappa > 0 and logits is not None:
                 loss = batch.kappa * F.cross_entropy(logits, y) + (1 - batch.kappa) * loss
         elif method == "mtl-ibp":
             adv = pgd_attack(lambda z: forward(model, params, z), x, y, eps, pgd)
             adv_loss = F.cross_entropy(forward(model, params, adv), y)
             lo, hi = input_box(x, eps)
-            m = mixed_margin(programs, domain, params, lo, hi, y, num_classes, batch.beta)
-            loss = cfg.mtl_alpha * robust_loss(m, y) + (1.0 - cfg.mtl_alpha) * adv_loss
+            robust = _robust(programs, domain, params, lo, hi, y, num_classes, batch.beta, cfg)
+            loss = cfg.mtl_alpha * robust + (1.0 - cfg.mtl_alpha) * adv_loss
         else:  # pragma: no cover - validated in config
             raise ValueError(f"unknown method {method!r}")
     return loss, metrics
+
+
+# -- loss fusion hooks (training/loss_fusion.py) ---------------------------------------------
+def _fused_loss(
+    programs: Mapping[str, Any], domain: str, params: Params, lo: torch.Tensor,
+    hi: torch.Tensor, y: torch.Tensor, n: int, beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused robust loss and per-sample certified flags."""
+    from .loss_fusion import fused_robust_loss
+
+    return fused_robust_loss(programs, domain, params, lo, hi, y, n, beta)
+
+
+def _robust(
+    programs: Mapping[str, Any], domain: str, params: Params, lo: torch.Tensor,
+    hi: torch.Tensor, y: torch.Tensor, n: int, beta: float, cfg: Any,
+) -> torch.Tensor:
+    """The robust CE of the box: fused when ``cfg.loss_fusion``, else on margin bounds."""
+    if getattr(cfg, "loss_fusion", False):
+        return _fused_loss(programs, domain, params, lo, hi, y, n, beta)[0]
+    return robust_loss(mixed_margin(programs, domain, params, lo, hi, y, n, beta), y)
 
 
 def _certified_fraction(m: torch.Tensor, y: torch.Tensor) -> float:

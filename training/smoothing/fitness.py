@@ -161,6 +161,7 @@ class PopulationObjective:
         chunk_size: int | None = None,
         clip: tuple[float, float] = (0.0, 1.0),
         mode: str = "auto",
+        loss_fusion: bool = False,
     ) -> None:
         if mode not in MODES:
             raise SmoothingConfigError(
@@ -184,6 +185,7 @@ class PopulationObjective:
         self._fixed_chunk = chunk_size
         self._chunks: dict[tuple[str, int], int] = {}
         self.mode = mode
+        self.loss_fusion = loss_fusion  # bound the robust CE itself (training/loss_fusion.py)
         self._tuners: dict[str, PlanTuner] = {}
         self._warm: set[tuple[Any, ...]] = set()  # (kind, input shape) already called once
         self.batch: MiniBatch | None = None
@@ -223,6 +225,7 @@ class PopulationObjective:
             self.programs[self.domain], params, b.x, b.y, b.eps, b.kappa,
             model=self.model, num_classes=self.num_classes, clip=self.clip,
             programs=self.programs, domain=self.domain, beta=b.beta,
+            loss_fusion=self.loss_fusion,
         )
 
     def flat_loss(self, flat: torch.Tensor) -> torch.Tensor:

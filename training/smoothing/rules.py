@@ -73,7 +73,7 @@ def _setup(
     objective = PopulationObjective(
         model, programs, config.domain, info.num_classes,
         memory_budget=opts.memory_budget, chunk_size=opts.chunk_size,
-        mode=opts.population_eval,
+        mode=opts.population_eval, loss_fusion=bool(getattr(config, "loss_fusion", False)),
     )
     return opts, objective
 
