@@ -21,7 +21,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--domain", "domain", str, "box|ibp, hbox, zonotope|deepz, deeppoly|crown, crown-ibp, "
                                 "or a domain file"),
     ("--method", "method", str, f"training method: {', '.join(METHODS)} (default certified)"),
-    ("--optimizer", "optimizer", str, "step rule: grad (default), pgpe, rgs"),
+    ("--optimizer", "optimizer", str, "step rule: grad (default), pgpe, rgs, antithetic-cv"),
     ("--eps", "eps", float, "L-infinity radius in pixel units [0, 1] (default 0.1)"),
     ("--train-eps", "train_eps", float, "radius trained for (default: --eps)"),
     ("--epochs", "epochs", int, "number of epochs"),

@@ -15,12 +15,14 @@ from .options import add_arguments, options_from_args, parse_options
 from .params import ParamLayout
 from .pgpe import PGPEOptions, PGPESearch
 from .rgs import RGSOptions, smoothed_gradient
-from .rules import PGPEStep, RGSStep
+from .rules import AntitheticCVStep, PGPEStep, RGSStep
 
 register_step_rule("pgpe", PGPEStep)
 register_step_rule("rgs", RGSStep)
+register_step_rule("antithetic-cv", AntitheticCVStep)
 
 __all__ = [
+    "AntitheticCVStep",
     "MemoryBudgetError",
     "PGPEOptions",
     "PGPESearch",
