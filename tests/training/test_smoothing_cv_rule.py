@@ -9,8 +9,10 @@ from absdsl.training.steprule import make_step_rule
 from tests.training.test_smoothing import (
     config,
     programs_for,
-    test_smoothing_lowers_the_robust_loss_on_a_tiny_problem as lowers_the_robust_loss,
     tiny_cnn,
+)
+from tests.training.test_smoothing import (
+    test_smoothing_lowers_the_robust_loss_on_a_tiny_problem as lowers_the_robust_loss,
 )
 
 
