@@ -37,3 +37,13 @@ def test_cli_bad_sigma_exits_2_before_loading_the_run(tmp_path, capsys) -> None:
                  "--sigmas", "1e-3,-1"])
     assert code == 2
     assert "sigma must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_cosine_ceiling_of_a_noisy_reference() -> None:
+    from absdsl.training.analysis.smoothing_gradient import cosine_ceiling
+
+    # truth t, halves t + n1, t + n2 with |n_i|^2 = 3 |t|^2: h = 1/4; the mean has noise
+    # |n|^2 = 1.5 |t|^2, so cos(t, mean) = 1 / sqrt(2.5)
+    assert abs(cosine_ceiling(0.25) - 1 / 2.5**0.5) < 1e-12
+    assert cosine_ceiling(1.0) == 1.0
+    assert cosine_ceiling(-0.1) == 0.0

@@ -226,11 +226,19 @@ def best_per_domain(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
+def cosine_ceiling(half_cosine: float) -> float:
+    """Expected cosine of the *exact* smoothed gradient to the reference, from the cosine h of
+    the reference's two halves (independent isotropic noise): sqrt(2h / (1 + h)). An
+    estimator cannot be expected to beat it; near it, the reference's noise dominates."""
+    h = max(half_cosine, 0.0)
+    return math.sqrt(2 * h / (1 + h))
+
+
 def format_table(data: Mapping[str, Any]) -> str:
     """A Markdown table: one row per domain, sigma and estimator."""
     lines = ["| domain | c (grad/loss) | sigma | estimator | members | cost | cos to ref "
-             "(mean +- std) | variance | variance x cost | ref half-cos |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(mean +- std) | variance | variance x cost | ref half-cos | ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in data["domains"]:
         res = data["results"][name]
         for key, cell in res["sigmas"].items():
@@ -239,7 +247,8 @@ def format_table(data: Mapping[str, Any]) -> str:
                     f"| {name} | {res['grad_cost']:.2f} | {key} | {est} | {row['samples']} | "
                     f"{row['cost']:.1f} | {row['cosine_mean']:.3f} +- {row['cosine_std']:.3f} "
                     f"| {row['variance']:.3g} | {row['variance_x_cost']:.3g} | "
-                    f"{cell['reference_half_cosine']:.3f} |")
+                    f"{cell['reference_half_cosine']:.3f} | "
+                    f"{cosine_ceiling(cell['reference_half_cosine']):.2f} |")
     return "\n".join(lines)
 
 
