@@ -103,6 +103,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--device", default="cpu", help="torch device of the evaluation "
                                                     "(default cpu; e.g. cuda)")
     ls.set_defaults(analysis_run=_run_landscape)
+    from .smoothing_gradient_cli import register as register_smoothing_gradient
+
+    register_smoothing_gradient(sub, _common, _load, _check_domains)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -15,12 +15,14 @@ from .options import parse_options, rule_options
 from .params import ParamLayout
 from .pgpe import PGPEOptions, PGPESearch
 from .rgs import RGSOptions, smoothed_gradient
-from .rules import PGPEStep, RGSStep
+from .rules import AntitheticCVStep, PGPEStep, RGSStep
 
 register_step_rule("pgpe", PGPEStep, rule_options())
 register_step_rule("rgs", RGSStep, rule_options())
+register_step_rule("antithetic-cv", AntitheticCVStep, rule_options())
 
 __all__ = [
+    "AntitheticCVStep",
     "MemoryBudgetError",
     "PGPEOptions",
     "PGPESearch",

@@ -27,7 +27,7 @@ OPTION_HELP: dict[str, tuple[type, str]] = {
     "center_optimizer": (str, f"PGPE centre optimiser: {', '.join(OPTIMIZERS)}"),
     "ranking": (str, f"PGPE fitness shaping: {', '.join(RANKINGS)}"),
     "symmetric": (bool, "antithetic (+/-) sampling"),
-    "rgs_samples": (int, "RGS: perturbed weight vectors per step"),
+    "rgs_samples": (int, "RGS and antithetic-cv: perturbed weight vectors per step"),
     "memory_budget_mib": (float, "memory one vmapped population call may use (MiB)"),
     "chunk_size": (int, "members per vmapped call (overrides the memory budget)"),
     "population_eval": (str, "how populations are split into calls: auto (CPU: the fastest "

@@ -21,6 +21,7 @@ from ..data import dataset_info
 from ..schedules import step_decay_factor
 from ..steprule import TrainBatch, check_finite
 from .errors import SmoothingConfigError
+from .estimators import antithetic_cv_gradient, check_estimator
 from .fitness import PopulationObjective
 from .options import SmoothingOptions, parse_options
 from .pgpe import PGPESearch
@@ -208,7 +209,7 @@ class RGSStep(_SmoothingStep):
     def step(self, batch: TrainBatch) -> dict[str, float]:
         self._set_batch(batch)
         center = self.layout.flatten(self.model)
-        loss, grad = smoothed_gradient(self.objective, center, self.options, self.generator)
+        loss, grad = self._estimate(center)
         check_finite(loss, batch.epoch, batch.step)
         grads = self.layout.unflatten(grad)
         named = dict(self.model.named_parameters())
@@ -221,6 +222,10 @@ class RGSStep(_SmoothingStep):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return metrics
+
+    def _estimate(self, center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss estimate, smoothed-gradient estimate) at ``center``."""
+        return smoothed_gradient(self.objective, center, self.options, self.generator)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -243,3 +248,26 @@ class RGSStep(_SmoothingStep):
             self.objective.load_plan_state(state["plan"])
         self.generator.set_state(state["generator"])
         self.base_lr = float(state.get("base_lr", self.base_lr))
+
+
+class AntitheticCVStep(RGSStep):
+    """Adam on the antithetic zeroth-order estimate with the centre gradient as control
+    variate (``estimators.antithetic_cv_gradient``): ``rgs_samples`` loss values and one
+    gradient per step."""
+
+    name = "antithetic-cv"
+
+    def __init__(self, model: nn.Module, config: Any, programs: dict[str, Any]) -> None:
+        raw = dict(config.options or {})
+        if str(raw.get("symmetric", True)).lower() in ("false", "0", "no"):
+            raise SmoothingConfigError("antithetic-cv always samples antithetic pairs; "
+                                       "symmetric=false is not allowed")
+        super().__init__(model, config, programs)
+        check_estimator("antithetic-cv", self.options.sigma, self.options.samples)
+
+    def _estimate(self, center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        centre_loss, centre_grad = self.objective.gradients(center.unsqueeze(0))
+        est = antithetic_cv_gradient(self.objective.losses, self.objective.gradients, center,
+                                     self.options.sigma, self.options.samples, self.generator,
+                                     centre_gradient=centre_grad[0])
+        return centre_loss[0], est.gradient
