@@ -10,7 +10,7 @@ import time
 
 # absdsl.soundness.DEFAULT_PROPERTIES (tested equal; not imported here, since that module
 # loads torch and Hypothesis and --help must stay fast); continuity is opt-in
-PROPERTIES = ("bounds", "spec", "engine", "relaxations")
+PROPERTIES = ("rules", "bounds", "spec", "engine", "relaxations")
 CHOICES = PROPERTIES + ("continuity",)
 
 
