@@ -6,7 +6,8 @@ files they mutate. ``sound=False``: the edit makes the domain unsound and
 ``absdsl.soundness.check_domain`` with its default settings must report a counterexample;
 ``sound=True``: a sound (looser or merely different) variant that must pass.
 
-CI runs :data:`CI_SUBSET` (15 mutants, about 2 to 4 minutes on a loaded 2-core machine). The full run is
+CI runs :data:`CI_SUBSET` (15 mutants, about 2 to 4 minutes on a loaded 2-core
+machine). The full run is
 ``ABSDSL_MUTANTS=1 python -m pytest -m mutants tests/core/test_mutants.py`` or
 ``python benchmarks/mutants.py`` (its measured result is in docs/testing.md).
 """
