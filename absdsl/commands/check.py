@@ -16,7 +16,7 @@ from absdsl.prove import solver_available
 
 # absdsl.soundness.DEFAULT_PROPERTIES (tested equal; not imported here, since that module
 # loads torch and Hypothesis and --help must stay fast); continuity is opt-in
-PROPERTIES = ("bounds", "spec", "engine", "relaxations")
+PROPERTIES = ("rules", "bounds", "spec", "engine", "relaxations")
 CHOICES = PROPERTIES + ("continuity",)
 
 

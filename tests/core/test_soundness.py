@@ -37,6 +37,8 @@ from absdsl.soundness import (
     magnitude,
     networks,
     relaxation_functions,
+    rules_property,
+    special_points,
     supported_ops,
     tolerance,
 )
@@ -263,6 +265,51 @@ def test_mutated_relaxation_is_caught(tmp_path: Path) -> None:
                           properties=("relaxations",), shrink_seconds=5)
     assert not report.ok
     assert "upper" in report.counterexample.which
+
+
+# ---- every rule reached --------------------------------------------------------------------
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_rules_property_reaches_every_rule(domain: str) -> None:
+    """The per-rule sweep passes on the built-ins and reaches each of their rules; products,
+    valley and antitone ops (rare in random networks) by thousands of examples."""
+    report = check_domain(domain, properties=("rules",))
+    assert report.ok, report.format()
+    assert report.reach and all(r.examples > 0 for r in report.reach)
+    text = report.format()
+    assert "REACH" in text and "FAIL" not in text
+    by_op: dict[str, int] = {}
+    for r in report.reach:
+        for op in r.ops:
+            by_op[op] = max(by_op.get(op, 0), r.examples)
+    for op in ("mul", "reciprocal", "gelu", "abs", "inv1p", "hardtanh", "sigmoid"):
+        assert by_op.get(op, 0) >= 1000, (op, by_op)
+
+
+def test_unreached_rule_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule no example reached fails the check and is named in the report."""
+    import absdsl.soundness as sound
+
+    full = sound._rule_cases
+    monkeypatch.setattr(sound, "_rule_cases",
+                        lambda ops: (c for c in full(ops) if c[0] == "relu"))
+    ops, _ = supported_ops("box")
+    result, reach = rules_property("box", ops)
+    assert not result.passed
+    assert "rule mul" in result.error and "rule valley" in result.error
+    assert reach["Box rule monotone (line 22)"].examples > 0
+    report = check_domain("box", properties=("rules",))  # still patched
+    assert not report.ok and "FAIL  Box rule antitone" in report.format()
+
+
+def test_special_points_come_from_the_op_table() -> None:
+    """Kinks, inflections, dips and argmin are where the sweep puts its boxes."""
+    assert {-1.0, 1.0} <= set(special_points("hardtanh", {"min_val": -1.0, "max_val": 1.0}))
+    assert {0.0, 6.0} <= set(special_points("hardtanh", {"min_val": 0.0, "max_val": 6.0}))
+    gelu = special_points("gelu", {"tanh_approximation": 0.0})
+    assert any(abs(p + 0.7517915246935645) < 1e-12 for p in gelu)  # argmin
+    assert any(abs(abs(p) - 2 ** 0.5) < 1e-12 for p in gelu)  # inflections
+    assert {-3.0, 3.0, -1.5} <= set(special_points("hardswish", {}))
 
 
 # ---- HBox is inside Box ------------------------------------------------------------------
