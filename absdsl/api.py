@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from absdsl.compiler.frontend import with_forward_kwargs
 from absdsl.compiler.program import DEFAULT_MEMORY_BUDGET_MB, BoundProgram
 from absdsl.dsl.loader import LoadedDomain
 from absdsl.errors import InputError
@@ -14,14 +16,19 @@ from absdsl.errors import InputError
 
 def compile(model: nn.Module, domain: str | Path | LoadedDomain = "box", *,  # noqa: A001
             input_shape: tuple[int, ...] | None = None,
-            memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB) -> BoundProgram:
+            memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+            example_kwargs: dict[str, Any] | None = None) -> BoundProgram:
     """Compile ``model`` (fx-traceable, eval mode) with ``domain`` into a bound program.
 
     ``domain``: a built-in name (box/ibp, hbox, zonotope/deepz, deeppoly/crown, crown-ibp),
     a DSL file path (``path`` or ``path:DomainName``) or a loaded domain. The program is
     traced per input shape on its first call (or now, given ``input_shape``).
     ``memory_budget_mb`` caps the rows back-substituted at once (DeepPoly).
+    ``example_kwargs``: values of ``forward``'s non-tensor arguments (``{"debug": False}``),
+    traced as constants; arguments with a non-tensor default take it without being named.
     """
+    if example_kwargs:
+        model = with_forward_kwargs(model, example_kwargs)
     # BoundProgram's loader takes a path as text (``path:DomainName`` is text, too).
     spec = str(domain) if isinstance(domain, Path) else domain
     return BoundProgram(model, spec, input_shape=input_shape,

@@ -7,6 +7,8 @@ plain tensor attributes and what is computed from them) or a Python number.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import operator
 import re
 from dataclasses import dataclass
@@ -44,6 +46,14 @@ class _Const:
 @dataclass
 class _Meta:
     """A non-tensor value (a size, a shape tuple): allowed only as reshape arguments."""
+
+
+@dataclass
+class _Varargs:
+    """The tuple of ``forward(self, *inputs)``: its first item is the model's input."""
+
+    placeholder: fx.Node
+    first: _Bound | None = None  # the input node, once inputs[0] is read
 
 
 @dataclass
@@ -272,9 +282,18 @@ class _Lowering:
         output: str | None = None
         for fx_node in self.gm.graph.nodes:
             if fx_node.op == "placeholder":
-                if any(isinstance(v, _Bound) for v in self.values.values()):
+                if self.values and fx_node.args:  # an argument traced as a constant
+                    self.values[fx_node.name] = _Meta()
+                    continue
+                if str(fx_node.target).startswith("*"):  # forward(self, *inputs)
+                    self.values[fx_node.name] = _Varargs(fx_node)
+                    continue
+                if any(isinstance(v, (_Bound, _Varargs)) for v in self.values.values()):
                     raise self.error(fx_node, "models with more than one input are not "
-                                              "supported")
+                                              "supported (a non-tensor argument is traced as "
+                                              "a constant when it has a default, or with "
+                                              "absdsl.compile(..., example_kwargs={name: "
+                                              "value}))")
                 self.values[fx_node.name] = self.add_node(fx_node, "input", [], {})
             elif fx_node.op == "get_attr":
                 value = _get_attr(self.model, str(fx_node.target))
@@ -473,6 +492,15 @@ class _Lowering:
         target = fx_node.target
         args = [self.value(a) for a in fx_node.args]
         bound_args = [a for a in args if isinstance(a, _Bound)]
+        if target is operator.getitem and args and isinstance(args[0], _Varargs):
+            if args[1] not in (0, 0.0):
+                raise self.error(fx_node, "models with more than one input are not supported "
+                                          "(forward(*inputs) reads inputs[0] only)")
+            if args[0].first is None:
+                args[0].first = self.add_node(fx_node, "input", [], {})
+            return args[0].first
+        if target in (getattr, operator.getitem) and args and isinstance(args[0], _Const):
+            return self.constant_op(fx_node)
         if target is operator.getitem and args and isinstance(args[0], _Parts):
             if not isinstance(args[1], (int, float)):
                 raise self.error(fx_node, "slicing the tuple of chunk/split has no rule; take "
@@ -576,6 +604,8 @@ class _Lowering:
                                    (kw.get("weight"), kw.get("bias")))
         if target in _MATMUL and all(isinstance(v, _Bound) for v in args[:2]):
             return self.matmul(fx_node, args[0], args[1])
+        if target in _MATMUL or target is F.linear:
+            return self.const_matmul(fx_node, target, args)
         if target in _PERMUTE | _TRANSPOSE | _EXPAND or target in _MEAN_SUM:
             return self.shape_op(fx_node, target, x, args)
         if target in _SPLIT:
@@ -792,6 +822,44 @@ class _Lowering:
         total = lm.Traced("{x}.sum(dim=-2)", "{x}.sum(dim=-2)", None, full, tuple(out),
                           "sum over the shared dim")
         return self.add_node(fx_node, "affine", [prod.node], {"map": total}, tuple(out))
+
+    def const_matmul(self, fx_node: fx.Node, target: Any, args: list[Any]) -> _Bound:
+        """``x @ W``, ``W @ x`` and ``F.linear(x, W, b)`` with a constant (parameter) W: a
+        linear map (``nn.Linear``'s own when x is a vector per sample)."""
+        if target is F.linear:
+            kw = dict(zip(["input", "weight", "bias"], args, strict=False))
+            kw |= {k: self.value(v) for k, v in fx_node.kwargs.items()}
+            x, w, b = kw.get("input"), kw.get("weight"), kw.get("bias")
+            if not isinstance(x, _Bound) or not isinstance(w, _Const) or not (
+                    b is None or isinstance(b, _Const)):
+                raise self.error(fx_node, "F.linear needs an input-dependent input and a "
+                                          "constant weight and bias")
+            if len(w.shape) != 2:
+                raise self.error(fx_node, f"F.linear with a weight of shape {w.shape}")
+            bias = None if b is None else self.per_sample_const(fx_node, b, self.shape_of(fx_node))
+            return self.affine(fx_node, x, lm.Dense(
+                w.var, self.define(w.var + "_abs", f"{w.var}.abs()"), bias))
+        a, b = args[:2]
+        if not (isinstance(a, _Bound) and isinstance(b, _Const)) and \
+                not (isinstance(a, _Const) and isinstance(b, _Bound)):
+            raise self.error(fx_node, "matmul with an operand that is neither input-dependent "
+                                      "nor a constant tensor has no rule")
+        if isinstance(a, _Bound):
+            assert isinstance(b, _Const)
+            if len(self._node_shape(a)) == 1 and len(b.shape) == 2:  # per-sample vectors
+                wt = self.define(b.var + "_t", f"{b.var}.t()")
+                return self.affine(fx_node, a, lm.Dense(
+                    wt, self.define(wt + "_abs", f"{wt}.abs()"), None))
+            code = f"torch.matmul({{x}}, {b.var})"
+            abs_code = f"torch.matmul({{x}}, {self.define(b.var + '_abs', f'{b.var}.abs()')})"
+            return self.traced(fx_node, a, code, f"matmul by {b.var}", abs_code=abs_code)
+        assert isinstance(a, _Const) and isinstance(b, _Bound)
+        if len(self._node_shape(b)) < 2:
+            raise self.error(fx_node, "W @ x of a per-sample vector x mixes the batch into the "
+                                      "product; write x @ W.T or F.linear(x, W)")
+        code = f"torch.matmul({a.var}, {{x}})"
+        abs_code = f"torch.matmul({self.define(a.var + '_abs', f'{a.var}.abs()')}, {{x}})"
+        return self.traced(fx_node, b, code, f"matmul of {a.var}", abs_code=abs_code)
 
     def index(self, fx_node: fx.Node, x: _Bound, raw: Any) -> _Bound:
         """``x[...]`` with slices, whole numbers, None and Ellipsis (basic indexing)."""
@@ -1074,6 +1142,10 @@ class _Lowering:
                 return repr(v)
             raise self.error(fx_node, f"constant expression with operand {v!r} has no rule")
 
+        if isinstance(first, _Const):
+            layout = self.constant_layout(fx_node, first, target)
+            if layout is not None:
+                return _Const(self.define("c", layout), shape)
         for spellings, sym in ((_ADD, "+"), (_SUB, "-"), (_MUL, "*"), (_DIV, "/")):
             if target in spellings and len(args) == 2:
                 return _Const(self.define("c", f"({operand(args[0])} {sym} {operand(args[1])})"),
@@ -1085,11 +1157,90 @@ class _Lowering:
         raise self.error(fx_node, "a computation on constants that absdsl cannot replay")
 
 
+    def constant_layout(self, fx_node: fx.Node, c: _Const, target: Any) -> str | None:
+        """Code of a transpose, permute or slice of constant ``c`` (``W.t()``, ``W.T``,
+        ``W[:, :3]``), or None for other ops; arguments are literal numbers and slices."""
+        def literal(v: Any) -> str:
+            v = self.value(v)
+            if isinstance(v, float) and v.is_integer():
+                return str(int(v))
+            if v is None or v is Ellipsis:
+                return repr(v)
+            if isinstance(v, slice):
+                return f"slice({literal(v.start)}, {literal(v.stop)}, {literal(v.step)})"
+            if isinstance(v, (list, tuple)):
+                return "(" + "".join(literal(i) + ", " for i in v) + ")"
+            raise self.error(fx_node, f"a constant indexed or permuted by {v!r} has no rule")
+
+        rest = fx_node.args[1:]
+        if target is getattr and rest[0] in ("T", "mT"):
+            return f"{c.var}.{rest[0]}" if rest[0] == "mT" or len(c.shape) <= 2 else None
+        if target is operator.getitem:
+            items = rest[0] if isinstance(rest[0], tuple) else (rest[0],)
+            return f"{c.var}[{literal(tuple(items))}]"
+        method = {torch.t: "t", torch.transpose: "transpose", torch.permute: "permute",
+                  torch.narrow: "narrow", torch.flip: "flip"}.get(target, target)
+        if method in ("t", "transpose", "permute", "narrow", "flip") and not fx_node.kwargs:
+            return f"{c.var}.{method}({', '.join(literal(a) for a in rest)})"
+        return None
+
+
 def _get_attr(model: nn.Module, qualified: str) -> Any:
     obj: Any = model
     for part in qualified.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+_FORWARD_KWARGS = "_absdsl_forward_kwargs"
+
+
+def with_forward_kwargs(model: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
+    """``model`` whose non-tensor ``forward`` arguments ``kwargs`` are traced as constants.
+
+    A shallow copy: it shares every parameter, buffer and submodule with ``model`` (training
+    one trains the other), and only carries the arguments; ``model`` itself is untouched.
+    """
+    names = list(inspect.signature(type(model).forward).parameters)[1:]
+    for key, value in kwargs.items():
+        if key not in names or key == _first_argument(model):
+            raise TraceError(f"example_kwargs: {type(model).__name__}.forward has no "
+                             f"non-input argument {key!r} (its arguments: {', '.join(names)})")
+        if isinstance(value, torch.Tensor):
+            raise TraceError(f"example_kwargs: {key!r} is a tensor; only non-tensor arguments "
+                             f"(flags, numbers, strings, None) are traced as constants")
+    bound = copy.copy(model)
+    object.__setattr__(bound, _FORWARD_KWARGS, dict(kwargs))
+    return bound
+
+
+def _first_argument(model: nn.Module) -> str | None:
+    params = list(inspect.signature(type(model).forward).parameters.values())[1:]
+    return params[0].name if params and params[0].kind is not params[0].VAR_POSITIONAL else None
+
+
+def forward_constants(model: nn.Module) -> dict[str, Any]:
+    """The ``forward`` arguments traced as constants: every argument after the input that
+    has a non-tensor default (``debug=False``, ``mask=None``) takes it, unless
+    :func:`with_forward_kwargs` gave another value."""
+    given: dict[str, Any] = dict(getattr(model, _FORWARD_KWARGS, {}))
+    out: dict[str, Any] = {}
+    params = list(inspect.signature(type(model).forward).parameters.values())[1:]
+    first = _first_argument(model)
+    for p in params:
+        if p.name == first or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in given:
+            out[p.name] = given[p.name]
+        elif p.default is not p.empty and not isinstance(p.default, torch.Tensor):
+            out[p.name] = p.default
+        elif p.default is p.empty:
+            raise TraceError(f"{type(model).__name__}.forward takes a second argument "
+                             f"{p.name!r}: models with more than one input are not supported "
+                             f"(a non-tensor argument is traced as a constant when it has a "
+                             f"default, or with absdsl.compile(..., example_kwargs="
+                             f"{{{p.name!r}: value}}))")
+    return out
 
 
 def fold_batch_norm(graph: Graph) -> Graph:
@@ -1148,12 +1299,19 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = t
                              f"bounds use running statistics, call model.eval() first")
     tracer = fx.Tracer()
     tracer.record_stack_traces = True
+    concrete = forward_constants(model)
     try:
-        fx_graph = tracer.trace(model)
+        fx_graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as err:  # fx raises many kinds of errors for untraceable code
         raise TraceError(f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: "
                          f"{err}. Models with data-dependent control flow are not "
                          f"supported.") from None
+    if concrete:  # the placeholders of constant arguments default to the values traced
+        names = list(inspect.signature(type(model).forward).parameters)[1:]
+        holders = [n for n in fx_graph.nodes if n.op == "placeholder"][1:]
+        for name, holder in zip(names[1:], holders, strict=False):
+            if name in concrete:
+                holder.args = (concrete[name],)
     gm = fx.GraphModule(tracer.root, fx_graph)
     probe = torch.zeros((_PROBE_BATCH, *input_shape), dtype=dtype, device=device)
     try:
