@@ -548,15 +548,10 @@ class _Lowering:
         if target in _FIXED:
             name, params = _FIXED[target]
             return self.elementwise(fx_node, x, ops.get(name), params)
+        if target in (torch.rsqrt, "rsqrt"):
+            return self.power(fx_node, x, -0.5)
         if target in _POW and isinstance(args[0], _Bound):
-            exponent = self.number_arg(fx_node, args, "exponent", 1, 2.0)
-            if exponent == 1.0:
-                return x
-            if not exponent.is_integer() or exponent < 2:
-                raise self.error(fx_node, f"pow with exponent {exponent}: only whole "
-                                          f"exponents >= 2 have a rule")
-            name = "pow" if int(exponent) % 2 == 0 else "pow_odd"
-            return self.elementwise(fx_node, x, ops.get(name), {"exponent": exponent})
+            return self.power(fx_node, x, self.number_arg(fx_node, args, "exponent", 1, 2.0))
         if target in ops.BY_FUNCTION:
             op = ops.BY_FUNCTION[target]
             if op.name == "amax":
@@ -957,19 +952,54 @@ class _Lowering:
                            bias=self.bias(path, mod.bias, 3, fx_node))
 
     def maximum(self, fx_node: fx.Node, a: _Bound, b: _Bound, is_max: bool) -> _Bound:
-        """max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b) (broadcast first)."""
+        """max(a, b) as ``amax`` of the two stacked along a new last dim, and min(a, b) as
+        -max(-a, -b) (broadcast first): Box then bounds it exactly, [max(l1, l2),
+        max(u1, u2)], and the other domains get amax's lowering, a + relu(b - a)."""
         shape = self.shape_of(fx_node)
         a, b = (self.broadcast(fx_node, v, shape) for v in (a, b))
-        first, second = (a, b) if is_max else (b, a)
-        neg = self.add_node(fx_node, "affine", [first.node],
-                            {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
-        diff = self.add_node(fx_node, "add", [second.node, neg.node], {}, shape)
-        gain = self.add_node(fx_node, "relu", [diff.node], {}, shape)
+        negate = lm.Elementwise(-1.0, 1.0, None)
+        if not is_max:
+            a, b = (self.add_node(fx_node, "affine", [v.node], {"map": negate}, shape)
+                    for v in (a, b))
+        pair = shape + (1,)
+        parts = [self.add_node(fx_node, "reshape", [v.node], {"shape": pair}, pair).node
+                 for v in (a, b)]
+        both = self.add_node(fx_node, "cat", parts, {"dim": len(shape)}, shape + (2,))
+        top = self.add_node(fx_node, "amax", [both.node],
+                            {"params": {"dim": float(len(shape) + 1), "keepdim": 0.0}}, shape)
         if is_max:
-            return self.add_node(fx_node, "add", [a.node, gain.node], {}, shape)
-        loss = self.add_node(fx_node, "affine", [gain.node],
-                             {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
-        return self.add_node(fx_node, "add", [a.node, loss.node], {}, shape)
+            return top
+        return self.add_node(fx_node, "affine", [top.node], {"map": negate}, shape)
+
+    def power(self, fx_node: fx.Node, x: _Bound, exponent: float) -> _Bound:
+        """``x ** a`` for any real a, on its domain, from ops of the table: whole a >= 2 is
+        ``pow`` (even) or ``pow_odd``; a = n / 2 > 0 (n odd) is ``sqrt`` then its n-th power
+        (x >= 0); a whole a <= -1 is ``reciprocal(x) ** -a`` (x > 0); any other a is
+        ``exp(a log x)`` (x > 0). Only the first step has a limited range, checked on the
+        bounds of x itself on every call (a relational domain's bounds of an inner step may
+        dip below the true range), so a power outside its domain raises ``InputError``
+        naming this node and the bounds of x."""
+        shape = self._node_shape(x)
+
+        def step(op: str, src: _Bound, params: dict | None = None) -> _Bound:
+            return self.add_node(fx_node, op, [src.node], {"params": params} if params else {},
+                                 shape)
+
+        def whole(src: _Bound, n: int) -> _Bound:
+            return src if n == 1 else step("pow" if n % 2 == 0 else "pow_odd", src,
+                                           {"exponent": float(n)})
+
+        if exponent == 0.0:
+            one = self.define("one", "1.0")
+            return self.affine(fx_node, x, lm.Elementwise(0.0, 0.0, one))
+        if exponent.is_integer():
+            n = int(exponent)
+            return whole(x, n) if n > 0 else whole(step("reciprocal", x), -n)
+        if exponent > 0 and (2 * exponent).is_integer():
+            return whole(step("sqrt", x), int(2 * exponent))
+        log = step("log", x)
+        scaled = self.affine(fx_node, log, lm.Elementwise(exponent, abs(exponent), None))
+        return self.add_node(fx_node, "exp", [scaled.node], {}, shape)
 
     def amax(self, fx_node: fx.Node, x: _Bound, args: list[Any]) -> _Bound:
         shape = self._node_shape(x)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from core_helpers import DTYPE, assert_sound, box
+from core_helpers import DTYPE, Fn, assert_sound, box
 
 import absdsl
 from absdsl.domains import NAMES as DOMAINS
@@ -36,15 +36,6 @@ class ConstMatmul(nn.Module):
         h = h.matmul(self.V[:, 1:])                              # [B, 3]
         m = self.U @ x.unsqueeze(-1).expand(-1, 3, 2)            # [B, 2, 2]
         return torch.cat([h, m.flatten(1)], 1)
-
-
-class Fn(nn.Module):
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
 
 
 class Varargs(nn.Module):
@@ -102,8 +93,9 @@ def test_matmul_by_constants_are_linear_maps() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.linear(x @ self.W.t(), self.W[:, :2].t()) @ self.W[:2]
 
-    torch.manual_seed(0)
-    model = Linear()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Linear()
     lo, hi = box((3,), batch=2, eps=0.4, seed=4)
     lb, ub = absdsl.compile(model, "deeppoly")(lo, hi)
     w = (model.W.t() @ model.W[:, :2] @ model.W[:2]).detach()   # x -> x w
@@ -143,3 +135,49 @@ def test_a_second_tensor_argument_names_the_way_out() -> None:
 
     with pytest.raises(TraceError, match="example_kwargs"):
         absdsl.compile(Two(), "box", input_shape=(3,))
+
+
+class Power(nn.Module):
+    """sigmoid(Linear(x)) + 0.5 raised to a real exponent (inside every power's domain, in
+    every domain's bounds)."""
+
+    def __init__(self, exponent: float) -> None:
+        super().__init__()
+        self.lin, self.exponent = nn.Linear(3, 3).to(DTYPE), exponent
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.sigmoid(self.lin(x)) + 0.5) ** self.exponent
+
+
+EXPONENTS = {0.5: ["sqrt"], 1.5: ["sqrt", "pow_odd"], 2.5: ["sqrt", "pow_odd"],
+             -1.0: ["reciprocal"], -0.5: ["log", "affine", "exp"], -2.0: ["reciprocal", "pow"],
+             0.3: ["log", "affine", "exp"], -1.7: ["log", "affine", "exp"], 0.0: []}
+
+
+@pytest.mark.parametrize("exponent", sorted(EXPONENTS))
+def test_real_powers_sound_and_exact_in_every_domain(exponent: float) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = Power(exponent).eval()
+    ops_used = [n.op for n in absdsl.compile(model, "box", input_shape=(3,)).ir.nodes]
+    want = EXPONENTS[exponent] or ["affine"]        # x ** 0: the constant 1, an affine map
+    assert ops_used[-len(want):] == want, ops_used
+    for domain in DOMAINS:
+        _sound_and_exact(model, domain)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_a_power_outside_its_domain_names_the_node_and_range(domain: str) -> None:
+    from absdsl.errors import InputError
+
+    model = nn.Sequential(nn.Linear(3, 2), Fn(lambda t: t ** 0.5)).to(DTYPE).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.fill_(0.0)
+    lo, hi = torch.full((1, 3), -0.1, dtype=DTYPE), torch.full((1, 3), 1.0, dtype=DTYPE)
+    with pytest.raises(InputError) as err:
+        absdsl.compile(model, domain)(lo, hi)
+    msg = str(err.value)
+    assert "sqrt %" in msg and "[-0.3, 3]" in msg and "[0, inf]" in msg, msg
+    lb, ub = absdsl.compile(model, domain)(lo + 0.2, hi)             # inside: fine
+    assert_sound(model, lb, ub, lo + 0.2, hi)
