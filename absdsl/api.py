@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from absdsl.compiler.context import DEFAULT as DEFAULT_OPTIONS
 from absdsl.compiler.context import EngineOptions
+from absdsl.compiler.frontend import with_forward_kwargs
 from absdsl.compiler.program import DEFAULT_MEMORY_BUDGET_MB, BoundProgram
 from absdsl.dsl.loader import LoadedDomain
 from absdsl.errors import InputError
@@ -17,7 +19,8 @@ from absdsl.errors import InputError
 def compile(model: nn.Module, domain: str | Path | LoadedDomain = "box", *,  # noqa: A001
             input_shape: tuple[int, ...] | None = None,
             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-            options: EngineOptions = DEFAULT_OPTIONS) -> BoundProgram:
+            options: EngineOptions = DEFAULT_OPTIONS,
+            example_kwargs: dict[str, Any] | None = None) -> BoundProgram:
     """Compile ``model`` (fx-traceable, eval mode) with ``domain`` into a bound program.
 
     ``domain``: a built-in name (box/ibp, hbox, zonotope/deepz, deeppoly/crown, crown-ibp),
@@ -26,7 +29,11 @@ def compile(model: nn.Module, domain: str | Path | LoadedDomain = "box", *,  # n
     ``memory_budget_mb`` caps the rows back-substituted at once (DeepPoly). ``options``
     selects the engine's optimised paths (:class:`EngineOptions`; none changes a bound
     beyond rounding); ``prog.engine_paths`` counts the ones that ran.
+    ``example_kwargs``: values of ``forward``'s non-tensor arguments (``{"debug": False}``),
+    traced as constants; arguments with a non-tensor default take it without being named.
     """
+    if example_kwargs:
+        model = with_forward_kwargs(model, example_kwargs)
     # BoundProgram's loader takes a path as text (``path:DomainName`` is text, too).
     spec = str(domain) if isinstance(domain, Path) else domain
     return BoundProgram(model, spec, input_shape=input_shape,

@@ -7,6 +7,8 @@ plain tensor attributes and what is computed from them) or a Python number.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import operator
 from typing import Any
 
@@ -51,6 +53,7 @@ from .fx_values import (
     _pair,
     _Parts,
     _supported_modules,
+    _Varargs,
 )
 from .ir import Graph, Node, Prelude
 
@@ -64,9 +67,18 @@ class _Lowering(_OpLowering):
         output: str | None = None
         for fx_node in self.gm.graph.nodes:
             if fx_node.op == "placeholder":
-                if any(isinstance(v, _Bound) for v in self.values.values()):
+                if self.values and fx_node.args:  # an argument traced as a constant
+                    self.values[fx_node.name] = _Meta()
+                    continue
+                if str(fx_node.target).startswith("*"):  # forward(self, *inputs)
+                    self.values[fx_node.name] = _Varargs(fx_node)
+                    continue
+                if any(isinstance(v, (_Bound, _Varargs)) for v in self.values.values()):
                     raise self.error(fx_node, "models with more than one input are not "
-                                              "supported")
+                                              "supported (a non-tensor argument is traced as "
+                                              "a constant when it has a default, or with "
+                                              "absdsl.compile(..., example_kwargs={name: "
+                                              "value}))")
                 self.values[fx_node.name] = self.add_node(fx_node, "input", [], {})
             elif fx_node.op == "get_attr":
                 value = _get_attr(self.model, str(fx_node.target))
@@ -243,6 +255,15 @@ class _Lowering(_OpLowering):
         target = fx_node.target
         args = [self.value(a) for a in fx_node.args]
         bound_args = [a for a in args if isinstance(a, _Bound)]
+        if target is operator.getitem and args and isinstance(args[0], _Varargs):
+            if args[1] not in (0, 0.0):
+                raise self.error(fx_node, "models with more than one input are not supported "
+                                          "(forward(*inputs) reads inputs[0] only)")
+            if args[0].first is None:
+                args[0].first = self.add_node(fx_node, "input", [], {})
+            return args[0].first
+        if target in (getattr, operator.getitem) and args and isinstance(args[0], _Const):
+            return self.constant_op(fx_node)
         if target is operator.getitem and args and isinstance(args[0], _Parts):
             if not isinstance(args[1], (int, float)):
                 raise self.error(fx_node, "slicing the tuple of chunk/split has no rule; take "
@@ -294,15 +315,10 @@ class _Lowering(_OpLowering):
         if target in _FIXED:
             name, params = _FIXED[target]
             return self.elementwise(fx_node, x, ops.get(name), params)
+        if target in (torch.rsqrt, "rsqrt"):
+            return self.power(fx_node, x, -0.5)
         if target in _POW and isinstance(args[0], _Bound):
-            exponent = self.number_arg(fx_node, args, "exponent", 1, 2.0)
-            if exponent == 1.0:
-                return x
-            if not exponent.is_integer() or exponent < 2:
-                raise self.error(fx_node, f"pow with exponent {exponent}: only whole "
-                                          f"exponents >= 2 have a rule")
-            name = "pow" if int(exponent) % 2 == 0 else "pow_odd"
-            return self.elementwise(fx_node, x, ops.get(name), {"exponent": exponent})
+            return self.power(fx_node, x, self.number_arg(fx_node, args, "exponent", 1, 2.0))
         if target in ops.BY_FUNCTION:
             op = ops.BY_FUNCTION[target]
             if op.name == "amax":
@@ -350,6 +366,8 @@ class _Lowering(_OpLowering):
                                    (kw.get("weight"), kw.get("bias")))
         if target in _MATMUL and all(isinstance(v, _Bound) for v in args[:2]):
             return self.matmul(fx_node, args[0], args[1])
+        if target in _MATMUL or target is F.linear:
+            return self.const_matmul(fx_node, target, args)
         if target in _PERMUTE | _TRANSPOSE | _EXPAND or target in _MEAN_SUM:
             return self.shape_op(fx_node, target, x, args)
         if target in _SPLIT:
@@ -365,6 +383,57 @@ class _Lowering(_OpLowering):
                                     kw.get("align_corners"), kw.get("scale_factor"),
                                     kw.get("recompute_scale_factor"))
         raise self.error(fx_node, "has no rule (the op is not supported by absdsl's front end)")
+
+
+_FORWARD_KWARGS = "_absdsl_forward_kwargs"
+
+
+def with_forward_kwargs(model: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
+    """``model`` whose non-tensor ``forward`` arguments ``kwargs`` are traced as constants.
+
+    A shallow copy: it shares every parameter, buffer and submodule with ``model`` (training
+    one trains the other), and only carries the arguments; ``model`` itself is untouched.
+    """
+    names = list(inspect.signature(type(model).forward).parameters)[1:]
+    for key, value in kwargs.items():
+        if key not in names or key == _first_argument(model):
+            raise TraceError(f"example_kwargs: {type(model).__name__}.forward has no "
+                             f"non-input argument {key!r} (its arguments: {', '.join(names)})")
+        if isinstance(value, torch.Tensor):
+            raise TraceError(f"example_kwargs: {key!r} is a tensor; only non-tensor arguments "
+                             f"(flags, numbers, strings, None) are traced as constants")
+    bound = copy.copy(model)
+    object.__setattr__(bound, _FORWARD_KWARGS, dict(kwargs))
+    return bound
+
+
+def _first_argument(model: nn.Module) -> str | None:
+    params = list(inspect.signature(type(model).forward).parameters.values())[1:]
+    return params[0].name if params and params[0].kind is not params[0].VAR_POSITIONAL else None
+
+
+def forward_constants(model: nn.Module) -> dict[str, Any]:
+    """The ``forward`` arguments traced as constants: every argument after the input that
+    has a non-tensor default (``debug=False``, ``mask=None``) takes it, unless
+    :func:`with_forward_kwargs` gave another value."""
+    given: dict[str, Any] = dict(getattr(model, _FORWARD_KWARGS, {}))
+    out: dict[str, Any] = {}
+    params = list(inspect.signature(type(model).forward).parameters.values())[1:]
+    first = _first_argument(model)
+    for p in params:
+        if p.name == first or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in given:
+            out[p.name] = given[p.name]
+        elif p.default is not p.empty and not isinstance(p.default, torch.Tensor):
+            out[p.name] = p.default
+        elif p.default is p.empty:
+            raise TraceError(f"{type(model).__name__}.forward takes a second argument "
+                             f"{p.name!r}: models with more than one input are not supported "
+                             f"(a non-tensor argument is traced as a constant when it has a "
+                             f"default, or with absdsl.compile(..., example_kwargs="
+                             f"{{{p.name!r}: value}}))")
+    return out
 
 
 def fold_batch_norm(graph: Graph) -> Graph:
@@ -423,12 +492,19 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = t
                              f"bounds use running statistics, call model.eval() first")
     tracer = fx.Tracer()
     tracer.record_stack_traces = True
+    concrete = forward_constants(model)
     try:
-        fx_graph = tracer.trace(model)
+        fx_graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as err:  # fx raises many kinds of errors for untraceable code
         raise TraceError(f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: "
                          f"{err}. Models with data-dependent control flow are not "
                          f"supported.") from None
+    if concrete:  # the placeholders of constant arguments default to the values traced
+        names = list(inspect.signature(type(model).forward).parameters)[1:]
+        holders = [n for n in fx_graph.nodes if n.op == "placeholder"][1:]
+        for name, holder in zip(names[1:], holders, strict=False):
+            if name in concrete:
+                holder.args = (concrete[name],)
     gm = fx.GraphModule(tracer.root, fx_graph)
     probe = torch.zeros((_PROBE_BATCH, *input_shape), dtype=dtype, device=device)
     try:

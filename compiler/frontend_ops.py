@@ -5,11 +5,13 @@ shape ops (traced maps) and non-linear ops rewritten into the table's ops. A mix
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import linear_maps as lm
 from . import ops
@@ -349,19 +351,92 @@ class _OpLowering(_LoweringBase):
                            bias=self.bias(path, mod.bias, 3, fx_node))
 
     def maximum(self, fx_node: fx.Node, a: _Bound, b: _Bound, is_max: bool) -> _Bound:
-        """max(a, b) = a + relu(b - a), min(a, b) = a - relu(a - b) (broadcast first)."""
+        """max(a, b) as ``amax`` of the two stacked along a new last dim, and min(a, b) as
+        -max(-a, -b) (broadcast first): Box then bounds it exactly, [max(l1, l2),
+        max(u1, u2)], and the other domains get amax's lowering, a + relu(b - a)."""
         shape = self.shape_of(fx_node)
         a, b = (self.broadcast(fx_node, v, shape) for v in (a, b))
-        first, second = (a, b) if is_max else (b, a)
-        neg = self.add_node(fx_node, "affine", [first.node],
-                            {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
-        diff = self.add_node(fx_node, "add", [second.node, neg.node], {}, shape)
-        gain = self.add_node(fx_node, "relu", [diff.node], {}, shape)
+        negate = lm.Elementwise(-1.0, 1.0, None)
+        if not is_max:
+            a, b = (self.add_node(fx_node, "affine", [v.node], {"map": negate}, shape)
+                    for v in (a, b))
+        pair = shape + (1,)
+        parts = [self.add_node(fx_node, "reshape", [v.node], {"shape": pair}, pair).node
+                 for v in (a, b)]
+        both = self.add_node(fx_node, "cat", parts, {"dim": len(shape)}, shape + (2,))
+        top = self.add_node(fx_node, "amax", [both.node],
+                            {"params": {"dim": float(len(shape) + 1), "keepdim": 0.0}}, shape)
         if is_max:
-            return self.add_node(fx_node, "add", [a.node, gain.node], {}, shape)
-        loss = self.add_node(fx_node, "affine", [gain.node],
-                             {"map": lm.Elementwise(-1.0, 1.0, None)}, shape)
-        return self.add_node(fx_node, "add", [a.node, loss.node], {}, shape)
+            return top
+        return self.add_node(fx_node, "affine", [top.node], {"map": negate}, shape)
+
+    def power(self, fx_node: fx.Node, x: _Bound, exponent: float) -> _Bound:
+        """``x ** a`` for any real a, on its domain, from ops of the table: whole a >= 2 is
+        ``pow`` (even) or ``pow_odd``; a = n / 2 > 0 (n odd) is ``sqrt`` then its n-th power
+        (x >= 0); a whole a <= -1 is ``reciprocal(x) ** -a`` (x > 0); any other a is
+        ``exp(a log x)`` (x > 0). Only the first step has a limited range, checked on the
+        bounds of x itself on every call (a relational domain's bounds of an inner step may
+        dip below the true range), so a power outside its domain raises ``InputError``
+        naming this node and the bounds of x."""
+        shape = self._node_shape(x)
+
+        def step(op: str, src: _Bound, params: dict | None = None) -> _Bound:
+            return self.add_node(fx_node, op, [src.node], {"params": params} if params else {},
+                                 shape)
+
+        def whole(src: _Bound, n: int) -> _Bound:
+            return src if n == 1 else step("pow" if n % 2 == 0 else "pow_odd", src,
+                                           {"exponent": float(n)})
+
+        if exponent == 0.0:
+            one = self.define("one", "1.0")
+            return self.affine(fx_node, x, lm.Elementwise(0.0, 0.0, one))
+        if exponent.is_integer():
+            n = int(exponent)
+            return whole(x, n) if n > 0 else whole(step("reciprocal", x), -n)
+        if exponent > 0 and (2 * exponent).is_integer():
+            return whole(step("sqrt", x), int(2 * exponent))
+        log = step("log", x)
+        scaled = self.affine(fx_node, log, lm.Elementwise(exponent, abs(exponent), None))
+        return self.add_node(fx_node, "exp", [scaled.node], {}, shape)
+
+    def const_matmul(self, fx_node: fx.Node, target: Any, args: list[Any]) -> _Bound:
+        """``x @ W``, ``W @ x`` and ``F.linear(x, W, b)`` with a constant (parameter) W: a
+        linear map (``nn.Linear``'s own when x is a vector per sample)."""
+        if target is F.linear:
+            kw = dict(zip(["input", "weight", "bias"], args, strict=False))
+            kw |= {k: self.value(v) for k, v in fx_node.kwargs.items()}
+            x, w, b = kw.get("input"), kw.get("weight"), kw.get("bias")
+            if not isinstance(x, _Bound) or not isinstance(w, _Const) or not (
+                    b is None or isinstance(b, _Const)):
+                raise self.error(fx_node, "F.linear needs an input-dependent input and a "
+                                          "constant weight and bias")
+            if len(w.shape) != 2:
+                raise self.error(fx_node, f"F.linear with a weight of shape {w.shape}")
+            bias = None if b is None else self.per_sample_const(fx_node, b, self.shape_of(fx_node))
+            return self.affine(fx_node, x, lm.Dense(
+                w.var, self.define(w.var + "_abs", f"{w.var}.abs()"), bias))
+        a, b = args[:2]
+        if not (isinstance(a, _Bound) and isinstance(b, _Const)) and \
+                not (isinstance(a, _Const) and isinstance(b, _Bound)):
+            raise self.error(fx_node, "matmul with an operand that is neither input-dependent "
+                                      "nor a constant tensor has no rule")
+        if isinstance(a, _Bound):
+            assert isinstance(b, _Const)
+            if len(self._node_shape(a)) == 1 and len(b.shape) == 2:  # per-sample vectors
+                wt = self.define(b.var + "_t", f"{b.var}.t()")
+                return self.affine(fx_node, a, lm.Dense(
+                    wt, self.define(wt + "_abs", f"{wt}.abs()"), None))
+            code = f"torch.matmul({{x}}, {b.var})"
+            abs_code = f"torch.matmul({{x}}, {self.define(b.var + '_abs', f'{b.var}.abs()')})"
+            return self.traced(fx_node, a, code, f"matmul by {b.var}", abs_code=abs_code)
+        assert isinstance(a, _Const) and isinstance(b, _Bound)
+        if len(self._node_shape(b)) < 2:
+            raise self.error(fx_node, "W @ x of a per-sample vector x mixes the batch into the "
+                                      "product; write x @ W.T or F.linear(x, W)")
+        code = f"torch.matmul({a.var}, {{x}})"
+        abs_code = f"torch.matmul({self.define(a.var + '_abs', f'{a.var}.abs()')}, {{x}})"
+        return self.traced(fx_node, b, code, f"matmul of {a.var}", abs_code=abs_code)
 
     def amax(self, fx_node: fx.Node, x: _Bound, args: list[Any]) -> _Bound:
         shape = self._node_shape(x)
@@ -534,6 +609,10 @@ class _OpLowering(_LoweringBase):
                 return repr(v)
             raise self.error(fx_node, f"constant expression with operand {v!r} has no rule")
 
+        if isinstance(first, _Const):
+            layout = self.constant_layout(fx_node, first, target)
+            if layout is not None:
+                return _Const(self.define("c", layout), shape)
         for spellings, sym in ((_ADD, "+"), (_SUB, "-"), (_MUL, "*"), (_DIV, "/")):
             if target in spellings and len(args) == 2:
                 return _Const(self.define("c", f"({operand(args[0])} {sym} {operand(args[1])})"),
@@ -543,3 +622,30 @@ class _OpLowering(_LoweringBase):
         if target in (torch.sqrt, "sqrt"):
             return _Const(self.define("c", f"torch.sqrt({operand(args[0])})"), shape)
         raise self.error(fx_node, "a computation on constants that absdsl cannot replay")
+
+    def constant_layout(self, fx_node: fx.Node, c: _Const, target: Any) -> str | None:
+        """Code of a transpose, permute or slice of constant ``c`` (``W.t()``, ``W.T``,
+        ``W[:, :3]``), or None for other ops; arguments are literal numbers and slices."""
+        def literal(v: Any) -> str:
+            v = self.value(v)
+            if isinstance(v, float) and v.is_integer():
+                return str(int(v))
+            if v is None or v is Ellipsis:
+                return repr(v)
+            if isinstance(v, slice):
+                return f"slice({literal(v.start)}, {literal(v.stop)}, {literal(v.step)})"
+            if isinstance(v, (list, tuple)):
+                return "(" + "".join(literal(i) + ", " for i in v) + ")"
+            raise self.error(fx_node, f"a constant indexed or permuted by {v!r} has no rule")
+
+        rest = fx_node.args[1:]
+        if target is getattr and rest[0] in ("T", "mT"):
+            return f"{c.var}.{rest[0]}" if rest[0] == "mT" or len(c.shape) <= 2 else None
+        if target is operator.getitem:
+            items = rest[0] if isinstance(rest[0], tuple) else (rest[0],)
+            return f"{c.var}[{literal(tuple(items))}]"
+        method = {torch.t: "t", torch.transpose: "transpose", torch.permute: "permute",
+                  torch.narrow: "narrow", torch.flip: "flip"}.get(target, target)
+        if method in ("t", "transpose", "permute", "narrow", "flip") and not fx_node.kwargs:
+            return f"{c.var}.{method}({', '.join(literal(a) for a in rest)})"
+        return None

@@ -48,6 +48,14 @@ class _Meta:
 
 
 @dataclass
+class _Varargs:
+    """The tuple of ``forward(self, *inputs)``: its first item is the model's input."""
+
+    placeholder: fx.Node
+    first: _Bound | None = None  # the input node, once inputs[0] is read
+
+
+@dataclass
 class _MaxPair:
     """``torch.max(x, dim)``: (values, indices); the values are an amax node."""
 

@@ -79,6 +79,9 @@ class Op:
     # the parameters and per-sample (input, output) shapes the DSL checker compiles a rule of
     # this op at, when its table defaults (and a [4] vector) do not fit it (pooling)
     example: tuple[Params, tuple[int, ...], tuple[int, ...]] | None = None
+    # torch code of min f' on [l, u] (l, u, params), for ops whose dips cannot be listed
+    # (periodic ones); None: from deriv and dips
+    slope_min: Callable[[str, str, Params], str] | None = None
 
     @property
     def elementwise(self) -> bool:
@@ -166,6 +169,28 @@ def _pow_check(p: Params, even: bool) -> str | None:
     if (int(n) % 2 == 0) != even:
         return f"exponent {n} is {'odd' if even else 'even'}"
     return None
+
+
+_TWO_PI = 2.0 * math.pi
+
+
+def _periodic_slope_min(deriv: Code, first_dip: float) -> Callable[[str, str, Params], str]:
+    """min f' on [l, u] for sin and cos: -1 where a minimum of f' (at first_dip + 2 k pi)
+    lies in [l, u], the smaller end value otherwise. The position test errs towards 'inside'
+    (a slack of 1e-9), which only lowers the bound."""
+    def code(l: str, u: str, p: Params) -> str:
+        dip = (f"(torch.ceil(({l} - {_num(first_dip)}) / {_num(_TWO_PI)} - 1e-9) * "
+               f"{_num(_TWO_PI)} + {_num(first_dip)})")
+        return (f"torch.where({dip} <= {u} + 1e-9 * (1 + torch.abs({u})), -1.0, "
+                f"torch.minimum({deriv(l, p)}, {deriv(u, p)}))")
+    return code
+
+
+def _periodic_intervals(start: float) -> tuple[tuple[float, float], ...]:
+    """[start + 2 k pi, start + (2 k + 1) pi] for |k| <= 8 (|x| up to about 50), shrunk by 1e-9
+    so that rounding of pi never claims a curvature across an inflection point."""
+    return tuple((start + k * _TWO_PI + 1e-9, start + k * _TWO_PI + math.pi - 1e-9)
+                 for k in range(-8, 9))
 
 
 ELEMENTWISE: tuple[Op, ...] = (
@@ -341,6 +366,28 @@ ELEMENTWISE: tuple[Op, ...] = (
        functions=(torch.reciprocal, "reciprocal"), code=lambda x, p: f"torch.reciprocal({x})",
        deriv=lambda x, p: f"(-1 / ({x} * {x}))", convex=lambda p: ((0.0, INF),),
        valid=(0.0, INF, True), summary="1 / x on x > 0"),
+    Op("arctan", "elementwise", groups=("monotone", "activation"),
+       functions=(torch.arctan, torch.atan, "arctan", "atan"),
+       code=lambda x, p: f"torch.arctan({x})", deriv=lambda x, p: f"(1 / (1 + {x} * {x}))",
+       convex=lambda p: ((-INF, 0.0),), concave=lambda p: ((0.0, INF),),
+       summary="arctan(x) (sigmoid-like)"),
+    Op("sign", "elementwise", groups=("monotone", "activation"),
+       functions=(torch.sign, "sign"), code=lambda x, p: f"torch.sign({x})",
+       deriv=lambda x, p: f"torch.zeros_like({x})",
+       summary="-1, 0 or 1 (a step: relaxed by its two constant lines f(l), f(u))"),
+    Op("sin", "elementwise", groups=("activation",),
+       functions=(torch.sin, "sin"), code=lambda x, p: f"torch.sin({x})",
+       deriv=lambda x, p: f"torch.cos({x})",
+       convex=lambda p: _periodic_intervals(-math.pi), concave=lambda p: _periodic_intervals(0.0),
+       slope_min=_periodic_slope_min(lambda x, p: f"torch.cos({x})", math.pi),
+       summary="sin(x) (curvature known for |x| < 50; dmin exact everywhere)"),
+    Op("cos", "elementwise", groups=("activation",),
+       functions=(torch.cos, "cos"), code=lambda x, p: f"torch.cos({x})",
+       deriv=lambda x, p: f"(-torch.sin({x}))",
+       convex=lambda p: _periodic_intervals(math.pi / 2),
+       concave=lambda p: _periodic_intervals(-math.pi / 2),
+       slope_min=_periodic_slope_min(lambda x, p: f"(-torch.sin({x}))", math.pi / 2),
+       summary="cos(x) (curvature known for |x| < 50; dmin exact everywhere)"),
 )
 """Elementwise activations. Pow is also reached from ``x * x`` and ``x ** n``."""
 
@@ -427,6 +474,8 @@ def interval_test(intervals: tuple[tuple[float, float], ...], l: str, u: str) ->
 
 def slope_min_code(op: Op, params: Params, l: str, u: str) -> str:
     """Torch code of a lower bound of f' on [l, u] (its exact minimum for these ops)."""
+    if op.slope_min is not None:
+        return op.slope_min(l, u, params)
     assert op.deriv is not None
     code = f"torch.minimum({op.deriv(l, params)}, {op.deriv(u, params)})"
     for x, value in op.dips(params):

@@ -25,6 +25,17 @@ def mlp(widths: list[int], seed: int = 0, act: type[nn.Module] = nn.ReLU) -> nn.
     return nn.Sequential(*layers).eval()
 
 
+class Fn(nn.Module):
+    """A torch function as a module (a model of one op, or a lambda inside a Sequential)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 def box(shape: tuple[int, ...], batch: int = 3, eps: float = 0.3, seed: int = 0
         ) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

@@ -148,8 +148,12 @@ def test_guard_surfaces_of_the_built_ins() -> None:
     for name in ("box", "hbox", "zonotope", "deeppoly", "crown-ibp"):
         found = guard_surfaces(load_domain(name))
         assert found[:3] == list(BASE_SURFACES)
-    # the DeepPoly lower slope switches at u > -l: the same surface, not a new one
-    assert len(guard_surfaces(load_domain("deeppoly"))) == 3
+    # the DeepPoly lower slope switches at u > -l: the same surface, not a new one; the others
+    # are the widths where Box's sin/cos rule (a period, half a period) and exp's tangent
+    # point (u - l = 1.98) switch
+    extra = guard_surfaces(load_domain("deeppoly"))[3:]
+    assert sorted(-s.c for s in extra) == [1.98, 3.1415926, 6.2831853]
+    assert all((s.a, s.b) == (-1.0, 1.0) for s in extra)
 
 
 def test_new_ops_are_checked_in_every_domain() -> None:
