@@ -41,3 +41,7 @@ class InputError(AbsdslError):
 
 class MemoryBudgetError(AbsdslError):
     """A memory budget too small for even one chunk of work."""
+
+
+class OnnxError(InputError):
+    """A file that is not a usable ONNX network: unreadable, truncated, or an op without a rule."""
