@@ -41,6 +41,7 @@ from .checkpoint import (
 from .config import TrainConfig, dump_toml, load_toml, resolve
 from .data import DatasetInfo, Split, eval_batches, load_dataset, num_batches, train_batches
 from .distributed import World, barrier, broadcast_model, init_from_env
+from .loss_fusion import INTERVAL_DOMAIN
 from .models import build_model, ibp_init
 from .programs import canonical_domain, compile_programs, required_domains
 from .progress import progress_bar
@@ -114,8 +115,8 @@ class Trainer:
             ibp_init(self.model)
         self.model.to(cfg.device)
         names = required_domains(cfg.domain, cfg.method)
-        if cfg.loss_fusion and "box" not in names:
-            names.append("box")  # the chord intervals of loss fusion
+        if cfg.loss_fusion and INTERVAL_DOMAIN not in names:
+            names.append(INTERVAL_DOMAIN)  # the chord intervals of loss fusion
         self.programs = compile_programs(self.model, names)
         if cfg.torch_compile:
             from .fused import compile_programs_fused

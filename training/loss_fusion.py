@@ -26,10 +26,16 @@ from typing import Any
 
 import torch
 
+from absdsl import domains as registry
 from absdsl.errors import AbsdslError
 
+from .losses import robust_loss
+from .margins import _margin_rows, other_classes, run_program
+
 # domains whose cost grows with the number of spec rows (back-substitution): fusion pays
-FUSABLE_DOMAINS = ("deeppoly", "crown-ibp")
+FUSABLE_DOMAINS = registry.names_of_kind("backsub")
+# the cheapest domain (Box, first in cascade order): its margin intervals give the chords
+INTERVAL_DOMAIN = registry.NAMES[0]
 # methods whose loss is the robust cross-entropy on margin bounds of the input box
 FUSABLE_METHODS = ("certified", "sabr", "mtl-ibp")
 # the chord of exp over an interval narrower than this is replaced by the constant exp(u)
@@ -50,7 +56,7 @@ def check_fusable(domain: str, method: str) -> None:
     if domain not in FUSABLE_DOMAINS:
         why = ("its margin bounds already give the exact worst case of the cross-entropy over "
                "the margin box, and its cost does not grow with spec rows"
-               if domain in ("box", "hbox", "zonotope") else
+               if domain in registry.names_of_kind("forward") else
                "only the built-in back-substitution domains are fused")
         raise LossFusionError(
             f"--loss-fusion: domain {domain!r} cannot be fused ({why}); use it with "
@@ -87,8 +93,6 @@ def fused_ce_upper(
 
     ``prog`` back-substitutes one row per sample; ``box_prog`` (Box) gives the chord intervals.
     """
-    from .objective import _margin_rows, run_program
-
     _, rows = _margin_rows(y, n, lo)  # [B, n - 1, n]: e_y - e_i
     m_lo, m_hi = run_program(box_prog, params, lo, hi, rows, upper=True)
     assert m_hi is not None
@@ -123,20 +127,20 @@ def fused_robust_loss(
     A sample counts as certified when Box's margins are all positive or the fused bound is
     below log 2 (then every ``exp(d_i) < 1``, i.e. every margin is positive).
     """
-    from .losses import robust_loss
-    from .objective import _margin_rows, other_classes, run_program
-
-    if "box" not in programs:
-        raise LossFusionError("loss fusion needs the Box program for its chord intervals "
-                              "(compile_programs with 'box' among the domains)")
-    if domain == "crown-ibp" and beta <= 0.0:  # pure IBP: no row to fuse
+    if INTERVAL_DOMAIN not in programs:
+        raise LossFusionError(f"loss fusion needs the {INTERVAL_DOMAIN} program for its chord "
+                              f"intervals (compile_programs with {INTERVAL_DOMAIN!r} among the "
+                              f"domains)")
+    mixed = registry.mixed_with(domain) is not None  # CROWN-IBP: beta mixes Box's margins in
+    if mixed and beta <= 0.0:  # the mixed-in domain alone: no row to fuse
         others, rows = _margin_rows(y, n, lo)
-        m_box, _ = run_program(programs["box"], params, lo, hi, rows, upper=False)
+        m_box, _ = run_program(programs[INTERVAL_DOMAIN], params, lo, hi, rows, upper=False)
         m_full = m_box.new_zeros(m_box.shape[0], n).scatter(1, others, m_box)
         return robust_loss(m_full, y), (m_box.detach() > 0).all(1)
-    upper, m_box = fused_ce_upper(programs[domain], programs["box"], params, lo, hi, y, n)
+    upper, m_box = fused_ce_upper(programs[domain], programs[INTERVAL_DOMAIN], params, lo, hi,
+                                  y, n)
     loss = upper.mean()
-    if domain == "crown-ibp" and beta < 1.0:
+    if mixed and beta < 1.0:
         m_full = m_box.new_zeros(m_box.shape[0], n).scatter(1, other_classes(y, n), m_box)
         loss = (1.0 - beta) * robust_loss(m_full, y) + beta * loss
     certified = (m_box.detach() > 0).all(1) | (upper.detach() < torch.log(torch.tensor(2.0)))
