@@ -119,8 +119,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     fn = getattr(args, "analysis_run", None)
     if fn is None:
-        raise AnalysisError("choose an analysis: 'absdsl analyze tightness RUN' or "
-                            "'absdsl analyze landscape RUN' (see --help)")
+        raise AnalysisError("choose an analysis: 'absdsl analyze tightness|landscape|"
+                            "smoothing-gradient RUN' (see --help)")
     return int(fn(args))
 
 
