@@ -261,7 +261,8 @@ class _OpLowering(_LoweringBase):
         batch first, no masks): the in-projections, heads split, softmax(q k^T / sqrt(d)) v
         per head by :meth:`matmul` and :meth:`softmax`, heads merged, the out-projection.
         fx keeps the module a leaf; its result is (output, weights) and only the output
-        may be read (``attn(x, x, x)[0]``)."""
+        may be read (``attn(x, x, x)[0]``, or ``out, _ = attn(x, x, x)`` as torchvision's
+        ViT has it)."""
         args = dict(zip(["query", "key", "value", "key_padding_mask", "need_weights",
                          "attn_mask", "average_attn_weights", "is_causal"], fx_node.args,
                         strict=False)) | dict(fx_node.kwargs)
@@ -283,8 +284,8 @@ class _OpLowering(_LoweringBase):
         if mod.training and mod.dropout > 0:
             raise self.error(fx_node, "MultiheadAttention dropout in training mode is random; "
                                       "call model.eval()")
-        if any(u.op != "call_function" or u.target is not operator.getitem or u.args[1] != 0
-               for u in fx_node.users):
+        if any(u.op != "call_function" or u.target is not operator.getitem
+               or (u.args[1] != 0 and u.users) for u in fx_node.users):
             raise self.error(fx_node, "only the output of MultiheadAttention has a rule, not "
                                       "its attention weights: read attn(x, x, x)[0]")
         shape = tuple(self._node_shape(x))

@@ -125,3 +125,24 @@ def test_attention_sequence_first_is_refused() -> None:
     with pytest.raises(TraceError, match="batch_first=False") as info:
         absdsl.compile(SequenceFirst().eval(), "box")(*box((3, 4), batch=1))
     assert "attn" in str(info.value)
+
+
+def _torchvision_models() -> dict[str, nn.Module]:
+    """Small configurations of torchvision's ViT and ConvNeXt (their public classes)."""
+    vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
+    convnext = pytest.importorskip("torchvision.models.convnext")
+    torch.manual_seed(6)
+    vit = vision_transformer.VisionTransformer(image_size=8, patch_size=4, num_layers=1,
+                                               num_heads=2, hidden_dim=8, mlp_dim=8,
+                                               num_classes=3)
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at zero
+    nn.init.normal_(vit.heads.head.bias)
+    blocks = [convnext.CNBlockConfig(4, 8, 1), convnext.CNBlockConfig(8, None, 1)]
+    return {"vit": vit, "convnext": convnext.ConvNeXt(blocks, num_classes=3)}
+
+
+@pytest.mark.parametrize("name", ["vit", "convnext"])
+@pytest.mark.parametrize("domain", ["box", "deeppoly"])
+def test_torchvision_vit_and_convnext_sound_and_exact(name: str, domain: str) -> None:
+    model = _torchvision_models()[name].to(DTYPE).eval()
+    _sound_and_exact(model, domain, (3, 8, 8), 0.002)
