@@ -141,6 +141,8 @@ class _Lowering(_OpLowering):
         if isinstance(mod, nn.GroupNorm):
             return self.group_norm(fx_node, x, int(mod.num_groups), float(mod.eps),
                                    self._affine_params(path, mod.affine, mod.affine))
+        if isinstance(mod, nn.MultiheadAttention):
+            return self.attention(fx_node, x, mod, path)
         if isinstance(mod, (nn.Softmax, nn.LogSoftmax)):
             return self.softmax(fx_node, x, mod.dim, isinstance(mod, nn.LogSoftmax))
         if type(mod).__name__ == "StochasticDepth":  # torchvision: the identity in eval mode
@@ -264,6 +266,8 @@ class _Lowering(_OpLowering):
             return args[0].first
         if target in (getattr, operator.getitem) and args and isinstance(args[0], _Const):
             return self.constant_op(fx_node)
+        if target is operator.getitem and args and isinstance(args[0], tuple):
+            return args[0][int(args[1])]  # a module's tuple result (MultiheadAttention)
         if target is operator.getitem and args and isinstance(args[0], _Parts):
             if not isinstance(args[1], (int, float)):
                 raise self.error(fx_node, "slicing the tuple of chunk/split has no rule; take "
@@ -360,7 +364,7 @@ class _Lowering(_OpLowering):
                                      float(kw.get("eps", 1e-12)))
         if target is F.layer_norm:
             kw = dict(zip(["normalized_shape", "weight", "bias", "eps"], args[1:],
-                          strict=False)) | dict(fx_node.kwargs)
+                          strict=False)) | {k: self.value(v) for k, v in fx_node.kwargs.items()}
             return self.layer_norm(fx_node, x, tuple(kw["normalized_shape"]),
                                    float(kw.get("eps", 1e-5)),
                                    (kw.get("weight"), kw.get("bias")))

@@ -230,10 +230,12 @@ class _OpLowering(_LoweringBase):
                       None, tuple(self._node_shape(x)), shape, f"expand{shape}")
         return self.add_node(fx_node, "affine", [x.node], {"map": m}, shape)
 
-    def matmul(self, fx_node: fx.Node, a: _Bound, b: _Bound) -> _Bound:
-        """``a @ b`` of two input-dependent tensors: products summed over the shared dim."""
+    def matmul(self, fx_node: fx.Node, a: _Bound, b: _Bound,
+               shape: tuple[int, ...] | None = None) -> _Bound:
+        """``a @ b`` of two input-dependent tensors: products summed over the shared dim.
+        ``shape``: the output's, when it is not the fx node's (an inner step of a lowering)."""
         sa, sb = self._node_shape(a), self._node_shape(b)
-        out = self.shape_of(fx_node)
+        out = self.shape_of(fx_node) if shape is None else shape
         if len(sa) < 2 or len(sb) < 2:
             raise self.error(fx_node, "matmul of input-dependent vectors has no rule; use "
                                       "matrices (per sample)")
@@ -252,6 +254,76 @@ class _OpLowering(_LoweringBase):
         total = lm.Traced("{x}.sum(dim=-2)", "{x}.sum(dim=-2)", None, full, tuple(out),
                           "sum over the shared dim")
         return self.add_node(fx_node, "affine", [prod.node], {"map": total}, tuple(out))
+
+    def attention(self, fx_node: fx.Node, x: _Bound, mod: nn.MultiheadAttention, path: str
+                  ) -> tuple[_Bound, None]:
+        """``nn.MultiheadAttention`` as self-attention (query, key and value the same tensor,
+        batch first, no masks): the in-projections, heads split, softmax(q k^T / sqrt(d)) v
+        per head by :meth:`matmul` and :meth:`softmax`, heads merged, the out-projection.
+        fx keeps the module a leaf; its result is (output, weights) and only the output
+        may be read (``attn(x, x, x)[0]``, or ``out, _ = attn(x, x, x)`` as torchvision's
+        ViT has it)."""
+        args = dict(zip(["query", "key", "value", "key_padding_mask", "need_weights",
+                         "attn_mask", "average_attn_weights", "is_causal"], fx_node.args,
+                        strict=False)) | dict(fx_node.kwargs)
+        if args.get("key") is not args.get("query") or args.get("value") is not args.get(
+                "query"):
+            raise self.error(fx_node, "MultiheadAttention with a key or value other than its "
+                                      "query has no rule (self-attention only)")
+        if any(args.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or \
+                args.get("is_causal"):
+            raise self.error(fx_node, "MultiheadAttention with a mask has no rule")
+        if not mod.batch_first:
+            raise self.error(fx_node, "MultiheadAttention with batch_first=False mixes the "
+                                      "samples of a batch (dim 1 is the batch); no rule")
+        if mod.in_proj_weight is None:  # kdim or vdim other than embed_dim
+            raise self.error(fx_node, "MultiheadAttention with kdim or vdim has no rule")
+        if mod.bias_k is not None or mod.add_zero_attn:
+            raise self.error(fx_node, "MultiheadAttention with add_bias_kv or add_zero_attn "
+                                      "has no rule")
+        if mod.training and mod.dropout > 0:
+            raise self.error(fx_node, "MultiheadAttention dropout in training mode is random; "
+                                      "call model.eval()")
+        if any(u.op != "call_function" or u.target is not operator.getitem
+               or (u.args[1] != 0 and u.users) for u in fx_node.users):
+            raise self.error(fx_node, "only the output of MultiheadAttention has a rule, not "
+                                      "its attention weights: read attn(x, x, x)[0]")
+        shape = tuple(self._node_shape(x))
+        e, heads = mod.embed_dim, mod.num_heads
+        if len(shape) != 2 or shape[1] != e:
+            raise self.error(fx_node, f"MultiheadAttention expects per-sample inputs of shape "
+                                      f"(length, {e}), got {shape}")
+        length, d = shape[0], e // heads
+        scale = 1.0 / d ** 0.5
+        bias = self.param(f"{path}.in_proj_bias") if mod.in_proj_bias is not None else None
+
+        def project(i: int, name: str) -> _Bound:
+            w = self.define(f"{name}_w", f"{self.param(f'{path}.in_proj_weight')}"
+                                         f"[{i * e}:{(i + 1) * e}]")
+            b = None if bias is None else self.define(f"{name}_b",
+                                                      f"{bias}[{i * e}:{(i + 1) * e}]")
+            if name == "q":  # the scale folded into the query's projection
+                w = self.define("q_w_scaled", f"{w} * {scale!r}")
+                b = None if b is None else self.define("q_b_scaled", f"{b} * {scale!r}")
+            dense = lm.Dense(w, self.define(w + "_abs", f"{w}.abs()"), b)
+            h = self.add_node(fx_node, "affine", [x.node], {"map": dense}, shape)
+            h = self.add_node(fx_node, "reshape", [h.node], {"shape": (length, heads, d)},
+                              (length, heads, d))
+            return self.traced(fx_node, h, "{x}.transpose(1, 2)", "split heads",
+                               shape=(heads, length, d))
+
+        q, k, v = project(0, "q"), project(1, "k"), project(2, "v")
+        kt = self.traced(fx_node, k, "{x}.transpose(-2, -1)", "k^T", shape=(heads, d, length))
+        scores = self.matmul(fx_node, q, kt, (heads, length, length))
+        weights = self.softmax(fx_node, scores, -1, False)
+        mixed = self.matmul(fx_node, weights, v, (heads, length, d))
+        merged = self.traced(fx_node, mixed, "{x}.transpose(1, 2)", "merge heads",
+                             shape=(length, heads, d))
+        merged = self.add_node(fx_node, "reshape", [merged.node], {"shape": shape}, shape)
+        w = self.param(f"{path}.out_proj.weight")
+        dense = lm.Dense(w, self.define(w + "_abs", f"{w}.abs()"),
+                         self.bias(f"{path}.out_proj", mod.out_proj.bias, 1, fx_node))
+        return self.add_node(fx_node, "affine", [merged.node], {"map": dense}, shape), None
 
     def index(self, fx_node: fx.Node, x: _Bound, raw: Any) -> _Bound:
         """``x[...]`` with slices, whole numbers, None and Ellipsis (basic indexing)."""

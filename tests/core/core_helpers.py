@@ -57,3 +57,21 @@ def assert_sound(model: nn.Module, lb: torch.Tensor, ub: torch.Tensor, lo: torch
     assert not torch.isnan(lb).any() and not torch.isnan(ub).any()
     assert (out >= lb - tol).all(), f"lower bound violated by {float((lb - out).max())}"
     assert (out <= ub + tol).all(), f"upper bound violated by {float((out - ub).max())}"
+
+
+def assert_sound_and_exact(model: nn.Module, domain: str, shape: tuple[int, ...] = (3,),
+                           eps: float = 0.3) -> None:
+    """``domain``'s bounds of ``model`` on a box of radius ``eps`` contain its outputs at
+    sampled points, and on a degenerate box (a point) equal its output (to 1e-9)."""
+    import absdsl
+
+    program = absdsl.compile(model, domain)
+    lo, hi = box(shape, batch=3, eps=eps, seed=1)
+    lb, ub = program(lo, hi)
+    assert_sound(model, lb, ub, lo, hi)
+    x = box(shape, batch=2, eps=0.0, seed=2)[0]
+    pl, pu = program(x, x.clone())
+    with torch.no_grad():
+        y = model(x)
+    torch.testing.assert_close(pl, y, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pu, y, rtol=1e-9, atol=1e-9)

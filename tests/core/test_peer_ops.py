@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from core_helpers import DTYPE, Fn, assert_sound, box
+from core_helpers import assert_sound_and_exact as _sound_and_exact
 
 import absdsl
 from absdsl.domains import NAMES as DOMAINS
@@ -60,18 +61,6 @@ class Flagged(nn.Module):
             raise RuntimeError("debug path taken")
         h = self.lin(x) * scale
         return torch.relu(h) if mode == "relu" else torch.tanh(h)
-
-
-def _sound_and_exact(model: nn.Module, domain: str, shape=(3,)) -> None:
-    lo, hi = box(shape, batch=3, eps=0.3, seed=1)
-    lb, ub = absdsl.compile(model, domain)(lo, hi)
-    assert_sound(model, lb, ub, lo, hi)
-    x = box(shape, batch=2, eps=0.0, seed=2)[0]
-    pl, pu = absdsl.compile(model, domain)(x, x.clone())
-    with torch.no_grad():
-        y = model(x)
-    torch.testing.assert_close(pl, y, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(pu, y, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
