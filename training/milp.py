@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +44,6 @@ from absdsl.errors import AbsdslError
 from .certify import CertifyError, CertifyOptions, StageContext, register_stage
 from .data import DatasetInfo
 
-# the op table's structural ops and the activations encoded below (max pooling reaches the
-# encoder as its ReLU decomposition, see compiler/lowering.py)
-SUPPORTED_OPS = tuple(o.name for o in _ops.STRUCTURAL) + ("relu", "leaky_relu", "hardtanh")
 WIDEN_ABS = 1e-7  # outward widening of every intermediate bound (float64 rounding slack)
 WIDEN_REL = 1e-7
 CUTOFF_SLACK = 1e-5  # the cutoff row sits this far above the tolerance (a safety margin)
@@ -225,6 +223,22 @@ class _Problem:
     binaries: int
 
 
+_Interval = tuple[np.ndarray, np.ndarray]  # flat (lower, upper) bounds of a node
+
+
+@dataclass
+class _EncodeState:
+    """What the encoding steps share: the MILP so far, the input box, the node bounds, the
+    needed neurons and every encoded node's variable indices (flat)."""
+
+    enc: _Encoding
+    lo: np.ndarray
+    hi: np.ndarray
+    bounds: dict[str, _Interval]
+    need: dict[str, np.ndarray]
+    var: dict[str, np.ndarray]
+
+
 class NetworkMilp:
     """Exact MILP encodings of a piecewise-linear network, input box by input box."""
 
@@ -248,14 +262,14 @@ class NetworkMilp:
                     f"{', '.join(SUPPORTED_OPS)}")
         self.nodes = graph.nodes
         self.output = graph.output
-        self.input_name = next(n.name for n in graph.nodes if n.op == "input")
+        self.input_name = next(n.name for n in graph.nodes if n.kind == "input")
         self.num_outputs = _numel(graph.by_name[graph.output].shape)
         # per affine node: (W without its tiny entries, |W| in full, b); the tiny entries'
         # |W| apart, to widen the rows by what leaving them out can change
         self._affine: dict[str, tuple[sparse.csr_array, sparse.csr_array, np.ndarray]] = {}
         self._small: dict[str, sparse.csr_array] = {}
         for node in self.nodes:
-            if node.op == "affine":
+            if node.kind == "affine":
                 w, b = self.cg.affine_matrix(node.name)
                 w_np = w.detach().cpu().numpy().astype(np.float64)
                 small = np.abs(w_np) <= SMALL_COEFF
@@ -283,7 +297,7 @@ class NetworkMilp:
                 if node.name in dp:
                     nl = np.maximum(nl, dp[node.name][0][j])
                     nu = np.minimum(nu, dp[node.name][1][j])
-                if node.op != "input":
+                if node.kind != "input":
                     nl, nu = _widen(nl, nu)
                     nu = np.maximum(nu, nl)
                 b[node.name] = (nl, nu)
@@ -293,43 +307,33 @@ class NetworkMilp:
     def _box(self, node: Any, b: dict[str, tuple[np.ndarray, np.ndarray]],
              lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Interval bounds of ``node`` from its inputs' bounds (sound, before widening)."""
-        if node.op == "input":
-            return lo.copy(), hi.copy()
-        ins = [b[i] for i in node.inputs]
-        if node.op == "affine":
-            w, w_abs, bias = self._affine[node.name]
-            (l, u) = ins[0]
-            c, r = (u + l) / 2, (u - l) / 2
-            # the tiny entries left out of w move the centre by at most |w_small| |c|
-            c2, r2 = w @ c + bias, w_abs @ r + self._small[node.name] @ np.abs(c)
-            return c2 - r2, c2 + r2
-        if node.op == "add":
-            return ins[0][0] + ins[1][0], ins[0][1] + ins[1][1]
-        if node.op == "reshape":
-            return ins[0]
-        if node.op == "cat":
-            idx = self._cat_index(node, [np.arange(v[0].shape[0]) for v in ins],
-                                  [0] + list(np.cumsum([v[0].shape[0] for v in ins])[:-1]))
-            lows = np.concatenate([v[0] for v in ins])
-            highs = np.concatenate([v[1] for v in ins])
-            return lows[idx], highs[idx]
-        (l, u) = ins[0]
-        candidates = [self._act(node, l), self._act(node, u),
-                      self._act(node, np.clip(0.0, l, u))]
-        if node.op == "hardtanh":
-            p = node.attrs["params"]
-            candidates += [self._act(node, np.clip(p["min_val"], l, u)),
-                           self._act(node, np.clip(p["max_val"], l, u))]
-        return np.minimum.reduce(candidates), np.maximum.reduce(candidates)
+        return _STEPS[node.op].box(self, node, [b[i] for i in node.inputs], lo, hi)
 
-    @staticmethod
-    def _act(node: Any, x: np.ndarray) -> np.ndarray:
-        p = node.attrs.get("params", {})
-        if node.op == "relu":
-            return np.maximum(x, 0.0)
-        if node.op == "leaky_relu":
-            return np.where(x >= 0, x, p["negative_slope"] * x)
-        return np.clip(x, p["min_val"], p["max_val"])
+    def _box_affine(self, node: Any, ins: list[_Interval], lo: np.ndarray, hi: np.ndarray
+                    ) -> _Interval:
+        w, w_abs, bias = self._affine[node.name]
+        (l, u) = ins[0]
+        c, r = (u + l) / 2, (u - l) / 2
+        # the tiny entries left out of w move the centre by at most |w_small| |c|
+        c2, r2 = w @ c + bias, w_abs @ r + self._small[node.name] @ np.abs(c)
+        return c2 - r2, c2 + r2
+
+    def _box_cat(self, node: Any, ins: list[_Interval], lo: np.ndarray, hi: np.ndarray
+                 ) -> _Interval:
+        idx = self._cat_index(node, [np.arange(v[0].shape[0]) for v in ins],
+                              [0] + list(np.cumsum([v[0].shape[0] for v in ins])[:-1]))
+        lows = np.concatenate([v[0] for v in ins])
+        highs = np.concatenate([v[1] for v in ins])
+        return lows[idx], highs[idx]
+
+    def _box_activation(self, node: Any, ins: list[_Interval], lo: np.ndarray,
+                        hi: np.ndarray) -> _Interval:
+        """f at both ends and at every kink inside: f is linear between them."""
+        (l, u) = ins[0]
+        act, p = _ACTIVATIONS[node.op], node.attrs.get("params", {})
+        candidates = [act.apply(p, l), act.apply(p, u)]
+        candidates += [act.apply(p, np.clip(k, l, u)) for k in act.kinks(p)]
+        return np.minimum.reduce(candidates), np.maximum.reduce(candidates)
 
     def _cat_index(self, node: Any, parts: list[np.ndarray], offsets: list[int]) -> np.ndarray:
         """Flat index into the concatenated inputs for each flat output position."""
@@ -348,102 +352,55 @@ class NetworkMilp:
         need = {n.name: np.zeros(_numel(n.shape), dtype=bool) for n in self.nodes}
         need[self.output][:] = True
         for node in reversed(self.nodes):
-            mine = need[node.name]
-            if node.op == "input" or not mine.any():
-                continue
-            if node.op == "affine":
-                w = self._affine[node.name][0]
-                cols = w[np.flatnonzero(mine)].tocoo().col
-                need[node.inputs[0]][cols] = True
-            elif node.op in ("add", "reshape"):
-                for i in node.inputs:
-                    need[i] |= mine
-            elif node.op == "cat":
-                sizes = [need[i].shape[0] for i in node.inputs]
-                offsets = [0] + list(np.cumsum(sizes)[:-1])
-                where = self._cat_index(node, [np.arange(n) for n in sizes], offsets)[mine]
-                for i, off, n in zip(node.inputs, offsets, sizes, strict=True):
-                    sel = where[(where >= off) & (where < off + n)] - off
-                    need[i][sel] = True
-            else:
-                l, u = bounds[node.inputs[0]]
-                if node.op == "relu":
-                    live = u > 0
-                elif node.op == "hardtanh":
-                    p = node.attrs["params"]
-                    live = (u > p["min_val"]) & (l < p["max_val"])
-                else:
-                    live = np.ones_like(mine)
-                need[node.inputs[0]] |= mine & live
+            if need[node.name].any():
+                _STEPS[node.op].need(self, node, need, bounds)
         return need
+
+    def _need_affine(self, node: Any, need: dict[str, np.ndarray],
+                     bounds: dict[str, _Interval]) -> None:
+        w = self._affine[node.name][0]
+        cols = w[np.flatnonzero(need[node.name])].tocoo().col
+        need[node.inputs[0]][cols] = True
+
+    def _need_cat(self, node: Any, need: dict[str, np.ndarray],
+                  bounds: dict[str, _Interval]) -> None:
+        sizes = [need[i].shape[0] for i in node.inputs]
+        offsets = [0] + list(np.cumsum(sizes)[:-1])
+        where = self._cat_index(node, [np.arange(n) for n in sizes], offsets)[need[node.name]]
+        for i, off, n in zip(node.inputs, offsets, sizes, strict=True):
+            sel = where[(where >= off) & (where < off + n)] - off
+            need[i][sel] = True
 
     def encode(self, lo: np.ndarray, hi: np.ndarray,
                bounds: dict[str, tuple[np.ndarray, np.ndarray]]) -> _Problem:
         """The MILP of the network on the box [lo, hi] (flat float64) with node bounds."""
-        enc = _Encoding()
-        need = self.needed(bounds)
-        var: dict[str, np.ndarray] = {}
+        state = _EncodeState(_Encoding(), lo, hi, bounds, self.needed(bounds), {})
         for node in self.nodes:
-            nl, nu = bounds[node.name]
-            mine = need[node.name]
-            if node.op == "input":
-                var[node.name] = enc.variables(lo, hi)
-            elif node.op == "affine":
-                w, _, bias = self._affine[node.name]
-                y = enc.variables(nl, nu)
-                rows = np.flatnonzero(mine)
-                coo = w[rows].tocoo()
-                x = var[node.inputs[0]]
-                n = rows.shape[0]
-                xl, xu = bounds[node.inputs[0]]
-                slack = self._small[node.name][rows] @ np.maximum(np.abs(xl), np.abs(xu))
-                # y - W x = b for the needed rows (a range of width 2 slack if W had tiny
-                # entries, which are left out)
-                enc.add_rows(np.concatenate([np.arange(n), coo.row]),
-                             np.concatenate([y[rows], x[coo.col]]),
-                             np.concatenate([np.ones(n), -coo.data]),
-                             bias[rows] - slack, bias[rows] + slack)
-                var[node.name] = y
-            elif node.op == "add":
-                y = enc.variables(nl, nu)
-                a, c = var[node.inputs[0]], var[node.inputs[1]]
-                enc.equal(y[mine], [(a[mine], 1.0), (c[mine], 1.0)], np.zeros(int(mine.sum())))
-                var[node.name] = y
-            elif node.op == "reshape":
-                var[node.name] = var[node.inputs[0]]
-            elif node.op == "cat":
-                var[node.name] = self._cat_index(node, [var[i] for i in node.inputs],
-                                                 [0] * len(node.inputs))
-            else:
-                var[node.name] = self._activation(enc, node, var[node.inputs[0]],
-                                                  bounds[node.inputs[0]], (nl, nu), mine)
+            state.var[node.name] = _STEPS[node.op].encode(self, node, state)
+        enc = state.enc
         integrality, bnds, cons = enc.build()
-        return _Problem(integrality, bnds, cons, var[self.input_name], var[self.output], lo, hi,
-                        enc.binaries)
+        return _Problem(integrality, bnds, cons, state.var[self.input_name],
+                        state.var[self.output], lo, hi, enc.binaries)
 
-    @staticmethod
-    def _activation(enc: _Encoding, node: Any, x: np.ndarray,
-                    x_bounds: tuple[np.ndarray, np.ndarray],
-                    y_bounds: tuple[np.ndarray, np.ndarray], need: np.ndarray) -> np.ndarray:
-        l, u = x_bounds
-        n = x.shape[0]
-        if node.op == "relu":
-            return enc.relu(x, np.zeros(n), l, u, need)
-        p = node.attrs["params"]
-        y = enc.variables(*y_bounds)
-        if node.op == "leaky_relu":
-            alpha = float(p["negative_slope"])
-            r = enc.relu(x, np.zeros(n), l, u, need)
-            # y = alpha x + (1 - alpha) relu(x)
-            enc.equal(y[need], [(x[need], alpha), (r[need], 1.0 - alpha)],
-                      np.zeros(int(need.sum())))
-            return y
-        lo_v, hi_v = float(p["min_val"]), float(p["max_val"])
-        r1 = enc.relu(x, np.full(n, -lo_v), l - lo_v, u - lo_v, need)
-        r2 = enc.relu(x, np.full(n, -hi_v), l - hi_v, u - hi_v, need)
-        # y = min + relu(x - min) - relu(x - max)
-        enc.equal(y[need], [(r1[need], 1.0), (r2[need], -1.0)], np.full(int(need.sum()), lo_v))
+    def _encode_affine(self, node: Any, state: _EncodeState) -> np.ndarray:
+        w, _, bias = self._affine[node.name]
+        y = state.enc.variables(*state.bounds[node.name])
+        rows = np.flatnonzero(state.need[node.name])
+        coo = w[rows].tocoo()
+        x = state.var[node.inputs[0]]
+        n = rows.shape[0]
+        xl, xu = state.bounds[node.inputs[0]]
+        slack = self._small[node.name][rows] @ np.maximum(np.abs(xl), np.abs(xu))
+        # y - W x = b for the needed rows (a range of width 2 slack if W had tiny
+        # entries, which are left out)
+        state.enc.add_rows(np.concatenate([np.arange(n), coo.row]),
+                           np.concatenate([y[rows], x[coo.col]]),
+                           np.concatenate([np.ones(n), -coo.data]),
+                           bias[rows] - slack, bias[rows] + slack)
         return y
+
+    def _encode_cat(self, node: Any, state: _EncodeState) -> np.ndarray:
+        return self._cat_index(node, [state.var[i] for i in node.inputs], [0] * len(node.inputs))
 
     # -- solving -----------------------------------------------------------------------
     def solve_margin(self, problem: _Problem, label: int, target: int, time_limit: float,
@@ -555,6 +512,123 @@ class NetworkMilp:
         status = decide(margins, tolerance, counterexample is not None)
         return MilpOutcome(status, sorted(margins, key=lambda m: m.target), counterexample,
                            time.perf_counter() - start, problem.binaries)
+
+
+# -- the activations the encoder handles, one entry each --------------------------------
+@dataclass(frozen=True)
+class _Activation:
+    """A piecewise-linear activation y = f(x): its values, kinks, live neurons and MILP."""
+
+    apply: Callable[[_ops.Params, np.ndarray], np.ndarray]  # f per neuron, float64
+    kinks: Callable[[_ops.Params], tuple[float, ...]]  # where f bends: f is linear between
+    # the neurons whose output depends on x, given the pre-activation bounds (l, u)
+    live: Callable[[_ops.Params, np.ndarray, np.ndarray], np.ndarray]
+    # exact encoding: (enc, params, x, l, u, y bounds, needed neurons) -> y's variables
+    encode: Callable[[_Encoding, _ops.Params, np.ndarray, np.ndarray, np.ndarray, _Interval,
+                      np.ndarray], np.ndarray]
+
+
+def _encode_relu(enc: _Encoding, p: _ops.Params, x: np.ndarray, l: np.ndarray, u: np.ndarray,
+                 y_bounds: _Interval, need: np.ndarray) -> np.ndarray:
+    return enc.relu(x, np.zeros(x.shape[0]), l, u, need)
+
+
+def _encode_leaky_relu(enc: _Encoding, p: _ops.Params, x: np.ndarray, l: np.ndarray,
+                       u: np.ndarray, y_bounds: _Interval, need: np.ndarray) -> np.ndarray:
+    y = enc.variables(*y_bounds)
+    alpha = float(p["negative_slope"])
+    r = enc.relu(x, np.zeros(x.shape[0]), l, u, need)
+    # y = alpha x + (1 - alpha) relu(x)
+    enc.equal(y[need], [(x[need], alpha), (r[need], 1.0 - alpha)], np.zeros(int(need.sum())))
+    return y
+
+
+def _encode_hardtanh(enc: _Encoding, p: _ops.Params, x: np.ndarray, l: np.ndarray,
+                     u: np.ndarray, y_bounds: _Interval, need: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    y = enc.variables(*y_bounds)
+    lo_v, hi_v = float(p["min_val"]), float(p["max_val"])
+    r1 = enc.relu(x, np.full(n, -lo_v), l - lo_v, u - lo_v, need)
+    r2 = enc.relu(x, np.full(n, -hi_v), l - hi_v, u - hi_v, need)
+    # y = min + relu(x - min) - relu(x - max)
+    enc.equal(y[need], [(r1[need], 1.0), (r2[need], -1.0)], np.full(int(need.sum()), lo_v))
+    return y
+
+
+_ACTIVATIONS: dict[str, _Activation] = {
+    "relu": _Activation(
+        apply=lambda p, x: np.maximum(x, 0.0), kinks=lambda p: (0.0,),
+        live=lambda p, l, u: u > 0, encode=_encode_relu),
+    "leaky_relu": _Activation(
+        apply=lambda p, x: np.where(x >= 0, x, p["negative_slope"] * x), kinks=lambda p: (0.0,),
+        live=lambda p, l, u: np.ones(l.shape, dtype=bool), encode=_encode_leaky_relu),
+    "hardtanh": _Activation(
+        apply=lambda p, x: np.clip(x, p["min_val"], p["max_val"]),
+        kinks=lambda p: (0.0, p["min_val"], p["max_val"]),
+        live=lambda p, l, u: (u > p["min_val"]) & (l < p["max_val"]), encode=_encode_hardtanh),
+}
+
+
+# -- one step per IR op, for each pass over the graph (like a torch.fx Interpreter) ------
+@dataclass(frozen=True)
+class _Step:
+    """How each pass of :class:`NetworkMilp` handles one op: interval bounds (forward), the
+    needed neurons (backward, marks the inputs' neurons) and the encoding (forward)."""
+
+    box: Callable[[NetworkMilp, Any, list[_Interval], np.ndarray, np.ndarray], _Interval]
+    need: Callable[[NetworkMilp, Any, dict[str, np.ndarray], dict[str, _Interval]], None]
+    encode: Callable[[NetworkMilp, Any, _EncodeState], np.ndarray]
+
+
+def _need_all_inputs(net: NetworkMilp, node: Any, need: dict[str, np.ndarray],
+                     bounds: dict[str, _Interval]) -> None:
+    for i in node.inputs:
+        need[i] |= need[node.name]
+
+
+def _need_activation(net: NetworkMilp, node: Any, need: dict[str, np.ndarray],
+                     bounds: dict[str, _Interval]) -> None:
+    l, u = bounds[node.inputs[0]]
+    live = _ACTIVATIONS[node.op].live(node.attrs.get("params", {}), l, u)
+    need[node.inputs[0]] |= need[node.name] & live
+
+
+def _encode_add(net: NetworkMilp, node: Any, state: _EncodeState) -> np.ndarray:
+    y = state.enc.variables(*state.bounds[node.name])
+    mine = state.need[node.name]
+    a, c = state.var[node.inputs[0]], state.var[node.inputs[1]]
+    state.enc.equal(y[mine], [(a[mine], 1.0), (c[mine], 1.0)], np.zeros(int(mine.sum())))
+    return y
+
+
+def _encode_activation(net: NetworkMilp, node: Any, state: _EncodeState) -> np.ndarray:
+    l, u = state.bounds[node.inputs[0]]
+    return _ACTIVATIONS[node.op].encode(state.enc, node.attrs.get("params", {}),
+                                        state.var[node.inputs[0]], l, u,
+                                        state.bounds[node.name], state.need[node.name])
+
+
+_STRUCTURAL_STEPS: dict[str, _Step] = {
+    "input": _Step(box=lambda net, node, ins, lo, hi: (lo.copy(), hi.copy()),
+                   need=lambda net, node, need, bounds: None,
+                   encode=lambda net, node, state: state.enc.variables(state.lo, state.hi)),
+    "affine": _Step(NetworkMilp._box_affine, NetworkMilp._need_affine,
+                    NetworkMilp._encode_affine),
+    "add": _Step(box=lambda net, node, ins, lo, hi: (ins[0][0] + ins[1][0],
+                                                      ins[0][1] + ins[1][1]),
+                 need=_need_all_inputs, encode=_encode_add),
+    "cat": _Step(NetworkMilp._box_cat, NetworkMilp._need_cat, NetworkMilp._encode_cat),
+    "reshape": _Step(box=lambda net, node, ins, lo, hi: ins[0], need=_need_all_inputs,
+                     encode=lambda net, node, state: state.var[node.inputs[0]]),
+}
+# the op table's structural ops and the activations encoded above (max pooling reaches the
+# encoder as its ReLU decomposition, see compiler/lowering.py)
+_STEPS: dict[str, _Step] = {
+    **{op.name: _STRUCTURAL_STEPS[op.name] for op in _ops.STRUCTURAL},
+    **{name: _Step(NetworkMilp._box_activation, _need_activation, _encode_activation)
+       for name in _ACTIVATIONS},
+}
+SUPPORTED_OPS = tuple(_STEPS)
 
 
 def check_time_limit(seconds: float) -> float:

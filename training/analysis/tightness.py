@@ -13,13 +13,14 @@ Two numbers:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import absdsl
-from absdsl.compiler.ir import ACTIVATIONS, Graph
+from absdsl.compiler.ir import ACTIVATIONS, Graph, Node
 from absdsl.compiler.specs import margin_spec
 from absdsl.errors import AbsdslError
 from absdsl.training.certify import (
@@ -157,7 +158,7 @@ def certified_auc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, domain: st
 # -- propagation tightness ----------------------------------------------------------------
 def _check_relu_graph(graph: Graph) -> None:
     for node in graph.nodes:
-        if node.op in ("input", "relu") or node.op in LINEAR_OPS:
+        if node.op in _GATED_STEPS:
             continue
         where = f" ({node.origin})" if node.origin else ""
         kind = "activation" if node.op in ACTIVATIONS else "op"
@@ -198,6 +199,50 @@ def _linear(fn, *xs: torch.Tensor) -> torch.Tensor:
     return fn(*xs) - fn(*(torch.zeros_like(v) for v in xs))
 
 
+_NodeFn = Callable[..., torch.Tensor]  # a node's concrete function (ConcreteGraph.node_fn)
+
+
+@dataclass
+class _GatedRun:
+    """One propagation through the network with the ReLU gates fixed at the clean input:
+    the value at the input node, the clean run's values (the gates) and whether affine
+    nodes apply |W| (the interval width) or W (the linear part), both without bias."""
+
+    start: torch.Tensor | None
+    clean: dict[str, torch.Tensor]
+    absolute: bool
+
+
+def _gated_input(run: _GatedRun, node: Node, fn: _NodeFn,
+                 ins: list[torch.Tensor]) -> torch.Tensor:
+    assert run.start is not None
+    return run.start
+
+
+def _gated_relu(run: _GatedRun, node: Node, fn: _NodeFn,
+                ins: list[torch.Tensor]) -> torch.Tensor:
+    gate = (run.clean[node.inputs[0]] > 0).to(ins[0].dtype)
+    return gate * ins[0]
+
+
+def _gated_affine(run: _GatedRun, node: Node, fn: _NodeFn,
+                  ins: list[torch.Tensor]) -> torch.Tensor:
+    return fn(ins[0], absolute=True) if run.absolute else _linear(fn, ins[0])
+
+
+def _gated_linear(run: _GatedRun, node: Node, fn: _NodeFn,
+                  ins: list[torch.Tensor]) -> torch.Tensor:
+    """add, cat, reshape: linear without a bias, with coefficients 0 or 1 (so |W| = W)."""
+    return fn(*ins)
+
+
+# one propagation step per op tightness is defined for (every other op is refused)
+_GATED_STEPS: dict[str, Callable[[_GatedRun, Node, _NodeFn, list[torch.Tensor]], torch.Tensor]] = {
+    "input": _gated_input, "relu": _gated_relu, "affine": _gated_affine,
+    **{op: _gated_linear for op in LINEAR_OPS if op != "affine"},
+}
+
+
 def _tightness_batch(cg, graph: Graph, head: list[str], frontier: list[str],
                      x: torch.Tensor, y: torch.Tensor, eps: float, n_out: int) -> torch.Tensor:
     """tau per (input, margin) for one batch: [B, n_out - 1]."""
@@ -208,25 +253,16 @@ def _tightness_batch(cg, graph: Graph, head: list[str], frontier: list[str],
     e = (hi - lo) / 2
     with torch.no_grad():
         values = cg.forward(x)
-    gates = {n.name: (values[n.inputs[0]] > 0).to(x.dtype)
-             for n in graph.nodes if n.op == "relu"}
 
     def propagate(start: torch.Tensor, absolute: bool, stop: set[str]) -> dict[str, torch.Tensor]:
         """The network with ReLU gates fixed at x, without biases (|W| when absolute)."""
+        run = _GatedRun(start, values, absolute)
         vals: dict[str, torch.Tensor] = {}
         for node in graph.nodes:
             if node.name in stop or any(i not in vals for i in node.inputs):
                 continue  # the head (handled with C) and branches that hang off it
             ins = [vals[i] for i in node.inputs]
-            fn = cg.node_fn(node.name)
-            if node.op == "input":
-                vals[node.name] = start
-            elif node.op == "relu":
-                vals[node.name] = gates[node.name] * ins[0]
-            elif node.op == "affine":
-                vals[node.name] = fn(ins[0], absolute=True) if absolute else _linear(fn, ins[0])
-            else:
-                vals[node.name] = fn(*ins)
+            vals[node.name] = _GATED_STEPS[node.op](run, node, cg.node_fn(node.name), ins)
         return vals
 
     def spec_rows(fn_out: torch.Tensor, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -252,11 +288,11 @@ def _tightness_batch(cg, graph: Graph, head: list[str], frontier: list[str],
         if head:
             starts = {f: torch.zeros_like(absvals[f], requires_grad=True) for f in frontier}
             vals = dict(starts)
+            linear_run = _GatedRun(None, values, absolute=False)  # the head has no input or ReLU
             for name in head:
                 node = graph.by_name[name]
-                fn = cg.node_fn(name)
                 ins = [vals[i] for i in node.inputs]
-                vals[name] = _linear(fn, *ins) if node.op == "affine" else fn(*ins)
+                vals[name] = _GATED_STEPS[node.op](linear_run, node, cg.node_fn(name), ins)
             c_heads = spec_rows(vals[graph.output], [starts[f] for f in frontier])
         else:
             c_heads = [spec.reshape(spec.shape[0], k, *absvals[graph.output].shape[1:])]
