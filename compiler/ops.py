@@ -479,7 +479,12 @@ def slope_min_code(op: Op, params: Params, l: str, u: str) -> str:
     assert op.deriv is not None
     code = f"torch.minimum({op.deriv(l, params)}, {op.deriv(u, params)})"
     for x, value in op.dips(params):
-        # widen the test a little: a dip just outside [l, u] only makes the bound looser
-        code = (f"torch.where(({l} <= {_num(x + 1e-6)}) & ({u} >= {_num(x - 1e-6)}), "
+        # widen the test a little, relative to where the dip is: a dip just outside [l, u]
+        # only makes the bound looser. Not by an absolute width: inv_norm's dip at 0 is
+        # -5e35, and taking it on [1e-6, 1e-6] cancelled the whole value away in the
+        # zonotope's DeepZ rule (F.normalize of (-1e-3, 0) bounded as [0, 0], found by the
+        # checker's rule sweep)
+        width = 1e-6 * abs(x)
+        code = (f"torch.where(({l} <= {_num(x + width)}) & ({u} >= {_num(x - width)}), "
                 f"torch.clamp({code}, max={_num(value)}), {code})")
     return code
