@@ -197,7 +197,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "valley: the minimum raised by 1e-3"),
     Mutant("box-valley-top-right-end", "box.absd", "top = max(f(l), f(u))", "top = f(u)",
            "valley: upper end from the right end only"),
-    Mutant("box-valley-min-left-end", "box.absd", ": min(f(l), f(u))", ": f(l)",
+    Mutant("box-valley-min-left-end", "box.absd", "fmin : min(f(l), f(u))", "fmin : f(l)",
            "valley: lower end from the left end only"),
     Mutant("box-mul-corner-product", "box.absd", "ul = p.u * q.l", "ul = p.u * q.u",
            "mul: a wrong corner product"),
