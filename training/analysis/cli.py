@@ -31,19 +31,8 @@ from absdsl.training.cli_certify import load_run_model
 from absdsl.training.data import load_dataset
 from absdsl.training.programs import canonical_domain
 
+from .arg_types import floats, names
 from .tightness import AnalysisError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
-            from err
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +42,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                        description="Certified accuracy over an eps grid per domain, its "
                                    "normalised area (AUC), and propagation tightness.")
     _common(t)
-    t.add_argument("--domains", type=_names, default=["box", "hbox", "crown-ibp", "deeppoly"],
+    t.add_argument("--domains", type=names, default=["box", "hbox", "crown-ibp", "deeppoly"],
                    help="comma-separated domains (default box,hbox,crown-ibp,deeppoly)")
     t.add_argument("--eps-max", type=float, default=None,
                    help="largest radius of the grid (default: the run's eps)")
@@ -73,7 +62,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                                     "space, its jumps, its Gaussian-smoothed version and "
                                     "its sensitivity; landscape.json and landscape.png.")
     _common(ls)
-    ls.add_argument("--domain", "--domains", dest="domains", type=_names,
+    ls.add_argument("--domain", "--domains", dest="domains", type=names,
                     default=["box", "crown-ibp", "deeppoly"],
                     help="comma-separated domains (default box,crown-ibp,deeppoly)")
     ls.add_argument("--direction", default="random",
@@ -85,11 +74,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--span", type=float, default=0.05,
                     help="t runs over [-span, span], in weight-space L2 units (default 0.05)")
     ls.add_argument("--points", type=int, default=41, help="grid points (default 41)")
-    ls.add_argument("--sigmas", type=_floats, default=[1e-6, 5e-5, 5e-4],
+    ls.add_argument("--sigmas", type=floats, default=[1e-6, 5e-5, 5e-4],
                     help="smoothing standard deviations (default 1e-6,5e-5,5e-4)")
     ls.add_argument("--samples", type=int, default=16,
                     help="noise samples per grid point and sigma (default 16)")
-    ls.add_argument("--radii", type=_floats, default=[1e-5, 1e-4, 1e-3, 1e-2],
+    ls.add_argument("--radii", type=floats, default=[1e-5, 1e-4, 1e-3, 1e-2],
                     help="sensitivity radii (default 1e-5,1e-4,1e-3,1e-2)")
     ls.add_argument("--sensitivity-samples", type=int, default=8,
                     help="random unit directions per radius (default 8)")

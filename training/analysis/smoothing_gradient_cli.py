@@ -8,17 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
-            from err
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+from .arg_types import floats, names
 
 
 def _grad_cost(text: str) -> float | None:
@@ -45,11 +35,11 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None],
                                    "gradient and variance per domain and sigma; "
                                    "smoothing_gradient.json and .png.")
     common(p)
-    p.add_argument("--domains", type=_names, default=list(DEFAULT_DOMAINS),
+    p.add_argument("--domains", type=names, default=list(DEFAULT_DOMAINS),
                    help="comma-separated domains (default box,crown-ibp,deeppoly)")
-    p.add_argument("--sigmas", type=_floats, default=list(DEFAULT_SIGMAS),
+    p.add_argument("--sigmas", type=floats, default=list(DEFAULT_SIGMAS),
                    help="smoothing standard deviations (default 1e-4,1e-3,1e-2)")
-    p.add_argument("--estimators", type=_names, default=list(ESTIMATORS),
+    p.add_argument("--estimators", type=names, default=list(ESTIMATORS),
                    help=f"comma-separated, of {', '.join(ESTIMATORS)} (default all)")
     p.add_argument("--budget", type=float, default=64.0,
                    help="loss evaluations each estimate may spend (default 64)")
