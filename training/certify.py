@@ -42,6 +42,7 @@ from absdsl.errors import AbsdslError
 from .attacks import PGDConfig, pgd_attack
 from .data import DatasetInfo, Split, eval_batches
 from .programs import CASCADE_ORDER, canonical_domain
+from .progress import progress_bar
 
 PRECISION = "float64"
 REL_TOLERANCE = 1e-9  # per unit of magnitude of the computation (the property tests' policy)
@@ -391,11 +392,7 @@ def certify_model(
                                f"(registered: {', '.join(sorted(_STAGES)) or 'none'})")
         stages.append(_STAGES[name](model64, info, options))
     records: list[InputResult] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(split), desc="certify", leave=False)
+    bar = progress_bar(len(split), "certify") if progress else None  # a bar on a terminal
     offset = 0
     for x, y in eval_batches(split, options.batch_size):
         x64 = x.double()
