@@ -5,6 +5,8 @@ degenerate box in every built-in domain; what has no rule is refused naming the 
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn as nn
@@ -62,7 +64,7 @@ def test_layer_norm_2d_sound_and_exact(domain: str) -> None:
 
 
 def test_torchvision_layer_norm_2d_matches() -> None:
-    convnext = pytest.importorskip("torchvision.models.convnext")
+    convnext = importlib.import_module("torchvision.models.convnext")
     model = nn.Sequential(nn.Conv2d(2, 3, 1), convnext.LayerNorm2d(3)).to(DTYPE).eval()
     x = box((2, 3, 3), batch=2, eps=0.0, seed=3)[0]
     lb, ub = absdsl.compile(model, "deeppoly")(x, x.clone())
@@ -129,8 +131,8 @@ def test_attention_sequence_first_is_refused() -> None:
 
 def _torchvision_models() -> dict[str, nn.Module]:
     """Small configurations of torchvision's ViT and ConvNeXt (their public classes)."""
-    vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
-    convnext = pytest.importorskip("torchvision.models.convnext")
+    vision_transformer = importlib.import_module("torchvision.models.vision_transformer")
+    convnext = importlib.import_module("torchvision.models.convnext")
     torch.manual_seed(6)
     vit = vision_transformer.VisionTransformer(image_size=8, patch_size=4, num_layers=1,
                                                num_heads=2, hidden_dim=8, mlp_dim=8,
