@@ -61,8 +61,11 @@ def _node_body(node: Node) -> tuple[str, str]:
 
 
 def generate_concrete(graph: Graph) -> str:
-    """Source of ``concrete_nodes(p)``, which returns {node name: fn(*xs, absolute=False)}."""
-    lines = ["def concrete_nodes(p):"]
+    """Source of ``concrete_nodes(p, lo)``, which returns {node name: fn(*xs, absolute=False)}.
+
+    ``lo`` stands where the bound programs' input box does: prelude code reads only its dtype
+    and device (the constant weights of average pooling, the zeros of a concatenation)."""
+    lines = ["def concrete_nodes(p, lo):"]
     lines += [f"    {pre.name} = {pre.code}" for pre in graph.prelude]
     lines.append("    fns = {}")
     for i, node in enumerate(graph.nodes):
@@ -82,9 +85,26 @@ class ConcreteGraph:
     def __init__(self, graph: Graph, params: Mapping[str, torch.Tensor]) -> None:
         self.graph = graph
         self.source = generate_concrete(graph)
-        make = codegen.load_generated(self.source, "concrete")["concrete_nodes"]
-        self._fns: dict[str, NodeFn] = make(dict(params))
+        self._make = codegen.load_generated(self.source, "concrete")["concrete_nodes"]
+        self._params = dict(params)
         self._ref = next((t for t in params.values() if t.is_floating_point()), None)
+        # node functions per (dtype, device) of the values they run on: the prelude makes
+        # its constants in the inputs' dtype, as the bound programs make them in the box's
+        self._by_kind: dict[tuple[torch.dtype, torch.device], dict[str, NodeFn]] = {}
+        self._fns = self._functions_like(self._reference())
+
+    def _reference(self) -> torch.Tensor:
+        """An empty tensor of the parameters' dtype and device (float32 on the CPU if none)."""
+        ref = self._ref
+        return torch.empty(0, dtype=ref.dtype if ref is not None else torch.float32,
+                           device=ref.device if ref is not None else torch.device("cpu"))
+
+    def _functions_like(self, like: torch.Tensor) -> dict[str, NodeFn]:
+        key = (like.dtype, like.device)
+        if key not in self._by_kind:
+            self._by_kind[key] = self._make(self._params, torch.empty(0, dtype=like.dtype,
+                                                                      device=like.device))
+        return self._by_kind[key]
 
     def node_fn(self, name: str) -> NodeFn:
         """``fn(*input_values, absolute=False)``: the node's own op on batched inputs.
@@ -94,16 +114,22 @@ class ConcreteGraph:
         """
         if name not in self._fns:
             raise InputError(f"no IR node %{name}; nodes: {', '.join(self._fns)}")
-        return self._fns[name]
+
+        def run(*xs: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+            fns = self._functions_like(xs[0]) if xs else self._fns
+            return fns[name](*xs, absolute=absolute)
+
+        return run
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every node's value at the batched point ``x`` ([B, *input shape])."""
         values: dict[str, torch.Tensor] = {}
+        fns = self._functions_like(x)
         for node in self.graph.nodes:
             if node.op == "input":
                 values[node.name] = x
             else:
-                values[node.name] = self._fns[node.name](*(values[i] for i in node.inputs))
+                values[node.name] = fns[node.name](*(values[i] for i in node.inputs))
         return values
 
     def affine_matrix(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,9 +141,8 @@ class ConcreteGraph:
         n_in = 1
         for s in src.shape:
             n_in *= s
-        ref = self._ref
-        dtype = ref.dtype if ref is not None else torch.float32
-        device = ref.device if ref is not None else torch.device("cpu")
+        ref = self._reference()
+        dtype, device = ref.dtype, ref.device
         fn = self._fns[name]
         with torch.no_grad():
             zero = torch.zeros(1, *src.shape, dtype=dtype, device=device)

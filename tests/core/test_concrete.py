@@ -81,3 +81,40 @@ def test_deeppoly_intermediate_bounds_refine_box() -> None:
         assert (poly[name][1] <= box[name][1] + 1e-6).all()
         widths.append(((box[name][1] - box[name][0]) - (poly[name][1] - poly[name][0])).sum())
     assert max(widths) > 0  # strictly tighter somewhere: the second conv is refined
+
+
+class _PoolAndConstants(nn.Module):
+    """Average pooling (its prelude makes the pooling weights like the input box) and a
+    concatenation with a constant token (its prelude makes zeros like the box)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.token = nn.Parameter(torch.randn(1, 3))
+        self.fc = nn.Linear(8 + 3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.pool(torch.relu(self.conv(x))).flatten(1)
+        return self.fc(torch.cat([z, self.token.expand(x.shape[0], 3)], 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_concrete_graph_of_a_model_with_average_pooling(dtype: torch.dtype) -> None:
+    """Regression: the prelude of average pooling reads the input box's dtype and device, which
+    the concrete functions once did not define (``NameError: lo``)."""
+    torch.manual_seed(0)
+    model = _PoolAndConstants().to(dtype).eval()
+    prog = absdsl.compile(model, domain="box", input_shape=(1, 4, 4))
+    cg = prog.concrete()
+    prelude = "\n".join(pre.code for pre in cg.graph.prelude)
+    assert "like=lo" in prelude and "dtype=lo.dtype" in prelude  # both read the box
+    x = torch.rand(3, 1, 4, 4, dtype=dtype)
+    values = cg.forward(x)
+    assert values[cg.graph.output].dtype == dtype
+    torch.testing.assert_close(values[cg.graph.output], model(x))
+    pooled = next(n for n in cg.graph.nodes if n.op == "affine" and "AvgPool2d" in n.describe())
+    w, b = cg.affine_matrix(pooled.name)
+    assert w.dtype == dtype
+    got = values[pooled.inputs[0]].flatten(1) @ w.T + b
+    torch.testing.assert_close(got, values[pooled.name].flatten(1))
