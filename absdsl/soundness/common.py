@@ -11,19 +11,38 @@ from absdsl.compiler import ops as _ops
 DTYPE = torch.float64
 REL_TOL = 1e-9
 
-# every activation of the op table that random networks can take (those defined on a half
-# line, or growing too fast for the drawn weights, are checked by their relaxations only),
-# plus relu6 (a spelling of hardtanh)
-_NOT_IN_NETS = ("exp", "log", "log1p", "neg_log1p", "sqrt", "reciprocal", "inv1p", "pow",
-                "pow_odd",
-                "rsqrt_eps", "inv_norm")
+# the widest boxes the relaxation and rule checks place (beyond, values overflow the tolerance)
+_FINITE = 1e3
+# activations random networks do not take (the relaxation checks and the rules sweep cover
+# them): those defined on part of the line only (the op table's ``valid`` range), those no
+# model spells directly (no torch function: reached only inside composites), and these two,
+# which grow too fast for the drawn weights
+_TOO_FAST = ("exp", "pow")
+_NOT_IN_NETS = tuple(op.name for op in _ops.ELEMENTWISE
+                     if op.valid is not None or op.name in _TOO_FAST
+                     or not any(callable(f) for f in op.functions))
+# every other activation of the op table, plus relu6 (a spelling of hardtanh)
 ACTIVATION_OPS = tuple(o for o in _ops.ACTIVATIONS if o not in _NOT_IN_NETS) + ("relu6",)
+# how far inside an open end of its valid range an op's boxes stay (the default 1e-6; 1 / x
+# and 1 / (1 + x) grow fastest there)
+_OPEN_END_GAP = {"reciprocal": 1e-3, "inv1p": 1e-3}
+# ops defined on the whole line whose values overflow float64 (exp) or the tolerance beyond
+_FINITE_RANGE = {"exp": (-_FINITE, 50.0), "pow": (-_FINITE, _FINITE),
+                 "pow_odd": (-_FINITE, _FINITE)}
+
+
+def _checked_range(op: _ops.Op) -> tuple[float, float]:
+    """The op table's valid range of ``op``, kept off its open ends, within +-1e3."""
+    assert op.valid is not None, op.name
+    lo, hi, open_ends = op.valid
+    gap = _OPEN_END_GAP.get(op.name, 1e-6) if open_ends else 0.0
+    return max(lo + gap, -_FINITE), min(hi - gap, _FINITE)
+
+
 # where an op's relaxation is checked (l and u inside): the rest of the line is not its domain
 # or overflows float64
-RELAX_RANGE: dict[str, tuple[float, float]] = {
-    "exp": (-1e3, 50.0), "log": (1e-6, 1e3), "sqrt": (0.0, 1e3), "reciprocal": (1e-3, 1e3),
-    "log1p": (-1.0 + 1e-6, 1e3), "neg_log1p": (-1.0 + 1e-6, 1e3), "inv1p": (-1.0 + 1e-3, 1e3),
-    "pow": (-1e3, 1e3), "pow_odd": (-1e3, 1e3)}
+RELAX_RANGE: dict[str, tuple[float, float]] = _FINITE_RANGE | {
+    op.name: _checked_range(op) for op in _ops.ELEMENTWISE if op.valid is not None}
 LAYER_OPS = ("linear", "conv", "bn", "avgpool", "adaptive", "flatten", "residual", "cat")
 ALL_OPS = LAYER_OPS + ACTIVATION_OPS
 #: the properties ``check_domain`` runs by default (``continuity`` is opt-in)

@@ -305,6 +305,23 @@ def test_unreached_rule_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not report.ok and "FAIL  Box rule antitone" in report.format()
 
 
+def test_checked_ranges_come_from_the_op_table() -> None:
+    """An op defined on part of the line is never in a random network, and its relaxation is
+    checked inside its valid range only, off its open ends (1 / x: from 1e-3)."""
+    from absdsl.compiler import ops
+    from absdsl.soundness import ACTIVATION_OPS, RELAX_RANGE
+
+    partial = [op for op in ops.ELEMENTWISE if op.valid is not None]
+    assert {"log", "sqrt", "reciprocal", "log1p"} <= {op.name for op in partial}
+    for op in partial:
+        assert op.valid is not None and op.name not in ACTIVATION_OPS
+        lo, hi = RELAX_RANGE[op.name]
+        assert op.valid[0] <= lo < hi <= min(op.valid[1], 1e3), op.name
+        assert (lo > op.valid[0]) == op.valid[2], op.name  # open ends kept off, closed kept
+    assert RELAX_RANGE["sqrt"][0] == 0.0 and RELAX_RANGE["reciprocal"][0] == 1e-3
+    assert RELAX_RANGE["exp"] == (-1e3, 50.0)  # exp overflows float64 beyond 709
+
+
 def test_special_points_come_from_the_op_table() -> None:
     """Kinks, inflections, dips and argmin are where the sweep puts its boxes."""
     assert {-1.0, 1.0} <= set(special_points("hardtanh", {"min_val": -1.0, "max_val": 1.0}))
