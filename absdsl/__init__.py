@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from absdsl import domains as _registry
 from absdsl.api import compile, linf_ball, load_onnx  # noqa: A004 - the public name is the contract
+from absdsl.compiler import domain_check as _domain_check  # noqa: F401 - registers the load-time check
 from absdsl.compiler.context import EngineOptions
 from absdsl.compiler.specs import margin_spec, margin_spec_full
-from absdsl.dsl import checker as _checker  # noqa: F401 - registers the load-time check
 from absdsl.errors import AbsdslError, DSLError, InputError, MemoryBudgetError, TraceError
 
 __all__ = ["compile", "EngineOptions", "linf_ball", "load_onnx", "margin_spec",

@@ -272,9 +272,9 @@ class _Lowering(_OpLowering):
             if not isinstance(args[1], (int, float)):
                 raise self.error(fx_node, "slicing the tuple of chunk/split has no rule; take "
                                           "its parts one by one (parts[0], parts[1], ...)")
-            return args[0].part(self, fx_node, int(args[1]))
+            return self.part_of(args[0], fx_node, int(args[1]))
         if target in _CAT | _STACK and args and isinstance(args[0], _Parts):
-            args = [args[0].all(self, fx_node)] + args[1:]
+            args = [self.all_parts(args[0], fx_node)] + args[1:]
         if target is getattr and args and isinstance(args[0], _Bound) and args[1] in ("mT", "T"):
             ndim = len(self._node_shape(args[0]))
             if args[1] == "T" or ndim < 2:

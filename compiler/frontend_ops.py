@@ -366,6 +366,21 @@ class _OpLowering(_LoweringBase):
             sizes = [min(int(first), size - i) for i in range(0, size, int(first))]
         return _Parts(x, dim, sizes)
 
+    def part_of(self, parts: _Parts, fx_node: fx.Node, i: int) -> _Bound:
+        """Part ``i`` of a chunk/split tuple: a slice of its source."""
+        i = i + len(parts.sizes) if i < 0 else i
+        start = sum(parts.sizes[:i])
+        shape = list(self._node_shape(parts.source))
+        shape[parts.dim] = parts.sizes[i]
+        return self.traced(fx_node, parts.source,
+                           f"{{x}}.narrow({parts.dim + 1}, {start}, {parts.sizes[i]})",
+                           f"narrow({parts.dim + 1}, {start}, {parts.sizes[i]})",
+                           shape=tuple(shape))
+
+    def all_parts(self, parts: _Parts, fx_node: fx.Node) -> list[_Bound]:
+        """Every part (the tuple passed whole to cat or stack)."""
+        return [self.part_of(parts, fx_node, i) for i in range(len(parts.sizes))]
+
     def stack(self, fx_node: fx.Node, args: list[Any]) -> _Bound:
         parts = [self.value(p) for p in args[0]]
         if not all(isinstance(v, _Bound) for v in parts):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -20,9 +20,6 @@ from ..errors import TraceError
 from . import ops
 from .ir import Node, Prelude
 from .namespace import GLOBALS
-
-if TYPE_CHECKING:
-    from .frontend import _Lowering
 
 _PROBE_BATCH = 2  # a batch size >1 lets us see reshapes that mix samples
 
@@ -69,20 +66,6 @@ class _Parts:
     source: _Bound
     dim: int  # per-sample dimension
     sizes: list[int]
-
-    def all(self, lowering: _Lowering, fx_node: fx.Node) -> list[_Bound]:
-        """Every part (the tuple passed whole to cat or stack)."""
-        return [self.part(lowering, fx_node, i) for i in range(len(self.sizes))]
-
-    def part(self, lowering: _Lowering, fx_node: fx.Node, i: int) -> _Bound:
-        i = i + len(self.sizes) if i < 0 else i
-        start = sum(self.sizes[:i])
-        shape = list(lowering._node_shape(self.source))
-        shape[self.dim] = self.sizes[i]
-        return lowering.traced(fx_node, self.source,
-                               f"{{x}}.narrow({self.dim + 1}, {start}, {self.sizes[i]})",
-                               f"narrow({self.dim + 1}, {start}, {self.sizes[i]})",
-                               shape=tuple(shape))
 
 
 def _supported_modules() -> str:

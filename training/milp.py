@@ -59,6 +59,14 @@ class MilpError(CertifyError):
     """A network or an option the MILP stage cannot work with (named in the message)."""
 
 
+#: the domain whose bounds tighten the encoding (big-M constants) and settle the margins it
+#: proves before any MILP runs; such a margin's status is this name
+BOUND_DOMAIN = "deeppoly"
+#: margin statuses with no MILP solved: settled by the bounds, or skipped (time, a
+#: counterexample already found)
+_WITHOUT_MILP = (BOUND_DOMAIN, "not_run")
+
+
 @dataclass
 class MarginResult:
     """The minimum of one margin f_y - f_target over the box, as far as it was solved."""
@@ -71,6 +79,11 @@ class MarginResult:
     point: np.ndarray | None = None  # the solver's input (per-sample shape), clipped to the box
     seconds: float = 0.0
     nodes: int = 0
+
+    @property
+    def solved_by_milp(self) -> bool:
+        """Whether a MILP was solved for this margin (not settled by the bounds, not skipped)."""
+        return self.status not in _WITHOUT_MILP
 
 
 @dataclass
@@ -247,7 +260,8 @@ class NetworkMilp:
 
         self.model = copy.deepcopy(model).double().cpu().eval()
         self.input_shape = tuple(input_shape)
-        self.prog = absdsl.compile(self.model, domain="deeppoly", input_shape=self.input_shape)
+        self.prog = absdsl.compile(self.model, domain=BOUND_DOMAIN,
+                                   input_shape=self.input_shape)
         self.cg = self.prog.concrete(self.input_shape)
         graph = self.cg.graph
         for node in graph.nodes:
@@ -488,7 +502,7 @@ class NetworkMilp:
             deeppoly = self.deeppoly_margins(lo, hi, labels)[0]
         if bounds is None:
             bounds = self.node_bounds(lo, hi)[0]
-        margins = [MarginResult(i, "deeppoly", float(deeppoly[i]))
+        margins = [MarginResult(i, BOUND_DOMAIN, float(deeppoly[i]))
                    for i in range(self.num_outputs) if i != label and deeppoly[i] > tolerance]
         open_classes = sorted((i for i in range(self.num_outputs)
                                if i != label and not deeppoly[i] > tolerance),
@@ -675,8 +689,7 @@ class MilpStage:
             self.stats.append({
                 "index": rec.index, "status": outcome.status, "seconds": outcome.seconds,
                 "binaries": outcome.binaries,
-                "milps": sum(1 for m in outcome.margins if m.status not in
-                             ("deeppoly", "not_run")),
+                "milps": sum(1 for m in outcome.margins if m.solved_by_milp),
             })
 
 

@@ -2,8 +2,9 @@
 into a :class:`LoadedDomain`, and check it.
 
 The check compiles every rule once, so it needs the compiler, which sits above the DSL: the
-checker (:mod:`absdsl.dsl.checker`) registers itself with :func:`register_domain_check` when
-``import absdsl`` runs, and loading refuses to go on without a registered check.
+checker (:mod:`absdsl.compiler.domain_check`) registers itself with
+:func:`register_domain_check` when ``import absdsl`` runs, and loading refuses to go on
+without a registered check.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def register_domain_check(check: DomainCheck) -> None:
 def _check(loaded: LoadedDomain) -> None:
     if not _CHECKS:  # fail closed: an unchecked domain must not reach a program
         raise AbsdslError("no domain check is registered: import absdsl (it registers "
-                          "absdsl.dsl.checker) before loading a domain")
+                          "absdsl.compiler.domain_check) before loading a domain")
     for check in _CHECKS:
         check(loaded)
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from absdsl.compiler.codegen import find_rule, relax_for
+from absdsl.compiler.domain_check import covered_ops
 from absdsl.dsl import ast
-from absdsl.dsl.checker import covered_ops
 from absdsl.dsl.loader import load_domain
 from absdsl.dsl.parser import load_module
 from absdsl.errors import AbsdslError, DSLError

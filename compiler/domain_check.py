@@ -1,15 +1,19 @@
 """Static checks of a domain: every rule and relaxation is compiled once on a tiny synthetic
 graph, so undefined names, wrong kinds and non-linear uses of generators are reported at
-load time with file:line:col, before any model is seen."""
+load time with file:line:col, before any model is seen.
+
+The check needs the compiler, which sits above the DSL, so it lives here and registers itself
+with the DSL loader (:func:`absdsl.dsl.loader.register_domain_check`) when this module is
+imported; ``import absdsl`` imports it."""
 
 from __future__ import annotations
 
-from absdsl.compiler import codegen, ops
-from absdsl.compiler import linear_maps as lm
-from absdsl.compiler.ir import Graph, Node
-from absdsl.dsl import ast
-from absdsl.dsl.loader import LoadedDomain, register_domain_check
-from absdsl.errors import DSLError
+from ..dsl import ast
+from ..dsl.loader import LoadedDomain, register_domain_check
+from ..errors import DSLError
+from . import codegen, ops
+from . import linear_maps as lm
+from .ir import Graph, Node
 
 KINDS = ("bound", "gens")
 
