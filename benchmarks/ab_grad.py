@@ -10,6 +10,11 @@ working tree's, in the same process, and both compile the same model. GRAD steps
 alternate on the same batches (so both see the same machine load); the script prints both
 medians, their ratio, and how far apart the margin lower bounds, losses and gradients are (a
 change that only removes work must leave them equal to rounding).
+
+The base's files are loaded into the working tree's packages, so both must have the same
+module layout (the modules above, and what they import). Across a change of layout (the house
+redesign: 88194b1 against main) use ``benchmarks/ab_revisions.py``, which imports each
+revision whole in its own process.
 """
 
 from __future__ import annotations
