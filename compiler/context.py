@@ -57,3 +57,7 @@ class Context:
     upper: bool = True
     forward_spec: dict[str, Any] | None = None
     paths: Counter[str] = field(default_factory=Counter)
+    #: relaxation parameters (``param`` in a relax block): activation node -> parameter name
+    #: -> values shaped like the node's bounds [batch, *shape], clamped into the range; a
+    #: missing entry is filled with the initial value. None: every parameter at its initial value
+    relax_params: dict[str, dict[str, torch.Tensor]] | None = None

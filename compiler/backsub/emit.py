@@ -106,7 +106,10 @@ class _LinearProgram:
                 continue  # relaxed at the product itself, once both bounds are known
             fn = self.relax_fn(a.op, a.attrs.get("params", {}))
             raw = out.fresh(f"relaxed_{a.name}")
-            out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
+            relax = codegen.relax_for(a.op, loaded.relaxes)  # with parameters: read ctx's
+            given = (f", given=rt.relax_given(ctx=ctx, node={a.name!r})"
+                     if relax is not None and relax.params else "")
+            out.emit(f"{raw} = {fn}({l_var}, {u_var}{given})[0]")
             self.raw_lines[a.name] = raw
             self.lines[a.name] = out.fresh(f"lines_{a.name}")
             out.emit(f"{self.lines[a.name]} = dense_rows.back_lines(lines={raw}, ctx=ctx)")
