@@ -217,24 +217,36 @@ class BoundProgram:
 
     @overload
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, upper: Literal[True] = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+                 *, upper: Literal[True] = True,
+                 relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     @overload
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, upper: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+                 *, upper: bool, relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 *, upper: bool = True,
+                 relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Lower and upper bounds; ``upper=False`` returns ``(lower, None)`` and lets
-        back-substitution domains skip the output's upper rows (half of their last pass)."""
+        back-substitution domains skip the output's upper rows (half of their last pass).
+
+        ``relax_params``: the relaxation parameters' values, activation node name (``prog.ir``)
+        -> parameter name -> a tensor shaped like the node's bounds ``[batch, *shape]``
+        (clamped into the parameter's range); missing entries are filled in with the initial
+        values. Given, the call runs these values and does not optimise; otherwise a domain
+        with ``optimize_steps`` (alpha-CROWN) optimises them (:meth:`optimize`)."""
         self._validate(lo, hi, spec, check_values=True)
         self._check_modes()
-        if self.optimize_steps > 0 and self.relax_params():
+        if relax_params is None and self.optimize_steps > 0 and self.relax_params():
             return self.optimize(lo, hi, spec, steps=self.optimize_steps, upper=upper)
         compiled = self._compile(tuple(lo.shape[1:]))
         params = self.params() | compiled.constants
-        lb, ub = compiled.fn(params, lo, hi, spec,
-                             self._context(compiled, lo, compact=True, upper=upper))
+        ctx = self._context(compiled, lo, compact=True, upper=upper)
+        ctx.relax_params = relax_params
+        lb, ub = compiled.fn(params, lo, hi, spec, ctx)
         _require_no_nan(lb, ub)
         return lb, ub if upper else None
 
