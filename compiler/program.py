@@ -265,11 +265,13 @@ class BoundProgram:
         return found
 
     def optimize(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, steps: int = 20, lr: float = 0.1, per_spec_row: bool = False,
-                 upper: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 *, steps: int = 20, lr: float = 0.5, lr_decay: float = 0.98,
+                 per_spec_row: bool = False, intermediate: bool = True, upper: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bounds with the relaxation parameters optimised (alpha-CROWN).
 
-        Projected gradient ascent (Adam, then a clamp into each parameter's range) on the sum
+        Projected gradient ascent (Adam with step ``lr`` decayed by ``lr_decay`` per step, each
+        step followed by a clamp into each parameter's range) on the sum
         of the lower bounds (minus the sum of the upper ones when ``upper``), through the whole
         program: the intermediate bounds are recomputed with the current parameters at each
         step. Each parameter has one value per sample and neuron, shared by every
@@ -281,8 +283,9 @@ class BoundProgram:
         """
         self._validate(lo, hi, spec, check_values=True)
         self._check_modes()
-        if steps < 0 or not lr > 0:
-            raise InputError(f"optimize needs steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
+        if steps < 0 or not lr > 0 or not 0 < lr_decay <= 1:
+            raise InputError(f"optimize needs steps >= 0, lr > 0 and 0 < lr_decay <= 1, got "
+                             f"steps={steps}, lr={lr}, lr_decay={lr_decay}")
         compiled = self._compile(tuple(lo.shape[1:]))
         ranges = self.relax_params()
         if not ranges:
@@ -303,7 +306,7 @@ class BoundProgram:
         with torch.enable_grad():
             for step in range(steps + 1):
                 ctx = self._context(compiled, lo, compact=True, upper=upper)
-                ctx.relax_params = values
+                ctx.relax_params, ctx.optimize_intermediate = values, intermediate
                 lb, ub = compiled.fn(params, lo, hi, spec, ctx)
                 _require_no_nan(lb, ub)
                 best_lb = lb.detach() if best_lb is None else torch.maximum(best_lb, lb.detach())
@@ -315,12 +318,14 @@ class BoundProgram:
                 if optimizer is None:  # the first call filled ``values`` with initial values
                     optimizer = torch.optim.Adam(
                         [t for v in values.values() for t in v.values()], lr=lr)
+                    decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay)
                 optimizer.zero_grad()
                 objective = lb.sum() - (ub.sum() if upper else 0)
                 if not objective.requires_grad:
                     break  # no parameter reaches the bounds (every neuron stable)
                 (-objective).backward()
                 optimizer.step()
+                decay.step()
                 with torch.no_grad():
                     for per_node in values.values():
                         for name, t in per_node.items():

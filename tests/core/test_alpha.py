@@ -128,7 +128,7 @@ def test_optimize_refuses_a_domain_without_parameters_and_bad_settings():
     lo, hi = box((3,))
     with pytest.raises(InputError, match="declares no relaxation parameter"):
         absdsl.compile(model, "deeppoly").optimize(lo, hi)
-    with pytest.raises(InputError, match="steps >= 0 and lr > 0"):
+    with pytest.raises(InputError, match="steps >= 0, lr > 0"):
         absdsl.compile(model, "alpha-crown").optimize(lo, hi, lr=0.0)
 
 
