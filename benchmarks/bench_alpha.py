@@ -109,7 +109,7 @@ def compare(name: str, x: torch.Tensor, args: argparse.Namespace, lirpa: tuple) 
     gaps = [float((margin - b).mean()) for b in (deeppoly, *ours, theirs)]
     shares = [float((b >= theirs - 1e-5).float().mean()) for b in ours]
     row = f"{name:11} {eps:6.3f} {gaps[0]:9.4f} {gaps[-1]:10.4f}"
-    for gap, share, t in zip(gaps[1:-1], shares, times, strict=True):
+    for gap, share, t in zip(gaps[1:-1], shares, times[:-1], strict=True):
         row += (f" | {gap:9.4f} {gap / gaps[-1]:6.3f} {share:5.2f} {t:7.2f} "
                 f"{t / times[-1]:6.2f}")
     return row + f" | {times[-1]:7.2f}"

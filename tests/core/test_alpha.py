@@ -185,3 +185,30 @@ def test_the_prover_quantifies_over_the_range(tmp_path):
     assert [r.name for r in refuted] == ["relax relu else"], report.format()
     cex = refuted[0].counterexample
     assert cex["alpha"] > 1 and cex["x"] > 0 and cex["lhs"] > cex["rhs"], cex  # alpha x > x
+
+
+def test_certify_with_alpha_crown_certifies_what_deeppoly_does_and_more_margin():
+    from absdsl.training.certify import CertifyOptions, certify_model
+    from absdsl.training.data import Split, dataset_info
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        labels = model(images.float() / 255).argmax(1)
+    reports = {d: certify_model(model, dataset_info("mnist5k"), Split(images, labels),
+                                CertifyOptions(eps=0.002, domain=d, pgd_steps=2,
+                                               pgd_restarts=1))
+               for d in ("deeppoly", "alpha-crown")}
+    for ours, theirs in zip(reports["alpha-crown"].records, reports["deeppoly"].records,
+                            strict=True):
+        assert ours.margin_lower["alpha-crown"] >= theirs.margin_lower["deeppoly"] - 1e-12
+        assert ours.status == "certified" or theirs.status != "certified"
+    assert reports["alpha-crown"].summary()["certified_acc"] > 0
+
+
+def test_training_refuses_alpha_crown():
+    from absdsl.training.config import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="does not train; train with deeppoly"):
+        resolve({"domain": "alpha-crown"})
