@@ -212,3 +212,32 @@ def test_training_refuses_alpha_crown():
 
     with pytest.raises(ConfigError, match="does not train; train with deeppoly"):
         resolve({"domain": "alpha-crown"})
+
+
+def test_check_samples_the_parameter_range(tmp_path):
+    """``absdsl check``'s relaxation functions sample the range (both ends and a varying
+    value): [0, 1] passes on the guard grid, [0, 1.5] (the upper end lifts the lower line above
+    the ReLU) and [-0.5, 1] (the lower end) are caught."""
+    from absdsl.soundness import Violation, check_relaxation, relax_grid, relaxation_functions
+
+    L, U, X = relax_grid()
+
+    def relu_fns(domain: str) -> list:
+        return [(op, p, fn) for op, p, fn in relaxation_functions(domain) if op == "relu"]
+
+    fns = relu_fns("alpha-crown")
+    assert len(fns) == 4  # the initial values, then the ends and a varying value
+    values = [fn(L, U)[0] for _, _, fn in fns]  # the lower slope a_lo
+    assert not torch.equal(values[1], values[2]) and not torch.equal(values[2], values[3])
+    for op, params, fn in fns:
+        check_relaxation(op, params, fn, L, U, X)
+    for bad in ("param alpha in [0, 1.5] = (u > -l ? 1 : 0)",
+                "param alpha in [-0.5, 1] = (u > -l ? 1 : 0)"):
+        caught = 0
+        for op, params, fn in relu_fns(_write(tmp_path, bad)):
+            try:
+                check_relaxation(op, params, fn, L, U, X)
+            except Violation as v:
+                caught += 1
+                assert v.cex.which == "lower line > f(x)", v.cex.format()
+        assert caught >= 1
