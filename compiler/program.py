@@ -240,9 +240,9 @@ class BoundProgram:
         with ``optimize_steps`` (alpha-CROWN) optimises them (:meth:`optimize`)."""
         self._validate(lo, hi, spec, check_values=True)
         self._check_modes()
-        if relax_params is None and self.optimize_steps > 0 and self.relax_params():
-            return self.optimize(lo, hi, spec, steps=self.optimize_steps, upper=upper)
         compiled = self._compile(tuple(lo.shape[1:]))
+        if relax_params is None and self.optimize_steps > 0 and self.relax_param_ranges():
+            return self.optimize(lo, hi, spec, steps=self.optimize_steps, upper=upper)
         params = self.params() | compiled.constants
         ctx = self._context(compiled, lo, compact=True, upper=upper)
         ctx.relax_params = relax_params
@@ -250,7 +250,7 @@ class BoundProgram:
         _require_no_nan(lb, ub)
         return lb, ub if upper else None
 
-    def relax_params(self) -> dict[str, tuple[float, float]]:
+    def relax_param_ranges(self) -> dict[str, tuple[float, float]]:
         """The ranges of the relaxation parameters the domain declares (``param NAME in
         [lo, hi] = ...`` in a relax block), by parameter name, over the relaxations of the
         model's activations; empty when there are none (or for a forward domain)."""
@@ -274,9 +274,10 @@ class BoundProgram:
         step followed by a clamp into each parameter's range) on the sum
         of the lower bounds (minus the sum of the upper ones when ``upper``), through the whole
         program: the intermediate bounds are recomputed with the current parameters at each
-        step. Each parameter has one value per sample and neuron, shared by every
-        back-substitution of that sample; ``per_spec_row`` gives each spec row its own values
-        (the batch is replicated per row, as many times more work). Every step's bounds are
+        step (``intermediate=False``: they keep the initial values). Each parameter has one
+        value per sample and neuron for each back-substituted node (``Context.relax_params``);
+        ``per_spec_row`` gives each spec row its own values (the batch is replicated per row,
+        as many times more work). Every step's bounds are
         sound, so the result is the best value per sample and row over the ``steps + 1``
         evaluations: never looser than the parameters' initial values (DeepPoly's choice for
         alpha-CROWN). The bounds carry no gradient to the model or the box.
@@ -287,7 +288,7 @@ class BoundProgram:
             raise InputError(f"optimize needs steps >= 0, lr > 0 and 0 < lr_decay <= 1, got "
                              f"steps={steps}, lr={lr}, lr_decay={lr_decay}")
         compiled = self._compile(tuple(lo.shape[1:]))
-        ranges = self.relax_params()
+        ranges = self.relax_param_ranges()
         if not ranges:
             raise InputError(f"domain {self.domain} declares no relaxation parameter (``param`` "
                              f"in a relax block) for this model's activations: nothing to "

@@ -94,6 +94,16 @@ def test_cnn_with_patch_rows(seed):
     _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi, spec))
 
 
+def test_a_first_call_without_a_spec_optimises_the_logits_bounds():
+    model = cnn(1)
+    lo, hi = box((1, 12, 12), batch=2, eps=0.1, seed=5)
+    prog = absdsl.compile(model, "alpha-crown")
+    prog.optimize_steps = 3
+    lb, ub = prog(lo, hi)  # compiles for this shape first, then optimises lb - ub
+    assert_sound(model, lb, ub, lo, hi)
+    _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi))
+
+
 @pytest.mark.parametrize("fill", ["random", "corners", "zero", "one"])
 @pytest.mark.parametrize("make", [lambda: mlp([3, 16, 16, 4], seed=5), lambda: cnn(2)])
 def test_every_parameter_value_in_the_range_is_sound(fill, make):
@@ -120,7 +130,7 @@ def test_initial_values_reproduce_deeppoly_exactly():
     d_lb, d_ub = absdsl.compile(model, "deeppoly")(lo, hi)
     assert torch.equal(lb, d_lb) and torch.equal(ub, d_ub)
     assert torch.equal(prog.optimize(lo, hi, steps=0)[0], d_lb)
-    assert set(prog.relax_params()) == {"alpha"}
+    assert set(prog.relax_param_ranges()) == {"alpha"}
 
 
 def test_optimize_refuses_a_domain_without_parameters_and_bad_settings():
