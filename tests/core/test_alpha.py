@@ -47,8 +47,8 @@ def _random_values(prog: absdsl.BoundProgram, lo: torch.Tensor, fill: str, seed:
     return values
 
 
-@settings(max_examples=4, deadline=None)
-@given(seed=st.integers(0, 10_000), depth=st.integers(1, 3), eps=st.sampled_from([0.05, 0.3, 1.0]))
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000), depth=st.integers(1, 2), eps=st.sampled_from([0.05, 0.3, 1.0]))
 def test_optimised_bounds_contain_the_outputs_and_beat_deeppoly(seed, depth, eps):
     model = mlp([3] + [12] * depth + [4], seed=seed)
     lo, hi = box((3,), batch=3, eps=eps, seed=seed)
@@ -56,7 +56,7 @@ def test_optimised_bounds_contain_the_outputs_and_beat_deeppoly(seed, depth, eps
     alpha = absdsl.compile(model, "alpha-crown")
     deeppoly = absdsl.compile(model, "deeppoly")
     for per_row in (False, True):
-        lb, ub = alpha.optimize(lo, hi, spec, steps=5, lr=0.2, per_spec_row=per_row)
+        lb, ub = alpha.optimize(lo, hi, spec, steps=3, lr=0.2, per_spec_row=per_row)
         assert ub is not None
         assert_sound(model, lb, ub, lo, hi, spec)  # corners and uniform points of the box
         _assert_not_looser(lb, ub, *deeppoly(lo, hi, spec))
@@ -76,7 +76,9 @@ def test_optimisation_tightens_and_the_call_optimises():
     spec = _margins(model, lo + 0.3)
     d_lb, _ = absdsl.compile(model, "deeppoly")(lo, hi, spec)
     prog = absdsl.compile(model, "alpha-deeppoly")  # the alias
-    lb, _ = prog(lo, hi, spec)  # a call of the built-in domain optimises (20 steps)
+    assert prog.optimize_steps == 20  # a call of the built-in domain optimises
+    prog.optimize_steps = 6
+    lb, _ = prog(lo, hi, spec)
     assert (lb >= d_lb).all() and float((lb - d_lb.detach()).sum()) > 1e-3
     assert_sound(model, lb, prog.optimize(lo, hi, spec, steps=0)[1], lo, hi, spec)
 
@@ -87,7 +89,7 @@ def test_cnn_with_patch_rows(seed):
     lo, hi = box((1, 12, 12), batch=2, eps=0.1, seed=seed)
     spec = _margins(model, lo + 0.1)
     prog = absdsl.compile(model, "alpha-crown")
-    lb, ub = prog.optimize(lo, hi, spec, steps=5, lr=0.2)
+    lb, ub = prog.optimize(lo, hi, spec, steps=3, lr=0.2)
     assert "backsub_patches_" in prog.code  # the conv neurons go through patch rows
     assert ub is not None
     assert_sound(model, lb, ub, lo, hi, spec)
@@ -96,9 +98,9 @@ def test_cnn_with_patch_rows(seed):
 
 def test_a_first_call_without_a_spec_optimises_the_logits_bounds():
     model = cnn(1)
-    lo, hi = box((1, 12, 12), batch=2, eps=0.1, seed=5)
+    lo, hi = box((1, 12, 12), batch=1, eps=0.1, seed=5)
     prog = absdsl.compile(model, "alpha-crown")
-    prog.optimize_steps = 3
+    prog.optimize_steps = 2
     lb, ub = prog(lo, hi)  # compiles for this shape first, then optimises lb - ub
     assert_sound(model, lb, ub, lo, hi)
     _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi))
