@@ -32,7 +32,8 @@ from .namespace import GLOBALS, RUNTIME, load_generated  # noqa: F401 - re-expor
 
 # the fixed names generated code binds itself (a spec's matrices; the parameters of
 # relaxation functions and lambdas): Emitter.fresh never hands them out, nor GLOBALS
-FIXED_LOCALS = ("spec_abs", "spec_w", "spec_w_abs", "spec_b", "lb", "ub", "l", "u", "t")
+FIXED_LOCALS = ("spec_abs", "spec_w", "spec_w_abs", "spec_b", "lb", "ub", "l", "u", "t",
+                "given")
 
 
 # the torch code of every elementwise activation, from the op table
@@ -443,6 +444,11 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     ``needs`` marks neurons whose lines depend on l or u: only those gain from tighter bounds.
     It reads the guards only, so asking for it alone (before the bounds are refined) skips
     the lines. Constant lines stay numbers inside ``torch.where`` (no filled tensors).
+
+    A relaxation with parameters (``param alpha in [0, 1] = ...``) gets a fourth argument,
+    ``given``: None (every parameter at its initial value), or a dict of parameter name ->
+    per-neuron values, clamped into the range; a missing entry is filled with the initial
+    value (how ``BoundProgram.optimize`` learns where to start).
     """
     fn_name = out.fresh(f"relax_{op}")
     body = Emitter(indent=out.indent + 1, used=out.used)
@@ -455,13 +461,18 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
     s = Scope(src_domain, names, body.emit, body.fresh, "l", in_guard=True)
     if op in ops.ACTIVATIONS:
         bind_op(s, op, params)
+    param_names = _check_params(relax, filename, source)
     guards: list[str | None] = []
     depends: list[bool] = []
-    bounds_names = set(names)
+    bounds_names = set(names) | param_names
     for case in relax.cases:
         if case.cond is not None:
             if mentions(case.cond, set(line_vars)):
                 raise DSLError(f"a relaxation's guard cannot depend on {relax.var}", source,
+                               filename, case.pos.line, case.pos.column)
+            if mentions(case.cond, param_names):
+                raise DSLError("a relaxation's guard cannot read a parameter (guards pick "
+                               "the case, parameters only move lines within it)", source,
                                filename, case.pos.line, case.pos.column)
             code, kind = compile_expr(case.cond, s)
             if kind != "bool":
@@ -485,6 +496,11 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
             taken = s.tmp(f"({taken} | {g})", "taken")
     needs_var = s.tmp(needs, "needs")
     body.emit(f"if needs_only: return {needs_var}")
+    for param in relax.params:  # after the guards: a parameter only moves lines
+        init = as_tensor(compile_expr(param.init, s), s)
+        s.names[param.name] = (s.tmp(f"rt.relax_param(given=given, name={param.name!r}, "
+                                     f"init={init}, like=l, lo={num(param.lo)}, "
+                                     f"hi={num(param.hi)})", param.name), "bound")
     parts: list[list[tuple[str, str]]] = []
     for case in relax.cases:
         lines = []
@@ -503,10 +519,35 @@ def relax_function(relax: ast.Relax, op: str, params: dict, out: Emitter, domain
                 acc = (as_tensor(acc, s), "bound")
             acc = (f"torch.where({g}, {p[i][0]}, {acc[0]})", "bound")
         results.append(s.tmp(as_tensor(acc, s), label))
-    out.emit(f"def {fn_name}(l, u{', l2, u2' if relax.arity == 2 else ''}, needs_only=False):")
+    extra = ", given=None" if relax.params else ""
+    out.emit(f"def {fn_name}(l, u{', l2, u2' if relax.arity == 2 else ''}, "
+             f"needs_only=False{extra}):")
     out.lines.extend(body.lines)
     out.emit(f"    return ({', '.join(results)}), {needs_var}")
     return fn_name
+
+
+def _check_params(relax: ast.Relax, filename: str, source: str) -> set[str]:
+    """The names of ``relax``'s parameters, after checking their ranges, names and constant
+    initial values (an initial value that reads l or u is clamped into the range at run
+    time)."""
+    taken = {relax.var, relax.lower_name, relax.upper_name, "f"}
+    for param in relax.params:
+        def fail(message: str, pos: ast.Pos = param.pos, name: str = param.name) -> DSLError:
+            return DSLError(f"parameter '{name}': {message}", source, filename,
+                            pos.line, pos.column)
+        if param.name in taken:
+            raise fail("the name is already taken in this relaxation")
+        if not param.lo <= param.hi:
+            raise fail(f"empty range [{param.lo:g}, {param.hi:g}] (lower end above upper end)")
+        if isinstance(param.init, ast.Num) and not param.lo <= param.init.value <= param.hi:
+            raise fail(f"initial value {param.init.value:g} is outside its range "
+                       f"[{param.lo:g}, {param.hi:g}]", e_pos(param.init))
+        if mentions(param.init, {relax.var}):
+            raise fail(f"the initial value cannot read {relax.var} (it may read "
+                       f"{relax.lower_name} and {relax.upper_name})", e_pos(param.init))
+        taken.add(param.name)
+    return {p.name for p in relax.params}
 
 
 def _line_pieces(line: ast.Expr, line_vars: list[str], filename: str, source: str

@@ -57,3 +57,12 @@ class Context:
     upper: bool = True
     forward_spec: dict[str, Any] | None = None
     paths: Counter[str] = field(default_factory=Counter)
+    #: relaxation parameters (``param`` in a relax block), one set per activation and
+    #: back-substituted node: key ``"ACT"`` for the output's back-substitution,
+    #: ``"ACT@NODE"`` for the intermediate node NODE's -> parameter name -> values shaped like
+    #: the activation's bounds [batch, *shape], clamped into the range; a missing entry is
+    #: filled in with the initial value. None: every parameter at its initial value
+    relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+    #: whether the intermediate nodes' back-substitutions read ``relax_params`` too (else
+    #: only the output's does and intermediate bounds keep the initial values)
+    optimize_intermediate: bool = True

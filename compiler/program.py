@@ -18,6 +18,7 @@ from typing import Any, Literal, overload
 import torch
 import torch.nn as nn
 
+from .. import domains as registry
 from ..dsl.loader import LoadedDomain, load_domain
 from ..errors import InputError, MemoryBudgetError
 from . import codegen
@@ -157,6 +158,10 @@ class BoundProgram:
         #: how often each optimised engine path ran in this program's calls (all shapes)
         self.engine_paths: Counter[str] = Counter()
         self.loaded = load_domain(domain)
+        #: gradient steps a call takes on the relaxation parameters (``param`` in a relax
+        #: block; :meth:`optimize`): the built-in optimised domains' count, else 0 (initial
+        #: values); set it to change what a call does
+        self.optimize_steps = registry.optimize_steps(domain) if isinstance(domain, str) else 0
         self.memory_budget_mb = float(memory_budget_mb)
         self._compiled: dict[tuple[int, ...], _Compiled] = {}
         # found once: walking every module on every call would sit on the training hot path
@@ -212,24 +217,125 @@ class BoundProgram:
 
     @overload
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, upper: Literal[True] = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+                 *, upper: Literal[True] = True,
+                 relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     @overload
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, upper: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+                 *, upper: bool, relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
-                 *, upper: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 *, upper: bool = True,
+                 relax_params: dict[str, dict[str, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Lower and upper bounds; ``upper=False`` returns ``(lower, None)`` and lets
-        back-substitution domains skip the output's upper rows (half of their last pass)."""
+        back-substitution domains skip the output's upper rows (half of their last pass).
+
+        ``relax_params``: the relaxation parameters' values, activation node name (``prog.ir``)
+        -> parameter name -> a tensor shaped like the node's bounds ``[batch, *shape]``
+        (clamped into the parameter's range); missing entries are filled in with the initial
+        values. Given, the call runs these values and does not optimise; otherwise a domain
+        with ``optimize_steps`` (alpha-CROWN) optimises them (:meth:`optimize`)."""
         self._validate(lo, hi, spec, check_values=True)
         self._check_modes()
         compiled = self._compile(tuple(lo.shape[1:]))
+        if relax_params is None and self.optimize_steps > 0 and self.relax_param_ranges():
+            return self.optimize(lo, hi, spec, steps=self.optimize_steps, upper=upper)
         params = self.params() | compiled.constants
-        lb, ub = compiled.fn(params, lo, hi, spec,
-                             self._context(compiled, lo, compact=True, upper=upper))
+        ctx = self._context(compiled, lo, compact=True, upper=upper)
+        ctx.relax_params = relax_params
+        lb, ub = compiled.fn(params, lo, hi, spec, ctx)
         _require_no_nan(lb, ub)
         return lb, ub if upper else None
+
+    def relax_param_ranges(self) -> dict[str, tuple[float, float]]:
+        """The ranges of the relaxation parameters the domain declares (``param NAME in
+        [lo, hi] = ...`` in a relax block), by parameter name, over the relaxations of the
+        model's activations; empty when there are none (or for a forward domain)."""
+        if self.loaded.intermediate is None:
+            return {}
+        found = {}
+        for node in self._require().graph.nodes:
+            relax = codegen.relax_for(node.op, self.loaded.relaxes) \
+                if node.kind == "elementwise" else None
+            for p in relax.params if relax is not None else ():
+                found[p.name] = (p.lo, p.hi)
+        return found
+
+    def optimize(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
+                 *, steps: int = 20, lr: float = 0.5, lr_decay: float = 0.98,
+                 per_spec_row: bool = False, intermediate: bool = True, upper: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Bounds with the relaxation parameters optimised (alpha-CROWN).
+
+        Projected gradient ascent (Adam with step ``lr`` decayed by ``lr_decay`` per step, each
+        step followed by a clamp into each parameter's range) on the sum
+        of the lower bounds (minus the sum of the upper ones when ``upper``), through the whole
+        program: the intermediate bounds are recomputed with the current parameters at each
+        step (``intermediate=False``: they keep the initial values). Each parameter has one
+        value per sample and neuron for each back-substituted node (``Context.relax_params``);
+        ``per_spec_row`` gives each spec row its own values (the batch is replicated per row,
+        as many times more work). Every step's bounds are
+        sound, so the result is the best value per sample and row over the ``steps + 1``
+        evaluations: never looser than the parameters' initial values (DeepPoly's choice for
+        alpha-CROWN). The bounds carry no gradient to the model or the box.
+        """
+        self._validate(lo, hi, spec, check_values=True)
+        self._check_modes()
+        if steps < 0 or not lr > 0 or not 0 < lr_decay <= 1:
+            raise InputError(f"optimize needs steps >= 0, lr > 0 and 0 < lr_decay <= 1, got "
+                             f"steps={steps}, lr={lr}, lr_decay={lr_decay}")
+        compiled = self._compile(tuple(lo.shape[1:]))
+        ranges = self.relax_param_ranges()
+        if not ranges:
+            raise InputError(f"domain {self.domain} declares no relaxation parameter (``param`` "
+                             f"in a relax block) for this model's activations: nothing to "
+                             f"optimise")
+        lo, hi = lo.detach(), hi.detach()
+        batch, rows = lo.shape[0], None
+        if per_spec_row and spec is not None:
+            rows = spec.shape[1]
+            lo, hi = lo.repeat_interleave(rows, 0), hi.repeat_interleave(rows, 0)
+            spec = spec.detach().reshape(batch * rows, 1, spec.shape[2])
+        params = {k: v.detach() for k, v in (self.params() | compiled.constants).items()}
+        values: dict[str, dict[str, torch.Tensor]] = {}
+        best_lb: torch.Tensor | None = None
+        best_ub: torch.Tensor | None = None
+        optimizer: torch.optim.Optimizer | None = None
+        with torch.enable_grad():
+            for step in range(steps + 1):
+                ctx = self._context(compiled, lo, compact=True, upper=upper)
+                ctx.relax_params, ctx.optimize_intermediate = values, intermediate
+                lb, ub = compiled.fn(params, lo, hi, spec, ctx)
+                _require_no_nan(lb, ub)
+                best_lb = lb.detach() if best_lb is None else torch.maximum(best_lb, lb.detach())
+                if upper:
+                    best_ub = ub.detach() if best_ub is None else torch.minimum(best_ub,
+                                                                                ub.detach())
+                if step == steps:
+                    break
+                if optimizer is None:  # the first call filled ``values`` with initial values
+                    optimizer = torch.optim.Adam(
+                        [t for v in values.values() for t in v.values()], lr=lr)
+                    decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay)
+                optimizer.zero_grad()
+                objective = lb.sum() - (ub.sum() if upper else 0)
+                if not objective.requires_grad:
+                    break  # no parameter reaches the bounds (every neuron stable)
+                (-objective).backward()
+                optimizer.step()
+                decay.step()
+                with torch.no_grad():
+                    for per_node in values.values():
+                        for name, t in per_node.items():
+                            t.clamp_(*ranges[name])
+        assert best_lb is not None
+        if rows is not None:
+            best_lb = best_lb.reshape(batch, rows)
+            best_ub = best_ub.reshape(batch, rows) if best_ub is not None else None
+        return best_lb, best_ub
 
     @overload
     def functional(self, params: Mapping[str, torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,

@@ -80,6 +80,29 @@ def cat(values: list, dim: int, compact: bool = True):
     return torch.cat(values, dim + 1)
 
 
+def relax_param(given: dict[str, Tensor] | None, name: str, init: Tensor, like: Tensor,
+                lo: float, hi: float) -> Tensor:
+    """A relaxation parameter's per-neuron value, always inside its range [lo, hi]: the
+    given one (reshaped like the neuron bounds ``like``), else the initial one, which is also
+    stored into ``given`` (a dict) for the caller to start optimising from (a leaf that
+    requires grad when grad mode is on, so this very call can be differentiated)."""
+    start = (torch.zeros_like(like) + init).clamp(lo, hi)
+    if given is None:
+        return start
+    value = given.get(name)
+    if value is None:
+        value = given[name] = start.detach().clone().requires_grad_(torch.is_grad_enabled())
+    value = value.reshape(like.shape).to(like.dtype)
+    # the clamped value, with the derivative of the identity: torch's clamp passes none at the
+    # ends of the range, where the initial values and projected steps often sit
+    return value + (value.clamp(lo, hi) - value).detach()
+
+
+def relax_given(ctx, node: str) -> dict[str, Tensor] | None:
+    """The parameter values of activation ``node``'s relaxation in the call's context."""
+    return None if ctx.relax_params is None else ctx.relax_params.setdefault(node, {})
+
+
 def full_like(value: float, like: Tensor) -> Tensor:
     return torch.full_like(like, value)
 

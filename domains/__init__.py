@@ -29,6 +29,7 @@ class BuiltinDomain:
     title: str                     # how tables name it
     aliases: tuple[str, ...] = ()  # the field's other names for it
     mixed_with: str | None = None  # the domain a training run mixes in by beta (and so needs)
+    optimize_steps: int = 0        # gradient steps on its relaxation parameters per call
 
 
 #: loosest (cheapest) first: the order of a "tightest" cascade
@@ -40,16 +41,23 @@ DOMAINS: tuple[BuiltinDomain, ...] = (
                   mixed_with="box"),
     BuiltinDomain("deeppoly", "deeppoly.absd", "backsub", "DeepPoly", ("crown",)),
 )
+#: built-in domains outside the cascade (and outside training): their programs optimise
+#: relaxation parameters by gradient on every call, tighter and many times slower, so a run
+#: names them explicitly
+OPTIMIZED: tuple[BuiltinDomain, ...] = (
+    BuiltinDomain("alpha-crown", "alpha-crown.absd", "backsub", "alpha-CROWN",
+                  ("alpha-deeppoly", "alphacrown"), optimize_steps=20),
+)
 #: files that domain files import (relaxations), shipped beside the domains
 LIBRARY_FILES: tuple[str, ...] = ("relax.absd",)
 
-BY_NAME: dict[str, BuiltinDomain] = {d.name: d for d in DOMAINS}
-#: canonical name -> file, in cascade order
-FILES: dict[str, str] = {d.name: d.file for d in DOMAINS}
+BY_NAME: dict[str, BuiltinDomain] = {d.name: d for d in DOMAINS + OPTIMIZED}
+#: canonical name -> file, cascade order, then the optimised domains
+FILES: dict[str, str] = {d.name: d.file for d in DOMAINS + OPTIMIZED}
 #: other names of the same domains -> canonical name
-ALIASES: dict[str, str] = {a: d.name for d in DOMAINS for a in d.aliases}
-#: canonical names in cascade order
-NAMES: tuple[str, ...] = tuple(FILES)
+ALIASES: dict[str, str] = {a: d.name for d in DOMAINS + OPTIMIZED for a in d.aliases}
+#: canonical names of the cascade's domains, in cascade order
+NAMES: tuple[str, ...] = tuple(d.name for d in DOMAINS)
 #: every name and alias -> its file
 FILES_BY_ANY_NAME: dict[str, str] = FILES | {a: FILES[c] for a, c in ALIASES.items()}
 #: every file shipped in this folder (domains, then the files they import)
@@ -78,6 +86,13 @@ def needed_programs(name: str) -> list[str]:
     """The bound programs a training run with ``name`` needs: its own, then the mixed-in one."""
     partner = mixed_with(name)
     return [name] if partner is None else [name, partner]
+
+
+def optimize_steps(name: str) -> int:
+    """How many gradient steps a program of built-in domain ``name`` takes on its relaxation
+    parameters per call (0: it runs them at their initial values)."""
+    entry = BY_NAME.get(canonical(name) or "")
+    return entry.optimize_steps if entry is not None else 0
 
 
 def title(name: str) -> str:

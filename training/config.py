@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from absdsl import domains as registry
 from absdsl.errors import AbsdslError
 from absdsl.training.data import dataset_info
 
@@ -186,6 +187,10 @@ def validate(cfg: TrainConfig) -> None:
         need(0.0 <= v <= 1.0, f"{name} must lie in [0, 1], got {v}")
     need(0.0 < cfg.sabr_lambda <= 1.0, f"sabr_lambda must lie in (0, 1], got {cfg.sabr_lambda}")
     need(cfg.init in ("ibp", "default"), f"init must be 'ibp' or 'default', got {cfg.init!r}")
+    need(registry.optimize_steps(cfg.domain) == 0,
+         f"domain {cfg.domain!r} optimises its relaxations by gradient on every call (its bounds "
+         f"carry no gradient to the model): it certifies (certify_domain), it does not train; "
+         f"train with deeppoly")
     need(cfg.tolerance > 0, f"tolerance must be > 0, got {cfg.tolerance}")
     need(cfg.eval_every >= 0, "eval_every must be >= 0")
     for name in ("loss_fusion", "torch_compile"):

@@ -127,6 +127,19 @@ class RelaxCase:
 
 
 @dataclass(frozen=True)
+class RelaxParam:
+    """``param alpha in [lo, hi] = init``: a per-neuron parameter of a relaxation's lines.
+    Every value in [lo, hi] must give sound lines (what ``absdsl prove`` proves and ``absdsl
+    check`` samples); ``init`` (it may read l and u) is the value a plain call uses."""
+
+    name: str
+    lo: float
+    hi: float
+    init: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Relax:
     """Per-neuron lower and upper lines of activations ``ops`` on [l, u], linear in ``x``;
     for a two-input op (``var2`` set, e.g. ``relax mul(x, y; lx, ux, ly, uy)``) planes in
@@ -143,6 +156,7 @@ class Relax:
     var2: str = ""
     lower2: str = ""
     upper2: str = ""
+    params: tuple[RelaxParam, ...] = ()
 
     @property
     def arity(self) -> int:

@@ -109,11 +109,20 @@ class _ToAst(Transformer):
     def relax_else(self, meta, children):
         return ast.RelaxCase(None, children[0], children[1], _pos(meta))
 
+    def neg_number(self, meta, children):
+        tok = children[0]
+        return ast.Num(-float(tok), _pos(meta))
+
+    def relax_param(self, meta, children):
+        name, lo, hi, init = children
+        return ast.RelaxParam(str(name), lo.value, hi.value, init, _pos(meta))
+
     def relax(self, meta, children):
         names = [c for c in children if isinstance(c, Token)]
         cases = tuple(c for c in children if isinstance(c, ast.RelaxCase))
+        params = tuple(c for c in children if isinstance(c, ast.RelaxParam))
         *ops, var, lower, upper = (str(n) for n in names)
-        return ast.Relax(tuple(ops), var, lower, upper, cases, _pos(meta))
+        return ast.Relax(tuple(ops), var, lower, upper, cases, _pos(meta), params=params)
 
     def relax2(self, meta, children):
         names = [str(c) for c in children if isinstance(c, Token)]

@@ -228,6 +228,9 @@ def _relax_builder(relax: ast.Relax, op: str, k: int) -> Callable[[Any, Any], li
         x = fac.between(relax.var, lo, hi)
         names = {relax.lower_name: V("bound", [lo]), relax.upper_name: V("bound", [hi])}
         names |= {p: V("bound", [t]) for p, t in params.items()}
+        # a relaxation parameter is universally quantified over its range: the lines must be
+        # sound for every value a program may be given
+        names |= {p.name: V("bound", [fac.range(p.name, p.lo, p.hi)]) for p in relax.params}
         ctx = Ctx(bk, 1, names, {}, activation=op, params=params, in_guard=True)
 
         for j, case in enumerate(relax.cases[:k + 1]):

@@ -50,7 +50,28 @@ def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]
                                           relax.filename, relax.source)
             fn = codegen.load_generated("\n".join(em.lines), f"relax {op}")[name]
             out.append((op, params, lambda l, u, fn=fn: fn(l, u)[0]))
+            for pick in PARAM_PICKS if relax.params else ():
+                ranges = {p.name: (p.lo, p.hi) for p in relax.params}
+                out.append((op, params, lambda l, u, fn=fn, pick=pick, ranges=ranges: fn(
+                    l, u, given={k: pick(l, u, lo, hi) for k, (lo, hi) in ranges.items()})[0]))
     return out
+
+
+def _varying(l: torch.Tensor, u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """A value in [lo, hi] that varies with the bounds like a random draw, but is the same for
+    the same point (Hypothesis replays and shrinks points)."""
+    frac = torch.frac(torch.sin(l * 12.9898 + u * 78.233) * 43758.5453).abs()
+    return lo + frac.nan_to_num(0.5) * (hi - lo)
+
+
+#: the values of a relaxation parameter that ``absdsl check`` tests its lines at, per neuron:
+#: both ends of the range, and a value that varies with the point (parameters are per neuron,
+#: so every value of the range must give sound lines)
+PARAM_PICKS: tuple[Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor], ...] = (
+    lambda l, u, lo, hi: torch.full_like(l, lo),
+    lambda l, u, lo, hi: torch.full_like(l, hi),
+    _varying,
+)
 
 
 def product_relaxation(domain: Any) -> Any:

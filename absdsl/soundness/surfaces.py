@@ -135,6 +135,8 @@ def guard_surfaces(loaded: Any) -> list[Surface]:
     for relax in loaded.relaxes:
         env = {relax.lower_name: {"l": 1.0}, relax.upper_name: {"u": 1.0}}
         where = f"relax {', '.join(relax.ops)} ({relax.filename}:{relax.pos.line})"
+        for param in relax.params:  # an initial value's guards (DeepPoly's slope: u = -l)
+            finder.expr(param.init, env, where)
         for case in relax.cases:
             if case.cond is not None:
                 finder.expr(case.cond, env, where)

@@ -66,6 +66,8 @@ class _LinearProgram:
         self.raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, ...)
         self.patch_lines: dict[str, str] = {}  # the same as maps for patches, made when used
         self.relax_fns: dict[tuple, str] = {}
+        # activation with relaxation parameters -> (its relaxation function, l, u)
+        self.param_acts: dict[str, tuple[str, str, str]] = {}
 
     def relax_fn(self, op: str, params: dict) -> str:
         """The name of the emitted relaxation function of ``op`` with ``params``."""
@@ -109,10 +111,36 @@ class _LinearProgram:
             out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
             self.raw_lines[a.name] = raw
             self.lines[a.name] = out.fresh(f"lines_{a.name}")
+            relax = codegen.relax_for(a.op, loaded.relaxes)
+            if relax is not None and relax.params:  # per target: see target_lines
+                self.param_acts[a.name] = (fn, l_var, u_var)
             out.emit(f"{self.lines[a.name]} = dense_rows.back_lines(lines={raw}, ctx=ctx)")
         if loaded.refine and set(state) == {"l", "u"}:
             return {"l": l_var, "u": u_var}
         return None
+
+    def target_lines(self, target: str, when: str
+                     ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """The lines (dense, raw, patch) with which ``target`` is back-substituted: each
+        activation with relaxation parameters gets its own values per target (alpha-CROWN's
+        per-start-node slopes), ``ctx.relax_params[f"{activation}@{target}"]`` (the output's
+        under the activation's own name), read when the condition ``when`` holds, else the
+        initial values."""
+        acts = [n.name for n in self.graph.ancestors(target) if n.name in self.param_acts]
+        if not acts:
+            return self.lines, self.raw_lines, self.patch_lines
+        out = self.out
+        lines, raw = dict(self.lines), dict(self.raw_lines)
+        patch = {k: v for k, v in self.patch_lines.items() if k not in acts}
+        for a in acts:
+            fn, l_var, u_var = self.param_acts[a]
+            key = a if target == self.graph.output else f"{a}@{target}"
+            raw[a] = out.fresh(f"relaxed_{a}_{target}")
+            out.emit(f"{raw[a]} = {fn}({l_var}, {u_var}, given=rt.relax_given(ctx=ctx, "
+                     f"node={key!r}))[0] if {when} else {self.raw_lines[a]}")
+            lines[a] = out.fresh(f"lines_{a}_{target}")
+            out.emit(f"{lines[a]} = dense_rows.back_lines(lines={raw[a]}, ctx=ctx)")
+        return lines, raw, patch
 
     def refine(self, node: Node, users: list[Node], l_var: str, u_var: str) -> None:
         """Emit the refinement of ``node``'s bounds where its users' relaxations need it."""
@@ -125,13 +153,14 @@ class _LinearProgram:
             fn = self.relax_fn(a.op, a.attrs.get("params", {}))
             needs.append(f"{fn}({l_var}, {u_var}, True)")
         found = patch_geometry(graph, node.name, self.patch_saving)
+        lines, raw, patch = self.target_lines(
+            node.name, "ctx.relax_params is not None and ctx.optimize_intermediate")
         if found is not None:
             factor = _patch_chunk_factor(graph, *found)
-            backsub = patch_backsub_function(graph, node.name, *found, self.raw_lines,
-                                             self.patch_lines, out)
+            backsub = patch_backsub_function(graph, node.name, *found, raw, patch, out)
         else:
             factor = 1
-            bs = backsub_function(graph, node.name, self.lines, out)
+            bs = backsub_function(graph, node.name, lines, out)
             backsub = (f"lambda index: {bs}(dense_rows.unit_rows(index=index, "
                        f"shape={node.shape}, like=lo))")
         out.emit(f"{l_var}, {u_var} = dense_rows.refine(backsub={backsub}, lower={l_var}, "
@@ -146,7 +175,8 @@ class _LinearProgram:
         out.emit("# output: back-substitute the spec (or the identity) to the input box; "
                  "without")
         out.emit("# upper bounds only the lower rows (sides = 1)")
-        bs = backsub_function(graph, graph.output, self.lines, out)
+        lines, _, _ = self.target_lines(graph.output, "ctx.relax_params is not None")
+        bs = backsub_function(graph, graph.output, lines, out)
         shape = graph.by_name[graph.output].shape
         out.emit("sides = 2 if ctx.upper else 1")
         out.emit("if spec is None:")

@@ -22,7 +22,7 @@ from absdsl.compiler.codegen import RUNTIME
 from absdsl.compiler.context import EngineOptions
 from tests.zoo import models as zoo
 
-DOMAINS = ("box", "hbox", "zonotope", "deeppoly", "crown-ibp")
+DOMAINS = ("box", "hbox", "zonotope", "deeppoly", "crown-ibp", "alpha-crown")
 MODELS = ("cnn_4layer", "cnn_7layer_bn", "resnet_cifar", "densenet_cifar", "squeeze_excite",
           "vit_tiny", "mlp_sigmoid", "cnn_maxpool", "cnn_gelu", "mobilenet_v2_cifar")
 # the default engine (patch rows through conv chains) and dense rows everywhere

@@ -1,0 +1,255 @@
+"""Relaxation parameters (``param NAME in [lo, hi] = init`` in a relax block) and alpha-CROWN:
+every value in the range gives sound bounds, the optimised bounds contain the network's
+outputs at points and vertices of the box and are never looser than DeepPoly's, the initial
+values reproduce DeepPoly exactly, the prover quantifies over the range, and bad parameter
+declarations are one-line errors naming file:line:col (float64 throughout)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import absdsl
+from absdsl.errors import DSLError, InputError
+from absdsl.prove import prove_file
+from tests.core.core_helpers import DTYPE, assert_sound, box, mlp
+
+
+def cnn(seed: int) -> nn.Sequential:
+    """Two 2-d convs (patch rows for the second one's neurons), then dense layers."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=1, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5)).to(DTYPE).eval()
+
+
+def _margins(model: nn.Module, lo: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        labels = model(lo + 0.0).argmax(1)
+    n = model(lo[:1]).shape[1]
+    return absdsl.margin_spec(labels, n).to(DTYPE)
+
+
+def _random_values(prog: absdsl.BoundProgram, lo: torch.Tensor, fill: str, seed: int
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+    """Values for every parameter: random in [0, 1], or a corner (0 or 1) per neuron."""
+    g = torch.Generator().manual_seed(seed)
+    values: dict[str, dict[str, torch.Tensor]] = {}
+    prog(lo, lo.clone(), relax_params=values)  # fills every entry with its initial value
+    for per_node in values.values():
+        for name, t in per_node.items():
+            r = torch.rand(t.shape, generator=g, dtype=DTYPE)
+            per_node[name] = {"random": r, "corners": (r > 0.5).to(DTYPE),
+                              "zero": torch.zeros_like(r), "one": torch.ones_like(r)}[fill]
+    return values
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000), depth=st.integers(1, 2), eps=st.sampled_from([0.05, 0.3, 1.0]))
+def test_optimised_bounds_contain_the_outputs_and_beat_deeppoly(seed, depth, eps):
+    model = mlp([3] + [12] * depth + [4], seed=seed)
+    lo, hi = box((3,), batch=3, eps=eps, seed=seed)
+    spec = _margins(model, lo + eps)
+    alpha = absdsl.compile(model, "alpha-crown")
+    deeppoly = absdsl.compile(model, "deeppoly")
+    for per_row in (False, True):
+        lb, ub = alpha.optimize(lo, hi, spec, steps=3, lr=0.2, per_spec_row=per_row)
+        assert ub is not None
+        assert_sound(model, lb, ub, lo, hi, spec)  # corners and uniform points of the box
+        _assert_not_looser(lb, ub, *deeppoly(lo, hi, spec))
+
+
+def _assert_not_looser(lb: torch.Tensor, ub: torch.Tensor, d_lb: torch.Tensor,
+                       d_ub: torch.Tensor) -> None:
+    """At least as tight as DeepPoly's, up to rounding (a batch replicated per spec row runs
+    other matrix shapes, so the initial values' bounds may differ from DeepPoly's by ulps)."""
+    assert (lb >= d_lb - 1e-12 * (1 + d_lb.abs())).all(), (lb - d_lb).min()
+    assert (ub <= d_ub + 1e-12 * (1 + d_ub.abs())).all(), (d_ub - ub).min()
+
+
+def test_optimisation_tightens_and_the_call_optimises():
+    model = mlp([4, 32, 32, 3], seed=3)
+    lo, hi = box((4,), batch=2, eps=0.3, seed=4)
+    spec = _margins(model, lo + 0.3)
+    d_lb, _ = absdsl.compile(model, "deeppoly")(lo, hi, spec)
+    prog = absdsl.compile(model, "alpha-deeppoly")  # the alias
+    assert prog.optimize_steps == 20  # a call of the built-in domain optimises
+    prog.optimize_steps = 6
+    lb, _ = prog(lo, hi, spec)
+    assert (lb >= d_lb).all() and float((lb - d_lb.detach()).sum()) > 1e-3
+    assert_sound(model, lb, prog.optimize(lo, hi, spec, steps=0)[1], lo, hi, spec)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cnn_with_patch_rows(seed):
+    model = cnn(seed)
+    lo, hi = box((1, 12, 12), batch=2, eps=0.1, seed=seed)
+    spec = _margins(model, lo + 0.1)
+    prog = absdsl.compile(model, "alpha-crown")
+    lb, ub = prog.optimize(lo, hi, spec, steps=3, lr=0.2)
+    assert "backsub_patches_" in prog.code  # the conv neurons go through patch rows
+    assert ub is not None
+    assert_sound(model, lb, ub, lo, hi, spec)
+    _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi, spec))
+
+
+def test_a_first_call_without_a_spec_optimises_the_logits_bounds():
+    model = cnn(1)
+    lo, hi = box((1, 12, 12), batch=1, eps=0.1, seed=5)
+    prog = absdsl.compile(model, "alpha-crown")
+    prog.optimize_steps = 2
+    lb, ub = prog(lo, hi)  # compiles for this shape first, then optimises lb - ub
+    assert_sound(model, lb, ub, lo, hi)
+    _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi))
+
+
+@pytest.mark.parametrize("fill", ["random", "corners", "zero", "one"])
+@pytest.mark.parametrize("make", [lambda: mlp([3, 16, 16, 4], seed=5), lambda: cnn(2)])
+def test_every_parameter_value_in_the_range_is_sound(fill, make):
+    model = make()
+    shape = (3,) if isinstance(model[0], nn.Linear) else (1, 12, 12)
+    lo, hi = box(shape, batch=3, eps=0.2, seed=7)
+    prog = absdsl.compile(model, "alpha-crown")
+    values = _random_values(prog, lo, fill, seed=11)
+    lb, ub = prog(lo, hi, relax_params=values)
+    assert_sound(model, lb, ub, lo, hi)
+    # a value outside the range is clamped into it: the same bounds as the clamped value
+    pushed = {n: {k: v * 3 - 1 for k, v in d.items()} for n, d in values.items()}
+    clamped = {n: {k: v.clamp(0, 1) for k, v in d.items()} for n, d in pushed.items()}
+    torch.testing.assert_close(prog(lo, hi, relax_params=pushed),
+                               prog(lo, hi, relax_params=clamped), rtol=0, atol=0)
+
+
+def test_initial_values_reproduce_deeppoly_exactly():
+    model = cnn(4)
+    lo, hi = box((1, 12, 12), batch=2, eps=0.1, seed=3)
+    prog = absdsl.compile(model, "alpha-crown")
+    prog.optimize_steps = 0  # a call then runs the initial values
+    lb, ub = prog(lo, hi)
+    d_lb, d_ub = absdsl.compile(model, "deeppoly")(lo, hi)
+    assert torch.equal(lb, d_lb) and torch.equal(ub, d_ub)
+    assert torch.equal(prog.optimize(lo, hi, steps=0)[0], d_lb)
+    assert set(prog.relax_param_ranges()) == {"alpha"}
+
+
+def test_optimize_refuses_a_domain_without_parameters_and_bad_settings():
+    model = mlp([3, 8, 2])
+    lo, hi = box((3,))
+    with pytest.raises(InputError, match="declares no relaxation parameter"):
+        absdsl.compile(model, "deeppoly").optimize(lo, hi)
+    with pytest.raises(InputError, match="steps >= 0, lr > 0"):
+        absdsl.compile(model, "alpha-crown").optimize(lo, hi, lr=0.0)
+
+
+RELAX = """relax relu(x; l, u) {{
+  {param}
+  when u <= 0: lower 0, upper 0
+  when l >= 0: lower x, upper x
+  else: lower {line}, upper u / (u - l) * (x - l)
+}}
+domain D {{ bounds backsub output backsub }}
+"""
+
+
+def _write(tmp_path, param: str, line: str = "alpha * x") -> str:
+    path = tmp_path / "d.absd"
+    path.write_text(RELAX.format(param=param, line=line))
+    return str(path)
+
+
+@pytest.mark.parametrize("param, line, message, where", [
+    ("param alpha in [0, 1] = 2", "alpha * x", "initial value 2 is outside its range [0, 1]",
+     "2:27"),
+    ("param alpha in [1, 0] = 0.5", "alpha * x", "empty range [1, 0]", "2:3"),
+    ("param alpha in [0, 1] = 0.5", "beta * x", "undefined name 'beta'", "5:15"),
+    ("param l in [0, 1] = 0.5", "l * x", "the name is already taken", "2:3"),
+    ("param alpha in [0, 1] = x", "alpha * x", "cannot read x", "2:27"),
+    ("param alpha in [0, 1] = 0.5", "alpha * x * x", "linear", "5:15"),
+])
+def test_bad_parameters_are_one_line_errors_with_the_position(tmp_path, param, line, message,
+                                                               where):
+    path = _write(tmp_path, param, line)
+    with pytest.raises(DSLError) as err:
+        absdsl.compile(mlp([3, 4, 2]), path)
+    first = str(err.value).splitlines()[0]
+    assert message in first and first.startswith(f"{path}:{where}"), first
+
+
+def test_a_parameter_in_a_guard_is_refused(tmp_path):
+    path = tmp_path / "g.absd"
+    path.write_text("relax relu(x; l, u) {\n  param a in [0, 1] = 0\n"
+                    "  when a > 0: lower 0, upper 0\n  else: lower a * x, upper u\n}\n"
+                    "domain D { bounds backsub output backsub }\n")
+    with pytest.raises(DSLError, match=r"g.absd:3:3: a relaxation's guard cannot read a param"):
+        absdsl.compile(mlp([3, 4, 2]), str(path))
+
+
+def test_the_prover_quantifies_over_the_range(tmp_path):
+    """alpha in [0, 1] is proved for every value; [0, 1.5] is refuted by a value above 1."""
+    report = prove_file(_write(tmp_path, "param alpha in [0, 1] = (u > -l ? 1 : 0)"))
+    assert all(r.status == "proved" for r in report.results if "relax relu" in r.name), \
+        report.format()
+    report = prove_file(_write(tmp_path, "param alpha in [0, 1.5] = (u > -l ? 1 : 0)"))
+    refuted = [r for r in report.results if r.status == "refuted"]
+    assert [r.name for r in refuted] == ["relax relu else"], report.format()
+    cex = refuted[0].counterexample
+    assert cex["alpha"] > 1 and cex["x"] > 0 and cex["lhs"] > cex["rhs"], cex  # alpha x > x
+
+
+def test_certify_with_alpha_crown_certifies_what_deeppoly_does_and_more_margin():
+    from absdsl.training.certify import CertifyOptions, certify_model
+    from absdsl.training.data import Split, dataset_info
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        labels = model(images.float() / 255).argmax(1)
+    reports = {d: certify_model(model, dataset_info("mnist5k"), Split(images, labels),
+                                CertifyOptions(eps=0.002, domain=d, pgd_steps=2,
+                                               pgd_restarts=1))
+               for d in ("deeppoly", "alpha-crown")}
+    for ours, theirs in zip(reports["alpha-crown"].records, reports["deeppoly"].records,
+                            strict=True):
+        assert ours.margin_lower["alpha-crown"] >= theirs.margin_lower["deeppoly"] - 1e-12
+        assert ours.status == "certified" or theirs.status != "certified"
+    assert reports["alpha-crown"].summary()["certified_acc"] > 0
+
+
+def test_training_refuses_alpha_crown():
+    from absdsl.training.config import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="does not train; train with deeppoly"):
+        resolve({"domain": "alpha-crown"})
+
+
+def test_check_samples_the_parameter_range(tmp_path):
+    """``absdsl check``'s relaxation functions sample the range (both ends and a varying
+    value): [0, 1] passes on the guard grid, [0, 1.5] (the upper end lifts the lower line above
+    the ReLU) and [-0.5, 1] (the lower end) are caught."""
+    from absdsl.soundness import Violation, check_relaxation, relax_grid, relaxation_functions
+
+    L, U, X = relax_grid()
+
+    def relu_fns(domain: str) -> list:
+        return [(op, p, fn) for op, p, fn in relaxation_functions(domain) if op == "relu"]
+
+    fns = relu_fns("alpha-crown")
+    assert len(fns) == 4  # the initial values, then the ends and a varying value
+    values = [fn(L, U)[0] for _, _, fn in fns]  # the lower slope a_lo
+    assert not torch.equal(values[1], values[2]) and not torch.equal(values[2], values[3])
+    for op, params, fn in fns:
+        check_relaxation(op, params, fn, L, U, X)
+    for bad in ("param alpha in [0, 1.5] = (u > -l ? 1 : 0)",
+                "param alpha in [-0.5, 1] = (u > -l ? 1 : 0)"):
+        caught = 0
+        for op, params, fn in relu_fns(_write(tmp_path, bad)):
+            try:
+                check_relaxation(op, params, fn, L, U, X)
+            except Violation as v:
+                caught += 1
+                assert v.cex.which == "lower line > f(x)", v.cex.format()
+        assert caught >= 1
