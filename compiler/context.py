@@ -57,3 +57,16 @@ class Context:
     upper: bool = True
     forward_spec: dict[str, Any] | None = None
     paths: Counter[str] = field(default_factory=Counter)
+    #: branch and bound: pre-activation node -> (lower, upper) clamps per batch element
+    #: (-inf / +inf where free), intersected with the node's bounds where they are computed
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def clamp(self, node: str, lower: torch.Tensor, upper: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[lower, upper]`` of ``node`` intersected with its split constraints: sound for
+        the sub-domain of inputs whose pre-activation values satisfy them."""
+        found = None if self.splits is None else self.splits.get(node)
+        if found is None:
+            return lower, upper
+        return (torch.maximum(lower, found[0].reshape(lower.shape)),
+                torch.minimum(upper, found[1].reshape(upper.shape)))

@@ -97,6 +97,8 @@ class _LinearProgram:
         lo_b, hi_b = codegen.concretize(loaded.intermediate, out, state)
         l_var, u_var = out.fresh(f"{node.name}_l"), out.fresh(f"{node.name}_u")
         out.emit(f"{l_var}, {u_var} = {lo_b}, {hi_b}")
+        out.emit(f"if ctx.splits is not None: {l_var}, {u_var} = ctx.clamp({node.name!r}, "
+                 f"{l_var}, {u_var})")  # branch and bound's constraints, before relaxing
         if loaded.refine and _needs_backsub(self.graph, node.name):
             self.refine(node, users, l_var, u_var)
         out.emit(f"if ctx.record is not None: ctx.record[{node.name!r}] = ({l_var}, {u_var})")
@@ -110,7 +112,7 @@ class _LinearProgram:
             self.raw_lines[a.name] = raw
             self.lines[a.name] = out.fresh(f"lines_{a.name}")
             out.emit(f"{self.lines[a.name]} = dense_rows.back_lines(lines={raw}, ctx=ctx)")
-        if loaded.refine and set(state) == {"l", "u"}:
+        if set(state) == {"l", "u"}:  # (CROWN-IBP: the same tensors unless clamped)
             return {"l": l_var, "u": u_var}
         return None
 
