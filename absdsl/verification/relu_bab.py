@@ -126,14 +126,15 @@ class ReluBab:
                  deep_max_depth: int = DEEP_MAX_DEPTH, attack_restarts: int = 8,
                  attack_steps: int = 10, record: list[ReluBranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, candidates: int = FSB_CANDIDATES,
-                 leaf_unstable: int = LEAF_UNSTABLE) -> None:
+                 leaf_unstable: int = LEAF_UNSTABLE, rel_tolerance: float | None = None
+                 ) -> None:
         import absdsl
         from absdsl.training.certify import REL_TOLERANCE
 
         self.model = model
         self.input_shape = tuple(input_shape)
         self.tol = tolerance
-        self.rel = REL_TOLERANCE
+        self.rel = REL_TOLERANCE if rel_tolerance is None else float(rel_tolerance)
         self.left = left
         self.confirm = confirm
         self.record = record
@@ -470,6 +471,94 @@ class ReluBab:
         return out
 
 
+@dataclass
+class _MarginPolytope:
+    """The counterexamples of one class: ``f_label - f_other <= 0`` as ``A y <= b``."""
+
+    A: np.ndarray
+    b: np.ndarray
+
+
+class ReluBabStage:
+    """The certification cascade's ``bab`` stage (``absdsl certify --complete``): ReLU
+    branch and bound on every input still pending, one class per polytope, within
+    ``milp_time_limit`` seconds per input. ``certified`` when every class is refuted under
+    the cascade's threshold (``tolerance`` + ``rel_tolerance`` x the magnitude, per
+    sub-problem); ``falsified`` when a point of the ball flips the float64 model's label;
+    else the input stays pending (``unknown``)."""
+
+    name = "bab"
+
+    def __init__(self, model: nn.Module, info: Any, options: Any) -> None:
+        import absdsl
+        from absdsl.training.milp import check_time_limit
+
+        self.time_limit = check_time_limit(getattr(options, "milp_time_limit", 30.0))
+        self.shape = tuple(info.shape)
+        self.programs: dict[str, Any] = {}
+        self.stats: list[dict[str, Any]] = []  # one entry per input this stage ran on
+        self._model: nn.Module | None = None
+        self._absdsl = absdsl
+
+    def _programs(self, model: nn.Module) -> dict[str, Any]:
+        if self._model is not model:  # compiled once per float64 model of the cascade
+            self._model = model
+            self.programs = {}
+            for name in RELU_BAB_DOMAINS:
+                try:
+                    self.programs[name] = self._absdsl.compile(model, name, input_shape=self.shape)
+                except AbsdslError:
+                    continue
+        return self.programs
+
+    def run(self, ctx: Any) -> None:
+        idx = ctx.pending()
+        if idx.numel() == 0:
+            return
+        eps, tol = ctx.options.eps, ctx.options.tolerance
+        model = ctx.model
+        programs = self._programs(model)
+        for i in idx.tolist():
+            x, label = ctx.x[i:i + 1], int(ctx.y[i])
+            lo = torch.clamp(x - eps, 0.0, 1.0).reshape(-1)  # the bound stages' clipped ball
+            hi = torch.clamp(x + eps, 0.0, 1.0).reshape(-1)
+            with torch.no_grad():
+                n_out = int(model(x).shape[1])
+            polys = []
+            for other in range(n_out):
+                if other != label:
+                    row = np.zeros((1, n_out))
+                    row[0, label], row[0, other] = 1.0, -1.0
+                    polys.append(_MarginPolytope(row, np.zeros(1)))
+
+            def confirm(k: int, point: np.ndarray, lo: torch.Tensor = lo, hi: torch.Tensor = hi,
+                        label: int = label) -> torch.Tensor | None:
+                t = torch.minimum(torch.maximum(torch.from_numpy(point).double(), lo), hi)
+                with torch.no_grad():
+                    flips = int(model(t.reshape(1, *self.shape)).argmax(1)[0]) != label
+                return t.reshape(self.shape) if flips else None
+
+            start = time.perf_counter()
+            deadline = start + self.time_limit
+            try:
+                search = ReluBab(model, self.shape, polys, tol,
+                                 lambda deadline=deadline: deadline - time.perf_counter(), confirm,
+                                 seed=ctx.options.seed, programs=programs,
+                                 rel_tolerance=ctx.options.rel_tolerance)
+                outcome = search.run(lo.numpy(), hi.numpy())
+            except AbsdslError as err:
+                outcome = ReluBabOutcome("unknown", note=str(err).splitlines()[0])
+            rec = ctx.records[i]
+            if outcome.status == "unsat":
+                rec.status, rec.stage = "certified", self.name
+            elif outcome.status == "sat":
+                rec.status, rec.stage = "falsified", self.name
+            self.stats.append({"index": rec.index, "status": rec.status if rec.stage ==
+                               self.name else "unknown", "bab": outcome.status,
+                               "seconds": time.perf_counter() - start,
+                               "branches": outcome.branches, "note": outcome.note})
+
+
 def _split(item: dict[str, Any], bounds: Bounds, open_: torch.Tensor, keep: torch.Tensor,
            which: torch.Tensor, nodes: list[str]) -> dict[str, Any]:
     """Both children of every kept sub-problem, split on its flat neuron ``which`` (an index
@@ -531,5 +620,13 @@ def _slice(item: dict[str, Any], s: slice) -> dict[str, Any]:
             "open": item["open"][s], "depth": item["depth"][s]}
 
 
-__all__ = ["RELU_BAB_DOMAINS", "ReluBab", "ReluBabOutcome", "ReluBranchRecord",
+def _register() -> None:
+    from absdsl.training.certify import register_stage
+
+    register_stage("bab", ReluBabStage)
+
+
+_register()  # importing this module adds the stage (training cannot import applications)
+
+__all__ = ["RELU_BAB_DOMAINS", "ReluBab", "ReluBabOutcome", "ReluBabStage", "ReluBranchRecord",
            "bound_with_splits", "relu_nodes"]
