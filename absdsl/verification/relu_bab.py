@@ -539,10 +539,9 @@ class ReluBabStage:
                 return t.reshape(self.shape) if flips else None
 
             start = time.perf_counter()
-            deadline = start + self.time_limit
             try:
                 search = ReluBab(model, self.shape, polys, tol,
-                                 lambda deadline=deadline: deadline - time.perf_counter(), confirm,
+                                 _seconds_left(start + self.time_limit), confirm,
                                  seed=ctx.options.seed, programs=programs,
                                  rel_tolerance=ctx.options.rel_tolerance)
                 outcome = search.run(lo.numpy(), hi.numpy())
@@ -557,6 +556,10 @@ class ReluBabStage:
                                self.name else "unknown", "bab": outcome.status,
                                "seconds": time.perf_counter() - start,
                                "branches": outcome.branches, "note": outcome.note})
+
+
+def _seconds_left(deadline: float) -> Callable[[], float]:
+    return lambda: deadline - time.perf_counter()
 
 
 def _split(item: dict[str, Any], bounds: Bounds, open_: torch.Tensor, keep: torch.Tensor,
