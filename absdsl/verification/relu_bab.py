@@ -81,13 +81,15 @@ class ReluBabOutcome:
 
 
 def bound_with_splits(prog: Any, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
-                      splits: Bounds) -> tuple[torch.Tensor, torch.Tensor, Bounds]:
+                      splits: Bounds, upper: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, Bounds]:
     """``prog``'s bounds of ``spec`` on ``[lo, hi]`` with the call context's ``splits`` set
-    (node -> per-element clamps): (lower, upper, the pre-activation bounds it used, flat)."""
+    (node -> per-element clamps): (lower, upper or None, the pre-activation bounds it used,
+    flat)."""
     compiled = prog._compile(tuple(lo.shape[1:]))
     params = prog.params() | compiled.constants
     record: Bounds = {}
-    ctx = prog._context(compiled, lo, compact=True, record=record)
+    ctx = prog._context(compiled, lo, compact=True, record=record, upper=upper)
     ctx.splits = splits
     lb, ub = compiled.fn(params, lo, hi, spec, ctx)
     flat = {k: (a.reshape(lo.shape[0], -1), b.reshape(lo.shape[0], -1))
@@ -140,7 +142,7 @@ class ReluBab:
         self.record = record
         self.batch = max(1, int(batch))
         self.deep_max_depth = deep_max_depth
-        self.candidates = max(1, int(candidates))
+        self.candidates = self.max_candidates = max(1, int(candidates))
         self.leaf_unstable = int(leaf_unstable)
         self._encoder: Any = None  # the exact encoding for leaves (made when first needed)
         self._root_bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -225,6 +227,7 @@ class ReluBab:
             with torch.enable_grad():
                 lb_g, ub, used = bound_with_splits(prog, lo_t, hi_t, spec, clamps)
             lb = lb_g.detach()
+            assert ub is not None
             for k, (a, b) in used.items():  # the carried bounds only ever shrink
                 if k in bounds:
                     bounds[k][0][todo] = torch.maximum(bounds[k][0][todo], a.detach())
@@ -312,7 +315,9 @@ class ReluBab:
                 keep: torch.Tensor, scores: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         """Filtered smart branching: the children of each kept sub-problem's top
         ``candidates`` neurons by score are bounded by the cheapest domain in one call; the
-        neuron whose worse child is closest to refuted wins (ties: the score's choice)."""
+        neuron whose worse child is closest to refuted wins (ties: the score's choice). The
+        number of candidates halves when this takes more than half of a round (down to 2)
+        and doubles back when it takes less than a quarter."""
         k = min(self.candidates, scores.shape[1])
         if k <= 1 or self.left() <= 0:
             return which
@@ -332,7 +337,7 @@ class ReluBab:
         with torch.no_grad():
             lb, _, used = bound_with_splits(prog, lo_t, hi_t,
                                             self.A.unsqueeze(0).expand(m, -1, -1),
-                                            children["bounds"])
+                                            children["bounds"], upper=False)
         value = self._deficit(lb, used, children["open"])
         worse = torch.minimum(value[: n * k], value[n * k:]).reshape(n, k)
         worse = torch.where(torch.isfinite(top_s), worse, torch.full_like(worse, -math.inf))
@@ -409,8 +414,12 @@ class ReluBab:
             "depth": torch.zeros(1, dtype=torch.long)}]
         size = 1
         batch = self.batch
+        per_branch = 0.0  # seconds per sub-problem in the last round
         while size:
-            if self.left() <= 0:
+            left = self.left()
+            if per_branch > 0:  # a round must end before the deadline (0.2 s of room)
+                batch = min(batch, int((left - 0.2) / per_branch))
+            if left <= 0 or batch < 1:
                 out.status = "timeout"
                 return out
             t0 = time.perf_counter()
@@ -451,7 +460,13 @@ class ReluBab:
                 out.exhausted += int(exhausted.sum())
             keep = keep & torch.isfinite(best)
             if bool(keep.any()):
+                t_fsb = time.perf_counter()
                 which = self._choose(lo, hi, bounds, open_, keep, scores, which)
+                share = (time.perf_counter() - t_fsb) / max(time.perf_counter() - t0, 1e-9)
+                if share > 0.5:  # smart branching may take about half of a round
+                    self.candidates = max(2, self.candidates // 2)
+                elif share < 0.25:
+                    self.candidates = min(self.max_candidates, self.candidates * 2)
                 children = _split(item, bounds, open_, keep, which[keep], self.splittable)
                 stack.append(children)
                 size += children["open"].shape[0]
@@ -461,6 +476,7 @@ class ReluBab:
                     out.note = f"more than {MAX_OPEN} open sub-problems"
                     return out
             spent = time.perf_counter() - t0
+            per_branch = spent / max(n, 1)
             batch = int(min(1024, max(4, batch * TARGET_CALL_SECONDS / max(spent, 1e-6))))
             batch = min(batch, 2 * max(n, 1))  # grow at most twice per round
         if out.exhausted:
