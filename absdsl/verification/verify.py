@@ -121,6 +121,7 @@ class _Verifier:
         self.open = {(c, k) for c, case in enumerate(prop.cases)
                      for k in range(len(case.polytopes))}
         self.result = VerifyResult("unknown", 0.0)
+        self.timed_out = False  # the complete stage ran out of time (it may stop just before)
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -364,6 +365,8 @@ class _Verifier:
             if outcome.status == "unsat":
                 self.refute(stage, [(c, k) for k in keys])
             else:
+                # a search that stopped a round early to keep the deadline is a timeout
+                self.timed_out = outcome.status == "timeout"
                 return False
         return False
 
@@ -397,7 +400,7 @@ class _Verifier:
             return self.finish()
         if not self.open:
             self.result.result = "unsat"
-        elif self.left() <= 0:
+        elif self.left() <= 0 or self.timed_out:
             self.result.result, self.result.stage = "timeout", None
         return self.finish()
 
