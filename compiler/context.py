@@ -66,3 +66,16 @@ class Context:
     #: whether the intermediate nodes' back-substitutions read ``relax_params`` too (else
     #: only the output's does and intermediate bounds keep the initial values)
     optimize_intermediate: bool = True
+    #: branch and bound: pre-activation node -> (lower, upper) clamps per batch element
+    #: (-inf / +inf where free), intersected with the node's bounds where they are computed
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def clamp(self, node: str, lower: torch.Tensor, upper: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[lower, upper]`` of ``node`` intersected with its split constraints: sound for
+        the sub-domain of inputs whose pre-activation values satisfy them."""
+        found = None if self.splits is None else self.splits.get(node)
+        if found is None:
+            return lower, upper
+        return (torch.maximum(lower, found[0].reshape(lower.shape)),
+                torch.minimum(upper, found[1].reshape(upper.shape)))

@@ -39,10 +39,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pgd-restarts", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--data-root", default=None, help="folder of torchvision data sets")
-    parser.add_argument("--complete", action="store_true",
-                        help="add the exact MILP stage for inputs left undecided")
-    parser.add_argument("--milp-time-limit", type=float, default=30.0, metavar="SECONDS",
-                        help="HiGHS time per input for --complete (default 30)")
+    parser.add_argument("--complete", nargs="?", const="bab", default=None,
+                        choices=COMPLETE_STAGES,
+                        help="add a complete stage for inputs left undecided: ReLU branch and "
+                             "bound (bab, the default) or the exact MILP (milp)")
+    parser.add_argument("--time-limit", "--milp-time-limit", dest="milp_time_limit",
+                        type=float, default=30.0, metavar="SECONDS",
+                        help="time per input for --complete (default 30)")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="per-input results as JSON (default: RUN/certify_<domain>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
     options = CertifyOptions(
         eps=cfg.eps if args.eps is None else args.eps, domain=domain,
         tolerance=args.tolerance, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-        batch_size=args.batch_size, extra_stages=["milp"] if args.complete else [],
+        batch_size=args.batch_size, extra_stages=[args.complete] if args.complete else [],
         milp_time_limit=args.milp_time_limit, rel_tolerance=args.rel_tolerance,
         uncertified_domain=args.uncertified_domain,
     )
     if args.complete:
-        _load_complete_stage()
+        load_complete_stage(args.complete)
     report = certify_model(model, info, split, options, progress=not args.quiet)
     out = Path(args.out) if args.out else run_dir / f"certify_{Path(domain).stem}.json"
     data = report.to_json()
@@ -128,14 +131,14 @@ def report_soundness_errors(errors: list[dict[str, Any]]) -> bool:
     return bool(errors)
 
 
-def _load_complete_stage() -> None:
-    """The MILP stage registers itself when its module is imported (a later addition)."""
+# the complete stages and the modules that register them when imported (by name: branch and
+# bound lives in the applications layer, above training)
+COMPLETE_STAGES = ("bab", "milp")
+_STAGE_MODULES = {"bab": "absdsl.verification.relu_bab", "milp": "absdsl.training.milp"}
+
+
+def load_complete_stage(name: str = "milp") -> None:
+    """Import the module that registers the complete stage ``name``."""
     import importlib
 
-    for name in ("absdsl.training.milp", "absdsl.training.complete"):
-        try:
-            importlib.import_module(name)
-            return
-        except ModuleNotFoundError as err:
-            if err.name is None or not name.startswith(err.name):
-                raise
+    importlib.import_module(_STAGE_MODULES[name])

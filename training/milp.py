@@ -459,6 +459,20 @@ class NetworkMilp:
         nodes = int(getattr(res, "mip_node_count", 0) or 0)
         return MarginResult(target, status, lower, upper, point, seconds, nodes)
 
+    def with_leaf_bounds(self, bounds: dict[str, tuple[np.ndarray, np.ndarray]],
+                         leaf: dict[str, tuple[np.ndarray, np.ndarray]]
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``bounds`` (of :meth:`node_bounds`) intersected with a sub-domain's bounds of some
+        nodes (branch and bound's, flat, from a float program): those are widened first,
+        like every bound the encoding reads."""
+        out = dict(bounds)
+        for name, (lo, hi) in leaf.items():
+            if name in out:
+                wl, wu = _widen(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+                nl, nu = np.maximum(out[name][0], wl), np.minimum(out[name][1], wu)
+                out[name] = (nl, np.maximum(nu, nl))
+        return out
+
     def flips(self, point: np.ndarray, label: int) -> bool:
         """Does the float64 model, run forward on ``point``, predict another class?"""
         with torch.no_grad():
@@ -694,3 +708,28 @@ class MilpStage:
 
 
 register_stage("milp", MilpStage)
+
+
+def polytope_problem(problem: _Problem, a: np.ndarray, b: np.ndarray, cutoff: float
+                     ) -> tuple[np.ndarray, np.ndarray, Bounds, LinearConstraint]:
+    """``min t`` over the network's encoding with ``A y - t <= b`` and ``t <= cutoff``:
+    infeasible (or an optimum above the tolerance) proves that no output of the encoded set
+    reaches the polytope ``A y <= b``. Returns (c, integrality, bounds, constraints) for
+    ``scipy.optimize.milp``; the last variable is ``t``."""
+    n = problem.integrality.shape[0]
+    m = a.shape[0]
+    cons = problem.constraints
+    a_net = sparse.hstack([cons.A, sparse.csr_array((cons.A.shape[0], 1))])
+    rows = sparse.lil_array((m + 1, n + 1))
+    for i in range(m):
+        for j in np.flatnonzero(a[i]):
+            rows[i, int(problem.outputs[j])] = float(a[i, j])
+        rows[i, n] = -1.0
+    rows[m, n] = 1.0
+    full = sparse.vstack([a_net, rows.tocsr()]).tocsr()
+    lb = np.concatenate([cons.lb, np.full(m, -np.inf), [-np.inf]])
+    ub = np.concatenate([cons.ub, b, [cutoff]])
+    bounds = Bounds(np.append(problem.bounds.lb, -np.inf), np.append(problem.bounds.ub, np.inf))
+    c = np.zeros(n + 1)
+    c[n] = 1.0
+    return c, np.append(problem.integrality, 0), bounds, LinearConstraint(full, lb, ub)

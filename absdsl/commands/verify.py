@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from absdsl.errors import InputError
+from absdsl.verification import COMPLETE_STAGES
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +35,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: the competition's one-core setting)")
-    parser.add_argument("--complete", choices=("auto", "bab", "milp", "none"), default="auto",
-                        help="the complete stage: input-box branch and bound (bab), the exact "
-                             "MILP, or none; auto: bab for networks with at most 64 inputs, "
-                             "milp otherwise")
+    parser.add_argument("--complete", choices=COMPLETE_STAGES, default="auto",
+                        help="the complete stage: branch and bound on the input box (bab) or "
+                             "on ReLU phases (relu), the exact MILP, or none; auto: bab for "
+                             "networks with at most 64 inputs, relu otherwise (milp without "
+                             "ReLUs)")
 
 
 def run(args: argparse.Namespace) -> int:

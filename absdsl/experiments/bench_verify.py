@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from absdsl.errors import AbsdslError, InputError
+from absdsl.verification import COMPLETE_STAGES
 
 OUTCOMES = ("unsat", "sat", "unknown", "timeout", "error")
 
@@ -139,7 +140,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="at most N instances")
     parser.add_argument("--match", default=None, metavar="REGEX",
                         help="only instances whose onnx or vnnlib path matches")
-    parser.add_argument("--complete", choices=("auto", "bab", "milp", "none"), default="auto")
+    parser.add_argument("--complete", choices=COMPLETE_STAGES, default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json-out", default=None, metavar="FILE",
                         help="also write every row and the totals as JSON")

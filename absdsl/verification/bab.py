@@ -88,15 +88,7 @@ class InputBab:
         self.heuristic = heuristic
         self.scores = torch.zeros((0,))
         self.gen = torch.Generator().manual_seed(seed)
-        self.rows_of: list[slice] = []
-        at = 0
-        for p in polytopes:
-            self.rows_of.append(slice(at, at + int(p.A.shape[0])))
-            at += int(p.A.shape[0])
-        n_out = int(polytopes[0].A.shape[1])
-        self.A = torch.from_numpy(np.concatenate([p.A for p in polytopes]).reshape(at, n_out))
-        self.b = torch.from_numpy(np.concatenate([p.b for p in polytopes]).reshape(at))
-        self.b_max = float(self.b.abs().max()) if at else 0.0
+        self.rows_of, self.A, self.b, self.b_max = stack_polytopes(polytopes)
         self.progs = []
         for name in domains:  # programs the caller already compiled are reused
             try:
@@ -116,11 +108,7 @@ class InputBab:
         return self.model(self._shape(x)).reshape(x.shape[0], -1)
 
     def _violations(self, y: torch.Tensor) -> torch.Tensor:
-        """[N, P]: max over each polytope's rows of (A y - b); <= 0 inside it."""
-        v = y @ self.A.T - self.b
-        cols = [v[:, s].max(dim=1).values if s.stop > s.start
-                else torch.full((v.shape[0],), -math.inf, dtype=v.dtype) for s in self.rows_of]
-        return torch.stack(cols, dim=1)
+        return violations(y, self.A, self.b, self.rows_of)
 
     def _attack(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor) -> Any:
         """The centre and ``samples`` random points per box (one forward pass); from the
@@ -295,6 +283,29 @@ class InputBab:
             batch = int(min(4096, max(8, TARGET_CALL_SECONDS / max(per_box, 1e-6))))
         out.status = "unsat"
         return out
+
+
+def stack_polytopes(polytopes: Sequence[Any]
+                    ) -> tuple[list[slice], torch.Tensor, torch.Tensor, float]:
+    """Every polytope's rows in one matrix: (each polytope's slice of rows, A, b, max |b|)."""
+    rows_of: list[slice] = []
+    at = 0
+    for p in polytopes:
+        rows_of.append(slice(at, at + int(p.A.shape[0])))
+        at += int(p.A.shape[0])
+    n_out = int(polytopes[0].A.shape[1])
+    a = torch.from_numpy(np.concatenate([p.A for p in polytopes]).reshape(at, n_out))
+    b = torch.from_numpy(np.concatenate([p.b for p in polytopes]).reshape(at))
+    return rows_of, a, b, float(b.abs().max()) if at else 0.0
+
+
+def violations(y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows_of: list[slice]
+               ) -> torch.Tensor:
+    """[N, P]: max over each polytope's rows of (A y - b); <= 0 inside it."""
+    v = y @ a.T - b
+    cols = [v[:, s].max(dim=1).values if s.stop > s.start
+            else torch.full((v.shape[0],), -math.inf, dtype=v.dtype) for s in rows_of]
+    return torch.stack(cols, dim=1)
 
 
 def _pop(los: list[torch.Tensor], his: list[torch.Tensor], opens: list[torch.Tensor],

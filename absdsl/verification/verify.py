@@ -35,13 +35,14 @@ import torch
 from torch import nn
 
 from absdsl.errors import AbsdslError
+from absdsl.verification import COMPLETE_STAGES
 from absdsl.verification.vnnlib import Polytope, Property, VnnlibError
 
 DEFAULT_TOLERANCE = 1e-6
 WITNESS_SLACK = 1e-6  # a witness must satisfy its rows by this much (x (1 + max |y|))
 CUTOFF_SLACK = 1e-5
 RESULTS = ("unsat", "sat", "unknown", "timeout")
-COMPLETE_STAGES = ("auto", "bab", "milp", "none")  # auto: bab for <= 64 inputs, else milp
+
 
 
 class WitnessError(AbsdslError):
@@ -120,6 +121,7 @@ class _Verifier:
         self.open = {(c, k) for c, case in enumerate(prop.cases)
                      for k in range(len(case.polytopes))}
         self.result = VerifyResult("unknown", 0.0)
+        self.timed_out = False  # the complete stage ran out of time (it may stop just before)
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -298,32 +300,17 @@ class _Verifier:
     def _solve(self, problem: Any, poly: Polytope, time_limit: float
                ) -> tuple[str, np.ndarray | None]:
         """min t s.t. network, A y - t <= b, t <= tol + slack: refuted | open (+ a point)."""
-        from scipy import sparse
-        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.optimize import milp
 
-        n = problem.integrality.shape[0]
-        m = poly.A.shape[0]
-        if m == 0:
+        from absdsl.training.milp import polytope_problem
+
+        if poly.A.shape[0] == 0:
             return "open", (problem.lo + problem.hi) / 2
-        cons = problem.constraints
-        a_net = sparse.hstack([cons.A, sparse.csr_array((cons.A.shape[0], 1))])
-        rows = sparse.lil_array((m + 1, n + 1))
-        for i in range(m):
-            for j in np.flatnonzero(poly.A[i]):
-                rows[i, int(problem.outputs[j])] = float(poly.A[i, j])
-            rows[i, n] = -1.0
-        rows[m, n] = 1.0
-        a = sparse.vstack([a_net, rows.tocsr()]).tocsr()
-        cutoff = self.tol + CUTOFF_SLACK
-        lb = np.concatenate([cons.lb, np.full(m, -np.inf), [-np.inf]])
-        ub = np.concatenate([cons.ub, poly.b, [cutoff]])
-        bounds = Bounds(np.append(problem.bounds.lb, -np.inf), np.append(problem.bounds.ub,
-                                                                         np.inf))
-        c = np.zeros(n + 1)
-        c[n] = 1.0
+        c, integrality, bounds, constraints = polytope_problem(
+            problem, poly.A, poly.b, self.tol + CUTOFF_SLACK)
         seconds = max(float(time_limit), 1e-3)
-        res = _run_until(lambda: milp(c, integrality=np.append(problem.integrality, 0),
-                                      bounds=bounds, constraints=LinearConstraint(a, lb, ub),
+        res = _run_until(lambda: milp(c, integrality=integrality, bounds=bounds,
+                                      constraints=constraints,
                                       options={"disp": False, "presolve": True,
                                                "time_limit": seconds}), seconds)
         if res is None:  # killed at the deadline
@@ -338,10 +325,13 @@ class _Verifier:
         point = np.clip(x[problem.inputs], problem.lo, problem.hi)
         return "open", point
 
-    def bab(self) -> bool:
-        """Input-box branch and bound (``verification.bab``) on every case with open polytopes."""
+    def bab(self, relu: bool = False) -> bool:
+        """Branch and bound on every case with open polytopes: on the input box
+        (``verification.bab``) or, with ``relu``, on ReLU phases (``verification.relu_bab``)."""
         from absdsl.verification.bab import InputBab
+        from absdsl.verification.relu_bab import ReluBab
 
+        stage = "relu-bab" if relu else "bab"
         for c in sorted({c for c, _ in self.open}):
             if self.left() <= 0:
                 return False
@@ -351,29 +341,32 @@ class _Verifier:
 
             def confirm(j: int, x: np.ndarray, c: int = c, keys: list[int] = keys
                         ) -> Witness | None:
-                return self.confirm(c, keys[j], x, "bab")
+                return self.confirm(c, keys[j], x, stage)
 
             try:
-                search = InputBab(self.model, self.input_shape, polys, self.tol, self.left,
-                                  confirm, seed=self.seed, programs=self.programs)
+                search = (ReluBab if relu else InputBab)(
+                    self.model, self.input_shape, polys, self.tol, self.left, confirm,
+                    seed=self.seed, programs=self.programs)
             except AbsdslError as err:
-                self.result.notes.append(f"bab skipped: {str(err).splitlines()[0]}")
+                self.result.notes.append(f"{stage} skipped: {str(err).splitlines()[0]}")
                 return False
             try:
                 outcome = search.run(case.lo, case.hi)
             except WitnessError:
                 raise
             except AbsdslError as err:  # e.g. bounds that overflowed to NaN: no answer
-                self.result.notes.append(f"bab stopped: {str(err).splitlines()[0]}")
+                self.result.notes.append(f"{stage} stopped: {str(err).splitlines()[0]}")
                 return False
             self.result.branches += outcome.branches
             if outcome.note:
-                self.result.notes.append(f"bab: {outcome.note}")
+                self.result.notes.append(f"{stage}: {outcome.note}")
             if outcome.status == "sat":
                 return self.found(outcome.witness)
             if outcome.status == "unsat":
-                self.refute("bab", [(c, k) for k in keys])
+                self.refute(stage, [(c, k) for k in keys])
             else:
+                # a search that stopped a round early to keep the deadline is a timeout
+                self.timed_out = outcome.status == "timeout"
                 return False
         return False
 
@@ -383,7 +376,7 @@ class _Verifier:
         n_in = int(np.prod(self.input_shape))
         from absdsl.verification.bab import MAX_INPUT_DIMS
 
-        return "bab" if n_in <= MAX_INPUT_DIMS else "milp"
+        return "bab" if n_in <= MAX_INPUT_DIMS else "relu"
 
     def run(self) -> VerifyResult:
         # the box centres first: a property violated there needs no search
@@ -398,13 +391,16 @@ class _Verifier:
             return self.finish()
         stage = self.complete_stage()
         self.result.complete = stage
-        if stage == "bab" and self.open and self.left() > 0 and self.bab():
+        if stage in ("bab", "relu") and self.open and self.left() > 0 \
+                and self.bab(relu=stage == "relu"):
             return self.finish()
+        if stage == "relu" and any("relu-bab skipped" in n for n in self.result.notes):
+            stage = self.result.complete = "milp"  # no ReLU to split: the exact MILP instead
         if stage == "milp" and self.open and self.left() > 0 and self.milp():
             return self.finish()
         if not self.open:
             self.result.result = "unsat"
-        elif self.left() <= 0:
+        elif self.left() <= 0 or self.timed_out:
             self.result.result, self.result.stage = "timeout", None
         return self.finish()
 

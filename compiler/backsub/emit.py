@@ -99,6 +99,8 @@ class _LinearProgram:
         lo_b, hi_b = codegen.concretize(loaded.intermediate, out, state)
         l_var, u_var = out.fresh(f"{node.name}_l"), out.fresh(f"{node.name}_u")
         out.emit(f"{l_var}, {u_var} = {lo_b}, {hi_b}")
+        out.emit(f"if ctx.splits is not None: {l_var}, {u_var} = ctx.clamp({node.name!r}, "
+                 f"{l_var}, {u_var})")  # branch and bound's constraints, before relaxing
         if loaded.refine and _needs_backsub(self.graph, node.name):
             self.refine(node, users, l_var, u_var)
         out.emit(f"if ctx.record is not None: ctx.record[{node.name!r}] = ({l_var}, {u_var})")
@@ -115,7 +117,7 @@ class _LinearProgram:
             if relax is not None and relax.params:  # per target: see target_lines
                 self.param_acts[a.name] = (fn, l_var, u_var)
             out.emit(f"{self.lines[a.name]} = dense_rows.back_lines(lines={raw}, ctx=ctx)")
-        if loaded.refine and set(state) == {"l", "u"}:
+        if set(state) == {"l", "u"}:  # (CROWN-IBP: the same tensors unless clamped)
             return {"l": l_var, "u": u_var}
         return None
 

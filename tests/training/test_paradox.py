@@ -390,7 +390,7 @@ def make(info):
     # every built-in domain bounds every op of the table: an op outside it stops the first
     (_SORTED, ["--domains", "box,hbox"], "domain 'box' cannot train or bound model",
      "torch.sort"),
-    (_SIGMOID, ["--domains", "box", "--complete"], "piecewise-linear networks only",
+    (_SIGMOID, ["--domains", "box", "--complete", "milp"], "piecewise-linear networks only",
      "sigmoid"),
 ])
 def test_a_domain_without_a_rule_for_an_op_fails_before_any_training(
@@ -422,12 +422,12 @@ def test_complete_adds_the_milp_stage_to_every_certification(tmp_path, capsys,
     monkeypatch.setattr(certify_mod, "pgd_attack", lambda model, x, *a, **k: x.clone())
     out = tmp_path / "px"
     args = ["paradox", "--preset", "micro", "--optimizers", "grad", "--domains", "box",
-            "--complete", "--milp-time-limit", "10", "--test-subset", "10", "--out", str(out),
-            "--quiet"]
+            "--complete", "milp", "--milp-time-limit", "10", "--test-subset", "10", "--out",
+            str(out), "--quiet"]
     assert main(args) == 0
     capsys.readouterr()
     data = json.loads((out / "paradox.json").read_text())
-    assert data["config"]["complete"] is True and data["certification"]["complete"] is True
+    assert data["config"]["complete"] == "milp" and data["certification"]["complete"] == "milp"
     assert data["certification"]["cascade"].endswith("-> exact MILP (HiGHS, 10 s per input)")
     assert len(stages) == 2 and all(st.time_limit == 10.0 for st in stages)  # one per network
     for name, stage in zip(("pgd", "grad-box"), stages, strict=True):
@@ -451,6 +451,39 @@ def test_complete_adds_the_milp_stage_to_every_certification(tmp_path, capsys,
     err = _error(["--preset", "micro", "--optimizers", "grad", "--domains", "box",
                   "--test-subset", "10", "--out", str(out)], capsys)
     assert "different configuration" in err and "complete" in err
+
+
+def test_complete_bab_certifies_every_network_and_reports_the_undecided(
+        tmp_path, capsys, monkeypatch) -> None:
+    """``--complete`` alone is ReLU branch and bound: it runs on every network, and the
+    table says how many inputs stayed undecided per network."""
+    import absdsl.training.certify as certify_mod
+    from absdsl.verification import relu_bab
+
+    stages: list[relu_bab.ReluBabStage] = []
+
+    def keep(*args):
+        stages.append(relu_bab.ReluBabStage(*args))
+        return stages[-1]
+
+    monkeypatch.setitem(certify_mod._STAGES, "bab", keep)
+    monkeypatch.setattr(certify_mod, "pgd_attack", lambda model, x, *a, **k: x.clone())
+    out = tmp_path / "px"
+    assert main(["paradox", "--preset", "micro", "--optimizers", "grad", "--domains", "box",
+                 "--complete", "--milp-time-limit", "5", "--test-subset", "10", "--out",
+                 str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "paradox.json").read_text())
+    assert data["config"]["complete"] == "bab"
+    assert data["certification"]["cascade"].endswith("-> ReLU branch and bound (5 s per input)")
+    assert len(stages) == 2 and sum(len(st.stats) for st in stages) >= 1
+    rows = data["tables"][0]["rows"]
+    for name, row in zip(("pgd", "grad-box"), rows, strict=True):
+        counts = data["runs"][name]["certify"]["counts"]
+        assert row["undecided"]["grad"] == counts["unknown"]
+        cache = json.loads((out / "runs" / name / paradox.CERTIFY_CACHE).read_text())
+        assert cache["key"]["stages"] == ["bab"]
+    assert "undecided inputs (unknown after every stage): PGD GRAD" in printed
 
 
 def test_a_config_saved_before_complete_existed_still_matches(tmp_path) -> None:

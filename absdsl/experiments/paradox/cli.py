@@ -48,7 +48,7 @@ BUDGET_FLAGS: dict[str, tuple[str, type, str]] = {
     "--test-subset": ("test_subset", int, "certify N test examples (spread over the split)"),
     "--device": ("device", str, "training device (cpu, cuda, ...)"),
     "--milp-time-limit": ("milp_time_limit", float,
-                          "HiGHS time per input with --complete (default 30)"),
+                          "time per input of the --complete stage (default 30)"),
     "--data-root": ("data_root", str, "folder of the full data sets"),
     "--population-eval": ("population_eval", str,
                           "PGPE/RGS populations: auto (measured), vmap, or loop (member by "
@@ -75,9 +75,11 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="any setting of the preset (paradox_config.json's keys); VALUE "
                              "is read as a TOML value, e.g. --set grad_lr=1e-3 --set "
                              "'grad_ramp_epochs={\"0.3\" = 3}'; repeatable")
-    parser.add_argument("--complete", action="store_true", default=None,
-                        help="certify with the exact MILP stage too (as absdsl certify "
-                             "--complete): every network, the same cascade")
+    parser.add_argument("--complete", nargs="?", const="bab", default=None,
+                        choices=("bab", "milp"),
+                        help="certify with a complete stage too (as absdsl certify "
+                             "--complete): ReLU branch and bound (bab, the default) or the "
+                             "exact MILP (milp); every network, the same cascade")
     parser.add_argument("--download", action="store_true", default=None,
                         help="download the data set where the machine is online")
     parser.add_argument("--overwrite", action="store_true",

@@ -123,7 +123,9 @@ class ParadoxConfig:
     rgs_samples: int = 4  # perturbed weight vectors per RGS step (antithetic pairs)
     rgs_batches: int | None = None
     tightness_scope: str = "own"  # "own": each domain on the start and its own networks
-    complete: bool = False  # add the exact MILP stage (HiGHS) to the certification cascade
+    # a complete stage after PGD: "bab" (ReLU branch and bound) or "milp" (HiGHS); false:
+    # none; true (configs saved before "bab" existed) is the MILP
+    complete: bool | str = False
     milp_time_limit: float = 30.0  # seconds per input for the MILP stage
     seed: int = 0
     device: str = "cpu"
@@ -369,14 +371,22 @@ def _check_choices(cfg: ParadoxConfig) -> None:
     if isinstance(cfg.tightness_n_eps, bool) or not isinstance(cfg.tightness_n_eps, int) \
             or cfg.tightness_n_eps < 2:
         raise ParadoxError(f"tightness_n_eps must be >= 2, got {cfg.tightness_n_eps}")
-    if not isinstance(cfg.complete, bool):
-        raise ParadoxError(f"complete must be true or false, got {cfg.complete!r}")
+    if complete_stage(cfg) is None and cfg.complete is not False:
+        raise ParadoxError(f"complete must be false, \"bab\" or \"milp\", got "
+                           f"{cfg.complete!r}")
     from absdsl.training.milp import MilpError, check_time_limit  # scipy: off the CLI start
 
     try:
         check_time_limit(cfg.milp_time_limit)
     except MilpError as err:
         raise ParadoxError(str(err)) from err
+
+
+def complete_stage(cfg: ParadoxConfig) -> str | None:
+    """The certification cascade's complete stage: bab, milp, or None."""
+    if cfg.complete is True:
+        return "milp"
+    return cfg.complete if cfg.complete in ("bab", "milp") else None
 
 
 def check_data_available(cfg: ParadoxConfig) -> None:

@@ -18,6 +18,7 @@ from .config import (
     VERSION,
     ParadoxConfig,
     check_data_available,
+    complete_stage,
 )
 from .estimate import machine
 from .plan import plan, start_of, train_config
@@ -88,9 +89,10 @@ def experiment(cfg: ParadoxConfig, out: Path, *, overwrite: bool = False, quiet:
         },
         "certification": {
             "domain": "tightest", "cascade": "clean -> box, hbox, zonotope, crown-ibp, "
-            "deeppoly bounds (float64, margin > tolerance) -> PGD" + (
-                f" -> exact MILP (HiGHS, {cfg.milp_time_limit:g} s per input)"
-                if cfg.complete else ""),
+            "deeppoly bounds (float64, margin > tolerance) -> PGD" + {
+                "milp": f" -> exact MILP (HiGHS, {cfg.milp_time_limit:g} s per input)",
+                "bab": f" -> ReLU branch and bound ({cfg.milp_time_limit:g} s per input)",
+            }.get(complete_stage(cfg) or "", ""),
             "complete": cfg.complete, "eps": cfg.eps,
             "n_test": len(test_split), "tolerance": cfg.tolerance,
         },

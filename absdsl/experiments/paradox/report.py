@@ -29,7 +29,7 @@ def build_tables(cfg: ParadoxConfig, certs: dict[str, dict[str, Any]],
         rows.append({
             "domain": "PGD",
             "grad": {m: pgd_cert[f"{m}_acc"] for m in METRICS}, "pgpe": None,
-            "tightness": None,
+            "tightness": None, "undecided": {"grad": _undecided(pgd_cert)},
         })
         for domain in cfg.domains:
             row: dict[str, Any] = {"domain": domain}
@@ -39,6 +39,8 @@ def build_tables(cfg: ParadoxConfig, certs: dict[str, dict[str, Any]],
                             if name in certs else None)
                 row[f"tightness_{opt}"] = (tight[name]["auc"].get(domain) if name in tight
                                            else None)
+                if name in certs:
+                    row.setdefault("undecided", {})[opt] = _undecided(certs[name])
             row["tightness"] = tight[start]["auc"][domain]  # on the shared PGD start
             rows.append(row)
         prefix = f"eps{eps_key(eps)}/" if several else ""
@@ -49,6 +51,12 @@ def build_tables(cfg: ParadoxConfig, certs: dict[str, dict[str, Any]],
                        "findings": findings([r for r in rows if r["domain"] != "PGD"],
                                             int(pgd_cert.get("n", 0)) or None)})
     return tables
+
+
+def _undecided(summary: dict[str, Any]) -> int | None:
+    """How many inputs every stage of the cascade left undecided (``unknown``)."""
+    counts = summary.get("counts")
+    return None if counts is None else int(counts.get("unknown", 0))
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:
@@ -181,6 +189,12 @@ def format_tables(tables: list[dict[str, Any]], dataset: str) -> str:
                          f"{eps_key(t['eps']) if i == 0 else '':<6}{name:<12}"
                          + "".join(f"{c:>8}" for c in cells)
                          + "".join(f"{c:>8}" for c in tcells))
+        undecided = [f"{registry.title(r['domain'])} " + " ".join(
+            f"{o.upper()} {n}" for o, n in r["undecided"].items() if n is not None)
+            for r in t["rows"] if r.get("undecided")]
+        if undecided:
+            lines.append("  undecided inputs (unknown after every stage): "
+                         + "; ".join(undecided))
         f = t["findings"]
         for opt, what in (("grad", "paradox_under_grad"), ("pgpe", "reversal_under_pgpe"),
                           ("rgs", "reversal_under_rgs")):

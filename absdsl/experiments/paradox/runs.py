@@ -46,6 +46,7 @@ from .config import (
     ParadoxConfig,
     ParadoxError,
     compared_settings,
+    complete_stage,
 )
 from .plan import RunSpec, train_config
 
@@ -270,7 +271,7 @@ def check_domains(cfg: ParadoxConfig) -> None:
         except AbsdslError as err:
             raise ParadoxError(f"domain {name!r} cannot train or bound model {cfg.model!r}: "
                                f"{str(err).splitlines()[0]}") from err
-    if cfg.complete:
+    if complete_stage(cfg) == "milp":
         from absdsl.training.milp import NetworkMilp  # scipy: off the CLI start
 
         try:
@@ -289,18 +290,21 @@ def certify_run(outcome: RunOutcome, cfg: ParadoxConfig, test_split: Any,
         "pgd_restarts": cfg.eval_pgd_restarts, "tolerance": cfg.tolerance, "seed": cfg.seed,
         # summaries from before the scaled threshold and PGD on certified inputs are not reused
         "policy": "scaled-threshold+pgd-on-certified"}
-    if cfg.complete:  # (without it the key is the one earlier versions wrote)
-        key.update(stages=["milp"], milp_time_limit=cfg.milp_time_limit)
+    stage = complete_stage(cfg)
+    if stage is not None:  # (without it the key is the one earlier versions wrote)
+        key.update(stages=[stage], milp_time_limit=cfg.milp_time_limit)
     cache = outcome.run_dir / CERTIFY_CACHE
     cached = _read_json(cache)
     if cached is not None and cached.get("key") == key:
         return cached["summary"]
     model, info = load_network(outcome.run_dir, outcome.checkpoint)
-    if cfg.complete:
-        import absdsl.training.milp  # noqa: F401 - registers the "milp" stage (scipy: lazily)
+    if stage is not None:
+        from absdsl.training.cli_certify import load_complete_stage
+
+        load_complete_stage(stage)  # registers the stage (scipy, verification: lazily)
     opts = CertifyOptions(eps=outcome.spec.eps, domain="tightest", tolerance=cfg.tolerance,
                           pgd_steps=cfg.eval_pgd_steps, pgd_restarts=cfg.eval_pgd_restarts,
-                          seed=cfg.seed, extra_stages=["milp"] if cfg.complete else [],
+                          seed=cfg.seed, extra_stages=[stage] if stage is not None else [],
                           milp_time_limit=cfg.milp_time_limit)
     report = certify_model(model, info, test_split, opts)
     summary = report.summary()

@@ -1,0 +1,651 @@
+"""Branch and bound on ReLU phases: the complete stage for networks with many inputs (MNIST FC).
+
+The input box stays whole; a sub-problem fixes the phase of some unstable ReLU neurons
+(active: pre-activation ``>= 0``; inactive: ``<= 0``). Every sub-problem carries the best
+pre-activation bounds known for it: its parent's, intersected with its own phase
+constraints. Those go to the compiled program as the call context's ``splits``
+(:attr:`absdsl.compiler.context.Context.splits`): each bound program intersects a node's
+bounds with them where it computes them, before relaxing and before they feed later layers,
+so a split neuron is relaxed exactly (``y = x`` or ``y = 0``), and later layers' bounds
+shrink with it. The bounds are sound for the sub-domain ``{x in box : phases hold}``.
+
+Each round takes a batch of open sub-problems (the same box repeated along the batch axis,
+different splits) and bounds every output row of every open polytope over all of them in ONE
+call per domain: CROWN-IBP (activation bounds from Box, intersected with the carried ones:
+cheap), then DeepPoly/CROWN (every activation refined by back-substitution) on what is left
+while the sub-problem is shallow. A polytope is refuted on a sub-problem as in
+:mod:`absdsl.verification.bab` (the certification threshold of ``absdsl certify``, with the
+magnitude M taken over the sub-problem's box, its activation bounds and its row bounds); a
+sub-problem whose clamped bounds cross (``l > u`` by more than that threshold) is empty, so
+proved. A sub-problem still open is split on the neuron with the largest estimated gain:
+the gradient (through the compiled program) of the open polytopes' best row bounds with
+respect to the neuron's bounds, times the move a split makes (``-l`` for active, ``u`` for
+inactive), a first-order estimate of BaBSR's score that also counts later layers. Each round
+also runs PGD with random restarts on the whole box for a ``sat`` witness (the caller's
+``confirm`` re-checks it in float64 and onnxruntime).
+
+``unsat`` only when every leaf is proved; a leaf with no unstable neuron left but an open
+polytope (its relaxation is exact, but the phase constraints are not used as constraints)
+leaves the answer ``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from absdsl.errors import AbsdslError
+from absdsl.verification.bab import stack_polytopes, violations
+
+RELU_BAB_DOMAINS = ("crown-ibp", "deeppoly")
+DEEP_MAX_DEPTH = 2  # DeepPoly refines sub-problems at most this deep (CROWN-IBP beyond)
+MAX_OPEN = 200_000  # more open sub-problems than this ends the search as unknown (memory)
+LEAF_UNSTABLE = 6  # a sub-problem with at most this many unstable ReLUs goes to the MILP
+LEAF_SECONDS = 2.0  # HiGHS's time per leaf question
+FSB_CANDIDATES = 8  # filtered smart branching: children of this many top neurons bounded
+TARGET_CALL_SECONDS = 0.5  # the batch adapts so that one round takes about this long
+
+Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class ReluBranchRecord:
+    """One bounded sub-problem (for tests): its phases, bounds and row lower bounds."""
+
+    phases: dict[str, torch.Tensor]  # node -> [n] int8: +1 active, -1 inactive, 0 free
+    bounds: dict[str, tuple[torch.Tensor, torch.Tensor]]  # node -> (l, u) [n] it proved
+    lower: torch.Tensor  # [rows]
+    domain: str
+    infeasible: bool
+
+
+@dataclass
+class ReluBabOutcome:
+    status: str  # unsat | sat | unknown | timeout
+    witness: Any = None
+    branches: int = 0  # sub-problems bounded (one per domain call it took part in counted once)
+    leaves: int = 0  # sub-problems closed by a bound
+    infeasible: int = 0  # of which closed because their phases cannot hold together
+    exhausted: int = 0  # open leaves with no unstable neuron left
+    splits: int = 0
+    max_depth: int = 0
+    refuted_by: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+def bound_with_splits(prog: Any, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
+                      splits: Bounds, upper: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, Bounds]:
+    """``prog``'s bounds of ``spec`` on ``[lo, hi]`` with the call context's ``splits`` set
+    (node -> per-element clamps): (lower, upper or None, the pre-activation bounds it used,
+    flat)."""
+    compiled = prog._compile(tuple(lo.shape[1:]))
+    params = prog.params() | compiled.constants
+    record: Bounds = {}
+    ctx = prog._context(compiled, lo, compact=True, record=record, upper=upper)
+    ctx.splits = splits
+    lb, ub = compiled.fn(params, lo, hi, spec, ctx)
+    flat = {k: (a.reshape(lo.shape[0], -1), b.reshape(lo.shape[0], -1))
+            for k, (a, b) in record.items()}
+    return lb, ub, flat
+
+
+def relu_nodes(prog: Any, input_shape: tuple[int, ...]) -> list[str]:
+    """Pre-activation nodes read only by ReLUs: the neurons a split can fix exactly."""
+    graph = prog._compile(tuple(input_shape)).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            readers.setdefault(i, set()).add(node.op if node.kind == "elementwise" else "")
+    return [name for name, ops in readers.items() if ops == {"relu"}]
+
+
+def _magnitude(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per batch element, the largest absolute value among ``tensors`` (NaN: infinite)."""
+    mags = []
+    for t in tensors:
+        flat = t.detach().reshape(t.shape[0], -1).abs()
+        flat = torch.where(torch.isnan(flat), torch.full_like(flat, math.inf), flat)
+        mags.append(flat.max(1).values if flat.shape[1] else torch.zeros(t.shape[0],
+                                                                         dtype=flat.dtype))
+    return torch.stack(mags, 1).max(1).values
+
+
+class ReluBab:
+    """ReLU-splitting branch and bound for one case (box + polytopes) on a float64 model."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...],
+                 polytopes: Sequence[Any], tolerance: float, left: Callable[[], float],
+                 confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
+                 domains: Sequence[str] = RELU_BAB_DOMAINS, batch: int = 16,
+                 deep_max_depth: int = DEEP_MAX_DEPTH, attack_restarts: int = 8,
+                 attack_steps: int = 10, record: list[ReluBranchRecord] | None = None,
+                 programs: dict[str, Any] | None = None, candidates: int = FSB_CANDIDATES,
+                 leaf_unstable: int = LEAF_UNSTABLE, rel_tolerance: float | None = None
+                 ) -> None:
+        import absdsl
+        from absdsl.training.certify import REL_TOLERANCE
+
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.tol = tolerance
+        self.rel = REL_TOLERANCE if rel_tolerance is None else float(rel_tolerance)
+        self.left = left
+        self.confirm = confirm
+        self.record = record
+        self.batch = max(1, int(batch))
+        self.deep_max_depth = deep_max_depth
+        self.candidates = self.max_candidates = max(1, int(candidates))
+        self.leaf_unstable = int(leaf_unstable)
+        self._encoder: Any = None  # the exact encoding for leaves (made when first needed)
+        self._root_bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.attack_restarts = max(0, int(attack_restarts))
+        self.attack_steps = max(1, int(attack_steps))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rows_of, self.A, self.b, self.b_max = stack_polytopes(polytopes)
+        self.progs: list[tuple[str, Any]] = []
+        for name in domains:
+            try:
+                prog = (programs or {}).get(name) or absdsl.compile(model, name,
+                                                                    input_shape=input_shape)
+                splittable = relu_nodes(prog, self.input_shape)
+            except AbsdslError:
+                continue
+            self.progs.append((name, prog))
+        if not self.progs:
+            raise AbsdslError("no back-substitution domain has rules for every op of the "
+                              "network")
+        self.splittable = splittable
+        if not self.splittable:
+            raise AbsdslError("the network has no ReLU to split")
+
+    # -- pieces --------------------------------------------------------------------------
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.reshape(x.shape[0], *self.input_shape)).reshape(x.shape[0], -1)
+
+    def _violations(self, y: torch.Tensor) -> torch.Tensor:
+        return violations(y, self.A, self.b, self.rows_of)
+
+    def attack(self, lo: torch.Tensor, hi: torch.Tensor, open_polys: torch.Tensor) -> Any:
+        """PGD from random points of the box (and its centre) on the smallest violation of
+        the polytopes still open somewhere; a point inside one goes to ``confirm``."""
+        r = self.attack_restarts
+        if r == 0 or not bool(open_polys.any()):
+            return None
+        x = lo + (hi - lo) * torch.rand((r, lo.shape[1]), generator=self.gen, dtype=lo.dtype)
+        x[0] = (lo[0] + hi[0]) / 2
+        step = 2.0 * (hi - lo) / self.attack_steps
+        for it in range(self.attack_steps + 1):
+            x = x.detach().requires_grad_(it < self.attack_steps)
+            with torch.enable_grad():
+                v = self._violations(self._outputs(x))
+                v = torch.where(open_polys, v, torch.full_like(v, math.inf))
+                best = v.min(dim=1).values
+                grad = None
+                if it < self.attack_steps and bool(torch.isfinite(best).any()):
+                    (grad,) = torch.autograd.grad(best[torch.isfinite(best)].sum(), x)
+            for i in torch.nonzero(best.detach() <= 0).flatten().tolist()[:4]:
+                w = self.confirm(int(v[i].detach().argmin()), x[i].detach().numpy())
+                if w is not None:
+                    return w
+            if grad is None:
+                break
+            with torch.no_grad():
+                x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
+                if it == self.attack_steps // 2:
+                    step = step * 0.3
+        return None
+
+    def _bound(self, lo: torch.Tensor, hi: torch.Tensor, bounds: Bounds, open_: torch.Tensor,
+               depth: torch.Tensor, phases: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, Bounds, torch.Tensor, dict[str, int]]:
+        """One round of bounding: (open mask, tightened bounds, split scores, closed counts).
+
+        Scores are [N, neurons of every splittable node] (node order of ``splittable``)."""
+        n = open_.shape[0]
+        counts: dict[str, int] = {}
+        widths = [bounds[k][0].shape[1] for k in self.splittable]
+        scores = torch.zeros((n, sum(widths)), dtype=lo.dtype)
+        for name, prog in self.progs:
+            todo = torch.nonzero(open_.any(dim=1)).flatten()
+            if name != self.progs[0][0]:  # the tighter domains: shallow sub-problems only
+                todo = todo[depth[todo] <= self.deep_max_depth]
+            if todo.numel() == 0 or self.left() <= 0:
+                continue
+            m = todo.numel()
+            lo_t = lo.expand(m, -1).reshape(m, *self.input_shape)
+            hi_t = hi.expand(m, -1).reshape(m, *self.input_shape)
+            clamps = {k: (v[0][todo], v[1][todo]) for k, v in bounds.items()}
+            spec = self.A.unsqueeze(0).expand(m, -1, -1)
+            with torch.enable_grad():
+                lb_g, ub, used = bound_with_splits(prog, lo_t, hi_t, spec, clamps)
+            lb = lb_g.detach()
+            assert ub is not None
+            for k, (a, b) in used.items():  # the carried bounds only ever shrink
+                if k in bounds:
+                    bounds[k][0][todo] = torch.maximum(bounds[k][0][todo], a.detach())
+                    bounds[k][1][todo] = torch.minimum(bounds[k][1][todo], b.detach())
+            mag = _magnitude([lo_t, hi_t, lb, ub] + [t for ab in used.values() for t in ab])
+            thr = self.tol + self.rel * mag + self.rel * self.b_max
+            empty = torch.zeros(m, dtype=torch.bool)
+            for a, b in used.values():
+                empty |= ((a.detach() - b.detach()) > thr.unsqueeze(1)).any(dim=1)
+            beats = (lb - self.b) > thr.unsqueeze(1)
+            before = open_[todo].any(dim=1)
+            for p, s in enumerate(self.rows_of):
+                if s.stop > s.start:
+                    open_[todo[beats[:, s].any(dim=1) | empty], p] = False
+            if self.record is not None:
+                for j, i in enumerate(todo.tolist()):
+                    self.record.append(ReluBranchRecord(
+                        {k: v[i].clone() for k, v in phases.items()},
+                        {k: (a[j].detach().clone(), b[j].detach().clone())
+                         for k, (a, b) in used.items()},
+                        lb[j].clone(), name, bool(empty[j])))
+            closed = before & ~open_[todo].any(dim=1)
+            if bool(closed.any()):
+                counts[name] = counts.get(name, 0) + int(closed.sum())
+                counts["infeasible"] = counts.get("infeasible", 0) + int((closed & empty).sum())
+            still = torch.nonzero(open_[todo].any(dim=1)).flatten()
+            if still.numel():
+                scores[todo[still]] = self._scores(lb_g, used, open_[todo], still, lb)
+        return open_, bounds, scores, counts
+
+    def _scores(self, lb_g: torch.Tensor, used: Bounds, open_: torch.Tensor,
+                still: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+        """Estimated gain of splitting each neuron, for the rows ``still`` of a call: the
+        gradient of the open polytopes' best row bounds with respect to the neuron's bounds,
+        times the move of each half (-l for active, u for inactive), both halves summed;
+        where no gradient reaches, BaBSR's fallback: the upper line's intercept."""
+        target = torch.zeros((), dtype=lb.dtype)
+        gaps = lb - self.b
+        for k, s in enumerate(self.rows_of):
+            if s.stop == s.start:
+                continue
+            best = gaps[:, s].argmax(dim=1) + s.start
+            pick = lb_g.gather(1, best.unsqueeze(1)).squeeze(1)
+            target = target + (pick * open_[:, k].to(lb.dtype))[still].sum()
+        ls = [used[k][0] for k in self.splittable]
+        us = [used[k][1] for k in self.splittable]
+        grads: list[torch.Tensor | None] = [None] * (2 * len(ls))
+        wanted = [j for j, t in enumerate(ls + us) if t.requires_grad]
+        if target.requires_grad and wanted:
+            got = torch.autograd.grad(target, [(ls + us)[j] for j in wanted], allow_unused=True)
+            for j, g in zip(wanted, got, strict=True):
+                grads[j] = g
+        parts = []
+        for j, (lo_b, up_b) in enumerate(zip(ls, us, strict=True)):
+            lo_d, up_d = lo_b.detach()[still], up_b.detach()[still]
+            unstable = (lo_d < 0) & (up_d > 0)
+            g_l, g_u = grads[j], grads[len(ls) + j]
+            gain = torch.zeros_like(lo_d)
+            if g_l is not None:
+                gain = gain + (g_l[still] * -lo_d).clamp(min=0)
+            if g_u is not None:
+                gain = gain + (-g_u[still] * up_d).clamp(min=0)
+            intercept = up_d * -lo_d / (up_d - lo_d).clamp(min=1e-300)
+            # gradient gains first; the intercept (scaled far below any real gain) breaks ties
+            score = gain + 1e-12 * intercept
+            parts.append(torch.where(unstable, score, torch.full_like(score, -math.inf)))
+        return torch.cat(parts, dim=1)
+
+    def _deficit(self, lb: torch.Tensor, used: Bounds, open_: torch.Tensor) -> torch.Tensor:
+        """Per sub-problem, how far its open polytopes are from refuted (<= 0; 0 when all
+        are or when its bounds cross): the sum of their best rows' negative gaps."""
+        gaps = lb.detach() - self.b
+        total = torch.zeros(lb.shape[0], dtype=lb.dtype)
+        for k, s in enumerate(self.rows_of):
+            if s.stop > s.start:
+                best = gaps[:, s].max(dim=1).values.clamp(max=0)
+                total = total + torch.where(open_[:, k], best, torch.zeros_like(best))
+        empty = torch.zeros(lb.shape[0], dtype=torch.bool)
+        for a, b in used.values():
+            empty |= (a.detach() > b.detach()).any(dim=1)
+        total = torch.where(torch.isnan(total), torch.full_like(total, -math.inf), total)
+        return torch.where(empty, torch.zeros_like(total), total)
+
+    def _choose(self, lo: torch.Tensor, hi: torch.Tensor, bounds: Bounds, open_: torch.Tensor,
+                keep: torch.Tensor, scores: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """Filtered smart branching: the children of each kept sub-problem's top
+        ``candidates`` neurons by score are bounded by the cheapest domain in one call; the
+        neuron whose worse child is closest to refuted wins (ties: the score's choice). The
+        number of candidates halves when this takes more than half of a round (down to 2)
+        and doubles back when it takes less than a quarter."""
+        k = min(self.candidates, scores.shape[1])
+        if k <= 1 or self.left() <= 0:
+            return which
+        idx = torch.nonzero(keep).flatten()
+        top_s, top = scores[idx].topk(k, dim=1)
+        n = idx.numel()
+        flat = top.reshape(-1)  # [n * k]: candidate c of sub-problem i at i * k + c
+        parent = idx.repeat_interleave(k)
+        sub = {kk: (a[parent], b[parent]) for kk, (a, b) in bounds.items()}
+        item = {"phases": {}, "depth": torch.zeros(n * k, dtype=torch.long)}
+        children = _split(item, sub, open_[parent], torch.ones(n * k, dtype=torch.bool), flat,
+                          self.splittable)
+        m = 2 * n * k
+        name, prog = self.progs[0]
+        lo_t = lo.expand(m, -1).reshape(m, *self.input_shape)
+        hi_t = hi.expand(m, -1).reshape(m, *self.input_shape)
+        with torch.no_grad():
+            lb, _, used = bound_with_splits(prog, lo_t, hi_t,
+                                            self.A.unsqueeze(0).expand(m, -1, -1),
+                                            children["bounds"], upper=False)
+        value = self._deficit(lb, used, children["open"])
+        worse = torch.minimum(value[: n * k], value[n * k:]).reshape(n, k)
+        worse = torch.where(torch.isfinite(top_s), worse, torch.full_like(worse, -math.inf))
+        pick = worse.argmax(dim=1)
+        out = which.clone()
+        out[idx] = top[torch.arange(n), pick]
+        return out
+
+    def _leaf_lp(self, lo: torch.Tensor, hi: torch.Tensor,
+                 leaf: dict[str, tuple[torch.Tensor, torch.Tensor]], open_: torch.Tensor
+                 ) -> Any:
+        """A leaf with few unstable ReLUs left (none: the network is linear on it): the exact
+        encoding (``training/milp.py``) with the leaf's bounds, widened, has a binary per
+        unstable neuron only (none: an LP), and it uses the phases as constraints, which the
+        bounds do not. Each open polytope is asked whether it holds a point with ``A y <= b
+        + tol + slack``: infeasible refutes it (``open_`` is updated); a point goes to
+        ``confirm``. Networks the encoder cannot take keep the leaf open."""
+        from scipy.optimize import milp
+
+        from absdsl.training.milp import CUTOFF_SLACK, MilpError, NetworkMilp, polytope_problem
+
+        if self._encoder is None:
+            try:
+                self._encoder = NetworkMilp(self.model, self.input_shape)
+            except (MilpError, AbsdslError):
+                self._encoder = False
+                return None
+            self._root_bounds = self._encoder.node_bounds(
+                lo.reshape(1, *self.input_shape), hi.reshape(1, *self.input_shape))[0]
+        if self._encoder is False:
+            return None
+        enc = self._encoder
+        bounds = enc.with_leaf_bounds(self._root_bounds, {
+            k: (a.numpy(), b.numpy()) for k, (a, b) in leaf.items()})
+        problem = enc.encode(lo.reshape(-1).numpy(), hi.reshape(-1).numpy(), bounds)
+        for k, s in enumerate(self.rows_of):
+            left = self.left()
+            if not bool(open_[k]) or s.stop == s.start or left <= 0:
+                continue
+            c, integrality, bnds, cons = polytope_problem(
+                problem, self.A[s].numpy(), self.b[s].numpy(), self.tol + CUTOFF_SLACK)
+            res = milp(c, integrality=integrality, bounds=bnds, constraints=cons,
+                       options={"disp": False, "presolve": True,
+                                "time_limit": min(left, LEAF_SECONDS)})
+            dual = getattr(res, "mip_dual_bound", None)
+            if dual is None and int(res.status) == 0 and not bool(integrality.any()):
+                dual = res.fun  # a pure LP solved to optimality: its value is the bound
+            if int(res.status) == 2 or (int(res.status) == 0 and dual is not None
+                                        and float(dual) > self.tol):
+                open_[k] = False
+            elif res.x is not None:
+                point = np.clip(np.asarray(res.x)[problem.inputs], problem.lo, problem.hi)
+                w = self.confirm(k, point)
+                if w is not None:
+                    return w
+        return None
+
+    # -- the search ----------------------------------------------------------------------
+    def run(self, lo0: np.ndarray, hi0: np.ndarray) -> ReluBabOutcome:
+        out = ReluBabOutcome("unknown")
+        lo = torch.from_numpy(np.asarray(lo0, dtype=np.float64).reshape(1, -1))
+        hi = torch.from_numpy(np.asarray(hi0, dtype=np.float64).reshape(1, -1))
+        n_poly = len(self.rows_of)
+        # the root: no clamps yet (infinite), every polytope open
+        with torch.no_grad():
+            sizes = {k: int(np.prod(v[0].shape[1:])) for k, v in self.progs[0][1]
+                     .intermediate_bounds(lo.reshape(1, *self.input_shape),
+                                          hi.reshape(1, *self.input_shape)).items()}
+        stack: list[dict[str, Any]] = [{
+            "bounds": {k: (torch.full((1, s), -math.inf, dtype=lo.dtype),
+                           torch.full((1, s), math.inf, dtype=lo.dtype)) for k, s in sizes.items()},
+            "phases": {k: torch.zeros((1, sizes[k]), dtype=torch.int8) for k in self.splittable},
+            "open": torch.ones((1, n_poly), dtype=torch.bool),
+            "depth": torch.zeros(1, dtype=torch.long)}]
+        size = 1
+        batch = self.batch
+        per_branch = 0.0  # seconds per sub-problem in the last round
+        while size:
+            left = self.left()
+            if per_branch > 0:  # a round must end before the deadline (0.2 s of room)
+                batch = min(batch, int((left - 0.2) / per_branch))
+            if left <= 0 or batch < 1:
+                out.status = "timeout"
+                return out
+            t0 = time.perf_counter()
+            item = _pop(stack, batch)
+            n = item["open"].shape[0]
+            size -= n
+            w = self.attack(lo, hi, item["open"].any(dim=0))
+            if w is not None:
+                out.status, out.witness = "sat", w
+                return out
+            open_, bounds, scores, counts = self._bound(lo, hi, item["bounds"], item["open"],
+                                                        item["depth"], item["phases"])
+            if self.left() <= 0 and bool(open_.any()):
+                out.status = "timeout"
+                return out
+            out.branches += n
+            for name, c in counts.items():
+                if name == "infeasible":
+                    out.infeasible += c
+                    continue
+                out.refuted_by[name] = out.refuted_by.get(name, 0) + c
+                out.leaves += c
+            keep = open_.any(dim=1)
+            best, which = scores.max(dim=1)
+            exhausted = keep & ~torch.isfinite(best)
+            few = keep & (torch.isfinite(scores).sum(dim=1) <= self.leaf_unstable)
+            for i in torch.nonzero(few).flatten().tolist():
+                w = self._leaf_lp(lo, hi, {k: (a[i], b[i]) for k, (a, b) in bounds.items()},
+                                  open_[i])
+                if w is not None:
+                    out.status, out.witness = "sat", w
+                    return out
+                if not bool(open_[i].any()):
+                    exhausted[i] = keep[i] = False
+                    out.leaves += 1
+                    out.refuted_by["leaf-milp"] = out.refuted_by.get("leaf-milp", 0) + 1
+            if bool(exhausted.any()):
+                out.exhausted += int(exhausted.sum())
+            keep = keep & torch.isfinite(best)
+            if bool(keep.any()):
+                t_fsb = time.perf_counter()
+                which = self._choose(lo, hi, bounds, open_, keep, scores, which)
+                share = (time.perf_counter() - t_fsb) / max(time.perf_counter() - t0, 1e-9)
+                if share > 0.5:  # smart branching may take about half of a round
+                    self.candidates = max(2, self.candidates // 2)
+                elif share < 0.25:
+                    self.candidates = min(self.max_candidates, self.candidates * 2)
+                children = _split(item, bounds, open_, keep, which[keep], self.splittable)
+                stack.append(children)
+                size += children["open"].shape[0]
+                out.splits += int(keep.sum())
+                out.max_depth = max(out.max_depth, int(children["depth"].max()))
+                if size > MAX_OPEN:
+                    out.note = f"more than {MAX_OPEN} open sub-problems"
+                    return out
+            spent = time.perf_counter() - t0
+            per_branch = spent / max(n, 1)
+            batch = int(min(1024, max(4, batch * TARGET_CALL_SECONDS / max(spent, 1e-6))))
+            batch = min(batch, 2 * max(n, 1))  # grow at most twice per round
+        if out.exhausted:
+            out.note = (f"{out.exhausted} leaves with every neuron's phase fixed stayed open "
+                        f"(the phase constraints are not used as constraints)")
+            return out
+        out.status = "unsat"
+        return out
+
+
+@dataclass
+class _MarginPolytope:
+    """The counterexamples of one class: ``f_label - f_other <= 0`` as ``A y <= b``."""
+
+    A: np.ndarray
+    b: np.ndarray
+
+
+class ReluBabStage:
+    """The certification cascade's ``bab`` stage (``absdsl certify --complete``): ReLU
+    branch and bound on every input still pending, one class per polytope, within
+    ``milp_time_limit`` seconds per input. ``certified`` when every class is refuted under
+    the cascade's threshold (``tolerance`` + ``rel_tolerance`` x the magnitude, per
+    sub-problem); ``falsified`` when a point of the ball flips the float64 model's label;
+    else the input stays pending (``unknown``)."""
+
+    name = "bab"
+
+    def __init__(self, model: nn.Module, info: Any, options: Any) -> None:
+        import absdsl
+        from absdsl.training.milp import check_time_limit
+
+        self.time_limit = check_time_limit(getattr(options, "milp_time_limit", 30.0))
+        self.shape = tuple(info.shape)
+        self.programs: dict[str, Any] = {}
+        self.stats: list[dict[str, Any]] = []  # one entry per input this stage ran on
+        self._model: nn.Module | None = None
+        self._absdsl = absdsl
+
+    def _programs(self, model: nn.Module) -> dict[str, Any]:
+        if self._model is not model:  # compiled once per float64 model of the cascade
+            self._model = model
+            self.programs = {}
+            for name in RELU_BAB_DOMAINS:
+                try:
+                    self.programs[name] = self._absdsl.compile(model, name, input_shape=self.shape)
+                except AbsdslError:
+                    continue
+        return self.programs
+
+    def run(self, ctx: Any) -> None:
+        idx = ctx.pending()
+        if idx.numel() == 0:
+            return
+        eps, tol = ctx.options.eps, ctx.options.tolerance
+        model = ctx.model
+        programs = self._programs(model)
+        for i in idx.tolist():
+            x, label = ctx.x[i:i + 1], int(ctx.y[i])
+            lo = torch.clamp(x - eps, 0.0, 1.0).reshape(-1)  # the bound stages' clipped ball
+            hi = torch.clamp(x + eps, 0.0, 1.0).reshape(-1)
+            with torch.no_grad():
+                n_out = int(model(x).shape[1])
+            polys = []
+            for other in range(n_out):
+                if other != label:
+                    row = np.zeros((1, n_out))
+                    row[0, label], row[0, other] = 1.0, -1.0
+                    polys.append(_MarginPolytope(row, np.zeros(1)))
+
+            def confirm(k: int, point: np.ndarray, lo: torch.Tensor = lo, hi: torch.Tensor = hi,
+                        label: int = label) -> torch.Tensor | None:
+                t = torch.minimum(torch.maximum(torch.from_numpy(point).double(), lo), hi)
+                with torch.no_grad():
+                    flips = int(model(t.reshape(1, *self.shape)).argmax(1)[0]) != label
+                return t.reshape(self.shape) if flips else None
+
+            start = time.perf_counter()
+            try:
+                search = ReluBab(model, self.shape, polys, tol,
+                                 _seconds_left(start + self.time_limit), confirm,
+                                 seed=ctx.options.seed, programs=programs,
+                                 rel_tolerance=ctx.options.rel_tolerance)
+                outcome = search.run(lo.numpy(), hi.numpy())
+            except AbsdslError as err:
+                outcome = ReluBabOutcome("unknown", note=str(err).splitlines()[0])
+            rec = ctx.records[i]
+            if outcome.status == "unsat":
+                rec.status, rec.stage = "certified", self.name
+            elif outcome.status == "sat":
+                rec.status, rec.stage = "falsified", self.name
+            self.stats.append({"index": rec.index, "status": rec.status if rec.stage ==
+                               self.name else "unknown", "bab": outcome.status,
+                               "seconds": time.perf_counter() - start,
+                               "branches": outcome.branches, "note": outcome.note})
+
+
+def _seconds_left(deadline: float) -> Callable[[], float]:
+    return lambda: deadline - time.perf_counter()
+
+
+def _split(item: dict[str, Any], bounds: Bounds, open_: torch.Tensor, keep: torch.Tensor,
+           which: torch.Tensor, nodes: list[str]) -> dict[str, Any]:
+    """Both children of every kept sub-problem, split on its flat neuron ``which`` (an index
+    into the splittable nodes' neurons laid end to end): inactive (u <= 0) first, then
+    active (l >= 0), each with its parent's bounds intersected with the new phase."""
+    idx = torch.nonzero(keep).flatten()
+    m = idx.numel()
+    sub_b = {k: (a[idx], b[idx]) for k, (a, b) in bounds.items()}
+    sub_p = {k: p[idx] for k, p in item["phases"].items()}
+    child_b = {k: (torch.cat([a, a]), torch.cat([b, b])) for k, (a, b) in sub_b.items()}
+    child_p = {k: torch.cat([p, p]) for k, p in sub_p.items()}
+    rows = torch.arange(m)
+    offset = 0
+    for k in nodes:
+        width = sub_b[k][0].shape[1]
+        here = (which >= offset) & (which < offset + width)
+        r, col = rows[here], which[here] - offset
+        la, ua = child_b[k]
+        ua[r, col] = torch.clamp(ua[r, col], max=0.0)  # inactive half
+        la[m + r, col] = torch.clamp(la[m + r, col], min=0.0)  # active half
+        if k in child_p:
+            child_p[k][r, col] = -1
+            child_p[k][m + r, col] = 1
+        offset += width
+    return {"bounds": child_b, "phases": child_p,
+            "open": torch.cat([open_[idx], open_[idx]]),
+            "depth": torch.cat([item["depth"][idx] + 1, item["depth"][idx] + 1])}
+
+
+def _pop(stack: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Up to n sub-problems from the top of the stack (the deepest first)."""
+    taken: list[dict[str, Any]] = []
+    count = 0
+    while stack and count < n:
+        top = stack[-1]
+        have = top["open"].shape[0]
+        need = n - count
+        if have <= need:
+            taken.append(stack.pop())
+            count += have
+            continue
+        taken.append(_slice(top, slice(have - need, have)))
+        stack[-1] = _slice(top, slice(0, have - need))
+        count += need
+    if len(taken) == 1:
+        return taken[0]
+    return {"bounds": {k: (torch.cat([t["bounds"][k][0] for t in taken]),
+                           torch.cat([t["bounds"][k][1] for t in taken]))
+                       for k in taken[0]["bounds"]},
+            "phases": {k: torch.cat([t["phases"][k] for t in taken])
+                       for k in taken[0]["phases"]},
+            "open": torch.cat([t["open"] for t in taken]),
+            "depth": torch.cat([t["depth"] for t in taken])}
+
+
+def _slice(item: dict[str, Any], s: slice) -> dict[str, Any]:
+    return {"bounds": {k: (a[s], b[s]) for k, (a, b) in item["bounds"].items()},
+            "phases": {k: p[s] for k, p in item["phases"].items()},
+            "open": item["open"][s], "depth": item["depth"][s]}
+
+
+def _register() -> None:
+    from absdsl.training.certify import register_stage
+
+    register_stage("bab", ReluBabStage)
+
+
+_register()  # importing this module adds the stage (training cannot import applications)
+
+__all__ = ["RELU_BAB_DOMAINS", "ReluBab", "ReluBabOutcome", "ReluBabStage", "ReluBranchRecord",
+           "bound_with_splits", "relu_nodes"]
