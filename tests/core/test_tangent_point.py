@@ -1,0 +1,112 @@
+"""The tangent points of relaxations (``tangent_above`` / ``tangent_below`` in the DSL,
+``rt.tangent_point`` in programs): where they lie, that they never fall short of the exact
+point, how the DSL checker and the prover treat them, and the S-shaped relaxation built on
+them as tight as a reference CROWN with exact tangent points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import absdsl
+from absdsl.compiler import runtime as rt
+from absdsl.errors import DSLError
+from absdsl.prove import prove_file, solver_available
+
+S_SHAPED = {
+    "sigmoid": (torch.sigmoid, lambda t: torch.sigmoid(t) * (1 - torch.sigmoid(t))),
+    "tanh": (torch.tanh, lambda t: 1 - torch.tanh(t) ** 2),
+    "arctan": (torch.arctan, lambda t: 1 / (1 + t * t)),
+    "softsign": (F.softsign, lambda t: 1 / (1 + t.abs()) ** 2),
+}
+
+
+def _exact_point(f, df, p: torch.Tensor) -> torch.Tensor:
+    """The tangent point d >= 0 whose tangent passes through (p, f(p)), p < 0, by 200 halvings
+    in float64 (the smallest d whose tangent passes above)."""
+    lo, hi = torch.zeros_like(p), -p.clone()
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        above = f(mid) + df(mid) * (p - mid) >= f(p)
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    return hi
+
+
+@pytest.mark.parametrize("name", sorted(S_SHAPED))
+def test_tangent_point_is_checked_never_short_and_near_the_exact_point(name: str) -> None:
+    """Far ends from -0.01 to -1000 (tanh's point for -300 is near 3.2, the search bracket
+    [0, 300]): the point lies in the bracket, its tangent passes above (p, f(p)), it is not
+    short of the exact point and within 1e-3 of it (relative); the mirror image below."""
+    f, df = S_SHAPED[name]
+    p = -torch.logspace(-2, 3, 400, dtype=torch.float64)
+    exact = _exact_point(f, df, p)
+    d = rt.tangent_point(f=f, df=df, p=p, tight=torch.zeros_like(p), safe=-p, above=True)
+    assert bool(((d >= 0) & (d <= -p)).all())
+    assert bool((f(d) + df(d) * (p - d) >= f(p)).all())
+    assert bool((d >= exact * (1 - 1e-8)).all())  # float64 rounding of the check itself
+    assert float(((d - exact) / exact).max()) < 1e-3
+    below = rt.tangent_point(f=f, df=df, p=-p, tight=torch.zeros_like(p), safe=p, above=False)
+    assert bool((f(below) + df(below) * (-p - below) <= f(-p)).all())
+    assert float(((-below - exact) / exact).abs().max()) < 1e-3
+
+
+def test_a_tight_end_that_passes_is_the_answer_and_no_gradient_is_followed() -> None:
+    """On [1, 3] with p = 0.5, tanh is concave and the tangent at 1 already passes above
+    (0.5, tanh 0.5): the answer is 1 itself. The point is held fixed under autograd."""
+    p = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)
+    tight, safe = torch.tensor([1.0], dtype=torch.float64), torch.tensor([3.0], dtype=torch.float64)
+    d = rt.tangent_point(f=torch.tanh, df=S_SHAPED["tanh"][1], p=p, tight=tight, safe=safe,
+                         above=True)
+    assert float(d) == 1.0 and not d.requires_grad
+
+
+def test_tangent_point_runs_under_vmap() -> None:
+    f, df = S_SHAPED["tanh"]
+    p = -torch.rand(3, 5, dtype=torch.float64) * 4 - 0.1
+
+    def one(row: torch.Tensor) -> torch.Tensor:
+        return rt.tangent_point(f=f, df=df, p=row, tight=torch.zeros_like(row), safe=-row,
+                                above=True)
+
+    batched = torch.func.vmap(one)(p)
+    assert torch.equal(batched, torch.stack([one(row) for row in p]))
+
+
+_DOMAIN = """relax sigmoid(x; l, u) {{
+  else: lower f(l), upper {upper}
+}}
+domain D {{ bounds backsub  output backsub }}
+"""
+
+
+def _write(tmp_path: Path, upper: str) -> Path:
+    path = tmp_path / "tp.absd"
+    path.write_text(_DOMAIN.format(upper=upper))
+    return path
+
+
+def test_the_checker_names_a_wrong_use(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sigmoid())
+    with pytest.raises(DSLError) as err:
+        absdsl.compile(net, str(_write(tmp_path, "f(tangent_above(l, u))")), input_shape=(2,))
+    assert "tangent_above takes 3 arguments" in str(err.value) and "tp.absd:2:" in str(err.value)
+    bad = tmp_path / "rule.absd"
+    bad.write_text("domain B {\n  state { l: bound; u: bound }\n  gamma { l <= x <= u }\n"
+                   "  rule input { l = lo; u = hi }\n"
+                   "  rule affine { l = W @ l + b; u = tangent_below(l, u, u) }\n}\n")
+    with pytest.raises(DSLError) as err:
+        absdsl.compile(net, str(bad), input_shape=(2,))
+    assert "tangent_below exists only in activation rules and relaxations" in str(err.value)
+
+
+@pytest.mark.skipif(not solver_available(), reason="z3 is an optional dependency")
+def test_the_prover_says_why_it_cannot_decide_a_tangent_point(tmp_path: Path) -> None:
+    """Whether a tangent point's line is sound follows from f's curvature, which the prover
+    does not know: the case is not provable, and the report says why."""
+    upper = "f(u) + 0 * tangent_above(l, 0, u)"
+    report = prove_file(_write(tmp_path, upper))
+    res = next(r for r in report.results if r.name == "relax sigmoid else")
+    assert res.status == "not provable here" and "tangent point" in res.detail
