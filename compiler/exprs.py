@@ -21,8 +21,9 @@ Value = tuple[str, str]  # (code, kind)
 # bound of f' on [l, u], its curvature on [l, u], and tangent points (``tangent_above(p, a, b)``:
 # a point d between a and b, as near a as a search finds, whose tangent passes above
 # (p, f(p)); b must be one, and f concave between a and b; ``tangent_below``: below, convex)
+# and, for ops with several, the inflection point of f nearest a point
 OP_FUNCS = {"df": 1, "dmin": 2, "convex": 2, "concave": 2, "tangent_above": 3,
-            "tangent_below": 3}
+            "tangent_below": 3, "inflection": 1}
 
 UNARY_TENSOR_FUNCS = {"relu": "torch.relu", "sqrt": "torch.sqrt", "exp": "torch.exp",
                       "log": "torch.log", "sigmoid": "torch.sigmoid", "tanh": "torch.tanh"}
@@ -288,7 +289,8 @@ def _call(e: ast.Call, s: Scope) -> Value:
 def _op_call(e: ast.Call, s: Scope, values: list[Value]) -> Value:
     """The activation's derivative ``df(e)``, a lower bound ``dmin(l, u)`` of f' on [l, u],
     the masks ``convex(l, u)`` / ``concave(l, u)`` (f convex / concave on [l, u]) and the
-    tangent points ``tangent_above(p, a, b)`` / ``tangent_below(p, a, b)``."""
+    tangent points ``tangent_above(p, a, b)`` / ``tangent_below(p, a, b)`` and the nearest
+    inflection point ``inflection(e)``."""
     if s.op_info is None:
         raise s.error(f"{e.func} exists only in activation rules and relaxations", e.pos)
     op, params = s.op_info
@@ -298,6 +300,11 @@ def _op_call(e: ast.Call, s: Scope, values: list[Value]) -> Value:
     args = [as_tensor(v, s) for v in values]
     if e.func == "df":
         return s.tmp(op.deriv(args[0], params), "df"), "bound"
+    if e.func == "inflection":
+        if op.inflection is None:
+            raise s.error(f"inflection: op {op.name} lists no inflection points (only periodic "
+                          f"ops do: sin, cos)", e.pos)
+        return s.tmp(op.inflection(args[0], params), "c"), "bound"
     if e.func in ("tangent_above", "tangent_below"):
         assert s.activation is not None
         p, tight, safe = args

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import absdsl
+from absdsl.compiler import ops
 from absdsl.compiler import runtime as rt
 from absdsl.errors import DSLError
 from absdsl.prove import prove_file, solver_available
@@ -110,3 +111,58 @@ def test_the_prover_says_why_it_cannot_decide_a_tangent_point(tmp_path: Path) ->
     report = prove_file(_write(tmp_path, upper))
     res = next(r for r in report.results if r.name == "relax sigmoid else")
     assert res.status == "not provable here" and "tangent point" in res.detail
+
+
+def test_inflection_is_for_ops_that_list_them(tmp_path: Path) -> None:
+    """sin's inflection points are k pi (the one nearest the argument); sigmoid lists none,
+    and a relaxation asking for it fails at load, naming the op and the place."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sigmoid())
+    with pytest.raises(DSLError) as err:
+        absdsl.compile(net, str(_write(tmp_path, "f(u) + 0 * inflection(u)")), input_shape=(2,))
+    assert "op sigmoid lists no inflection points" in str(err.value)
+    assert "tp.absd:2:" in str(err.value)
+    nearest = ops.get("sin").inflection
+    assert nearest is not None
+    x = torch.tensor([-4.0, -1.0, 0.2, 2.0, 7.5], dtype=torch.float64)
+    got = ops._function(nearest("x", {}), ("x",), "sin inflection")(x)
+    assert torch.allclose(got, torch.round(x / torch.pi) * torch.pi)
+
+
+def test_s_shaped_relaxations_are_sound_and_touch_the_far_end() -> None:
+    """relax.absd's lines for the S-shaped ops and sin/cos, on 400 intervals across an
+    inflection point each (sin and cos: at k pi and pi/2 + k pi, k up to 30, rising and
+    falling; widths up to pi), tested at 16 points: lower <= f <= upper within the checker's
+    tolerance. Where CROWN's tangent through the far end is taken (not the chord, which meets
+    both ends), the upper line passes within rounding of (l, f(l)) and the lower one of
+    (u, f(u)): the tangent point is found, not approached from one side by a grid of
+    candidates (those left a gap)."""
+    from absdsl.soundness import DTYPE, Violation, check_relaxation, relaxation_functions
+
+    functions = {name: fn for name, _, fn in relaxation_functions("deeppoly")}
+    gen = torch.Generator().manual_seed(3)
+    n = 400
+    for op in ("sin", "cos", "sigmoid", "tanh", "arctan", "softsign"):
+        centre = torch.zeros(n, dtype=DTYPE)
+        if op in ("sin", "cos"):
+            centre = torch.randint(-30, 31, (n,), generator=gen).to(DTYPE) * torch.pi
+            centre = centre + (torch.pi / 2 if op == "cos" else 0.0)
+        width = torch.rand(n, generator=gen, dtype=DTYPE) * (
+            torch.pi if op in ("sin", "cos") else 8.0)
+        share = torch.rand(n, generator=gen, dtype=DTYPE) * 0.9 + 0.05
+        l, u = centre - share * width, centre + (1 - share) * width
+        x = l[:, None] + (u - l)[:, None] * torch.linspace(0, 1, 16, dtype=DTYPE)
+        ll, uu = l[:, None].expand_as(x).reshape(-1), u[:, None].expand_as(x).reshape(-1)
+        try:
+            check_relaxation(op, {}, functions[op], ll, uu, x.reshape(-1))
+        except Violation as err:
+            raise AssertionError(str(err)) from None
+        a_lo, b_lo, a_hi, b_hi = (torch.as_tensor(t, dtype=DTYPE).expand_as(l)
+                                  for t in functions[op](l, u))
+        f = ops.get(op).torch_fn({})
+        tol_l, tol_u = 1e-9 * (1 + l.abs()), 1e-9 * (1 + u.abs())
+        up_l, up_u = a_hi * l + b_hi - f(l), a_hi * u + b_hi - f(u)
+        lo_l, lo_u = f(l) - (a_lo * l + b_lo), f(u) - (a_lo * u + b_lo)
+        tangent_up = (up_l.abs() <= tol_l) & (up_u > 1e-6)
+        tangent_lo = (lo_u.abs() <= tol_u) & (lo_l > 1e-6)
+        assert float(tangent_up.to(DTYPE).mean()) > 0.1, op
+        assert float(tangent_lo.to(DTYPE).mean()) > 0.1, op
