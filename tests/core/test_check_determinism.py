@@ -14,21 +14,22 @@ from pathlib import Path
 import pytest
 
 import absdsl.soundness as soundness
+import absdsl.soundness.checks as checks  # where _run_property reads describe_case
 
 
 def _drawn_cases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     cases: list[str] = []
-    describe = soundness.describe_case
+    describe = checks.describe_case
 
     def record(kwargs):
         text = describe(kwargs)
         cases.append(text)
         return text
 
-    monkeypatch.setattr(soundness, "describe_case", record)
+    monkeypatch.setattr(checks, "describe_case", record)
     report = soundness.check_domain("box", max_examples=12, seed=7, properties=("bounds",))
     assert report.ok  # Box is sound: no shrinking, every drawn case is recorded
-    monkeypatch.setattr(soundness, "describe_case", describe)
+    monkeypatch.setattr(checks, "describe_case", describe)
     return cases
 
 
