@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from absdsl.dsl.loader import builtin_path
-from absdsl.soundness import check_domain, guard_surfaces
+from absdsl.soundness import DEFAULT_PROPERTIES, check_domain, guard_surfaces
 
 
 @dataclass(frozen=True)
@@ -403,9 +403,26 @@ def _run(name: str, tmp_path: Path, shrink_seconds: float = 30.0) -> None:
         assert not report.ok, f"unsound mutant {name} ({m.kind}) not caught:\n{report.format()}"
 
 
+#: CI mutants that the default check catches with a later property than its first (the rules
+#: sweep), and that property. Each property runs on its own seed, so whether the default check
+#: flags a mutant does not depend on the order the properties run in (``check_domain``'s
+#: ``stop_on_failure``): running the catching one first asserts the same thing without paying
+#: for the properties it passes first (HBox's rules sweep: 80 s of the 270 s of the subset).
+CAUGHT_FIRST_BY = {"hbox-add-beta-1%": "bounds"}
+
+
 @pytest.mark.parametrize("name", CI_SUBSET)
 def test_ci_subset_caught(name: str, tmp_path: Path) -> None:
-    _run(name, tmp_path, shrink_seconds=3.0)
+    first = CAUGHT_FIRST_BY.get(name)
+    if first is None:
+        _run(name, tmp_path, shrink_seconds=3.0)
+        return
+    assert first in DEFAULT_PROPERTIES
+    path = str(write_mutant(BY_NAME[name], tmp_path))
+    report = check_domain(path, shrink_seconds=3.0, properties=(first,))
+    if report.ok:  # the table is stale: the default check, all of it, must still flag it
+        report = check_domain(path, shrink_seconds=3.0, stop_on_failure=True)
+    assert not report.ok, f"unsound mutant {name} not caught:\n{report.format()}"
 
 
 @pytest.mark.mutants
