@@ -174,6 +174,28 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("relax-dmin-steeper", "relax.absd", "else: lower f(l) + dmin(l, u) * (x - l)",
            "else: lower f(l) + 1.01 * dmin(l, u) * (x - l)",
            "smooth activations across an inflection: lower line 1 % steeper than min f'"),
+    Mutant("relax-s-tangent-short", "relax.absd",
+           "f(max((l + u) / 2, tangent_above(l, 0, min(u, -l))))\n"
+           "             + df(max((l + u) / 2, tangent_above(l, 0, min(u, -l)))) * "
+           "(x - max((l + u) / 2, tangent_above(l, 0, min(u, -l))))",
+           "f(max((l + u) / 2, 0.9 * tangent_above(l, 0, min(u, -l))))\n"
+           "             + df(max((l + u) / 2, 0.9 * tangent_above(l, 0, min(u, -l)))) * "
+           "(x - max((l + u) / 2, 0.9 * tangent_above(l, 0, min(u, -l))))",
+           "smooth S-shaped: the upper tangent point 10 % short of CROWN's (the tangent passes "
+           "under (l, f(l)))"),
+    Mutant("relax-s-chord-guard", "relax.absd",
+           "    lower (df(l) >= (f(u) - f(l)) / (u - l)\n",
+           "    lower (df(l) >= 0.95 * (f(u) - f(l)) / (u - l)\n",
+           "smooth S-shaped: the lower chord taken where f'(l) is 5 % under its slope"),
+    Mutant("relax-sin-mirror-point", "relax.absd",
+           "upper (df(u) >= (f(u) - f(l)) / (u - l) ? f(l) + (f(u) - f(l)) / (u - l) * (x - l) : "
+           "f(max((l + u) / 2, tangent_above(l, inflection((l + u) / 2), min(u, 2 * "
+           "inflection((l + u) / 2) - l))))",
+           "upper (df(u) >= (f(u) - f(l)) / (u - l) ? f(l) + (f(u) - f(l)) / (u - l) * (x - l) : "
+           "f(max((l + u) / 2, tangent_above(l, l, min(u, 2 * "
+           "inflection((l + u) / 2) - l))))",
+           "smooth sin/cos: the rising case's upper line takes f where the search starts at l "
+           "(its value at the midpoint), its slope at the tangent point"),
     # ---- every rule kind, at least 3 each (issue 21: rules the random networks missed) ----
     Mutant("box-input-lower-0.1%", "box.absd", "{ l = lo; u = hi }",
            "{ l = 0.999 * lo; u = hi }",
