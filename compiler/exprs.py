@@ -17,6 +17,14 @@ from . import ops
 
 Value = tuple[str, str]  # (code, kind)
 
+# functions of the rule's activation, with their number of arguments: its derivative, a lower
+# bound of f' on [l, u], its curvature on [l, u], and tangent points (``tangent_above(p, a, b)``:
+# a point d between a and b, as near a as a search finds, whose tangent passes above
+# (p, f(p)); b must be one, and f concave between a and b; ``tangent_below``: below, convex)
+# and, for ops with several, the inflection point of f nearest a point
+OP_FUNCS = {"df": 1, "dmin": 2, "convex": 2, "concave": 2, "tangent_above": 3,
+            "tangent_below": 3, "inflection": 1}
+
 UNARY_TENSOR_FUNCS = {"relu": "torch.relu", "sqrt": "torch.sqrt", "exp": "torch.exp",
                       "log": "torch.log", "sigmoid": "torch.sigmoid", "tanh": "torch.tanh"}
 
@@ -254,7 +262,7 @@ def _call(e: ast.Call, s: Scope) -> Value:
         if len(values) != 1:
             raise s.error("f takes one argument", e.pos)
         return s.tmp(s.activation(as_tensor(values[0], s)), "f"), "bound"
-    if name in ("df", "dmin", "convex", "concave"):
+    if name in OP_FUNCS:
         return _op_call(e, s, values)
     if name in ("max", "min"):
         if len(values) != 2:
@@ -274,22 +282,35 @@ def _call(e: ast.Call, s: Scope) -> Value:
         if len(values) != 1:
             raise s.error(f"{name} takes one argument", e.pos)
         return f"{UNARY_TENSOR_FUNCS[name]}({as_tensor(values[0], s)})", "bound"
-    raise s.error(f"unknown function '{name}' (known: sum, newgens, f, df, dmin, convex, "
-                  f"concave, max, min, abs, {', '.join(UNARY_TENSOR_FUNCS)})", e.pos)
+    raise s.error(f"unknown function '{name}' (known: sum, newgens, f, {', '.join(OP_FUNCS)}, "
+                  f"max, min, abs, {', '.join(UNARY_TENSOR_FUNCS)})", e.pos)
 
 
 def _op_call(e: ast.Call, s: Scope, values: list[Value]) -> Value:
     """The activation's derivative ``df(e)``, a lower bound ``dmin(l, u)`` of f' on [l, u],
-    and the masks ``convex(l, u)`` / ``concave(l, u)`` (f convex / concave on [l, u])."""
+    the masks ``convex(l, u)`` / ``concave(l, u)`` (f convex / concave on [l, u]) and the
+    tangent points ``tangent_above(p, a, b)`` / ``tangent_below(p, a, b)`` and the nearest
+    inflection point ``inflection(e)``."""
     if s.op_info is None:
         raise s.error(f"{e.func} exists only in activation rules and relaxations", e.pos)
     op, params = s.op_info
-    want = 1 if e.func == "df" else 2
+    want = OP_FUNCS[e.func]
     if len(values) != want:
         raise s.error(f"{e.func} takes {want} argument{'s' if want > 1 else ''}", e.pos)
     args = [as_tensor(v, s) for v in values]
     if e.func == "df":
         return s.tmp(op.deriv(args[0], params), "df"), "bound"
+    if e.func == "inflection":
+        if op.inflection is None:
+            raise s.error(f"inflection: op {op.name} lists no inflection points (only periodic "
+                          f"ops do: sin, cos)", e.pos)
+        return s.tmp(op.inflection(args[0], params), "c"), "bound"
+    if e.func in ("tangent_above", "tangent_below"):
+        assert s.activation is not None
+        p, tight, safe = args
+        return s.tmp(f"rt.tangent_point(f=lambda t: {s.activation('t')}, "
+                     f"df=lambda t: {op.deriv('t', params)}, p={p}, tight={tight}, "
+                     f"safe={safe}, above={e.func == 'tangent_above'})", "tp"), "bound"
     if e.func == "dmin":
         return s.tmp(ops.slope_min_code(op, params, *args), "dmin"), "bound"
     intervals = (op.convex if e.func == "convex" else op.concave)(params)

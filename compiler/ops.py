@@ -82,6 +82,9 @@ class Op:
     # torch code of min f' on [l, u] (l, u, params), for ops whose dips cannot be listed
     # (periodic ones); None: from deriv and dips
     slope_min: Callable[[str, str, Params], str] | None = None
+    # torch code of the inflection point of f nearest x (x, params), for ops with several
+    # (periodic ones): what ``inflection(e)`` compiles to; None: the op has none listed
+    inflection: Code | None = None
 
     @property
     def elementwise(self) -> bool:
@@ -184,6 +187,12 @@ def _periodic_slope_min(deriv: Code, first_dip: float) -> Callable[[str, str, Pa
         return (f"torch.where({dip} <= {u} + 1e-9 * (1 + torch.abs({u})), -1.0, "
                 f"torch.minimum({deriv(l, p)}, {deriv(u, p)}))")
     return code
+
+
+def _nearest_of_period(x: str, start: float) -> str:
+    """Code of the point start + k pi nearest x (sin's and cos's inflection points)."""
+    return (f"(torch.round(({x} - {_num(start)}) / {_num(math.pi)}) * {_num(math.pi)} + "
+            f"{_num(start)})")
 
 
 def _periodic_intervals(start: float) -> tuple[tuple[float, float], ...]:
@@ -380,6 +389,7 @@ ELEMENTWISE: tuple[Op, ...] = (
        deriv=lambda x, p: f"torch.cos({x})",
        convex=lambda p: _periodic_intervals(-math.pi), concave=lambda p: _periodic_intervals(0.0),
        slope_min=_periodic_slope_min(lambda x, p: f"torch.cos({x})", math.pi),
+       inflection=lambda x, p: _nearest_of_period(x, 0.0),
        summary="sin(x) (curvature known for |x| < 50; dmin exact everywhere)"),
     Op("cos", "elementwise", groups=("activation",),
        functions=(torch.cos, "cos"), code=lambda x, p: f"torch.cos({x})",
@@ -387,6 +397,7 @@ ELEMENTWISE: tuple[Op, ...] = (
        convex=lambda p: _periodic_intervals(math.pi / 2),
        concave=lambda p: _periodic_intervals(-math.pi / 2),
        slope_min=_periodic_slope_min(lambda x, p: f"(-torch.sin({x}))", math.pi / 2),
+       inflection=lambda x, p: _nearest_of_period(x, math.pi / 2),
        summary="cos(x) (curvature known for |x| < 50; dmin exact everywhere)"),
 )
 """Elementwise activations. Pow is also reached from ``x * x`` and ``x ** n``."""

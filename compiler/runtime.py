@@ -107,6 +107,70 @@ def full_like(value: float, like: Tensor) -> Tensor:
     return torch.full_like(like, value)
 
 
+# ---- tangent points of relaxations (DSL: tangent_above, tangent_below) -----------------------
+
+TANGENT_SCALES = 10  # first round: the points tight + (safe - tight) / 2 ** j, j = 1..10
+TANGENT_ITERATIONS = 8  # then regula falsi steps (Illinois) inside that factor-2 bracket
+
+
+def tangent_point(f, df, p: Tensor, tight: Tensor, safe: Tensor, above: bool) -> Tensor:
+    """A point d between ``tight`` and ``safe``, as near ``tight`` as the search gets, whose
+    tangent line ``f(d) + f'(d) (x - d)`` passes above (``above``) or below ``(p, f(p))``.
+
+    The caller guarantees that ``safe`` is such a point and that the points that are form
+    one stretch ending at ``safe`` (true where f is concave between the two, for above, or
+    convex, for below, with p beyond ``tight``). The search keeps a bracket whose ``safe``
+    side only ever moves to a point whose tangent was checked, so the result is ``safe`` or
+    a checked point: never short of the exact tangent point (up to the rounding of the check
+    itself). A first round tries the points at 1/2, 1/4, ..., 1/1024 of the way from
+    ``tight`` to ``safe`` at once (the exact point may lie anywhere on that scale: tanh's for
+    l = -300 is near 3.2, and regula falsi alone stalls on such a bracket, where the gap is
+    flat), then regula falsi steps with the Illinois rule refine the factor-2 bracket found
+    (relative error under 4e-4 for sigmoid, tanh, arctan, softsign at |p| from 0.01 to 1000
+    in float64; far below the float32 rounding of the check for most). It is a choice of the
+    relaxation, not a bound: its gradient is not followed (as CROWN's tabulated points, it
+    is held fixed)."""
+    with torch.no_grad():
+        p, tight, safe = torch.broadcast_tensors(p, tight, safe)
+        target = f(p)
+        sign = 1.0 if above else -1.0
+
+        def gap(t: Tensor) -> Tensor:  # >= 0 where the tangent at t passes (p, f(p)) right
+            return sign * (f(t) + df(t) * (p - t) - target)
+
+        # round 1: of the points at 1/2 ... 1/2^J of the way, the nearest to tight that passes
+        scales = 0.5 ** torch.arange(1, TANGENT_SCALES + 1, dtype=p.dtype, device=p.device)
+        scales = scales.reshape(-1, *([1] * p.dim()))
+        points = torch.cat([safe.unsqueeze(0), tight + (safe - tight) * scales], 0)
+        gaps = gap(points[1:])
+        gaps = torch.cat([torch.clamp(gap(safe), min=0.0).unsqueeze(0), gaps], 0)
+        passes = gaps >= 0
+        # passing points come first (nearest safe); take the last of that run
+        run = torch.cumprod(passes.to(p.dtype), 0)
+        k = (run.sum(0).long() - 1).clamp(min=0).unsqueeze(0)
+        hi, g_hi = points.gather(0, k)[0], gaps.gather(0, k)[0]
+        lo_k = (k + 1).clamp(max=TANGENT_SCALES)
+        lo, g_lo = points.gather(0, lo_k)[0], gaps.gather(0, lo_k)[0]
+        lo = torch.where(k[0] == TANGENT_SCALES, tight, lo)
+        g_lo = torch.where(k[0] == TANGENT_SCALES, gap(tight), g_lo)
+        done = g_lo >= 0  # the tight end passes: it is the answer
+        last = torch.zeros_like(lo)  # +1: hi moved last, -1: lo moved last
+        for _ in range(TANGENT_ITERATIONS):
+            # g_lo < 0 <= g_hi where the search is live (elsewhere done picks tight below)
+            frac = (g_hi / (g_hi - g_lo)).clamp(0.0, 1.0)
+            t = hi - frac * (hi - lo)
+            g_t = gap(t)
+            ok = g_t >= 0
+            # Illinois: an end kept twice in a row has its gap halved, so the steps cannot
+            # stall against it
+            g_lo = torch.where(ok & (last > 0), g_lo / 2, g_lo)
+            g_hi = torch.where(~ok & (last < 0), g_hi / 2, g_hi)
+            hi, g_hi = torch.where(ok, t, hi), torch.where(ok, g_t, g_hi)
+            lo, g_lo = torch.where(ok, lo, t), torch.where(ok, g_lo, g_t)
+            last = torch.where(ok, 1.0, -1.0)
+        return torch.where(done, tight, hi)
+
+
 # ---- parameters ------------------------------------------------------------------------
 
 def bn_scale(weight: Tensor | None, running_var: Tensor, eps: float) -> Tensor:

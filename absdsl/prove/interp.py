@@ -290,6 +290,14 @@ def _call(e: ast.Call, ctx: Ctx) -> V:
         raise ProveError(f"'{name}' reads the derivative or curvature of f, which the prover "
                          f"knows nothing of (f is any monotone function here); absdsl check "
                          f"tests the rule by sampling")
+    if name == "inflection":
+        raise ProveError("'inflection' reads where f's curvature changes, which the prover knows "
+                         "nothing of; absdsl check tests the rule by sampling")
+    if name in ("tangent_above", "tangent_below"):
+        raise ProveError(f"'{name}' is a tangent point found by a numeric search on f and f'; "
+                         f"that its tangent passes (p, f(p)) follows from the curvature of f, "
+                         f"which the prover knows nothing of; absdsl check tests the rule by "
+                         f"sampling")
     raise ProveError(f"unknown function '{name}'")
 
 

@@ -239,20 +239,23 @@ def test_mutated_box_is_caught(tmp_path: Path) -> None:
     assert "FAIL" in text and "network:" in text and "box lo" in text and "point x" in text
 
 
-def test_absdsl_check_cli_exit_codes(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "absdsl", "check"]
-    bad = subprocess.run(cmd + [str(_mutated_box(tmp_path)), "--examples", "15",
-                                "--property", "bounds", "--shrink-seconds", "3"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "FAIL" in bad.stdout and "counterexample" in bad.stdout
-    good = subprocess.run(cmd + [str(builtin_path("box.absd")), "--examples", "5",
-                                 "--property", "bounds"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert good.returncode == 0, good.stdout + good.stderr
-    assert "PASS" in good.stdout
-    missing = subprocess.run(cmd + [str(tmp_path / "nope.absd")], capture_output=True,
-                             text=True, cwd=REPO, timeout=300)
+def test_absdsl_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Exit 1 on the broken file, 0 on a good one (in process: the command's main, as the
+    script calls it), 2 on a missing one (through ``python -m absdsl``: the entry point)."""
+    from absdsl.cli import main
+
+    code = main(["check", str(_mutated_box(tmp_path)), "--examples", "15", "--property",
+                 "bounds", "--shrink-seconds", "3"])
+    out = capsys.readouterr()
+    assert code == 1, out.out + out.err
+    assert "FAIL" in out.out and "counterexample" in out.out
+    code = main(["check", str(builtin_path("box.absd")), "--examples", "5", "--property",
+                 "bounds"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert "PASS" in out.out
+    missing = subprocess.run([sys.executable, "-m", "absdsl", "check", str(tmp_path / "nope.absd")],
+                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert missing.returncode == 2 and "nope.absd" in missing.stderr
 
 
