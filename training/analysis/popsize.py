@@ -180,6 +180,7 @@ def plot_popsize(data: Mapping[str, Any], path: str | Path) -> Path:
     """One panel per population size (induced curve, band, the original loss dashed), then
     roughness and gradient cosine against n_ps; every loss divided by L(0)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -205,6 +206,8 @@ def plot_popsize(data: Mapping[str, Any], path: str | Path) -> Path:
     last.loglog(sizes, rough, "o-", label="roughness of the curve")
     last.axhline(data["original_roughness"], color="k", ls="--", lw=0.8,
                  label="roughness of the original")
+    last.set_xticks(sizes, labels=[str(n) for n in sizes])
+    last.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     last.set_xlabel("population size n_ps")
     last.set_ylabel("roughness (|2nd difference| / L(0))")
     twin = last.twinx()
