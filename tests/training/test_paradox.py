@@ -565,3 +565,57 @@ def test_an_interrupted_paradox_resumes_from_the_runs_it_finished(tmp_path, caps
     torch.save(ckpt, wrong)
     with pytest.raises(CheckpointError, match="do not fit model 'fc'"):
         paradox.load_network(out / "runs/pgd", wrong)
+
+
+def test_standard_preset_follows_section_4_1_with_larger_smoothing_budgets(capsys) -> None:
+    shown = _dry_run(capsys, "--preset", "standard")
+    cfg, quick = shown["config"], make_config("quick")
+    assert cfg["model"] == "cnn3" and cfg["eps"] == [0.1, 0.3]
+    assert cfg["domains"] == ["box", "hbox", "crown-ibp", "deeppoly"]
+    assert cfg["optimizers"] == ["grad", "pgpe", "rgs"] and cfg["grad_start"] == "scratch"
+    runs = {r["name"]: r for r in shown["runs"]}
+    assert len(runs) == 2 * (1 + 3 * 4)
+    for eps, ramp in (("0.1", 0), ("0.3", 2)):  # the paper ramps smoothing at eps 0.3 only
+        for opt, members in (("pgpe", "popsize"), ("rgs", "rgs_samples")):
+            run = runs[f"eps{eps}/{opt}-deeppoly"]
+            assert run["ramp_epochs"] == ramp
+            steps = run["epochs"] * run["train_subset"] // run["batch_size"]
+            quick_steps = getattr(quick, f"{opt}_epochs") * getattr(quick, f"{opt}_batches")
+            assert steps >= 4 * quick_steps  # 150 steps against the quick preset's 32
+            assert run["options"][members] >= 2 * getattr(quick, members)
+            assert run["lr_milestones"] and run["lr_decay"] == 0.4  # decays late, as 4.1
+        grad = runs[f"eps{eps}/grad-deeppoly"]
+        assert grad["epochs"] > quick.grad_epochs and grad["init"] == "default"
+
+
+def test_standard_preset_projects_under_three_hours_at_the_measured_costs() -> None:
+    from absdsl.experiments.paradox.estimate import project
+    from absdsl.experiments.paradox.measured import STANDARD_ESTIMATE
+
+    cfg = make_config("standard")
+    projected = project(cfg, STANDARD_ESTIMATE)
+    assert set(projected["runs"]) == {spec.name for spec in paradox.plan(cfg)}
+    assert 3600 < projected["total"] <= 3 * 3600
+    # the budget is what costs: twice the generations would not fit
+    longer = make_config("standard", {"pgpe_epochs": 12, "rgs_epochs": 12})
+    assert project(longer, STANDARD_ESTIMATE)["total"] > projected["total"] + 1800
+
+
+def test_projection_from_unit_costs_repeats_the_estimate(capsys) -> None:
+    from absdsl.experiments.paradox.estimate import project
+
+    cfg = make_config("micro", {"optimizers": ["grad", "pgpe", "rgs"], "domains": ["box"]})
+    est = paradox.estimate(cfg, steps=1, digits=4, quiet=True)
+    rows = {r["name"]: r["projected_seconds"] for r in est["runs"]}
+    again = project(cfg, {"step_units": est["step_units"], "bounds": est["bounds"]})
+    assert again["runs"] == pytest.approx(rows, rel=1e-9)
+    assert again["total"] == pytest.approx(est["projected_seconds"]["total"], rel=1e-9)
+    # popsize scales PGPE's steps, nothing else
+    bigger = make_config("micro", {"optimizers": ["grad", "pgpe", "rgs"], "domains": ["box"],
+                                   "popsize": 8})
+    more = project(bigger, {"step_units": est["step_units"], "bounds": est["bounds"]})
+    assert more["runs"]["pgpe-box"] > again["runs"]["pgpe-box"]
+    assert more["runs"]["rgs-box"] == pytest.approx(again["runs"]["rgs-box"])
+    with pytest.raises(ParadoxError, match="no measured step cost for grad-deeppoly@0.1"):
+        project(make_config("micro"), {"step_units": est["step_units"],
+                                       "bounds": est["bounds"]})

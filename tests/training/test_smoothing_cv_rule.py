@@ -36,3 +36,22 @@ def test_unknown_optimizer_lists_antithetic_cv() -> None:
     model = tiny_cnn()
     with pytest.raises(Exception, match="antithetic-cv"):
         make_step_rule("antithetic-vc", model, config(), programs_for(model, "box"))
+
+
+def test_smooth_is_the_default_smoother_chosen_by_the_measurement() -> None:
+    from absdsl.training.smoothing import DEFAULT_SMOOTHER
+    from absdsl.training.steprule import TrainBatch
+    from tests.training.test_smoothing import mnist_batch
+
+    assert DEFAULT_SMOOTHER == "rgs"  # docs/smoothing.md: best cosine per unit of compute
+    x, y = mnist_batch(16, classes=2)
+    after = []
+    for name in ("smooth", DEFAULT_SMOOTHER):
+        model = tiny_cnn()
+        step = make_step_rule(name, model, config(rgs_samples=4, sigma=1e-2),
+                              programs_for(model, "box"))
+        step.step(TrainBatch(x=x, y=y, eps=0.05, epoch=0, step=0))
+        after.append([p.detach().clone() for p in model.parameters()])
+    assert all(a.equal(b) for a, b in zip(*after, strict=True))  # the very same step
+    start = [p.detach() for p in tiny_cnn().parameters()]
+    assert not all(a.equal(b) for a, b in zip(after[0], start, strict=True))  # and it moved

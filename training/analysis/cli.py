@@ -2,6 +2,7 @@
 
     absdsl analyze tightness RUN --domains box,hbox,crown-ibp,deeppoly --eps-max 0.1
     absdsl analyze landscape RUN --domain box,crown-ibp,deeppoly --direction gradient
+    absdsl analyze popsize RUN --popsizes 8,32,128,512
 
 RUN is a run folder of ``absdsl train`` (its newest checkpoint) or a checkpoint file; the
 inputs are the first N of the run's test split (for mnist5k a class-balanced prefix, see
@@ -17,7 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absdsl.training.analysis.landscape import check_options, loss_landscape, plot_landscape
+from absdsl.training.analysis.landscape import (
+    check_direction_option,
+    check_options,
+    loss_landscape,
+    plot_landscape,
+)
 from absdsl.training.analysis.tightness import (
     AUC_NORMALISATION,
     certified_auc,
@@ -95,6 +101,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     from .smoothing_gradient_cli import register as register_smoothing_gradient
 
     register_smoothing_gradient(sub, _common, _load, _check_domains)
+    from .popsize_cli import register as register_popsize
+
+    register_popsize(sub, _common, _load, _check_domains)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -109,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     fn = getattr(args, "analysis_run", None)
     if fn is None:
         raise AnalysisError("choose an analysis: 'absdsl analyze tightness|landscape|"
-                            "smoothing-gradient RUN' (see --help)")
+                            "smoothing-gradient|popsize RUN' (see --help)")
     return int(fn(args))
 
 
@@ -199,11 +208,7 @@ def _run_tightness(args: argparse.Namespace) -> int:
 def _run_landscape(args: argparse.Namespace) -> int:
     check_options(args.span, args.points, args.sigmas, args.samples, args.radii,
                   args.sensitivity_samples)
-    if args.inputs < 1:
-        raise AnalysisError(f"--inputs must be >= 1, got {args.inputs}")
-    if args.direction not in ("random", "gradient") and not Path(args.direction).is_file():
-        raise AnalysisError(f"--direction must be 'random', 'gradient' or an existing .pt "
-                            f"file; {args.direction!r} is none of these")
+    check_direction_option(args.direction, args.inputs)
     start = time.perf_counter()
     cfg, model, x, y, path, out = _load(args, args.inputs)
     eps = cfg.eps if args.eps is None else args.eps

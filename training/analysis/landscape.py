@@ -233,6 +233,66 @@ def gradient_direction(model64: nn.Module, prog: Any, x: torch.Tensor, y: torch.
     return _unit(flat.detach(), "gradient")
 
 
+def direction_resolver(model64: nn.Module, direction: str | Path | torch.Tensor,
+                       gradient_domain: str, seed: int, input_shape: tuple[int, ...]) -> Any:
+    """Check ``direction`` now (compiling the gradient's domain for the model) and return
+    ``(x, y, eps, n_out) -> (unit direction, description)``, which does the work later: so
+    every input is checked before the first loss is evaluated."""
+
+    layout = ParamLayout.of(model64)
+    if isinstance(direction, torch.Tensor):
+        if direction.shape != (layout.size,):
+            raise AnalysisError(f"a direction tensor must be flat with {layout.size} entries "
+                                f"(the trainable parameters), got shape "
+                                f"{tuple(direction.shape)}")
+        d = _unit(direction.detach().double().cpu(), "given")
+        info: dict[str, Any] = {"kind": "tensor", "detail": "given as a flat tensor"}
+    elif direction == "random":
+        d = random_direction(model64, seed)
+        info = {"kind": "random", "detail": f"seed {seed}"}
+    elif direction == "gradient":
+        grad_prog = compile_domain(model64, gradient_domain, input_shape)
+        info = {"kind": "gradient", "n_parameters": layout.size,
+                "detail": f"gradient of the {canonical_domain(gradient_domain)} loss at theta"}
+
+        def gradient(x: torch.Tensor, y: torch.Tensor, eps: float,
+                     n_out: int) -> tuple[torch.Tensor, dict[str, Any]]:
+            return gradient_direction(model64, grad_prog, x, y, eps, n_out), info
+
+        return gradient
+    else:
+        d = load_direction(direction, model64)
+        info = {"kind": "file", "detail": str(direction)}
+    info["n_parameters"] = layout.size
+
+    def fixed(x: torch.Tensor, y: torch.Tensor, eps: float,
+              n_out: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        return d, info
+
+    return fixed
+
+
+def check_direction_option(direction: str, inputs: int) -> None:
+    """The CLI's ``--direction`` and ``--inputs``, checked before the run is loaded."""
+    if inputs < 1:
+        raise AnalysisError(f"--inputs must be >= 1, got {inputs}")
+    if direction not in ("random", "gradient") and not Path(direction).is_file():
+        raise AnalysisError(f"--direction must be 'random', 'gradient' or an existing .pt "
+                            f"file; {direction!r} is none of these")
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 # -- jumps ---------------------------------------------------------------------------------
 def find_jumps(t: Sequence[float], loss: Sequence[float], ratio: float = 10.0,
                window: int = 3, min_jump: float = 1e-6) -> list[Jump]:
@@ -319,29 +379,11 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     n_out = num_outputs(model64, x64)
     check_labels(y, n_out)
     layout = ParamLayout.of(model64)
-    if isinstance(direction, torch.Tensor):
-        if direction.shape != (layout.size,):
-            raise AnalysisError(f"a direction tensor must be flat with {layout.size} entries "
-                                f"(the trainable parameters), got shape "
-                                f"{tuple(direction.shape)}")
-        d = _unit(direction.detach().double().cpu(), "given")
-        info: dict[str, Any] = {"kind": "tensor", "detail": "given as a flat tensor"}
-    elif direction == "random":
-        d = random_direction(model64, seed)
-        info = {"kind": "random", "detail": f"seed {seed}"}
-    elif direction == "gradient":
-        grad_prog = compile_domain(model64, gradient_domain, tuple(x64.shape[1:]))
-        grad_name = canonical_domain(gradient_domain)
-        d = None  # after the other checks: computing it is work
-        info = {"kind": "gradient", "detail": f"gradient of the {grad_name} loss at theta"}
-    else:
-        d = load_direction(direction, model64)
-        info = {"kind": "file", "detail": str(direction)}
+    resolve = direction_resolver(model64, direction, gradient_domain, seed,
+                                 tuple(x64.shape[1:]))
     objectives = _objectives(model64, names, x64, y, eps, n_out, chunk_size, memory_budget_mb)
-    if d is None:
-        d = gradient_direction(model64, grad_prog, x64, y, eps, n_out)
+    d, info = resolve(x64, y, eps, n_out)
     d = d.to(dev)
-    info["n_parameters"] = layout.size
     theta = layout.flatten(model64).double()
     grid = torch.linspace(-span, span, int(points), dtype=torch.float64, device=dev)
     line = theta.unsqueeze(0) + grid.unsqueeze(1) * d.unsqueeze(0)
@@ -480,9 +522,4 @@ def plot_landscape(data: Mapping[str, Any], path: str | Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{data['direction']['kind']} direction, eps = {data['eps']:g}, "
                  f"{data['n_inputs']} inputs; x: jumps", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -37,6 +37,7 @@ from ..smoothing.estimators import (
     check_estimator,
     estimate,
 )
+from .landscape import save_figure
 from .tightness import AnalysisError, compile_domain, float64_copy, num_outputs
 
 DEFAULT_SIGMAS = (1e-4, 1e-3, 1e-2)
@@ -282,9 +283,4 @@ def plot(data: Mapping[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"equal budget {data['budget']:g} loss evaluations, {data['repeats']} repeats, "
                  f"reference {data['reference_samples']} samples, {data['n_inputs']} inputs",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .arg_types import floats, names
+from .arg_types import add_population_options, floats, names
 
 
 def _grad_cost(text: str) -> float | None:
@@ -51,12 +51,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None],
     p.add_argument("--reference-samples", type=int, default=4096,
                    help="perturbations of the reference gradient (default 4096; a multiple "
                         "of 4)")
-    p.add_argument("--inputs", type=int, default=32,
-                   help="the loss is over the first N test inputs (default 32)")
-    p.add_argument("--eps", type=float, default=None, help="radius (default: the run's)")
-    p.add_argument("--memory-budget", type=float, default=1024.0, metavar="MIB",
-                   help="MiB one vmapped population call may use (default 1024)")
-    p.add_argument("--seed", type=int, default=0)
+    add_population_options(p)
     p.set_defaults(analysis_run=lambda args: run(args, load, check_domains))
 
 

@@ -193,6 +193,31 @@ PRESETS: dict[str, dict[str, Any]] = {
         tightness_n_eps=4, eval_pgd_steps=20, eval_pgd_restarts=2, tightness_scope="own",
         pgpe_memory_mib=2048.0,
     ),
+    # Section 4.1 at a budget this machine affords (issue 25 part 2): the quick preset's
+    # protocol (CNN3, mnist5k, eps 0.1 and 0.3, GRAD from scratch, PGPE and RGS from a
+    # shared PGD start) with the paper's schedule shapes scaled down: GRAD's ramp over the
+    # first ~30% and decays by 0.2 late; smoothing 150 steps (6 epochs of 25 batches) with
+    # decays by 0.4 at ~73% and ~87% and, at eps 0.3 only, a ramp over the first third.
+    # Populations 4x the quick preset's (PGPE 64, RGS 8) and a larger centre learning rate,
+    # so that every smoothed network moves from its start; at most 3 hours on 2 cores by
+    # `absdsl paradox --preset standard --estimate` (docs/paradox.md: the budget).
+    "standard": dict(
+        dataset="mnist5k", model="cnn3", eps=[0.1, 0.3],
+        domains=["box", "hbox", "crown-ibp", "deeppoly"], optimizers=["grad", "pgpe", "rgs"],
+        batch_size=64, pgd_epochs=10, pgd_lr=2e-3, pgd_steps=5,
+        pgd_ramp_epochs={"0.1": 2, "0.3": 4},
+        grad_epochs=16, grad_lr=2e-3, grad_milestones=[12, 14], grad_decay=0.2,
+        grad_ramp_epochs={"0.1": 5, "0.3": 5}, grad_start="scratch", grad_init="default",
+        pgpe_epochs=6, pgpe_lr=1e-3, pgpe_milestones=[4, 5], pgpe_decay=0.4,
+        pgpe_ramp_epochs={"0.1": 0, "0.3": 2}, pgpe_batch_size=64, popsize=64, sigma=1e-3,
+        pgpe_batches=25,
+        rgs_epochs=6, rgs_lr=1e-3, rgs_milestones=[4, 5], rgs_decay=0.4,
+        rgs_ramp_epochs={"0.1": 0, "0.3": 2}, rgs_batch_size=64, rgs_samples=8,
+        rgs_batches=25,
+        train_subset=None, test_subset=500, tightness_subset=100, tightness_eps_max=2.0,
+        tightness_n_eps=4, eval_pgd_steps=40, eval_pgd_restarts=2, tightness_scope="own",
+        pgpe_memory_mib=2048.0,
+    ),
     # the quick preset before CNN3 (kept as it was measured): a 784-32-32-10 network, eps 0.1,
     # every run fine-tuned from the PGD start
     "quick-mlp": dict(
