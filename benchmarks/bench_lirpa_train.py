@@ -210,24 +210,29 @@ class Row:
     method: str
     fusion: bool
     ms: dict[str, float] = field(default_factory=dict)  # variant -> median ms
+    rounds: int = 0  # timed rounds
     loss: dict[str, float] = field(default_factory=dict)  # variant -> loss of the first call
     bound_diff: float | None = None  # largest |absdsl - auto_LiRPA| margin bound, relative
     tighter: float | None = None  # mean (absdsl - auto_LiRPA) margin lower bound
     note: str = ""
 
 
-def time_variants(variants: dict[str, Step], rounds: int) -> tuple[dict[str, float],
-                                                                   dict[str, float]]:
-    """Median ms per variant over ``rounds`` rounds, each variant once per round in turn,
-    after one untimed call each (whose loss is returned)."""
+def time_variants(variants: dict[str, Step], rounds: int, budget_s: float = math.inf
+                  ) -> tuple[dict[str, float], dict[str, float], int]:
+    """Median ms per variant over ``rounds`` rounds (fewer, at least one, when a round would
+    take the row past ``budget_s`` seconds), each variant once per round in turn, after one
+    untimed call each (whose loss is returned); and the rounds timed."""
+    start = time.perf_counter()
     first = {k: float(run()) for k, run in variants.items()}
+    per_round = time.perf_counter() - start
+    rounds = max(1, min(rounds, int(budget_s / max(per_round, 1e-9))))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for k, run in variants.items():
             start = time.perf_counter()
             run()
             times[k].append(1e3 * (time.perf_counter() - start))
-    return {k: statistics.median(v) for k, v in times.items()}, first
+    return {k: statistics.median(v) for k, v in times.items()}, first, rounds
 
 
 def compare_bounds(row: Row, ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -270,15 +275,18 @@ def bench_net(name: str, methods: list[str], args: argparse.Namespace, lirpa: An
                         compare_bounds(row, ours, peer.margins(method))
             log(f"  {name} {LABEL[method]}{' +fusion' if fusion else ''} ...")
             try:
-                row.ms, row.loss = time_variants(variants, args.rounds)
+                row.ms, row.loss, row.rounds = time_variants(variants, args.rounds,
+                                                             args.row_seconds)
             except Exception as err:  # noqa: BLE001 - auto_LiRPA's failure is reported
                 if peer is None or "auto_LiRPA" not in variants:
                     raise
                 row.note += f"; auto_LiRPA failed: {type(err).__name__}: {str(err)[:80]}"
                 del variants["auto_LiRPA"]
-                row.ms, row.loss = time_variants(variants, args.rounds)
+                row.ms, row.loss, row.rounds = time_variants(variants, args.rounds,
+                                                             args.row_seconds)
             rows.append(row)
-            log("    " + ", ".join(f"{k} {v:.1f} ms" for k, v in row.ms.items()))
+            log("    " + ", ".join(f"{k} {v:.1f} ms" for k, v in row.ms.items())
+                + f" ({row.rounds} rounds)")
     return rows
 
 
@@ -291,7 +299,7 @@ def format_table(rows: list[Row]) -> str:
     head = ["net", "method", "fusion", "absdsl ms", "compiled ms", "auto_LiRPA ms",
             "speed-up vs auto_LiRPA", "compiled vs auto_LiRPA", "x natural",
             "compiled x natural", "natural ms", "loss absdsl / auto_LiRPA", "bound diff",
-            "note"]
+            "rounds", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         ms = r.ms
@@ -305,7 +313,7 @@ def format_table(rows: list[Row]) -> str:
                  "-" if ours is None else f"{ours:.1f}", "-" if comp is None else f"{comp:.1f}",
                  "-" if peer is None else f"{peer:.1f}", _ratio(peer, ours), _ratio(peer, comp),
                  _ratio(ours, nat), _ratio(comp, nat), "-" if nat is None else f"{nat:.1f}",
-                 loss, diff, r.note.lstrip("; ")]
+                 loss, diff, str(r.rounds), r.note.lstrip("; ")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -319,6 +327,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=None,
                     help="batch size for every net (default: 64 on MNIST, 32 on CIFAR)")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    ap.add_argument("--row-seconds", type=float, default=60.0,
+                    help="fewer rounds (at least one) where a row would take longer "
+                         "(default 60; 0: no limit)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true",
                     help="also time absdsl's programs through torch.compile (the first call "
@@ -334,6 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if bad or not names:
             ap.error(f"--{key}: unknown {bad or 'empty'}; choose from {', '.join(known)}")
         setattr(args, key, names)
+    if args.row_seconds <= 0:
+        args.row_seconds = math.inf
     if args.rounds < 1 or args.threads < 1 or (args.batch is not None and args.batch < 1):
         ap.error("--rounds, --threads and --batch must be >= 1")
     return args

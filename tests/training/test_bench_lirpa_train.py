@@ -41,7 +41,7 @@ def test_without_auto_lirpa_every_absdsl_variant_runs(tmp_path, capsys, monkeypa
     rows = {(r["method"], r["fusion"]): r for r in data["rows"]}
     assert set(rows) == {(m, f) for m in ("ibp", "crown-ibp", "crown") for f in (False, True)}
     for r in rows.values():
-        assert set(r["ms"]) == {"natural", "absdsl", "absdsl compiled"}
+        assert set(r["ms"]) == {"natural", "absdsl", "absdsl compiled"} and r["rounds"] == 1
         assert all(v > 0 for v in r["ms"].values())
         assert r["bound_diff"] is None and "auto_LiRPA" not in r["loss"]
         # compiled and eager programs are the same bounds: the same loss to rounding
