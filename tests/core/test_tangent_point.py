@@ -103,10 +103,10 @@ def test_the_checker_names_a_wrong_use(tmp_path: Path) -> None:
     assert "tangent_below exists only in activation rules and relaxations" in str(err.value)
 
 
-@pytest.mark.skipif(not solver_available(), reason="z3 is an optional dependency")
 def test_the_prover_says_why_it_cannot_decide_a_tangent_point(tmp_path: Path) -> None:
     """Whether a tangent point's line is sound follows from f's curvature, which the prover
     does not know: the case is not provable, and the report says why."""
+    assert solver_available(), "pip install z3-solver (in the dev extra) to run the proof tests"
     upper = "f(u) + 0 * tangent_above(l, 0, u)"
     report = prove_file(_write(tmp_path, upper))
     res = next(r for r in report.results if r.name == "relax sigmoid else")
