@@ -266,7 +266,9 @@ class BoundProgram:
 
     def optimize(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None = None,
                  *, steps: int = 20, lr: float = 0.5, lr_decay: float = 0.98,
-                 per_spec_row: bool = False, intermediate: bool = True, upper: bool = True
+                 per_spec_row: bool = False, intermediate: bool = True, upper: bool = True,
+                 splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 record: dict | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bounds with the relaxation parameters optimised (alpha-CROWN).
 
@@ -280,7 +282,9 @@ class BoundProgram:
         as many times more work). Every step's bounds are
         sound, so the result is the best value per sample and row over the ``steps + 1``
         evaluations: never looser than the parameters' initial values (DeepPoly's choice for
-        alpha-CROWN). The bounds carry no gradient to the model or the box.
+        alpha-CROWN). The bounds carry no gradient to the model or the box. ``splits``
+        (branch and bound: ``Context.splits``, per batch element) clamp every evaluation;
+        ``record`` receives the intermediate bounds of the last evaluation (detached).
         """
         self._validate(lo, hi, spec, check_values=True)
         self._check_modes()
@@ -306,14 +310,22 @@ class BoundProgram:
         optimizer: torch.optim.Optimizer | None = None
         with torch.enable_grad():
             for step in range(steps + 1):
-                ctx = self._context(compiled, lo, compact=True, upper=upper)
+                step_record: dict | None = {} if record is not None else None
+                ctx = self._context(compiled, lo, compact=True, upper=upper, record=step_record)
                 ctx.relax_params, ctx.optimize_intermediate = values, intermediate
+                if splits is not None:
+                    if rows is not None:
+                        raise InputError("optimize takes splits or per_spec_row, not both")
+                    ctx.splits = dict(splits)
                 lb, ub = compiled.fn(params, lo, hi, spec, ctx)
                 _require_no_nan(lb, ub)
                 best_lb = lb.detach() if best_lb is None else torch.maximum(best_lb, lb.detach())
                 if upper:
                     best_ub = ub.detach() if best_ub is None else torch.minimum(best_ub,
                                                                                 ub.detach())
+                if record is not None and step_record is not None:  # the latest evaluation's
+                    record.update({k: (a.detach(), b.detach())
+                                   for k, (a, b) in step_record.items()})
                 if step == steps:
                     break
                 if optimizer is None:  # the first call filled ``values`` with initial values

@@ -44,7 +44,8 @@ from torch import nn
 from absdsl.errors import AbsdslError
 from absdsl.verification.bab import stack_polytopes, violations
 
-RELU_BAB_DOMAINS = ("crown-ibp", "deeppoly")
+RELU_BAB_DOMAINS = ("crown-ibp", "deeppoly", "alpha-crown")
+ALPHA_STEPS = 8  # Adam steps of the optimised slopes on a sub-problem DeepPoly left open
 DEEP_MAX_DEPTH = 2  # DeepPoly refines sub-problems at most this deep (CROWN-IBP beyond)
 MAX_OPEN = 200_000  # more open sub-problems than this ends the search as unknown (memory)
 LEAF_UNSTABLE = 6  # a sub-problem with at most this many unstable ReLUs goes to the MILP
@@ -128,8 +129,8 @@ class ReluBab:
                  deep_max_depth: int = DEEP_MAX_DEPTH, attack_restarts: int = 8,
                  attack_steps: int = 10, record: list[ReluBranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, candidates: int = FSB_CANDIDATES,
-                 leaf_unstable: int = LEAF_UNSTABLE, rel_tolerance: float | None = None
-                 ) -> None:
+                 leaf_unstable: int = LEAF_UNSTABLE, rel_tolerance: float | None = None,
+                 alpha_steps: int = ALPHA_STEPS) -> None:
         import absdsl
         from absdsl.training.certify import REL_TOLERANCE
 
@@ -144,6 +145,7 @@ class ReluBab:
         self.deep_max_depth = deep_max_depth
         self.candidates = self.max_candidates = max(1, int(candidates))
         self.leaf_unstable = int(leaf_unstable)
+        self.alpha_steps = max(0, int(alpha_steps))
         self._encoder: Any = None  # the exact encoding for leaves (made when first needed)
         self._root_bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.attack_restarts = max(0, int(attack_restarts))
@@ -224,8 +226,15 @@ class ReluBab:
             hi_t = hi.expand(m, -1).reshape(m, *self.input_shape)
             clamps = {k: (v[0][todo], v[1][todo]) for k, v in bounds.items()}
             spec = self.A.unsqueeze(0).expand(m, -1, -1)
-            with torch.enable_grad():
-                lb_g, ub, used = bound_with_splits(prog, lo_t, hi_t, spec, clamps)
+            optimised = bool(prog.relax_param_ranges())
+            if optimised:  # alpha-CROWN: every evaluation sound, the best kept (no score)
+                found: Bounds = {}
+                lb_g, ub = prog.optimize(lo_t, hi_t, spec, steps=self.alpha_steps,
+                                         splits=clamps, record=found)
+                used = {k: (a.reshape(m, -1), b.reshape(m, -1)) for k, (a, b) in found.items()}
+            else:
+                with torch.enable_grad():
+                    lb_g, ub, used = bound_with_splits(prog, lo_t, hi_t, spec, clamps)
             lb = lb_g.detach()
             assert ub is not None
             for k, (a, b) in used.items():  # the carried bounds only ever shrink
@@ -254,7 +263,7 @@ class ReluBab:
                 counts[name] = counts.get(name, 0) + int(closed.sum())
                 counts["infeasible"] = counts.get("infeasible", 0) + int((closed & empty).sum())
             still = torch.nonzero(open_[todo].any(dim=1)).flatten()
-            if still.numel():
+            if still.numel() and not optimised:
                 scores[todo[still]] = self._scores(lb_g, used, open_[todo], still, lb)
         return open_, bounds, scores, counts
 

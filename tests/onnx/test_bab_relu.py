@@ -243,3 +243,60 @@ def test_verify_uses_relu_splitting_for_many_inputs(tmp_path: Path,
     assert main(["verify", str(path), str(prop), "--json", "--complete", "milp"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["result"] == "unsat" and data["complete"] == "milp", data
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), picks=st.integers(1, 4))
+def test_alpha_bounds_with_splits(seed: int, picks: int) -> None:
+    """alpha-CROWN under split constraints (what the search runs on sub-problems DeepPoly
+    left open): its bounds hold at sampled points of the sub-domain, are never looser than
+    DeepPoly's with the same splits, and with no step equal one plain call with the splits
+    (so ``optimize`` applies them)."""
+    n_in, width = 3, 8
+    net = _net(seed, n_in, width=width)
+    dp = absdsl.compile(net, "deeppoly", input_shape=(n_in,))
+    alpha = absdsl.compile(net, "alpha-crown", input_shape=(n_in,))
+    lo = torch.full((1, n_in), -1.0, dtype=torch.float64)
+    hi = torch.full((1, n_in), 1.0, dtype=torch.float64)
+    spec = torch.tensor([[[1.0, -1.0], [0.0, 1.0]]], dtype=torch.float64)
+    with torch.no_grad():
+        base = dp.intermediate_bounds(lo, hi)
+    first = relu_nodes(dp, (n_in,))[0]
+    l0, u0 = base[first][0].reshape(-1), base[first][1].reshape(-1)
+    unstable = torch.nonzero((l0 < 0) & (u0 > 0)).flatten().tolist()
+    gen = torch.Generator().manual_seed(seed)
+    x = 2 * torch.rand(5000, n_in, generator=gen, dtype=torch.float64) - 1
+    values = _values(net, n_in, x)
+    lows = torch.full((1, width), -np.inf, dtype=torch.float64)
+    ups = torch.full((1, width), np.inf, dtype=torch.float64)
+    inside = torch.ones(x.shape[0], dtype=torch.bool)
+    for i, j in enumerate(unstable[:picks]):
+        if (seed >> i) & 1:
+            lows[0, j] = 0.0  # active
+            inside &= values[first][:, j] >= 0
+        else:
+            ups[0, j] = 0.0  # inactive
+            inside &= values[first][:, j] <= 0
+    splits = {first: (lows, ups)}
+    with torch.no_grad():
+        dp_lb, dp_ub, _ = bound_with_splits(dp, lo, hi, spec, splits)
+        plain_lb, plain_ub, plain_used = bound_with_splits(alpha, lo, hi, spec, splits)
+    zero_lb, zero_ub = alpha.optimize(lo, hi, spec, steps=0, splits=splits)
+    assert torch.equal(zero_lb, plain_lb) and zero_ub is not None
+    assert torch.equal(zero_ub, plain_ub)
+    used: dict = {}
+    lb, ub = alpha.optimize(lo, hi, spec, steps=8, splits=splits, record=used)
+    assert ub is not None and set(used) >= set(plain_used)
+    assert bool((lb >= dp_lb - 1e-9).all() and (ub <= dp_ub + 1e-9).all())
+    kept_l, kept_u = used[first][0].reshape(-1), used[first][1].reshape(-1)
+    assert bool((kept_l >= lows[0]).all() and (kept_u <= ups[0]).all())  # the splits apply
+    if not bool(inside.any()):
+        return
+    with torch.no_grad():
+        rows = net(x[inside]) @ spec[0].T
+    assert bool((rows >= lb - 1e-9).all() and (rows <= ub + 1e-9).all())
+    for k, (a, b) in used.items():
+        v = values[k][inside]
+        slack = 1e-9 * (1 + v.abs())
+        a, b = a.reshape(1, -1), b.reshape(1, -1)
+        assert bool((v >= a - slack).all() and (v <= b + slack).all()), k
