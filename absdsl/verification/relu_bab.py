@@ -13,9 +13,10 @@ Each round takes a batch of open sub-problems (the same box repeated along the b
 different splits) and bounds every output row of every open polytope over all of them in ONE
 call per domain: CROWN-IBP (activation bounds from Box, intersected with the carried ones:
 cheap), then DeepPoly/CROWN (every activation refined by back-substitution) on what is left
-while the sub-problem is shallow. A polytope is refuted on a sub-problem as in
-:mod:`absdsl.verification.bab` (the certification threshold of ``absdsl certify``, with the
-magnitude M taken over the sub-problem's box, its activation bounds and its row bounds); a
+while the sub-problem is shallow, then alpha-CROWN (a few projected Adam steps on the ReLU
+lower slopes, the splits applied in every evaluation) on what DeepPoly left open. A polytope
+is refuted on a sub-problem as in :mod:`absdsl.verification.bab` (the certification
+threshold of ``absdsl certify``, with the magnitude M taken over the sub-problem's box, its activation bounds and its row bounds); a
 sub-problem whose clamped bounds cross (``l > u`` by more than that threshold) is empty, so
 proved. A sub-problem still open is split on the neuron with the largest estimated gain:
 the gradient (through the compiled program) of the open polytopes' best row bounds with
