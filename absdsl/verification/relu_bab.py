@@ -16,9 +16,9 @@ cheap), then DeepPoly/CROWN (every activation refined by back-substitution) on w
 while the sub-problem is shallow, then alpha-CROWN (a few projected Adam steps on the ReLU
 lower slopes, the splits applied in every evaluation) on what DeepPoly left open. A polytope
 is refuted on a sub-problem as in :mod:`absdsl.verification.bab` (the certification
-threshold of ``absdsl certify``, with the magnitude M taken over the sub-problem's box, its activation bounds and its row bounds); a
-sub-problem whose clamped bounds cross (``l > u`` by more than that threshold) is empty, so
-proved. A sub-problem still open is split on the neuron with the largest estimated gain:
+threshold of ``absdsl certify``, with the magnitude M taken over the sub-problem's box, its
+activation bounds and its row bounds); a sub-problem whose clamped bounds cross (``l > u``
+by more than that threshold) is empty, so proved. A sub-problem still open is split on the neuron with the largest estimated gain:
 the gradient (through the compiled program) of the open polytopes' best row bounds with
 respect to the neuron's bounds, times the move a split makes (``-l`` for active, ``u`` for
 inactive), a first-order estimate of BaBSR's score that also counts later layers. Each round
