@@ -18,12 +18,12 @@ lower slopes, the splits applied in every evaluation) on what DeepPoly left open
 is refuted on a sub-problem as in :mod:`absdsl.verification.bab` (the certification
 threshold of ``absdsl certify``, with the magnitude M taken over the sub-problem's box, its
 activation bounds and its row bounds); a sub-problem whose clamped bounds cross (``l > u``
-by more than that threshold) is empty, so proved. A sub-problem still open is split on the neuron with the largest estimated gain:
-the gradient (through the compiled program) of the open polytopes' best row bounds with
-respect to the neuron's bounds, times the move a split makes (``-l`` for active, ``u`` for
-inactive), a first-order estimate of BaBSR's score that also counts later layers. Each round
-also runs PGD with random restarts on the whole box for a ``sat`` witness (the caller's
-``confirm`` re-checks it in float64 and onnxruntime).
+by more than that threshold) is empty, so proved. A sub-problem still open is split on the
+neuron with the largest estimated gain: the gradient (through the compiled program) of the
+open polytopes' best row bounds with respect to the neuron's bounds, times the move a split
+makes (``-l`` for active, ``u`` for inactive), a first-order estimate of BaBSR's score that
+also counts later layers. Each round also runs PGD with random restarts on the whole box for
+a ``sat`` witness (the caller's ``confirm`` re-checks it in float64 and onnxruntime).
 
 ``unsat`` only when every leaf is proved; a leaf with no unstable neuron left but an open
 polytope (its relaxation is exact, but the phase constraints are not used as constraints)
