@@ -85,3 +85,19 @@ def vnnlib(box: list[tuple[float, float]], n_out: int, output: str) -> str:
         lines += [f"(assert (>= X_{i} {lo!r}))", f"(assert (<= X_{i} {hi!r}))"]
     lines.append(f"(assert {output})")
     return "\n".join(lines) + "\n"
+
+
+def confirming(net: nn.Module, n_in: int, polys: list, found: list):
+    """The ``confirm`` callback of a branch and bound in tests: a candidate ``x`` is a witness
+    of polytope ``k`` when the plain model's output lies in it; witnesses go to ``found``."""
+    import numpy as np
+
+    def confirm(k: int, x: np.ndarray) -> tuple[int, np.ndarray] | None:
+        with torch.no_grad():
+            y = net(torch.from_numpy(x).reshape(1, n_in))[0].numpy()
+        if polys[k].holds(y):
+            found.append((k, x))
+            return k, x
+        return None
+
+    return confirm

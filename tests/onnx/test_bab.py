@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx_helpers import confirming
 from torch import nn
 
 from absdsl.verification.bab import BranchRecord, InputBab, split_box
@@ -37,13 +38,7 @@ def _search(net: nn.Module, n_in: int, polys: list[Polytope], seconds: float,
     found: list = []
     start = [time.perf_counter()]
 
-    def confirm(k: int, x: np.ndarray) -> tuple[int, np.ndarray] | None:
-        with torch.no_grad():
-            y = net(torch.from_numpy(x).reshape(1, n_in))[0].numpy()
-        if polys[k].holds(y):
-            found.append((k, x))
-            return k, x
-        return None
+    confirm = confirming(net, n_in, polys, found)
 
     bab = InputBab(net, (n_in,), polys, 1e-6,
                    lambda: seconds - (time.perf_counter() - start[0]), confirm, record=record,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx_helpers import export, vnnlib
+from onnx_helpers import confirming, export, vnnlib
 from test_bab import _net
 from torch import nn
 
@@ -52,13 +52,7 @@ def _search(net: nn.Module, n_in: int, polys: list[Polytope], seconds: float,
             return 0.0
         return seconds - (time.perf_counter() - start[0])
 
-    def confirm(k: int, x: np.ndarray) -> tuple[int, np.ndarray] | None:
-        with torch.no_grad():
-            y = net(torch.from_numpy(x).reshape(1, n_in))[0].numpy()
-        if polys[k].holds(y):
-            found.append((k, x))
-            return k, x
-        return None
+    confirm = confirming(net, n_in, polys, found)
 
     bab = ReluBab(net, (n_in,), polys, 1e-6, left, confirm, record=record,
                   batch=8, **kw)  # type: ignore[arg-type]
