@@ -66,6 +66,9 @@ class Context:
     #: whether the intermediate nodes' back-substitutions read ``relax_params`` too (else
     #: only the output's does and intermediate bounds keep the initial values)
     optimize_intermediate: bool = True
+    #: bytes that relaxation parameters per bounded row may still take (alpha-CROWN's slopes
+    #: per start neuron, :mod:`.backsub.row_slopes`); 0: one set per back-substituted node
+    row_slope_bytes: float = 0.0
     #: branch and bound: pre-activation node -> (lower, upper) clamps per batch element
     #: (-inf / +inf where free), intersected with the node's bounds where they are computed
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None

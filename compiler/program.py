@@ -268,7 +268,7 @@ class BoundProgram:
                  *, steps: int = 20, lr: float = 0.5, lr_decay: float = 0.98,
                  per_spec_row: bool = False, intermediate: bool = True, upper: bool = True,
                  splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 record: dict | None = None
+                 record: dict | None = None, per_row: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Bounds with the relaxation parameters optimised (alpha-CROWN).
 
@@ -277,9 +277,13 @@ class BoundProgram:
         of the lower bounds (minus the sum of the upper ones when ``upper``), through the whole
         program: the intermediate bounds are recomputed with the current parameters at each
         step (``intermediate=False``: they keep the initial values). Each parameter has one
-        value per sample and neuron for each back-substituted node (``Context.relax_params``);
-        ``per_spec_row`` gives each spec row its own values (the batch is replicated per row,
-        as many times more work). Every step's bounds are
+        value per sample and neuron for each back-substituted node (``Context.relax_params``)
+        and, with ``per_row`` (and ``steps > 0``), one per bounded row and side where that can
+        matter, as alpha-CROWN's slopes per start neuron: rows in dense form of the output's
+        spec and of the intermediate neurons that are refined, at the activation neurons whose
+        lines read their bounds (:mod:`.backsub.row_slopes`; within ``memory_budget_mb``, past
+        which the rest stay shared). ``per_spec_row`` instead replicates the batch per spec
+        row (as many times more work). Every step's bounds are
         sound, so the result is the best value per sample and row over the ``steps + 1``
         evaluations: never looser than the parameters' initial values (DeepPoly's choice for
         alpha-CROWN). The bounds carry no gradient to the model or the box. ``splits``
@@ -313,6 +317,10 @@ class BoundProgram:
                 step_record: dict | None = {} if record is not None else None
                 ctx = self._context(compiled, lo, compact=True, upper=upper, record=step_record)
                 ctx.relax_params, ctx.optimize_intermediate = values, intermediate
+                if per_row and steps > 0 and step == 0:  # the layout is chosen at step 0
+                    ctx.row_slope_bytes = self.memory_budget_mb * 2**20
+                elif per_row and steps > 0:
+                    ctx.row_slope_bytes = math.inf  # (the pairs left shared are marked)
                 if splits is not None:
                     if rows is not None:
                         raise InputError("optimize takes splits or per_spec_row, not both")
@@ -330,7 +338,8 @@ class BoundProgram:
                     break
                 if optimizer is None:  # the first call filled ``values`` with initial values
                     optimizer = torch.optim.Adam(
-                        [t for v in values.values() for t in v.values()], lr=lr)
+                        [t for v in values.values() for t in v.values() if t.requires_grad],
+                        lr=lr)
                     decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay)
                 optimizer.zero_grad()
                 objective = lb.sum() - (ub.sum() if upper else 0)
@@ -342,7 +351,8 @@ class BoundProgram:
                 with torch.no_grad():
                     for per_node in values.values():
                         for name, t in per_node.items():
-                            t.clamp_(*ranges[name])
+                            if t.requires_grad:  # (not the layout of per-row values)
+                                t.clamp_(*ranges[name])
         assert best_lb is not None
         if rows is not None:
             best_lb = best_lb.reshape(batch, rows)

@@ -83,7 +83,9 @@ def cat(values: list, dim: int, compact: bool = True):
 def relax_param(given: dict[str, Tensor] | None, name: str, init: Tensor, like: Tensor,
                 lo: float, hi: float) -> Tensor:
     """A relaxation parameter's per-neuron value, always inside its range [lo, hi]: the
-    given one (reshaped like the neuron bounds ``like``), else the initial one, which is also
+    given one (reshaped like the neuron bounds ``like``, or, with as many dims and more
+    entries, broadcast against them: one value per row, :mod:`.backsub.row_slopes`), else
+    the initial one, which is also
     stored into ``given`` (a dict) for the caller to start optimising from (a leaf that
     requires grad when grad mode is on, so this very call can be differentiated)."""
     start = (torch.zeros_like(like) + init).clamp(lo, hi)
@@ -92,7 +94,9 @@ def relax_param(given: dict[str, Tensor] | None, name: str, init: Tensor, like: 
     value = given.get(name)
     if value is None:
         value = given[name] = start.detach().clone().requires_grad_(torch.is_grad_enabled())
-    value = value.reshape(like.shape).to(like.dtype)
+    if value.dim() != like.dim() or value.numel() == like.numel():
+        value = value.reshape(like.shape)  # else per-row values broadcast against ``like``
+    value = value.to(like.dtype)
     # the clamped value, with the derivative of the identity: torch's clamp passes none at the
     # ends of the range, where the initial values and projected steps often sit
     return value + (value.clamp(lo, hi) - value).detach()

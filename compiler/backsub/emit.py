@@ -121,13 +121,16 @@ class _LinearProgram:
             return {"l": l_var, "u": u_var}
         return None
 
-    def target_lines(self, target: str, when: str
+    def target_lines(self, target: str, when: str, rows: tuple[str, str] | None = None
                      ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         """The lines (dense, raw, patch) with which ``target`` is back-substituted: each
         activation with relaxation parameters gets its own values per target (alpha-CROWN's
         per-start-node slopes), ``ctx.relax_params[f"{activation}@{target}"]`` (the output's
         under the activation's own name), read when the condition ``when`` holds, else the
-        initial values."""
+        initial values. ``rows`` (code of the mask of the target's refined neurons, or
+        ``None``, and of its number of rows), given for a target in dense rows, lets the
+        dense lines take values per row when ``ctx.row_slope_bytes`` allows
+        (:mod:`.row_slopes`, under the key ``f"{key}#rows"``)."""
         acts = [n.name for n in self.graph.ancestors(target) if n.name in self.param_acts]
         if not acts:
             return self.lines, self.raw_lines, self.patch_lines
@@ -142,31 +145,39 @@ class _LinearProgram:
                      f"node={key!r}))[0] if {when} else {self.raw_lines[a]}")
             lines[a] = out.fresh(f"lines_{a}_{target}")
             out.emit(f"{lines[a]} = dense_rows.back_lines(lines={raw[a]}, ctx=ctx)")
+            if rows is not None:
+                out.emit(f"if ctx.row_slope_bytes > 0 and {when}: {lines[a]} = "
+                         f"row_slopes.row_lines(relax={fn}, lower={l_var}, upper={u_var}, "
+                         f"raw={raw[a]}, shared={lines[a]}, given=rt.relax_given(ctx=ctx, "
+                         f"node={key + '#rows'!r}), rows_needed={rows[0]}, "
+                         f"n_rows={rows[1]}, ctx=ctx)")
         return lines, raw, patch
 
     def refine(self, node: Node, users: list[Node], l_var: str, u_var: str) -> None:
         """Emit the refinement of ``node``'s bounds where its users' relaxations need it."""
         out, graph = self.out, self.graph
-        needs = []
+        needs, needs_var = [], out.fresh(f"needs_{node.name}")
         for a in users:
             if a.kind == "product":  # the planes read every bound
                 needs.append(f"torch.ones_like({l_var}, dtype=torch.bool)")
                 continue
             fn = self.relax_fn(a.op, a.attrs.get("params", {}))
             needs.append(f"{fn}({l_var}, {u_var}, True)")
+        out.emit(f"{needs_var} = {' | '.join(needs)}")
         found = patch_geometry(graph, node.name, self.patch_saving)
         lines, raw, patch = self.target_lines(
-            node.name, "ctx.relax_params is not None and ctx.optimize_intermediate")
+            node.name, "ctx.relax_params is not None and ctx.optimize_intermediate",
+            (needs_var, str(math.prod(node.shape))) if found is None else None)
         if found is not None:
             factor = _patch_chunk_factor(graph, *found)
             backsub = patch_backsub_function(graph, node.name, *found, raw, patch, out)
         else:
             factor = 1
-            bs = backsub_function(graph, node.name, lines, out)
+            bs = backsub_function(graph, node.name, lines, out, frozenset(self.param_acts))
             backsub = (f"lambda index: {bs}(dense_rows.unit_rows(index=index, "
-                       f"shape={node.shape}, like=lo))")
+                       f"shape={node.shape}, like=lo), index=index)")
         out.emit(f"{l_var}, {u_var} = dense_rows.refine(backsub={backsub}, lower={l_var}, "
-                 f"upper={u_var}, needs={' | '.join(needs)}, "
+                 f"upper={u_var}, needs={needs_var}, "
                  f"rows_per_chunk=ctx.rows_per_chunk * {factor}, "
                  f"per_sample={found is not None}, ctx=ctx)")
 
@@ -177,9 +188,10 @@ class _LinearProgram:
         out.emit("# output: back-substitute the spec (or the identity) to the input box; "
                  "without")
         out.emit("# upper bounds only the lower rows (sides = 1)")
-        lines, _, _ = self.target_lines(graph.output, "ctx.relax_params is not None")
-        bs = backsub_function(graph, graph.output, lines, out)
         shape = graph.by_name[graph.output].shape
+        lines, _, _ = self.target_lines(graph.output, "ctx.relax_params is not None", (
+            "None", f"spec.shape[1] if spec is not None else {math.prod(shape)}"))
+        bs = backsub_function(graph, graph.output, lines, out, frozenset(self.param_acts))
         out.emit("sides = 2 if ctx.upper else 1")
         out.emit("if spec is None:")
         out.emit(f"    n_out = {math.prod(shape)}")
@@ -246,16 +258,19 @@ def _needs_backsub(graph: Graph, name: str) -> bool:
     return general > 1
 
 
-def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emitter) -> str:
-    """Emit ``def backsub_<target>(rows, sides=2)``: rows [B, 2k, *shape] -> (lower [B, k],
-    upper [B, k]); with ``sides`` 1, rows [B, k] of lower bounds only (upper is [B, 0]).
+def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emitter,
+                     row_acts: frozenset[str] = frozenset()) -> str:
+    """Emit ``def backsub_<target>(rows, sides=2, index=None)``: rows [B, 2k, *shape] ->
+    (lower [B, k], upper [B, k]); with ``sides`` 1, rows [B, k] of lower bounds only (upper
+    is [B, 0]); ``index``: the rows' neurons in ``target`` (None: 0..k-1), passed on to the
+    relaxations of ``row_acts``, whose lines may differ per row.
 
     Walks the target's ancestors in reverse topological order; each node's rows are the sum
     of what its users push back (transposed linear maps, relaxation lines, slices of a cat),
     one step per op kind (:data:`_STEPS`).
     """
     name = out.fresh(f"backsub_{target}")
-    walk = _DenseWalk(graph, target, lines, out)
+    walk = _DenseWalk(graph, target, lines, out, row_acts)
     walk.body.emit("k = rows.shape[1] // sides")
     walk.body.emit("acc = rows.new_zeros(1, rows.shape[1])")
     lam = {target: "rows"}
@@ -275,7 +290,7 @@ def backsub_function(graph: Graph, target: str, lines: dict[str, str], out: Emit
             break
     else:
         walk.body.emit("raise RuntimeError('back-substitution did not reach the input')")
-    out.emit(f"def {name}(rows, sides=2):")
+    out.emit(f"def {name}(rows, sides=2, index=None):")
     out.lines.extend(walk.body.lines)
     return name
 
@@ -287,8 +302,9 @@ class _DenseWalk:
     (the rows reached the input).
     """
 
-    def __init__(self, graph: Graph, target: str, lines: dict[str, str], out: Emitter) -> None:
-        self.graph, self.lines, self.out = graph, lines, out
+    def __init__(self, graph: Graph, target: str, lines: dict[str, str], out: Emitter,
+                 row_acts: frozenset[str]) -> None:
+        self.graph, self.lines, self.out, self.row_acts = graph, lines, out, row_acts
         self.body = Emitter(indent=out.indent + 1, used=out.used)
         self.nodes = graph.ancestors(target)
         self.users: dict[str, list[Node]] = {n.name: [] for n in self.nodes}
@@ -339,8 +355,9 @@ class _DenseWalk:
 
     def elementwise(self, node: Node, cur: str) -> bool:
         var = self.body.fresh(f"lam_{node.inputs[0]}")
+        rows = ", index=index" if node.name in self.row_acts else ""
         self.body.emit(f"{var}, acc = dense_rows.relax_back(lam={cur}, k=k, "
-                       f"lines={self.lines[node.name]}, acc=acc)")
+                       f"lines={self.lines[node.name]}, acc=acc{rows})")
         self.contributions[node.inputs[0]].append(var)
         return False
 

@@ -296,12 +296,16 @@ def back_lines(lines: tuple, ctx: Context) -> BackLines:
     return out
 
 
-def relax_back(lam: Tensor, k: int, lines: BackLines, acc: Tensor) -> tuple[Tensor, Tensor]:
+def relax_back(lam: Tensor, k: int, lines: BackLines, acc: Tensor,
+               index: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Push rows through an activation relaxed by :func:`back_lines`.
 
     The first k rows bound from below (positive weights take the lower line), the next k,
-    when there are 2k, from above (positive weights take the upper line).
+    when there are 2k, from above (positive weights take the upper line). Lines with values
+    per row (``row_slopes.RowLines``) read the rows' neurons ``index`` in the bounded node.
     """
+    if not isinstance(lines, BackLines):
+        return lines.back(lam, k, acc, index)
     batch = max(lam.shape[0], lines.a_mid.shape[0])
     sides = lam.shape[1] // k  # 1: lower rows only
     rows = flat_neurons(lam, 2, lines.channels_last).unflatten(1, (sides, k))  # [B, s, k, n]
@@ -470,11 +474,12 @@ def relax_back_product(lam: Tensor, k: int, planes: tuple, acc: Tensor
     return to_x, to_y, acc + extra
 
 
-def output_chunks(backsub: Callable[[Tensor, int], tuple[Tensor, Tensor]], rows: Tensor,
+def output_chunks(backsub: Callable[..., tuple[Tensor, Tensor]], rows: Tensor,
                   sides: int, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
     """The output's back-substitution, its k spec rows taken at most ``rows_per_chunk`` at a
-    time (each chunk with its lower and upper halves), so that a network with many outputs
-    (1,000 classes) stays within the memory budget; the bounds are the same."""
+    time (each chunk with its lower and upper halves, and the chunk's row numbers), so that a
+    network with many outputs (1,000 classes) stays within the memory budget; the bounds are
+    the same."""
     k = rows.shape[1] // sides
     if k <= rows_per_chunk:
         return backsub(rows, sides)
@@ -484,7 +489,7 @@ def output_chunks(backsub: Callable[[Tensor, int], tuple[Tensor, Tensor]], rows:
         part = rows.narrow(1, start, size)
         if sides == 2:
             part = torch.cat([part, rows.narrow(1, k + start, size)], 1)
-        lb, ub = backsub(part, sides)
+        lb, ub = backsub(part, sides, torch.arange(start, start + size, device=rows.device))
         lowers.append(lb)
         uppers.append(ub)
     return torch.cat(lowers, 1), torch.cat(uppers, 1)

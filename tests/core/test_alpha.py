@@ -62,6 +62,102 @@ def test_optimised_bounds_contain_the_outputs_and_beat_deeppoly(seed, depth, eps
         _assert_not_looser(lb, ub, *deeppoly(lo, hi, spec))
 
 
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 10_000), conv=st.booleans(), eps=st.sampled_from([0.05, 0.3]))
+def test_per_row_values_are_sound(seed, conv, eps):
+    """Slopes per bounded row (the default of ``optimize``, alpha-CROWN's layout): the
+    bounds hold at corners and uniform points of the box, on MLPs and on a CNN whose dense
+    rows (the linear layers') and patch rows (the second conv's) meet the same activations."""
+    model = cnn(seed) if conv else mlp([3, 12, 12, 4], seed=seed)
+    lo, hi = box((1, 12, 12) if conv else (3,), batch=2, eps=eps, seed=seed)
+    spec = _margins(model, lo + eps)
+    lb, ub = absdsl.compile(model, "alpha-crown").optimize(lo, hi, spec, steps=4, lr=0.3)
+    assert ub is not None
+    assert_sound(model, lb, ub, lo, hi, spec)
+    _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi, spec))
+
+
+def test_per_row_values_are_tighter_than_shared_ones():
+    """On this network, slopes per row beat one set per bounded node on every margin's
+    lower bound summed (both from DeepPoly's start, the same steps)."""
+    model = mlp([5, 24, 24, 24, 6], seed=8)
+    lo, hi = box((5,), batch=2, eps=0.4, seed=9)
+    spec = _margins(model, lo + 0.4)
+    prog = absdsl.compile(model, "alpha-crown")
+    shared, _ = prog.optimize(lo, hi, spec, steps=10, per_row=False, upper=False)
+    rows, _ = prog.optimize(lo, hi, spec, steps=10, upper=False)
+    d_lb, _ = absdsl.compile(model, "deeppoly")(lo, hi, spec, upper=False)
+    assert float((rows - d_lb).sum()) > 1.2 * float((shared - d_lb).sum()) > 0
+
+
+def test_per_row_values_outside_the_memory_budget_stay_shared():
+    """A budget too small for any per-row set: every pair keeps the shared values, and the
+    bounds are those of ``per_row=False`` bit for bit."""
+    model = mlp([3, 12, 12, 4], seed=2)
+    lo, hi = box((3,), batch=3, eps=0.5, seed=2)
+    spec = _margins(model, lo + 0.5)
+    small = absdsl.compile(model, "alpha-crown", memory_budget_mb=0.005)
+    got = small.optimize(lo, hi, spec, steps=3)
+    assert torch.equal(got[0], small.optimize(lo, hi, spec, steps=3, per_row=False)[0])
+    roomy = absdsl.compile(model, "alpha-crown").optimize(lo, hi, spec, steps=3)
+    assert not torch.equal(got[0], roomy[0])
+
+
+def test_row_lines_layout_and_per_row_broadcast():
+    """The per-row store: [batch, 2 sides, selected rows + 1, selected columns], the layout
+    beside it; a value per row broadcasts against the neuron bounds in the relaxation."""
+    from absdsl.compiler import runtime as rt
+    from absdsl.compiler.backsub.row_slopes import RowLines, row_lines
+    from absdsl.compiler.backsub.rows import back_lines, relax_back
+    from absdsl.compiler.context import Context
+
+    lower = torch.tensor([[-1.0, 0.5, -2.0, -1.0], [-1.0, 1.0, -1.0, -1.0]], dtype=DTYPE)
+    upper = torch.tensor([[2.0, 1.0, -1.0, -0.5], [1.0, 2.0, 3.0, 2.0]], dtype=DTYPE)
+    relax = _relu_lines
+    raw = relax(lower, upper)[0]
+    ctx = Context(compact=True, rows_per_chunk=8, row_slope_bytes=1e9)
+    needed = torch.tensor([[True, False, False], [False, False, True]])
+    given: dict[str, torch.Tensor] = {}
+    lines = row_lines(relax=relax, lower=lower, upper=upper, raw=raw,
+                      shared=back_lines(raw, ctx), given=given, rows_needed=needed, n_rows=3,
+                      ctx=ctx)
+    assert isinstance(lines, RowLines)
+    assert given["#cols"].tolist() == [0, 2, 3]  # unstable in some sample
+    assert given["#slots"].tolist() == [1, 0, 2]  # rows 0 and 2, the rest share slot 0
+    assert given["alpha"].shape == (2, 2, 3, 3) and ctx.row_slope_bytes < 1e9
+    assert given["alpha"][0, :, :, 0].eq(1).all()  # DeepPoly's start: u > -l
+    # at the initial values the rows get the shared lines; a changed slot moves its row only
+    lam = torch.randn(2, 6, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    acc = torch.zeros(1, 6, dtype=DTYPE)
+    want = relax_back(lam, 3, back_lines(raw, ctx), acc)
+    index = torch.tensor([0, 1, 2])
+    for got, ref in zip(lines.back(lam, 3, acc, index), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        given["alpha"][:, 0, 1] = 0.5  # lower side of row 0 (slot 1)
+    moved = lines.back(lam, 3, acc, index)[0]
+    changed = (moved != want[0]).any(-1).any(0)
+    assert changed.tolist() == [True] + [False] * 5
+    per_row = torch.rand(2, 2, 5, 4, dtype=DTYPE)
+    got = rt.relax_param({"a": per_row}, "a", torch.zeros(2, 1, 1, 4, dtype=DTYPE),
+                         torch.zeros(2, 1, 1, 4, dtype=DTYPE), 0.0, 1.0)
+    assert torch.equal(got, per_row)
+
+
+def _relu_lines(l, u, needs_only=False, given=None):
+    """ReLU's lines with the lower slope a parameter, as a compiled relaxation has them."""
+    from absdsl.compiler import runtime as rt
+
+    unstable = (l < 0) & (u > 0)
+    if needs_only:
+        return unstable
+    alpha = rt.relax_param(given, "alpha", (u > -l).to(l.dtype), l, 0.0, 1.0)
+    slope = torch.where(unstable, u / torch.where(unstable, u - l, 1.0), (l >= 0).to(l.dtype))
+    a_lo = torch.where(unstable, alpha, slope)
+    return (a_lo, torch.zeros_like(a_lo), slope,
+            torch.where(unstable, -slope * l, 0.0)), unstable
+
+
 def _assert_not_looser(lb: torch.Tensor, ub: torch.Tensor, d_lb: torch.Tensor,
                        d_ub: torch.Tensor) -> None:
     """At least as tight as DeepPoly's, up to rounding (a batch replicated per spec row runs

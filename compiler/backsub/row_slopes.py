@@ -1,0 +1,144 @@
+"""Relaxation parameters per bounded row (alpha-CROWN's slopes per start neuron), dense rows.
+
+By default a back-substitution relaxes an activation with one set of lines per sample
+(:class:`~.rows.BackLines`), shared by every row it pushes back: the rows of all the
+neurons of the bounded node, lower and upper. alpha-CROWN instead keeps, for each bounded
+neuron and side, its own slopes. :func:`row_lines` gives the rows of a back-substitution
+their own parameter values where that can matter:
+
+- **rows**: the neurons of the bounded node that are refined (``rows_needed``, e.g. its
+  unstable ReLU inputs, union over the batch, as found at the first evaluation) or every row
+  of the output's spec, each for its lower and its upper side;
+- **columns**: the activation's neurons whose lines read its bounds (the relaxation's
+  ``needs``: for ReLU the unstable ones), union over the batch at the first evaluation.
+
+Every other row (a neuron that becomes unstable later) shares slot 0, and every other
+column keeps the node's shared values, so every value is still one the relaxation allows:
+sound whatever is selected. The values live in ``ctx.relax_params[KEY + "#rows"]`` as
+``NAME -> [batch, 2, rows + 1, columns]`` (side, slot, column), with the layout beside them
+under ``"#slots"`` (each row's slot, int64) and ``"#cols"`` (flat column indices, int64);
+``"#off"`` marks a pair left shared (nothing to select, or over the memory budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..context import Context
+from .rows import BackLines, back_lines, flat_neurons, relax_back, unflat_neurons
+
+Tensor = torch.Tensor
+
+#: live copies of each per-row value while optimising: the value, its gradient, two Adam moments
+_COPIES = 4
+
+
+@dataclass
+class RowLines:
+    """One activation's lines for one back-substituted node, per row at ``cols``.
+
+    ``base`` holds the shared lines with zeros at ``cols`` (those columns contribute only
+    through the per-row lines); ``lower``/``upper`` are the activation's input bounds at
+    ``cols`` [b, m]; ``values`` maps each parameter to [b, 2, slots, m]."""
+
+    relax: Callable
+    lower: Tensor
+    upper: Tensor
+    values: dict[str, Tensor]
+    slots: Tensor
+    cols: Tensor
+    base: BackLines
+
+    def back(self, lam: Tensor, k: int, acc: Tensor, index: Tensor | None
+             ) -> tuple[Tensor, Tensor]:
+        """:func:`~.rows.relax_back` with each row's own lines at the selected columns;
+        ``index`` names the rows' neurons (spec rows at the output) in the bounded node."""
+        out, acc = relax_back(lam, k, self.base, acc)
+        sides = lam.shape[1] // k
+        if index is None:
+            index = torch.arange(k, device=lam.device)
+        slot = self.slots[index]
+        given = {name: v[:, :sides].index_select(2, slot) for name, v in self.values.items()}
+        batch, m = self.lower.shape
+        l_at, u_at = (t.reshape(batch, 1, 1, m) for t in (self.lower, self.upper))
+        a_lo, b_lo, a_hi, b_hi = self.relax(l_at, u_at, given=given)[0]
+        sign = torch.tensor([1.0, -1.0][:sides], dtype=lam.dtype,
+                            device=lam.device).reshape(1, sides, 1, 1)
+
+        def per_row(mid: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+            shape = (batch, sides, k, m)
+            return (mid.expand(shape).flatten(1, 2),
+                    (half * sign).expand(shape).flatten(1, 2))
+
+        a_mid, a_half = per_row((a_lo + a_hi) / 2, (a_lo - a_hi) / 2)
+        b_mid, b_half = per_row((b_lo + b_hi) / 2, (b_lo - b_hi) / 2)
+        rows = flat_neurons(lam, 2, self.base.channels_last).index_select(2, self.cols)
+        mag = rows.abs()
+        moved = torch.addcmul(rows * a_mid, mag, a_half)  # [b, sides * k, m]
+        extra = (rows * b_mid + mag * b_half).sum(-1)
+        flat = flat_neurons(out, 2, self.base.channels_last)
+        flat = flat.index_add(2, self.cols, moved)
+        return unflat_neurons(flat, self.base.shape, self.base.channels_last), acc + extra
+
+
+def row_lines(relax: Callable, lower: Tensor, upper: Tensor, raw: tuple, shared: BackLines,
+              given: dict[str, Tensor], rows_needed: Tensor | None, n_rows: int,
+              ctx: Context) -> BackLines | RowLines:
+    """The lines of an activation for one back-substituted node with per-row values.
+
+    ``raw`` are the shared relaxation lines (a_lo, b_lo, a_hi, b_hi) [b, *shape] and
+    ``shared`` their :func:`~.rows.back_lines`; ``given`` the pair's store in
+    ``ctx.relax_params`` (filled at the first call); ``rows_needed`` the mask of the bounded
+    node's neurons that are refined ([b, *node shape]; None: all ``n_rows`` rows, the spec's).
+    Returns ``shared`` where the pair keeps shared values (see the module docstring)."""
+    if "#off" in given:
+        return shared
+    batch = lower.shape[0]
+    if "#cols" not in given:
+        if not _select(relax, lower, upper, given, rows_needed, n_rows, ctx):
+            given["#off"] = torch.ones(())
+            return shared
+    cols, slots = given["#cols"], given["#slots"]
+    if shared.channels_last:  # the columns in the flat order of channels-last rows
+        c = shared.shape[0]
+        hw = lower[0].numel() // c
+        cols_flat = (cols % hw) * c + cols // hw
+    else:
+        cols_flat = cols
+    l_at = lower.reshape(batch, -1).index_select(1, cols)
+    u_at = upper.reshape(batch, -1).index_select(1, cols)
+    zeroed = tuple(flat_neurons(t, 1, False).index_fill(1, cols, 0.0).reshape(t.shape)
+                   for t in raw)
+    base = back_lines(zeroed, ctx)
+    values = {name: v for name, v in given.items() if not name.startswith("#")}
+    return RowLines(relax, l_at, u_at, values, slots, cols_flat, base)
+
+
+def _select(relax: Callable, lower: Tensor, upper: Tensor, given: dict[str, Tensor],
+            rows_needed: Tensor | None, n_rows: int, ctx: Context) -> bool:
+    """Choose the rows and columns and store their initial values in ``given``; False when
+    there is nothing to choose or the values would not fit the memory left for them."""
+    batch = lower.shape[0]
+    cols = relax(lower, upper, True).reshape(batch, -1).any(0).nonzero().squeeze(1)
+    if rows_needed is None:
+        picked = torch.arange(n_rows, device=lower.device)
+    else:
+        picked = rows_needed.reshape(rows_needed.shape[0], -1).any(0).nonzero().squeeze(1)
+    m, r = cols.numel(), picked.numel()
+    size = batch * 2 * (r + 1) * m * lower.element_size() * _COPIES
+    if m == 0 or r == 0 or size > ctx.row_slope_bytes:
+        return False
+    ctx.row_slope_bytes -= size
+    start: dict[str, Tensor] = {}
+    relax(lower.reshape(batch, -1).index_select(1, cols),
+          upper.reshape(batch, -1).index_select(1, cols), given=start)
+    for name, value in start.items():
+        given[name] = value.detach().reshape(batch, 1, 1, m).expand(
+            batch, 2, r + 1, m).clone().requires_grad_(True)
+    slots = torch.zeros(n_rows, dtype=torch.long, device=lower.device)
+    slots[picked] = torch.arange(1, r + 1, device=lower.device)
+    given["#cols"], given["#slots"] = cols, slots
+    return True
