@@ -121,7 +121,8 @@ class _LinearProgram:
             return {"l": l_var, "u": u_var}
         return None
 
-    def target_lines(self, target: str, when: str, rows: tuple[str, str] | None = None
+    def target_lines(self, target: str, when: str, rows: tuple[str, str] | None = None,
+                     windows: tuple[list[Node], list[Geometry]] | None = None
                      ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         """The lines (dense, raw, patch) with which ``target`` is back-substituted: each
         activation with relaxation parameters gets its own values per target (alpha-CROWN's
@@ -130,7 +131,9 @@ class _LinearProgram:
         initial values. ``rows`` (code of the mask of the target's refined neurons, or
         ``None``, and of its number of rows), given for a target in dense rows, lets the
         dense lines take values per row when ``ctx.row_slope_bytes`` allows
-        (:mod:`.row_slopes`, under the key ``f"{key}#rows"``)."""
+        (:mod:`.row_slopes`, under the key ``f"{key}#rows"``); with ``windows`` (a patch
+        target's chain and geometries) the patch lines do, over each row's window (the
+        per-row lines under ``patch[f"{activation}#rows"]``, None where shared)."""
         acts = [n.name for n in self.graph.ancestors(target) if n.name in self.param_acts]
         if not acts:
             return self.lines, self.raw_lines, self.patch_lines
@@ -145,12 +148,25 @@ class _LinearProgram:
                      f"node={key!r}))[0] if {when} else {self.raw_lines[a]}")
             lines[a] = out.fresh(f"lines_{a}_{target}")
             out.emit(f"{lines[a]} = dense_rows.back_lines(lines={raw[a]}, ctx=ctx)")
-            if rows is not None:
+            if rows is not None and windows is None:
                 out.emit(f"if ctx.row_slope_bytes > 0 and {when}: {lines[a]} = "
                          f"row_slopes.row_lines(relax={fn}, lower={l_var}, upper={u_var}, "
                          f"raw={raw[a]}, shared={lines[a]}, given=rt.relax_given(ctx=ctx, "
                          f"node={key + '#rows'!r}), rows_needed={rows[0]}, "
                          f"n_rows={rows[1]}, ctx=ctx)")
+            chain = [n.name for n in windows[0]] if windows is not None else []
+            if rows is not None and a in chain:
+                geom = windows[1][chain.index(a)]  # type: ignore[index]
+                node = self.graph.by_name[a]
+                shape = self.graph.by_name[node.inputs[0]].shape
+                patch[a] = out.fresh(f"patch_lines_{a}_{target}")
+                out.emit(f"{patch[a]} = patch_rows.patch_lines(lines={raw[a]}, shape={shape})")
+                patch[f"{a}#rows"] = out.fresh(f"patch_rows_{a}_{target}")
+                out.emit(f"{patch[f'{a}#rows']} = row_slopes.patch_row_lines(relax={fn}, "
+                         f"lower={l_var}, upper={u_var}, given=rt.relax_given(ctx=ctx, "
+                         f"node={key + '#rows'!r}), rows_needed={rows[0]}, "
+                         f"grid={tuple(self.graph.by_name[target].shape[1:])}, geom={geom}, "
+                         f"ctx=ctx) if ctx.row_slope_bytes > 0 and {when} else None")
         return lines, raw, patch
 
     def refine(self, node: Node, users: list[Node], l_var: str, u_var: str) -> None:
@@ -167,7 +183,7 @@ class _LinearProgram:
         found = patch_geometry(graph, node.name, self.patch_saving)
         lines, raw, patch = self.target_lines(
             node.name, "ctx.relax_params is not None and ctx.optimize_intermediate",
-            (needs_var, str(math.prod(node.shape))) if found is None else None)
+            (needs_var, str(math.prod(node.shape))), found)
         if found is not None:
             factor = _patch_chunk_factor(graph, *found)
             backsub = patch_backsub_function(graph, node.name, *found, raw, patch, out)

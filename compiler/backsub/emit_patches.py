@@ -108,9 +108,11 @@ def patch_backsub_function(graph: Graph, target: str, chain: list[Node],
         mid = out.value(f"mid_{target}", head.apply(f"{terms}[0]", with_bias=True))
         half = out.value(f"half_{target}", head.apply(f"{terms}[1]", absolute=True))
         body.emit(f"# affine %{target} and {chain[1].op} %{chain[1].name}")
+        rows_of = patch_lines.get(f"{chain[1].name}#rows")  # per-row lines (row_slopes)
+        per_row = f", per_row={rows_of}, centre_after={centre}" if rows_of else ""
         body.emit(f"rows, pos, acc = patch_rows.patch_start_relaxed(index=index, "
                   f"shape={chain[0].shape}, kernels={kern}, maps={maps}, geom={geoms[1]}, "
-                  f"mid={mid}, half={half})")
+                  f"mid={mid}, half={half}{per_row})")
         body.emit("k = index.shape[-1]")
         start = 2
         if chain[2] is first:
@@ -160,8 +162,10 @@ def _step_input(node: Node, geom: Geometry, outside: bool, patch_lines: dict[str
 
 def _step_relax(node: Node, geom: Geometry, outside: bool, patch_lines: dict[str, str],
                 emit: Callable[[str], None]) -> bool:
+    rows_of = patch_lines.get(f"{node.name}#rows")  # per-row lines (row_slopes)
+    per_row = f", per_row={rows_of}, index=index" if rows_of else ""
     emit(f"rows, acc = patch_rows.patch_relax(rows=rows, k=k, "
-         f"maps={patch_lines[node.name]}, geom={geom}, pos=pos, acc=acc)")
+         f"maps={patch_lines[node.name]}, geom={geom}, pos=pos, acc=acc{per_row})")
     return False
 
 

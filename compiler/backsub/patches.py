@@ -105,13 +105,17 @@ def patch_lines(lines: tuple, shape: tuple[int, ...]) -> Tensor:
 
 
 def patch_relax(rows: Tensor, k: int, maps: Tensor, geom: tuple[int, ...],
-                pos: Tensor | Ragged,
-                acc: Tensor) -> tuple[Tensor, Tensor]:
+                pos: Tensor | Ragged, acc: Tensor, per_row=None,
+                index: Tensor | Ragged | None = None) -> tuple[Tensor, Tensor]:
     """Push patch rows through an activation (the algebra of :func:`back_lines`).
 
     ``maps`` (from :func:`patch_lines`) stacks mid slope, half slope, mid offset and half
     offset along channels; lower rows add the half terms, upper rows subtract them.
+    ``per_row`` (``row_slopes.PatchRowLines``), when given, has each row (neurons ``index``)
+    take its own lines instead.
     """
+    if per_row is not None:
+        return per_row.relax_rows(rows, k, index, pos, acc)
     a_mid, a_half, b_mid, b_half = patch_gather(maps, geom, pos).unflatten(
         2, (4, -1)).unbind(2)  # each [b, k, D]
     if rows.shape[1] == k:  # one copy (before the first relaxation): both sides from it
@@ -152,7 +156,8 @@ def patch_first_terms(maps: Tensor, centre_after: Tensor | None) -> tuple[Tensor
 
 
 def patch_start_relaxed(index: Tensor | Ragged, shape: tuple[int, ...], kernels: Tensor,
-                        maps: Tensor, geom: tuple[int, ...], mid: Tensor, half: Tensor
+                        maps: Tensor, geom: tuple[int, ...], mid: Tensor, half: Tensor,
+                        per_row=None, centre_after: Tensor | None = None
                         ) -> tuple[Tensor, Tensor | Ragged, Tensor]:
     """:func:`patch_start`, the target conv and the relaxation of its input in one step.
 
@@ -161,6 +166,8 @@ def patch_start_relaxed(index: Tensor | Ragged, shape: tuple[int, ...], kernels:
     slope maps at its position): only those are built per neuron. Its offsets (and the
     centre term, see :func:`patch_first_terms`) are read from the convolved maps ``mid``
     and ``half`` [b, *shape]. Returns rows [b, 2k, D] (lower first), positions and acc.
+    ``per_row`` (``row_slopes.PatchRowLines``), when given, has each row take its own lines
+    (``centre_after``: the centre ``mid`` and ``half`` were made with, or None).
     """
     _, height, width = shape
     per_sample = _neurons(index)
@@ -177,7 +184,13 @@ def patch_start_relaxed(index: Tensor | Ragged, shape: tuple[int, ...], kernels:
     else:
         at = per_sample.expand(mid.shape[0], -1)
         t_mid, t_half = mid.flatten(1).gather(1, at), half.flatten(1).gather(1, at)
-    return rows, pos, torch.cat([t_mid + t_half, t_mid - t_half], 1)
+    acc = torch.cat([t_mid + t_half, t_mid - t_half], 1)
+    if per_row is not None:
+        offsets = patch_gather(maps.narrow(1, maps.shape[1] // 2, maps.shape[1] // 2), geom,
+                               pos).unflatten(2, (2, -1)).unbind(2)
+        rows, acc = per_row.start_rows(w, (a_mid, a_half, *offsets), centre_after, index,
+                                       pos, acc)
+    return rows, pos, acc
 
 
 def patch_spread(rows_in: Tensor, k: int, radius: Tensor, geom: tuple[int, ...],

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from ..context import Context
-from .rows import BackLines, back_lines, flat_neurons, relax_back, unflat_neurons
+from .patches import patch_gather
+from .rows import BackLines, Ragged, back_lines, flat_neurons, relax_back, unflat_neurons
 
 Tensor = torch.Tensor
 
@@ -142,3 +143,114 @@ def _select(relax: Callable, lower: Tensor, upper: Tensor, given: dict[str, Tens
     slots[picked] = torch.arange(1, r + 1, device=lower.device)
     given["#cols"], given["#slots"] = cols, slots
     return True
+
+
+# ---- patch rows (chains of convolutions): values per row over the row's window --------------
+
+@dataclass
+class PatchRowLines:
+    """One activation's lines for one node bounded in patch rows, per row over its window.
+
+    ``bounds`` stacks the activation's input bounds along channels ([b, 2C, H, W], lower
+    first) and ``inside`` is a [1, C, H, W] map of ones (windows read 0 past the map's
+    border, where no neuron is and the lines must add nothing); ``values`` maps each
+    parameter to [b, 2, slots, C * kh * kw] (side, slot, window entry), ``slots`` each
+    neuron of the bounded node to its slot, ``geom`` the windows' geometry on the map."""
+
+    relax: Callable
+    bounds: Tensor
+    inside: Tensor
+    values: dict[str, Tensor]
+    slots: Tensor
+    geom: tuple[int, ...]
+
+    def lines(self, index: Tensor | Ragged, pos: Tensor | Ragged
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Mid slope, signed half slope (+ lower side, - upper side), mid offset and signed
+        half offset at the rows' windows, each [1 or b, 2, k, D] (side, row, entry)."""
+        lu = patch_gather(self.bounds, self.geom, pos).unflatten(2, (2, -1))
+        l_w, u_w = lu[:, :, 0].unsqueeze(1), lu[:, :, 1].unsqueeze(1)
+        inside = patch_gather(self.inside, self.geom, pos).unsqueeze(1)
+        if isinstance(index, Ragged):
+            slot = self.slots[index.neuron]
+            given = {name: v[index.sample, :, slot].transpose(0, 1).unsqueeze(0)
+                     for name, v in self.values.items()}
+        else:
+            slot = self.slots[index.reshape(-1)]
+            given = {name: v.index_select(2, slot) for name, v in self.values.items()}
+        a_lo, b_lo, a_hi, b_hi = self.relax(l_w, u_w, given=given)[0]
+        sign = torch.tensor([1.0, -1.0], dtype=l_w.dtype, device=l_w.device).reshape(1, 2, 1, 1)
+        return ((a_lo + a_hi) / 2 * inside, (a_lo - a_hi) / 2 * sign * inside,
+                (b_lo + b_hi) / 2 * inside, (b_lo - b_hi) / 2 * sign * inside)
+
+    def relax_rows(self, rows: Tensor, k: int, index: Tensor | Ragged, pos: Tensor | Ragged,
+                   acc: Tensor) -> tuple[Tensor, Tensor]:
+        """``patch_rows.patch_relax`` with each row's own lines."""
+        a_mid, a_half, b_mid, b_half = self.lines(index, pos)
+        if rows.shape[1] == k:  # one copy (before the first relaxation): both sides from it
+            sides, acc = (rows, rows), acc.repeat(1, 2)
+        else:
+            sides = (rows[:, :k], rows[:, k:])
+        outs, extras = [], []
+        for s, r in enumerate(sides):
+            mag = r.abs()
+            outs.append(torch.addcmul(r * a_mid[:, s], mag, a_half[:, s]))
+            extras.append((r * b_mid[:, s] + mag * b_half[:, s]).sum(-1))
+        return torch.cat(outs, 1), acc + torch.cat(extras, 1)
+
+    def start_rows(self, weights: Tensor, shared: tuple[Tensor, ...], centre: Tensor | None,
+                   index: Tensor | Ragged, pos: Tensor | Ragged, acc: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+        """Rows and accumulator of ``patch_rows.patch_start_relaxed`` with each row's own
+        lines: ``weights`` are the rows' kernels [1 or b, k, D], ``shared`` the shared lines
+        (a_mid, a_half, b_mid, b_half) at the windows, ``acc`` the shared lines' terms
+        (offsets, and slope times ``centre``'s windows when given), corrected here by the
+        difference of each row's lines."""
+        a_mid, a_half, b_mid, b_half = self.lines(index, pos)
+        mag = weights.abs()
+        rows = torch.cat([torch.addcmul(weights * a_mid[:, s], mag, a_half[:, s])
+                          for s in (0, 1)], 1)
+        s_amid, s_ahalf, s_bmid, s_bhalf = (t.unsqueeze(1) for t in shared)
+        sign = torch.tensor([1.0, -1.0], dtype=mag.dtype, device=mag.device).reshape(1, 2, 1, 1)
+        d_mid, d_half = b_mid - s_bmid, b_half - sign * s_bhalf
+        if centre is not None:
+            c = patch_gather(centre, self.geom, pos).unsqueeze(1)
+            d_mid = d_mid + (a_mid - s_amid) * c
+            d_half = d_half + (a_half - sign * s_ahalf) * c
+        moved = (weights.unsqueeze(1) * d_mid + mag.unsqueeze(1) * d_half).sum(-1)
+        return rows, acc + moved.flatten(1)
+
+
+def patch_row_lines(relax: Callable, lower: Tensor, upper: Tensor, given: dict[str, Tensor],
+                    rows_needed: Tensor, grid: tuple[int, int], geom: tuple[int, ...],
+                    ctx: Context) -> PatchRowLines | None:
+    """The per-row lines of an activation (input bounds ``lower``, ``upper`` [b, C, H, W])
+    for a node bounded in patch rows, whose neurons lie on a ``grid`` (H, W) and whose
+    windows on the activation have the geometry ``geom``; ``rows_needed`` masks the node's
+    refined neurons. None where the pair keeps shared values (as :func:`row_lines`)."""
+    if "#off" in given:
+        return None
+    batch, channels = lower.shape[0], lower.shape[1]
+    if "#slots" not in given:
+        picked = rows_needed.reshape(batch, -1).any(0).nonzero().squeeze(1)
+        r, d = picked.numel(), channels * geom[0] * geom[1]
+        size = batch * 2 * (r + 1) * d * lower.element_size() * _COPIES
+        if r == 0 or size > ctx.row_slope_bytes:
+            given["#off"] = torch.ones(())
+            return None
+        ctx.row_slope_bytes -= size
+        start: dict[str, Tensor] = {}
+        relax(lower, upper, given=start)
+        at = picked % (grid[0] * grid[1])
+        for name, value in start.items():
+            windows = patch_gather(value.detach(), geom, at)  # [b, r, D]
+            windows = torch.cat([windows[:, :1], windows], 1)
+            given[name] = windows.unsqueeze(1).expand(batch, 2, r + 1, d).clone(
+                ).requires_grad_(True)
+        slots = torch.zeros(rows_needed[0].numel(), dtype=torch.long, device=lower.device)
+        slots[picked] = torch.arange(1, r + 1, device=lower.device)
+        given["#slots"] = slots
+    values = {name: v for name, v in given.items() if not name.startswith("#")}
+    inside = lower.new_ones(1, *lower.shape[1:])
+    return PatchRowLines(relax, torch.cat([lower, upper], 1), inside, values,
+                         given["#slots"], geom)

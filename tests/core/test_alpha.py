@@ -26,6 +26,16 @@ def cnn(seed: int) -> nn.Sequential:
                          nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5)).to(DTYPE).eval()
 
 
+def deep_cnn(seed: int) -> nn.Sequential:
+    """Three convs: the third one's patch rows pass two relaxations (one fused with the
+    conv, one on its own), so both patch steps take per-row lines."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=1, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 5, 3, stride=1, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(5 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5)).to(DTYPE).eval()
+
+
 def _margins(model: nn.Module, lo: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         labels = model(lo + 0.0).argmax(1)
@@ -62,19 +72,47 @@ def test_optimised_bounds_contain_the_outputs_and_beat_deeppoly(seed, depth, eps
         _assert_not_looser(lb, ub, *deeppoly(lo, hi, spec))
 
 
-@settings(max_examples=4, deadline=None)
-@given(seed=st.integers(0, 10_000), conv=st.booleans(), eps=st.sampled_from([0.05, 0.3]))
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), conv=st.sampled_from([None, cnn, deep_cnn]),
+       eps=st.sampled_from([0.05, 0.3]))
 def test_per_row_values_are_sound(seed, conv, eps):
     """Slopes per bounded row (the default of ``optimize``, alpha-CROWN's layout): the
-    bounds hold at corners and uniform points of the box, on MLPs and on a CNN whose dense
-    rows (the linear layers') and patch rows (the second conv's) meet the same activations."""
-    model = cnn(seed) if conv else mlp([3, 12, 12, 4], seed=seed)
+    bounds hold at corners and uniform points of the box, on MLPs and on CNNs whose dense
+    rows (the linear layers') and patch rows (the convs') meet the same activations."""
+    model = conv(seed) if conv is not None else mlp([3, 12, 12, 4], seed=seed)
     lo, hi = box((1, 12, 12) if conv else (3,), batch=2, eps=eps, seed=seed)
     spec = _margins(model, lo + eps)
     lb, ub = absdsl.compile(model, "alpha-crown").optimize(lo, hi, spec, steps=4, lr=0.3)
     assert ub is not None
     assert_sound(model, lb, ub, lo, hi, spec)
     _assert_not_looser(lb, ub, *absdsl.compile(model, "deeppoly")(lo, hi, spec))
+
+
+@pytest.mark.parametrize("make", [cnn, deep_cnn])
+def test_per_row_lines_at_the_initial_values_give_the_shared_bounds(make):
+    """Every form (dense rows, fused and plain patch steps) with a value per row, all at
+    their initial values, computes the bounds of the shared values (to rounding), and the
+    per-row store holds [batch, 2, rows + 1, columns or window entries]."""
+    model = make(3)
+    lo, hi = box((1, 12, 12), batch=2, eps=0.1, seed=1)
+    spec = _margins(model, lo + 0.1)
+    prog = absdsl.compile(model, "alpha-crown")
+    compiled = prog._compile((1, 12, 12))
+    params = prog.params() | compiled.constants
+    got, stores = [], []
+    for room in (0.0, 1e12):
+        ctx = prog._context(compiled, lo, compact=True)
+        ctx.relax_params, ctx.row_slope_bytes = {}, room
+        got.append(compiled.fn(params, lo, hi, spec, ctx))
+        stores.append({k: v for k, v in ctx.relax_params.items() if k.endswith("#rows")})
+    for a, b in zip(*got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not stores[0] and len(stores[1]) >= 4
+    for store in stores[1].values():
+        value = store["alpha"]
+        assert value.shape[:2] == (2, 2) and value.shape[2] == int(store["#slots"].max()) + 1
+        if "#cols" in store:  # dense rows: one column per selected activation neuron
+            assert value.shape[3] == store["#cols"].numel()
 
 
 def test_per_row_values_are_tighter_than_shared_ones():
