@@ -8,7 +8,8 @@ the tarball of ``benchmarks/setup_lirpa.sh``.) For each model (the training mode
 FC, CNN5 and cnn_7layer, on embedded MNIST test digits, seeded default initialisation, float32,
 one thread) it bounds the margins ``f_y - f_i`` (y the model's prediction) over an L-inf ball
 and prints, per model: the mean gap ``margin(x) - lower bound`` of DeepPoly, of auto_LiRPA and of
-absdsl's alpha-CROWN with one slope set per sample (and with ``--per-spec-row`` also per margin:
+absdsl's alpha-CROWN with slopes per bounded row (``optimize``'s default, alpha-CROWN's layout;
+with ``--shared`` also one slope set per bounded node, and with ``--per-spec-row`` per margin:
 the batch replicated per spec row), smaller being tighter; the ratios absdsl / auto_LiRPA, the
 share of margins where absdsl's bound is at least auto_LiRPA's (-1e-5), and the wall times with
 their ratios. auto_LiRPA runs on the network after its input normalisation with the normalised
@@ -97,12 +98,12 @@ def compare(name: str, x: torch.Tensor, args: argparse.Namespace, lirpa: tuple) 
     spec = absdsl.margin_spec(logits.argmax(1), logits.shape[1])
     margin = torch.einsum("bkn,bn->bk", spec, logits)
     prog = absdsl.compile(model, "alpha-crown")
-    deeppoly, _ = absdsl.compile(model, "deeppoly")(lo, hi, spec, upper=False)
+    deeppoly = absdsl.compile(model, "deeppoly")(lo, hi, spec, upper=False)[0].detach()
     ours, times = [], []
-    for per_row in (False, True)[:1 + args.per_spec_row]:
+    for variant in _variants(args):
         start = time.perf_counter()
         lb, _ = prog.optimize(lo, hi, spec, steps=args.steps, lr=args.lr, upper=False,
-                              per_spec_row=per_row)
+                              **variant)
         times.append(time.perf_counter() - start)
         ours.append(lb)
     # auto_LiRPA gets the network after the input normalisation and the normalised box (the
@@ -142,6 +143,12 @@ def compare(name: str, x: torch.Tensor, args: argparse.Namespace, lirpa: tuple) 
     return row + f" | {times[-1]:7.2f}"
 
 
+def _variants(args: argparse.Namespace) -> list[dict[str, bool]]:
+    """The absdsl variants a row shows: per bounded row, then shared, then per spec row."""
+    return [{}] + [{"per_row": False}] * args.shared + [{"per_spec_row": True,
+                                                         "per_row": False}] * args.per_spec_row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="iterations (both libraries)")
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Adam step, decayed by 0.98 per step (both libraries' default)")
     parser.add_argument("-n", type=int, default=4, help="test digits (one batch)")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--shared", action="store_true",
+                        help="also absdsl with one slope set per bounded node (per_row=False)")
     parser.add_argument("--per-spec-row", action="store_true",
                         help="also absdsl with one slope set per margin (the batch replicated "
                              "per spec row: about as many times the time)")
@@ -167,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     x = test.images[:args.n].float() / 255
     print(f"{args.n} digits, {args.steps} iterations, lr {args.lr}, float32, 1 thread; gap = "
           f"margin(x) - lower bound, mean over margins (smaller is tighter); per absdsl variant "
-          f"(one slope set per sample, then per margin too): gap, gap ratio to auto_LiRPA, share "
-          f"of margins at least as tight, seconds, time ratio to auto_LiRPA")
+          f"(slopes per bounded row; --shared: per bounded node; --per-spec-row: per margin): "
+          f"gap, gap ratio to auto_LiRPA, share of margins at least as tight, seconds, time "
+          f"ratio to auto_LiRPA")
     head = f"{'model':11} {'eps':>6} {'deeppoly':>9} {'auto_LiRPA':>10}"
-    for _ in range(1 + args.per_spec_row):
+    for _ in _variants(args):
         head += f" | {'absdsl':>9} {'ratio':>6} {'>=':>5} {'s':>7} {'t ratio':>6}"
     print(head + f" | {'s LiRPA':>7}")
     for name in args.models.split(","):
