@@ -54,7 +54,7 @@ RELU_BAB_DOMAINS = ("crown-ibp", "alpha-beta-crown", "alpha-beta-crown-ibp")
 _INNER_DOMAINS = {"alpha-beta-crown-ibp": ("alpha-beta-crown.absd", "AlphaBetaCrownIbp")}
 FULL_DEPTH = 0  # alpha-beta-CROWN refines (and optimises) intermediate bounds this deep;
 #               deeper sub-problems keep their carried ones (alpha-beta-crown-ibp)
-ALPHA_STEPS = 20  # Adam steps on a sub-problem CROWN-IBP left open that has no warm start
+ALPHA_STEPS = 8  # Adam steps at the root (intermediate bounds refined: the costly evaluation)
 WARM_STEPS = 5  # ... and on one that starts from its parent's optimised values
 OPT_LR = 0.1  # Adam's step on the slopes (ranges of width 1 to 2), decayed per step
 OPT_LR_DECAY = 0.95
