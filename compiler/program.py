@@ -528,6 +528,46 @@ class BoundProgram:
     def __repr__(self) -> str:
         return f"BoundProgram(domain={self.loaded.name}, model={type(self.model).__name__})"
 
+    def bounds_with_splits(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None,
+                           splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None, *,
+                           relax_params: dict[str, dict[str, torch.Tensor]] | None = None,
+                           upper: bool = True, record: dict | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One evaluation on the sub-domains of branch and bound: ``splits`` (pre-activation
+        node, ``prog.ir`` name -> per-element lower and upper clamps, each ``[batch, n]`` with
+        -inf / +inf where free; ``Context.splits``) intersect every node's bounds where they
+        are computed, so the bounds hold for the inputs of the box whose pre-activations lie
+        inside the clamps. ``relax_params`` as in a call (a dict is filled in with the
+        initial values it lacks, as leaves that require grad when grad mode is on: a
+        caller's own optimiser reads them there); no optimisation runs. ``record`` receives
+        the pre-activation bounds each node was relaxed with, flattened to ``[batch, n]``.
+        Gradients flow (when grad mode is on) to the model, the parameters and the clamps.
+        Clamps that cross (an empty sub-domain) may make bounds NaN: the caller reads them
+        from ``record`` (l > u) and is not stopped by an error."""
+        self._validate(lo, hi, spec, check_values=True)
+        self._check_modes()
+        compiled = self._compile(tuple(lo.shape[1:]))
+        for node, (a, b) in (splits or {}).items():
+            found = compiled.graph.by_name.get(node)
+            width = _prod(found.shape) if found is not None else -1
+            for t in (a, b):
+                if tuple(t.shape) != (lo.shape[0], width):
+                    raise InputError(f"splits[{node!r}] must be [batch, neurons] = "
+                                     f"{[lo.shape[0], width]}, got {list(t.shape)}"
+                                     if found is not None else
+                                     f"splits names {node!r}, which is no node of the "
+                                     f"program (prog.ir)")
+        found_bounds: dict = {}
+        ctx = self._context(compiled, lo, compact=True, upper=upper,
+                            record=found_bounds if record is not None else None)
+        ctx.relax_params = relax_params
+        ctx.splits = dict(splits) if splits is not None else None
+        lb, ub = compiled.fn(self.params() | compiled.constants, lo, hi, spec, ctx)
+        if record is not None:
+            record.update({k: (a.reshape(lo.shape[0], -1), b.reshape(lo.shape[0], -1))
+                           for k, (a, b) in found_bounds.items()})
+        return lb, ub if upper else None
+
 
 def _box_is_valid(lo: torch.Tensor, hi: torch.Tensor) -> bool:
     """One pass and one reduction: hi - lo is finite and >= 0 everywhere.

@@ -47,6 +47,8 @@ DOMAINS: tuple[BuiltinDomain, ...] = (
 OPTIMIZED: tuple[BuiltinDomain, ...] = (
     BuiltinDomain("alpha-crown", "alpha-crown.absd", "backsub", "alpha-CROWN",
                   ("alpha-deeppoly", "alphacrown"), optimize_steps=20),
+    BuiltinDomain("alpha-beta-crown", "alpha-beta-crown.absd", "backsub", "alpha-beta-CROWN",
+                  ("beta-crown", "alphabetacrown"), optimize_steps=20),
 )
 #: files that domain files import (relaxations), shipped beside the domains
 LIBRARY_FILES: tuple[str, ...] = ("relax.absd",)

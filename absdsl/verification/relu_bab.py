@@ -10,11 +10,15 @@ so a split neuron is relaxed exactly (``y = x`` or ``y = 0``), and later layers'
 shrink with it. The bounds are sound for the sub-domain ``{x in box : phases hold}``.
 
 Each round takes a batch of open sub-problems (the same box repeated along the batch axis,
-different splits) and bounds every output row of every open polytope over all of them in ONE
-call per domain: CROWN-IBP (activation bounds from Box, intersected with the carried ones:
-cheap), then DeepPoly/CROWN (every activation refined by back-substitution) on what is left
-while the sub-problem is shallow, then alpha-CROWN (a few projected Adam steps on the ReLU
-lower slopes, the splits applied in every evaluation) on what DeepPoly left open. A polytope
+different splits) and bounds every output row of the polytopes still open over all of them
+in ONE call per evaluation. The root: CROWN-IBP, then alpha-beta-CROWN (``alpha-beta-crown``:
+DeepPoly whose ReLU slopes are parameters, intermediate bounds refined and optimised too,
+``ALPHA_STEPS`` projected Adam steps). Every deeper sub-problem: ``alpha-beta-crown-ibp``
+(the same relaxation; intermediate bounds are the ones it carries, intersected with Box's, as
+beta-CROWN keeps its parent's) with ``WARM_STEPS`` steps started from its parent's values.
+beta-CROWN's multiplier of a split is the split neuron's slope on its stable side (see the
+domain file): only split neurons' stable slopes move. A sub-problem leaves the optimisation as
+soon as it is refuted. A polytope
 is refuted on a sub-problem as in :mod:`absdsl.verification.bab` (the certification
 threshold of ``absdsl certify``, with the magnitude M taken over the sub-problem's box, its
 activation bounds and its row bounds); a sub-problem whose clamped bounds cross (``l > u``
@@ -45,16 +49,29 @@ from torch import nn
 from absdsl.errors import AbsdslError
 from absdsl.verification.bab import stack_polytopes, violations
 
-RELU_BAB_DOMAINS = ("crown-ibp", "deeppoly", "alpha-crown")
-ALPHA_STEPS = 8  # Adam steps of the optimised slopes on a sub-problem DeepPoly left open
-DEEP_MAX_DEPTH = 2  # DeepPoly refines sub-problems at most this deep (CROWN-IBP beyond)
+RELU_BAB_DOMAINS = ("crown-ibp", "alpha-beta-crown", "alpha-beta-crown-ibp")
+#: the domains that are no built-in name: (file, domain inside it)
+_INNER_DOMAINS = {"alpha-beta-crown-ibp": ("alpha-beta-crown.absd", "AlphaBetaCrownIbp")}
+FULL_DEPTH = 0  # alpha-beta-CROWN refines (and optimises) intermediate bounds this deep;
+#               deeper sub-problems keep their carried ones (alpha-beta-crown-ibp)
+ALPHA_STEPS = 8  # Adam steps at the root (intermediate bounds refined: the costly evaluation)
+WARM_STEPS = 5  # ... and on one that starts from its parent's optimised values
+OPT_LR = 0.1  # Adam's step on the slopes (ranges of width 1 to 2), decayed per step
+OPT_LR_DECAY = 0.95
+ADAM_BETAS = (0.9, 0.999)
+#: alpha-beta-crown's stable-case slopes (beta-CROWN's multipliers): they move on split
+#: neurons only (freed on every stable neuron they made the bounds worse, measured)
+BETA_PARAMS = ("active_lower", "active_upper", "inactive_lower", "inactive_upper")
+WARM_BYTES = 256 * 2**20  # children inherit their parent's values while the stack holds less
 MAX_OPEN = 200_000  # more open sub-problems than this ends the search as unknown (memory)
 LEAF_UNSTABLE = 6  # a sub-problem with at most this many unstable ReLUs goes to the MILP
 LEAF_SECONDS = 2.0  # HiGHS's time per leaf question
 FSB_CANDIDATES = 8  # filtered smart branching: children of this many top neurons bounded
-TARGET_CALL_SECONDS = 0.5  # the batch adapts so that one round takes about this long
+TARGET_CALL_SECONDS = 2.0  # the batch adapts so that one round takes about this long
 
 Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
+#: relaxation parameter values per sub-problem: ``Context.relax_params`` with a batch axis
+Warm = dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -87,21 +104,26 @@ def bound_with_splits(prog: Any, lo: torch.Tensor, hi: torch.Tensor, spec: torch
                       ) -> tuple[torch.Tensor, torch.Tensor | None, Bounds]:
     """``prog``'s bounds of ``spec`` on ``[lo, hi]`` with the call context's ``splits`` set
     (node -> per-element clamps): (lower, upper or None, the pre-activation bounds it used,
-    flat)."""
-    compiled = prog._compile(tuple(lo.shape[1:]))
-    params = prog.params() | compiled.constants
+    flat); :meth:`BoundProgram.bounds_with_splits` with the record returned."""
     record: Bounds = {}
-    ctx = prog._context(compiled, lo, compact=True, record=record, upper=upper)
-    ctx.splits = splits
-    lb, ub = compiled.fn(params, lo, hi, spec, ctx)
-    flat = {k: (a.reshape(lo.shape[0], -1), b.reshape(lo.shape[0], -1))
-            for k, (a, b) in record.items()}
-    return lb, ub, flat
+    lb, ub = prog.bounds_with_splits(lo, hi, spec, splits, upper=upper, record=record)
+    return lb, ub, record
+
+
+def compile_domain(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> Any:
+    """A program of one of :data:`RELU_BAB_DOMAINS` (a built-in name, or a domain of a
+    built-in file that the search alone uses)."""
+    import absdsl
+    from absdsl.dsl.loader import builtin_path
+
+    inner = _INNER_DOMAINS.get(name)
+    spec = name if inner is None else f"{builtin_path(inner[0])}:{inner[1]}"
+    return absdsl.compile(model, spec, input_shape=input_shape)
 
 
 def relu_nodes(prog: Any, input_shape: tuple[int, ...]) -> list[str]:
     """Pre-activation nodes read only by ReLUs: the neurons a split can fix exactly."""
-    graph = prog._compile(tuple(input_shape)).graph
+    graph = prog.concrete(tuple(input_shape)).graph
     readers: dict[str, set[str]] = {}
     for node in graph.nodes:
         for i in node.inputs:
@@ -127,12 +149,13 @@ class ReluBab:
                  polytopes: Sequence[Any], tolerance: float, left: Callable[[], float],
                  confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
                  domains: Sequence[str] = RELU_BAB_DOMAINS, batch: int = 16,
-                 deep_max_depth: int = DEEP_MAX_DEPTH, attack_restarts: int = 8,
+                 attack_restarts: int = 8,
                  attack_steps: int = 10, record: list[ReluBranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, candidates: int = FSB_CANDIDATES,
                  leaf_unstable: int = LEAF_UNSTABLE, rel_tolerance: float | None = None,
-                 alpha_steps: int = ALPHA_STEPS) -> None:
-        import absdsl
+                 alpha_steps: int = ALPHA_STEPS, warm_steps: int = WARM_STEPS,
+                 lr: float = OPT_LR, lr_decay: float = OPT_LR_DECAY,
+                 warm_bytes: int = WARM_BYTES, full_depth: int = FULL_DEPTH) -> None:
         from absdsl.training.certify import REL_TOLERANCE
 
         self.model = model
@@ -143,29 +166,39 @@ class ReluBab:
         self.confirm = confirm
         self.record = record
         self.batch = max(1, int(batch))
-        self.deep_max_depth = deep_max_depth
         self.candidates = self.max_candidates = max(1, int(candidates))
         self.leaf_unstable = int(leaf_unstable)
         self.alpha_steps = max(0, int(alpha_steps))
+        self.warm_steps = max(0, int(warm_steps))
+        self.lr, self.lr_decay = float(lr), float(lr_decay)
+        self.warm_bytes = int(warm_bytes)
         self._encoder: Any = None  # the exact encoding for leaves (made when first needed)
         self._root_bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.attack_restarts = max(0, int(attack_restarts))
         self.attack_steps = max(1, int(attack_steps))
         self.gen = torch.Generator().manual_seed(seed)
         self.rows_of, self.A, self.b, self.b_max = stack_polytopes(polytopes)
+        self.poly_of_row = torch.zeros(self.A.shape[0], dtype=torch.long)
+        for k, s in enumerate(self.rows_of):
+            self.poly_of_row[s] = k
+        self.full_depth = int(full_depth)
         self.progs: list[tuple[str, Any]] = []
         for name in domains:
             try:
-                prog = (programs or {}).get(name) or absdsl.compile(model, name,
-                                                                    input_shape=input_shape)
-                splittable = relu_nodes(prog, self.input_shape)
+                prog = (programs or {}).get(name) or compile_domain(model, name,
+                                                                    self.input_shape)
+                if not self.progs:
+                    self.splittable = relu_nodes(prog, self.input_shape)
+                    graph = prog.ir
+                    #: activation node -> its pre-activation node (the split neurons' slopes)
+                    self.act_inputs = {n.name: n.inputs[0] for n in graph.nodes
+                                       if n.kind == "elementwise" and n.op == "relu"}
             except AbsdslError:
                 continue
             self.progs.append((name, prog))
         if not self.progs:
             raise AbsdslError("no back-substitution domain has rules for every op of the "
                               "network")
-        self.splittable = splittable
         if not self.splittable:
             raise AbsdslError("the network has no ReLU to split")
 
@@ -206,52 +239,70 @@ class ReluBab:
                     step = step * 0.3
         return None
 
+    def _depths(self, name: str) -> tuple[float, float]:
+        """The depths of the sub-problems a domain bounds: CROWN-IBP and alpha-beta-CROWN
+        to ``full_depth``, alpha-beta-crown-ibp below (its first evaluation is CROWN-IBP's
+        call with the parent's values: a CROWN-IBP call in front would only repeat it)."""
+        if name in ("alpha-beta-crown", "crown-ibp"):
+            return 0, self.full_depth
+        if name == "alpha-beta-crown-ibp":
+            return self.full_depth + 1, math.inf
+        return 0, math.inf  # any other domain a caller names
+
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, bounds: Bounds, open_: torch.Tensor,
-               depth: torch.Tensor, phases: dict[str, torch.Tensor]
-               ) -> tuple[torch.Tensor, Bounds, torch.Tensor, dict[str, int]]:
-        """One round of bounding: (open mask, tightened bounds, split scores, closed counts).
+               depth: torch.Tensor, phases: dict[str, torch.Tensor], warm: Warm | None
+               ) -> tuple[torch.Tensor, Bounds, torch.Tensor, dict[str, int], Warm | None]:
+        """One round of bounding: (open mask, tightened bounds, split scores, closed counts,
+        the optimised relaxation parameters per sub-problem for its children's warm start).
 
         Scores are [N, neurons of every splittable node] (node order of ``splittable``)."""
         n = open_.shape[0]
         counts: dict[str, int] = {}
         widths = [bounds[k][0].shape[1] for k in self.splittable]
         scores = torch.zeros((n, sum(widths)), dtype=lo.dtype)
+        found: Warm | None = None
         for name, prog in self.progs:
             todo = torch.nonzero(open_.any(dim=1)).flatten()
-            if name != self.progs[0][0]:  # the tighter domains: shallow sub-problems only
-                todo = todo[depth[todo] <= self.deep_max_depth]
+            low, high = self._depths(name)
+            todo = todo[(depth[todo] >= low) & (depth[todo] <= high)]
             if todo.numel() == 0 or self.left() <= 0:
                 continue
             m = todo.numel()
-            lo_t = lo.expand(m, -1).reshape(m, *self.input_shape)
+            # the box carries a gradient (never followed) so that every bound is part of the
+            # graph through which the split scores differentiate (the model's weights don't)
+            lo_t = lo.expand(m, -1).reshape(m, *self.input_shape).requires_grad_()
             hi_t = hi.expand(m, -1).reshape(m, *self.input_shape)
             clamps = {k: (v[0][todo], v[1][todo]) for k, v in bounds.items()}
-            spec = self.A.unsqueeze(0).expand(m, -1, -1)
-            optimised = bool(prog.relax_param_ranges())
-            if optimised:  # alpha-CROWN: every evaluation sound, the best kept (no score)
-                found: Bounds = {}
-                lb_g, ub = prog.optimize(lo_t, hi_t, spec, steps=self.alpha_steps,
-                                         splits=clamps, record=found)
-                used = {k: (a.reshape(m, -1), b.reshape(m, -1)) for k, (a, b) in found.items()}
+            rows = self._rows(open_[todo])
+            spec = self.A[rows].unsqueeze(0).expand(m, -1, -1)
+            before = open_[todo].any(dim=1)
+            if prog.relax_param_ranges():
+                sub_warm = None if warm is None else {
+                    a: {p: t[todo] for p, t in d.items()} for a, d in warm.items()}
+                split_of = {act: phases[pre][todo] != 0 for act, pre in self.act_inputs.items()
+                            if pre in phases}
+                res = self._optimise(prog, lo_t, hi_t, spec, rows, clamps, open_[todo],
+                                     sub_warm, split_of)
+                lb, used, now_open, empty, live_scores, values = res
+                found = _scatter_warm(found, values, todo, n)
+                scores[todo] = live_scores
             else:
+                used = {}
                 with torch.enable_grad():
-                    lb_g, ub, used = bound_with_splits(prog, lo_t, hi_t, spec, clamps)
-            lb = lb_g.detach()
-            assert ub is not None
+                    lb_g, ub = prog.bounds_with_splits(lo_t, hi_t, spec, clamps, record=used)
+                assert ub is not None
+                now_open, empty = self._refute(lo_t, hi_t, lb_g.detach(), ub.detach(), used,
+                                               open_[todo], rows)
+                lb_g = self._widen(lb_g, rows)
+                lb = lb_g.detach()
+                still = torch.nonzero(now_open.any(dim=1)).flatten()
+                if still.numel():
+                    scores[todo[still]] = self._scores(lb_g, used, now_open, still, lb)
+            open_[todo] = now_open
             for k, (a, b) in used.items():  # the carried bounds only ever shrink
                 if k in bounds:
                     bounds[k][0][todo] = torch.maximum(bounds[k][0][todo], a.detach())
                     bounds[k][1][todo] = torch.minimum(bounds[k][1][todo], b.detach())
-            mag = _magnitude([lo_t, hi_t, lb, ub] + [t for ab in used.values() for t in ab])
-            thr = self.tol + self.rel * mag + self.rel * self.b_max
-            empty = torch.zeros(m, dtype=torch.bool)
-            for a, b in used.values():
-                empty |= ((a.detach() - b.detach()) > thr.unsqueeze(1)).any(dim=1)
-            beats = (lb - self.b) > thr.unsqueeze(1)
-            before = open_[todo].any(dim=1)
-            for p, s in enumerate(self.rows_of):
-                if s.stop > s.start:
-                    open_[todo[beats[:, s].any(dim=1) | empty], p] = False
             if self.record is not None:
                 for j, i in enumerate(todo.tolist()):
                     self.record.append(ReluBranchRecord(
@@ -259,14 +310,148 @@ class ReluBab:
                         {k: (a[j].detach().clone(), b[j].detach().clone())
                          for k, (a, b) in used.items()},
                         lb[j].clone(), name, bool(empty[j])))
-            closed = before & ~open_[todo].any(dim=1)
+            closed = before & ~now_open.any(dim=1)
             if bool(closed.any()):
                 counts[name] = counts.get(name, 0) + int(closed.sum())
                 counts["infeasible"] = counts.get("infeasible", 0) + int((closed & empty).sum())
-            still = torch.nonzero(open_[todo].any(dim=1)).flatten()
-            if still.numel() and not optimised:
-                scores[todo[still]] = self._scores(lb_g, used, open_[todo], still, lb)
-        return open_, bounds, scores, counts
+        return open_, bounds, scores, counts, found
+
+    def _rows(self, open_: torch.Tensor) -> torch.Tensor:
+        """The spec rows of the polytopes open in some of these sub-problems: the only rows
+        a call bounds (deep in the search one or two polytopes of many are left)."""
+        return torch.nonzero(open_.any(dim=0)[self.poly_of_row]).flatten()
+
+    def _widen(self, lb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Row bounds of ``rows`` placed among all rows (-inf: not bounded; differentiable)."""
+        full = torch.full((lb.shape[0], self.A.shape[0]), -math.inf, dtype=lb.dtype)
+        return full.index_copy(1, rows, lb)
+
+    def _refute(self, lo_t: torch.Tensor, hi_t: torch.Tensor, lb: torch.Tensor,
+                ub: torch.Tensor, used: Bounds, open_: torch.Tensor, rows: torch.Tensor,
+                mag: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The polytopes still open after the bounds ``lb``, ``ub`` of spec rows ``rows``
+        (a copy of ``open_``), and which sub-problems are empty (clamped bounds crossing):
+        both beyond the floating-point threshold, whose magnitude covers ``mag`` too when
+        given (earlier evaluations)."""
+        found = _magnitude([lo_t, hi_t, lb, ub] + [t for ab in used.values() for t in ab])
+        if mag is not None:
+            found = torch.maximum(found, mag)
+        thr = self.tol + self.rel * found + self.rel * self.b_max
+        empty = torch.zeros(lb.shape[0], dtype=torch.bool)
+        for a, b in used.values():
+            empty |= ((a.detach() - b.detach()) > thr.unsqueeze(1)).any(dim=1)
+        beats = (lb - self.b[rows]) > thr.unsqueeze(1)
+        now = open_.clone()
+        owner = self.poly_of_row[rows]
+        for p, s in enumerate(self.rows_of):
+            if s.stop > s.start:
+                now[beats[:, owner == p].any(dim=1) | empty, p] = False
+        return now, empty
+
+    def _optimise(self, prog: Any, lo_t: torch.Tensor, hi_t: torch.Tensor, spec: torch.Tensor,
+                  rows: torch.Tensor, clamps: Bounds, open_: torch.Tensor, warm: Warm | None,
+                  split_of: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, Bounds, torch.Tensor, torch.Tensor, torch.Tensor,
+                             Warm]:
+        """alpha-beta-CROWN on ``m`` sub-problems: projected Adam on the relaxation
+        parameters (the ReLU slopes of every case: beta-CROWN's multipliers as the split
+        neurons' slopes), every evaluation a call with the clamps, so each is sound for its
+        sub-domain; per sub-problem the best row bounds and the intersection of every
+        evaluation's pre-activation bounds are kept. A sub-problem leaves the batch as soon
+        as it is refuted or empty. Warm-started (the parent's values) it takes
+        ``warm_steps`` steps, else ``alpha_steps``.
+
+        Returns (row lower bounds, pre-activation bounds, open polytopes, empty, split
+        scores from the last evaluation of the sub-problems still open, final values)."""
+        m = lo_t.shape[0]
+        steps = self.warm_steps if warm is not None else self.alpha_steps
+        rows_open = open_[:, self.poly_of_row[rows]]  # [m, rows]: what the objective sums
+        best_lb = torch.full((m, rows.numel()), -math.inf, dtype=lo_t.dtype)
+        best_ub = torch.full((m, rows.numel()), math.inf, dtype=lo_t.dtype)
+        mag = torch.zeros(m, dtype=lo_t.dtype)
+        used: Bounds = {k: (torch.full_like(a, -math.inf), torch.full_like(b, math.inf))
+                        for k, (a, b) in clamps.items()}
+        store: Warm = {a: {p: t.clone() for p, t in d.items()} for a, d in (warm or {}).items()}
+        moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        now_open = open_.clone()
+        empty = torch.zeros(m, dtype=torch.bool)
+        scores = torch.zeros((m, sum(clamps[k][0].shape[1] for k in self.splittable)),
+                             dtype=lo_t.dtype)
+        live = torch.arange(m)
+        lr = self.lr
+        touched: set[tuple[str, str]] = set()  # the values that reached some bound
+        for step in range(steps + 1):
+            values = {a: {p: t[live].clone().requires_grad_() for p, t in d.items()}
+                      for a, d in store.items()}
+            found: Bounds = {}
+            with torch.enable_grad():
+                lb_g, ub_g = prog.bounds_with_splits(
+                    lo_t[live], hi_t[live], spec[live],
+                    {k: (a[live], b[live]) for k, (a, b) in clamps.items()},
+                    relax_params=values, record=found)
+            assert ub_g is not None
+            lb, ub = lb_g.detach(), ub_g.detach()
+            best_lb[live] = torch.maximum(best_lb[live], lb)
+            best_ub[live] = torch.minimum(best_ub[live], ub)
+            for k, (a, b) in found.items():
+                if k not in used:
+                    used[k] = (torch.full((m, a.shape[1]), -math.inf, dtype=a.dtype),
+                               torch.full((m, a.shape[1]), math.inf, dtype=a.dtype))
+                used[k][0][live] = torch.maximum(used[k][0][live], a.detach())
+                used[k][1][live] = torch.minimum(used[k][1][live], b.detach())
+            live_used = {k: (a[live], b[live]) for k, (a, b) in used.items()}
+            opened, emptied = self._refute(lo_t[live], hi_t[live], best_lb[live], best_ub[live],
+                                           live_used, now_open[live], rows, mag[live])
+            mag[live] = torch.maximum(mag[live], _magnitude(
+                [lb, ub] + [t.detach() for ab in found.values() for t in ab]))
+            now_open[live], empty[live] = opened, emptied
+            going = opened.any(dim=1)
+            leaves = [(act, pn, t) for act, d in values.items() for pn, t in d.items()]
+            for act, pn, t in leaves:  # the values of this evaluation, kept for the children
+                if act not in store or pn not in store[act]:
+                    store.setdefault(act, {})[pn] = torch.zeros((m, *t.shape[1:]), dtype=t.dtype)
+                store[act][pn][live] = t.detach()
+            if not bool(going.any()) or self.left() <= 0:
+                break
+            keep = torch.nonzero(going).flatten()
+            if step == steps:  # the scores of the sub-problems still open, from this call
+                scores[live[keep]] = self._scores(self._widen(lb_g, rows), found, opened, keep,
+                                                  self._widen(lb, rows))
+                break
+            weight = rows_open[live].to(lb.dtype)
+            objective = (torch.where(weight > 0, lb_g, torch.zeros_like(lb_g)) * weight)[keep]
+            wanted = [t for _, _, t in leaves if t.requires_grad]
+            if not wanted or not objective.requires_grad:
+                scores[live[keep]] = self._scores(self._widen(lb_g, rows), found, opened, keep,
+                                                  self._widen(lb, rows))
+                break  # no parameter reaches the bounds
+            grads = torch.autograd.grad(objective.sum(), wanted, allow_unused=True)
+            ranges = prog.relax_param_ranges()
+            with torch.no_grad():
+                for (act, pn, t), g in zip([x for x in leaves if x[2].requires_grad], grads,
+                                        strict=True):
+                    if g is None:
+                        continue
+                    touched.add((act, pn))
+                    m1, m2 = moments.get((act, pn), (torch.zeros_like(store[act][pn]),
+                                                  torch.zeros_like(store[act][pn])))
+                    m1[live] = ADAM_BETAS[0] * m1[live] + (1 - ADAM_BETAS[0]) * g
+                    m2[live] = ADAM_BETAS[1] * m2[live] + (1 - ADAM_BETAS[1]) * g * g
+                    moments[(act, pn)] = (m1, m2)
+                    fix1 = 1 - ADAM_BETAS[0] ** (step + 1)
+                    fix2 = 1 - ADAM_BETAS[1] ** (step + 1)
+                    move = lr * (m1[live] / fix1) / ((m2[live] / fix2).sqrt() + 1e-8)
+                    if pn in BETA_PARAMS:  # beta: the split neurons' slopes only
+                        fixed = split_of.get(act.split("@")[0])
+                        move = move * (fixed[live].reshape(move.shape).to(move.dtype)
+                                       if fixed is not None else 0)
+                    store[act][pn][live] = (t.detach() + move).clamp(*ranges[pn])  # ascent
+            lr *= self.lr_decay
+            live = live[keep]
+        kept: Warm = {}
+        for act, pn in touched:  # the others stay at their initial values in the children
+            kept.setdefault(act, {})[pn] = store[act][pn]
+        return self._widen(best_lb, rows), used, now_open, empty, scores, kept
 
     def _scores(self, lb_g: torch.Tensor, used: Bounds, open_: torch.Tensor,
                 still: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
@@ -281,7 +466,7 @@ class ReluBab:
                 continue
             best = gaps[:, s].argmax(dim=1) + s.start
             pick = lb_g.gather(1, best.unsqueeze(1)).squeeze(1)
-            target = target + (pick * open_[:, k].to(lb.dtype))[still].sum()
+            target = target + torch.where(open_[:, k], pick, torch.zeros_like(pick))[still].sum()
         ls = [used[k][0] for k in self.splittable]
         us = [used[k][1] for k in self.splittable]
         grads: list[torch.Tensor | None] = [None] * (2 * len(ls))
@@ -344,11 +529,12 @@ class ReluBab:
         name, prog = self.progs[0]
         lo_t = lo.expand(m, -1).reshape(m, *self.input_shape)
         hi_t = hi.expand(m, -1).reshape(m, *self.input_shape)
+        rows = self._rows(children["open"])
         with torch.no_grad():
             lb, _, used = bound_with_splits(prog, lo_t, hi_t,
-                                            self.A.unsqueeze(0).expand(m, -1, -1),
+                                            self.A[rows].unsqueeze(0).expand(m, -1, -1),
                                             children["bounds"], upper=False)
-        value = self._deficit(lb, used, children["open"])
+        value = self._deficit(self._widen(lb, rows), used, children["open"])
         worse = torch.minimum(value[: n * k], value[n * k:]).reshape(n, k)
         worse = torch.where(torch.isfinite(top_s), worse, torch.full_like(worse, -math.inf))
         pick = worse.argmax(dim=1)
@@ -407,6 +593,19 @@ class ReluBab:
 
     # -- the search ----------------------------------------------------------------------
     def run(self, lo0: np.ndarray, hi0: np.ndarray) -> ReluBabOutcome:
+        """The search on the box ``[lo0, hi0]`` (the model's weights take no gradient
+        meanwhile: the optimiser and the split scores differentiate only by the slopes and
+        the bounds)."""
+        frozen = [t for t in self.model.parameters() if t.requires_grad]
+        for t in frozen:
+            t.requires_grad_(False)
+        try:
+            return self._run(lo0, hi0)
+        finally:
+            for t in frozen:
+                t.requires_grad_(True)
+
+    def _run(self, lo0: np.ndarray, hi0: np.ndarray) -> ReluBabOutcome:
         out = ReluBabOutcome("unknown")
         lo = torch.from_numpy(np.asarray(lo0, dtype=np.float64).reshape(1, -1))
         hi = torch.from_numpy(np.asarray(hi0, dtype=np.float64).reshape(1, -1))
@@ -425,6 +624,7 @@ class ReluBab:
         size = 1
         batch = self.batch
         per_branch = 0.0  # seconds per sub-problem in the last round
+        warm_held = 0  # bytes of the warm starts on the stack
         while size:
             left = self.left()
             if per_branch > 0:  # a round must end before the deadline (0.2 s of room)
@@ -434,14 +634,16 @@ class ReluBab:
                 return out
             t0 = time.perf_counter()
             item = _pop(stack, batch)
+            warm_held -= _warm_bytes(item.get("warm"))
             n = item["open"].shape[0]
             size -= n
             w = self.attack(lo, hi, item["open"].any(dim=0))
             if w is not None:
                 out.status, out.witness = "sat", w
                 return out
-            open_, bounds, scores, counts = self._bound(lo, hi, item["bounds"], item["open"],
-                                                        item["depth"], item["phases"])
+            open_, bounds, scores, counts, warm = self._bound(
+                lo, hi, item["bounds"], item["open"], item["depth"], item["phases"],
+                item.get("warm"))
             if self.left() <= 0 and bool(open_.any()):
                 out.status = "timeout"
                 return out
@@ -478,6 +680,9 @@ class ReluBab:
                 elif share < 0.25:
                     self.candidates = min(self.max_candidates, self.candidates * 2)
                 children = _split(item, bounds, open_, keep, which[keep], self.splittable)
+                if warm is not None and warm_held + _warm_bytes(warm, keep) <= self.warm_bytes:
+                    children["warm"] = _children_warm(warm, keep)
+                    warm_held += _warm_bytes(children["warm"])
                 stack.append(children)
                 size += children["open"].shape[0]
                 out.splits += int(keep.sum())
@@ -516,7 +721,6 @@ class ReluBabStage:
     name = "bab"
 
     def __init__(self, model: nn.Module, info: Any, options: Any) -> None:
-        import absdsl
         from absdsl.training.milp import check_time_limit
 
         self.time_limit = check_time_limit(getattr(options, "milp_time_limit", 30.0))
@@ -524,7 +728,6 @@ class ReluBabStage:
         self.programs: dict[str, Any] = {}
         self.stats: list[dict[str, Any]] = []  # one entry per input this stage ran on
         self._model: nn.Module | None = None
-        self._absdsl = absdsl
 
     def _programs(self, model: nn.Module) -> dict[str, Any]:
         if self._model is not model:  # compiled once per float64 model of the cascade
@@ -532,7 +735,7 @@ class ReluBabStage:
             self.programs = {}
             for name in RELU_BAB_DOMAINS:
                 try:
-                    self.programs[name] = self._absdsl.compile(model, name, input_shape=self.shape)
+                    self.programs[name] = compile_domain(model, name, self.shape)
                 except AbsdslError:
                     continue
         return self.programs
@@ -634,7 +837,14 @@ def _pop(stack: list[dict[str, Any]], n: int) -> dict[str, Any]:
         count += need
     if len(taken) == 1:
         return taken[0]
-    return {"bounds": {k: (torch.cat([t["bounds"][k][0] for t in taken]),
+    warm: Warm | None = None
+    if all(t.get("warm") is not None for t in taken):  # else every one starts afresh
+        names = [(a, p) for a, d in taken[0]["warm"].items() for p in d
+                 if all(p in t["warm"].get(a, {}) for t in taken)]
+        warm = {}
+        for a, p in names:
+            warm.setdefault(a, {})[p] = torch.cat([t["warm"][a][p] for t in taken])
+    return {"warm": warm, "bounds": {k: (torch.cat([t["bounds"][k][0] for t in taken]),
                            torch.cat([t["bounds"][k][1] for t in taken]))
                        for k in taken[0]["bounds"]},
             "phases": {k: torch.cat([t["phases"][k] for t in taken])
@@ -646,7 +856,37 @@ def _pop(stack: list[dict[str, Any]], n: int) -> dict[str, Any]:
 def _slice(item: dict[str, Any], s: slice) -> dict[str, Any]:
     return {"bounds": {k: (a[s], b[s]) for k, (a, b) in item["bounds"].items()},
             "phases": {k: p[s] for k, p in item["phases"].items()},
-            "open": item["open"][s], "depth": item["depth"][s]}
+            "open": item["open"][s], "depth": item["depth"][s],
+            "warm": None if item.get("warm") is None else {
+                a: {p: t[s] for p, t in d.items()} for a, d in item["warm"].items()}}
+
+
+def _warm_bytes(warm: Warm | None, rows: torch.Tensor | None = None) -> int:
+    """Bytes of the warm starts (``rows``: a mask of the sub-problems that split, twice)."""
+    if warm is None:
+        return 0
+    total = sum(t.numel() * t.element_size() for d in warm.values() for t in d.values())
+    if rows is None:
+        return total
+    first = next((t for d in warm.values() for t in d.values()), None)
+    return 0 if first is None else 2 * total * int(rows.sum()) // max(first.shape[0], 1)
+
+
+def _children_warm(warm: Warm, keep: torch.Tensor) -> Warm:
+    """Both children's start (the order of ``_split``: inactive halves, then active)."""
+    idx = torch.nonzero(keep).flatten()
+    return {a: {p: torch.cat([t[idx], t[idx]]) for p, t in d.items()} for a, d in warm.items()}
+
+
+def _scatter_warm(into: Warm | None, values: Warm, rows: torch.Tensor, n: int) -> Warm:
+    """``values`` (one row per entry of ``rows``) placed into a set of ``n`` rows."""
+    out: Warm = into if into is not None else {}
+    for a, d in values.items():
+        for p, t in d.items():
+            if p not in out.setdefault(a, {}):
+                out[a][p] = torch.zeros((n, *t.shape[1:]), dtype=t.dtype)
+            out[a][p][rows] = t
+    return out
 
 
 def _register() -> None:

@@ -123,8 +123,9 @@ def test_every_branch_bound_holds_in_its_subdomain(seed: int, n_in: int, depth: 
         assert bool((rows[inside] >= r.lower - 1e-9).all()), r.domain
         if bool((r.lower - torch.from_numpy(poly.b) > 1e-6).any()):  # a proved leaf
             assert bool((rows[inside, 0] > c).all())
-    if out.branches > 1:
+    if out.branches > 1:  # children are bounded by the optimised alpha-beta-CROWN only
         assert split_seen
+        assert any(r.domain == "alpha-beta-crown-ibp" for r in record), {r.domain for r in record}
 
 
 @pytest.mark.parametrize("seed", [3, 11, 42])
