@@ -63,6 +63,7 @@ def load_onnx(path: str | Path) -> nn.Module:
     Needs the ``onnx`` extra; every op is checked now, so one without a rule fails here with
     the ONNX node's name and op type (``absdsl/verification/onnx_io.py``).
     """
+    # lazy: upper layer absdsl.verification.onnx_io (the API sits below the applications)
     from absdsl.verification.onnx_io import load_onnx as _load
 
     return _load(path)

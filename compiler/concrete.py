@@ -54,7 +54,8 @@ _BODIES: dict[str, Callable[[Node], tuple[str, str]]] = {
 
 def _node_body(node: Node) -> tuple[str, str]:
     """Code of the node's op on batched inputs ``x0, x1, ...``: (with W, with |W| and no bias)."""
-    body = _BODIES.get(ops.OPS[node.op].kind) if node.op in ops.OPS else None
+    info = ops.OPS.get(node.op)
+    body = _BODIES.get(info.kind) if info is not None else None
     if body is None:
         raise InputError(f"no concrete semantics for IR op {node.op!r} (node %{node.name})")
     return body(node)

@@ -8,10 +8,23 @@ Shapes are per sample (no batch dimension).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .ops import ACTIVATIONS, OPS  # noqa: F401 - ACTIVATIONS re-exported
+
+
+def _params_text(attrs: dict[str, Any]) -> str:
+    params = attrs.get("params")
+    return " " + ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""
+
+
+# how a node shows its attributes in the printed IR, by op (default: its number parameters)
+_ATTRS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "affine": lambda attrs: f" {attrs['map'].describe()}",
+    "cat": lambda attrs: f" dim={attrs['dim']}",
+}
 
 
 @dataclass
@@ -30,13 +43,7 @@ class Node:
 
     def describe(self) -> str:
         args = ", ".join(self.inputs)
-        extra = ""
-        if self.op == "affine":
-            extra = f" {self.attrs['map'].describe()}"
-        elif self.op == "cat":
-            extra = f" dim={self.attrs['dim']}"
-        elif self.attrs.get("params"):
-            extra = " " + ", ".join(f"{k}={v}" for k, v in self.attrs["params"].items())
+        extra = _ATTRS_TEXT.get(self.op, _params_text)(self.attrs)
         shape = "x".join(str(s) for s in self.shape)
         where = f"    # {self.origin}" if self.origin else ""
         return f"%{self.name} = {self.op}({args}){extra} : [{shape}]{where}"

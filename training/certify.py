@@ -37,6 +37,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+import absdsl
+from absdsl import checkcache
+from absdsl.compiler.specs import margin_spec
+from absdsl.dsl.loader import BUILTIN_FILES, builtin_path
 from absdsl.errors import AbsdslError
 
 from .attacks import PGDConfig, pgd_attack
@@ -87,9 +91,6 @@ def domain_trust(domain: str, uncertified_domain: bool = False) -> DomainTrust:
     content and imports equal a shipped one) and files that passed ``absdsl check`` as they
     are now are trusted; any other file raises :class:`UncheckedDomainError` unless
     ``uncertified_domain`` (or :func:`allow_unchecked_domains`) marks the results."""
-    from absdsl import checkcache
-    from absdsl.dsl.loader import BUILTIN_FILES, builtin_path
-
     key = domain.strip().lower()
     if key in BUILTIN_FILES:
         path = builtin_path(BUILTIN_FILES[key])
@@ -218,8 +219,6 @@ class BoundStage:
         self.num_classes = num_classes
 
     def run(self, ctx: StageContext) -> None:
-        from absdsl.compiler.specs import margin_spec
-
         idx = ctx.pending()
         if idx.numel() == 0:
             return
@@ -359,8 +358,6 @@ def certify_model(
     progress: bool = False,
 ) -> CertifyReport:
     """Run the cascade on every input of ``split``; the model is not modified."""
-    import absdsl
-
     if not (0.0 <= options.eps <= 1.0):
         raise CertifyError(f"eps must lie in [0, 1] (pixel units), got {options.eps}")
     if options.tolerance <= 0:

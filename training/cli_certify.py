@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def load_run_model(target: Path, data_root: str | None = None) -> tuple[Any, Any
 
 def check_options(args: argparse.Namespace) -> None:
     """Options checked before the checkpoint or the data are read (one clear line each)."""
+    # lazy: heavy dependency scipy (training.milp), off the CLI start
     from .milp import check_time_limit
 
     check_time_limit(args.milp_time_limit)
@@ -139,6 +141,4 @@ _STAGE_MODULES = {"bab": "absdsl.verification.relu_bab", "milp": "absdsl.trainin
 
 def load_complete_stage(name: str = "milp") -> None:
     """Import the module that registers the complete stage ``name``."""
-    import importlib
-
     importlib.import_module(_STAGE_MODULES[name])

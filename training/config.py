@@ -18,6 +18,9 @@ from absdsl import domains as registry
 from absdsl.errors import AbsdslError
 from absdsl.training.data import dataset_info
 
+from .loss_fusion import LossFusionError, check_fusable
+from .programs import DomainError, canonical_domain
+
 
 class ConfigError(AbsdslError):
     """A config file or flag that is malformed, unknown or out of range."""
@@ -205,9 +208,6 @@ def validate(cfg: TrainConfig) -> None:
 
 def _check_loss_fusion(cfg: TrainConfig) -> None:
     """``loss_fusion`` with a domain or method it cannot fuse: a ConfigError before training."""
-    from .loss_fusion import LossFusionError, check_fusable
-    from .programs import DomainError, canonical_domain
-
     try:
         domain = canonical_domain(cfg.domain)
     except DomainError:

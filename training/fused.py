@@ -125,7 +125,7 @@ def compile_programs_fused(programs: Mapping[str, Any],
                            ) -> dict[str, Any]:
     """Every program wrapped in a :class:`CompiledProgram` (the inductor cache set up)."""
     use_compile_cache()
-    import torch._dynamo.config as dynamo_config
+    import torch._dynamo.config as dynamo_config  # lazy: heavy dependency torch._dynamo
 
     # the generated programs share the compiler's calling code, so each program, input shape
     # and ``upper`` flag is one more compiled variant of it: allow many, and make running out

@@ -41,6 +41,7 @@ from .checkpoint import (
 from .config import TrainConfig, dump_toml, load_toml, resolve
 from .data import DatasetInfo, Split, eval_batches, load_dataset, num_batches, train_batches
 from .distributed import World, barrier, broadcast_model, init_from_env
+from .fused import compile_programs_fused
 from .loss_fusion import INTERVAL_DOMAIN
 from .models import build_model, ibp_init
 from .programs import canonical_domain, compile_programs, required_domains
@@ -119,8 +120,6 @@ class Trainer:
             names.append(INTERVAL_DOMAIN)  # the chord intervals of loss fusion
         self.programs = compile_programs(self.model, names)
         if cfg.torch_compile:
-            from .fused import compile_programs_fused
-
             self.programs = compile_programs_fused(self.programs)
         self.rule = make_step_rule(
             cfg.optimizer, self.model, cfg, self.programs, resume=checkpoint is not None

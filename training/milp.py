@@ -38,7 +38,9 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
+import absdsl
 from absdsl.compiler import ops as _ops
+from absdsl.compiler.specs import margin_spec_full
 from absdsl.errors import AbsdslError
 
 from .certify import CertifyError, CertifyOptions, StageContext, register_stage
@@ -256,8 +258,6 @@ class NetworkMilp:
     """Exact MILP encodings of a piecewise-linear network, input box by input box."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
-        import absdsl
-
         self.model = copy.deepcopy(model).double().cpu().eval()
         self.input_shape = tuple(input_shape)
         self.prog = absdsl.compile(self.model, domain=BOUND_DOMAIN,
@@ -267,7 +267,8 @@ class NetworkMilp:
         for node in graph.nodes:
             if node.op not in SUPPORTED_OPS:
                 where = f" ({node.origin})" if node.origin else ""
-                linear = node.op in _ops.OPS and _ops.OPS[node.op].piecewise_linear
+                info = _ops.OPS.get(node.op)
+                linear = info is not None and info.piecewise_linear
                 what = ("is piecewise linear but has no MILP encoding yet" if linear
                         else "is not piecewise linear")
                 raise MilpError(
@@ -483,8 +484,6 @@ class NetworkMilp:
     def deeppoly_margins(self, lo: torch.Tensor, hi: torch.Tensor, labels: torch.Tensor
                          ) -> np.ndarray:
         """[B, num_classes] DeepPoly lower bounds on f_y - f_i in float64 (+inf at i = y)."""
-        from absdsl.compiler.specs import margin_spec_full
-
         spec = margin_spec_full(labels, self.num_outputs).double()
         with torch.no_grad():
             lb, _ = self.prog(lo.double(), hi.double(), spec=spec)

@@ -152,6 +152,7 @@ def build_model(name: str, info: DatasetInfo) -> nn.Module:
     if key in BUILTIN:
         model = BUILTIN[key](info)
     elif key.endswith(".onnx"):  # an ONNX file with its weights (verification/onnx_io.py)
+        # lazy: upper layer absdsl.verification.onnx_io (training sits below the applications)
         from absdsl.verification.onnx_io import load_onnx
 
         model = load_onnx(name)

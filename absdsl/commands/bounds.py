@@ -25,6 +25,7 @@ from absdsl.errors import AbsdslError, InputError
 from absdsl.training.certify import certificate_threshold, domain_trust
 from absdsl.training.data import dataset_info
 from absdsl.training.models import build_model, load_factory
+from absdsl.verification.onnx_io import load_onnx
 
 
 def input_shape(given: str | None, known: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -80,8 +81,6 @@ def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, tuple[
     if path.suffix.lower() == ".onnx":  # an ONNX network knows its input shape
         if weights is not None:
             raise InputError("--weights goes with --model module:factory, not with an ONNX file")
-        from absdsl.verification.onnx_io import load_onnx
-
         net = load_onnx(path)
         return net.eval(), net.input_shape
     if ":" not in spec or path.suffix in (".pt", ".pth") or path.is_file():

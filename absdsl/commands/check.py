@@ -39,6 +39,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: heavy dependency hypothesis (absdsl.soundness), off the CLI start
     from absdsl.soundness import check_domain
 
     if args.examples < 1:

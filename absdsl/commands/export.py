@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from absdsl.errors import AbsdslError, InputError
+from absdsl.training.cli_certify import load_run_model
+from absdsl.training.data import eval_batches, load_dataset
+from absdsl.verification.onnx_io import export_onnx, onnxruntime_outputs, onnxruntime_session
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -30,13 +36,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from absdsl.training.cli_certify import load_run_model
-    from absdsl.training.data import eval_batches, load_dataset
-    from absdsl.verification.onnx_io import export_onnx, onnxruntime_outputs, onnxruntime_session
-
     out = Path(args.onnx)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"--onnx {out}: the file name must end in .onnx")
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def model_opset(path: Path) -> int:
-    import onnx
+    import onnx  # lazy: optional dependency onnx
 
     model = onnx.load(str(path))
     return next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)

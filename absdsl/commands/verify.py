@@ -16,8 +16,12 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from absdsl.errors import InputError
+from absdsl.training.checkpoint import atomic_write_text
 from absdsl.verification import COMPLETE_STAGES
+from absdsl.verification.verify import VerifyResult, decide_files
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -52,19 +56,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--pgd-steps and --pgd-restarts must be >= 1")
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    import torch
-
     torch.set_num_threads(args.threads)
-    from absdsl.verification.verify import VerifyResult, decide_files
-
     result, prop = decide_files(args.onnx, args.vnnlib, timeout=args.timeout,
                                 tolerance=args.tolerance, pgd_steps=args.pgd_steps,
                                 pgd_restarts=args.pgd_restarts, seed=args.seed, start=start,
                                 complete=args.complete)
     assert isinstance(result, VerifyResult)
     if args.out:
-        from absdsl.training.checkpoint import atomic_write_text
-
         atomic_write_text(result.vnncomp_text(), Path(args.out))
     if args.json:
         data = result.to_json()

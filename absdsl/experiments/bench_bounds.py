@@ -269,7 +269,7 @@ def address_space_cap(gib: float) -> Iterator[None]:
     elsewhere. The previous limit is restored on exit.
     """
     try:
-        import resource
+        import resource  # lazy: platform module resource
     except ImportError:  # pragma: no cover - not Linux
         yield
         return
@@ -358,7 +358,7 @@ def lirpa_version() -> str:
 
     setup = "benchmarks/setup_lirpa.sh VENV installs it next to this torch (docs/benchmarks.md)"
     try:
-        import auto_LiRPA
+        import auto_LiRPA  # lazy: optional dependency auto_LiRPA
     except ModuleNotFoundError as err:
         if err.name != "auto_LiRPA" and not (err.name or "").startswith("auto_LiRPA."):
             raise InputError(f"--lirpa: auto_LiRPA is installed but cannot import "
@@ -379,6 +379,7 @@ def lirpa_program(model: nn.Module, domain: str, lo: torch.Tensor, hi: torch.Ten
     CROWN-IBP takes intermediate bounds from IBP, as the crown-ibp domain does. Only the
     public API is used: ``BoundedModule``, ``BoundedTensor``, ``PerturbationLpNorm``.
     """
+    # lazy: optional dependency auto_LiRPA
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
     bounded = BoundedModule(model, torch.zeros_like(lo[:1]), bound_opts={"relu": "adaptive"})

@@ -28,8 +28,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from absdsl.errors import AbsdslError, InputError
 from absdsl.verification import COMPLETE_STAGES
+from absdsl.verification.verify import decide_files
 
 OUTCOMES = ("unsat", "sat", "unknown", "timeout", "error")
 
@@ -111,8 +114,6 @@ def _plain(path: Path, scratch: Path) -> Path:
 
 def run_instance(inst: Instance, limit: float, scratch: Path, complete: str) -> tuple[
         str, float, str | None, int, str]:
-    from absdsl.verification.verify import decide_files
-
     start = time.perf_counter()
     try:
         onnx = _plain(inst.onnx, scratch)
@@ -147,8 +148,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     if args.cap is not None and not args.cap > 0:
         raise InputError(f"--cap must be a positive number of seconds, got {args.cap}")
     if args.every < 1 or (args.limit is not None and args.limit < 1) or args.threads < 1:

@@ -71,7 +71,7 @@ class Z3Backend(Backend):
     symbolic = True
 
     def __init__(self) -> None:
-        import z3
+        import z3  # lazy: optional dependency z3
 
         self.z3 = z3
         self.facts: list[Any] = []  # side conditions (sqrt) and function facts
@@ -199,7 +199,7 @@ class NumpyBackend(Backend):
 
 def model_value(model: Any, term: Any) -> float:
     """A z3 model's value of a real term as a float (algebraic numbers approximated)."""
-    import z3
+    import z3  # lazy: optional dependency z3
 
     v = model.eval(term, model_completion=True)
     if z3.is_rational_value(v):

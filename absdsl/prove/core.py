@@ -35,6 +35,7 @@ class SolverMissing(AbsdslError):
 
 def solver_available() -> bool:
     try:
+        # lazy: optional dependency z3
         import z3  # noqa: F401
     except ImportError:
         return False
@@ -398,7 +399,7 @@ def rule_obligation(domain: ast.Domain, rule: ast.Rule, op: str, correlated: boo
 def gamma_is_symmetric(domain: ast.Domain, timeout_s: float) -> bool:
     """Whether gamma reads ``A - sum(|G|) <= x <= B + sum(|G|)`` for every gens variable G
     (then a state means ``x in [A + G e, B + G e]`` for shared noise e)."""
-    import z3
+    import z3  # lazy: optional dependency z3
 
     gens = _gens_fields(domain)
     if not gens or domain.gamma is None:
@@ -468,7 +469,7 @@ def _numeric(ob: Obligation, n: int, fixed: dict[str, float] | None = None
 
 
 def prove(ob: Obligation, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProofResult:
-    import z3
+    import z3  # lazy: optional dependency z3
 
     start = time.perf_counter()
     bk = Z3Backend()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,15 +16,23 @@ import torch.nn as nn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture import engine as hypothesis_engine
 from hypothesis.reporting import with_reporter
 
+import absdsl
 from absdsl.compiler import ops as _ops
+from absdsl.errors import TraceError
 
 from .common import ACTIVATION_OPS, DTYPE, local_tolerance
 from .nets import Layer, NetSpec, TapNet, build_net, harvest, magnitude
 from .report import Counterexample, PropertyResult, Violation
 from .strategies import aim, input_boxes, networks, plan_tokens, sample_points
 from .surfaces import BASE_SURFACES, Surface
+
+try:
+    from hypothesis.internal.conjecture import providers
+except ImportError:  # another Hypothesis layout: no local constants to switch off
+    providers = None  # type: ignore[assignment]
 
 
 def _tolist(t: torch.Tensor) -> list:
@@ -96,9 +105,6 @@ def _probe_nets() -> dict[str, NetSpec]:
 
 def supported_ops(domain: Any) -> tuple[frozenset[str], list[str]]:
     """Probe the domain with one-op networks: (ops it has rules for, ops it lacks)."""
-    import absdsl
-    from absdsl.errors import TraceError
-
     ok, missing = set(), []
     for op, spec in _probe_nets().items():
         try:
@@ -121,7 +127,6 @@ def spec_rows(n_out: int, batch: int, g: torch.Generator,
     random ones), random rows with exact zeros."""
     specs = []
     if n_out >= 2:
-        import absdsl
         labels = torch.randint(0, n_out, (batch,), generator=g)
         specs.append(absdsl.margin_spec(labels, n_out).to(DTYPE))
         chosen = list(pairs or [])
@@ -182,8 +187,6 @@ class _Case:
 def _prepare(domain: Any, spec_net: NetSpec, boxes: tuple[torch.Tensor, torch.Tensor],
              plan: list, surfaces: tuple[Surface, ...], seed_: int,
              prog_kwargs: dict | None = None) -> tuple[_Case, Any]:
-    import absdsl
-
     lo, hi = boxes
     net = build_net(spec_net)
     prog = absdsl.compile(net, domain, input_shape=spec_net.input_shape, **(prog_kwargs or {}))
@@ -208,8 +211,6 @@ def _check_case(domain: Any, case: _Case, prop: str, use_spec: bool, seed_: int,
                 full_prog: Any) -> None:
     """The network's output (``full_prog``) and every layer's output at once (a
     :class:`TapNet` program): concrete values in the bounds, or in the spec bounds."""
-    import absdsl
-
     lo, hi, pts = case.lo, case.hi, case.pts
     batch, npts = pts.shape[:2]
     tap = TapNet(case.net).eval()
@@ -240,17 +241,16 @@ def _check_case(domain: Any, case: _Case, prop: str, use_spec: bool, seed_: int,
 @contextlib.contextmanager
 def shrink_time_limit(seconds: float) -> Iterator[None]:
     """Cap Hypothesis's shrinking time (each shrink step compiles programs: slow)."""
-    from hypothesis.internal.conjecture import engine
-
-    old = getattr(engine, "MAX_SHRINKING_SECONDS", None)
+    old = getattr(hypothesis_engine, "MAX_SHRINKING_SECONDS", None)
     if old is None:  # another Hypothesis version: keep its default
         yield
         return
-    engine.MAX_SHRINKING_SECONDS = math.ceil(seconds)  # declared int; whole seconds suffice
+    # declared int; whole seconds suffice
+    hypothesis_engine.MAX_SHRINKING_SECONDS = math.ceil(seconds)
     try:
         yield
     finally:
-        engine.MAX_SHRINKING_SECONDS = old
+        hypothesis_engine.MAX_SHRINKING_SECONDS = old
 
 
 @contextlib.contextmanager
@@ -264,9 +264,7 @@ def without_local_constants() -> Iterator[None]:
     one was missed in the other. Its built-in constant pool (NaN, 0.5, 1e-5, ...) stays: it is
     fixed for a Hypothesis version. Hypothesis versions without local constants need nothing.
     """
-    try:
-        from hypothesis.internal.conjecture import providers
-    except ImportError:  # another Hypothesis layout: nothing to switch off
+    if providers is None:  # another Hypothesis layout: nothing to switch off
         yield
         return
     get_local = getattr(providers, "_get_local_constants", None)
@@ -314,8 +312,6 @@ def _run_property(name: str, test: Any, max_examples: int, seed: int,
     except Violation:
         return PropertyResult(name, False, counter["n"], last.get("cex"))
     except Exception as err:  # a crash of the program is a failure too
-        import traceback
-
         frames = traceback.extract_tb(err.__traceback__)
         where = next((f"{f.filename}:{f.lineno} ({f.name})" for f in reversed(frames)
                       if "hypothesis" not in f.filename), "")

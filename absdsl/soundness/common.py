@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from absdsl.compiler import ops as _ops
+from absdsl.dsl.loader import load_domain
 
 DTYPE = torch.float64
 REL_TOL = 1e-9
@@ -72,5 +73,4 @@ def local_tolerance(*magnitudes: torch.Tensor) -> torch.Tensor:
 
 
 def _loaded(domain: Any) -> Any:
-    from absdsl.dsl.loader import load_domain
     return load_domain(domain)

@@ -12,6 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
+import absdsl
+from absdsl.compiler.codegen import find_rule
+from absdsl.dsl.loader import load_domain
+
 from .checks import _Test, _tolist
 from .common import ACTIVATION_OPS, DTYPE, RULE_OP, _loaded
 from .nets import Layer, NetSpec, build_net, harvest
@@ -30,16 +34,12 @@ def continuous_ops(domain: Any) -> frozenset[str]:
     too; a back-substitution domain's affine maps are exact, and it declares its activations
     with (empty) ``rule OP continuous {}`` entries.
     """
-    from absdsl.dsl.loader import load_domain
-
     loaded = load_domain(domain)
     rules = loaded.domain.rules
     declared = {op for r in rules if r.continuous for op in r.ops}
     if loaded.intermediate is None and not {"input", "affine"} <= declared:
         return frozenset()
     acts = set()
-    from absdsl.compiler.codegen import find_rule
-
     for op in ACTIVATION_OPS:
         rule = find_rule(loaded.domain, RULE_OP.get(op, op))
         if rule is not None and rule.continuous:
@@ -92,8 +92,6 @@ def find_jump(loss: Callable[[float], float], t0: float, t1: float,
 def continuity_property(domain: Any, acts: frozenset[str]) -> _Test:
     """The robust loss along a random direction in weight space, through a neuron aimed at
     a guard surface, has no jump (see :func:`find_jump`)."""
-    import absdsl
-
     loaded_surfaces = guard_surfaces(_loaded(domain))
 
     moderate = st.floats(-2.0, 2.0, allow_nan=False, width=64)

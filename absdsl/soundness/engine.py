@@ -12,7 +12,10 @@ import torch
 import torch.nn as nn
 from hypothesis import strategies as st
 
+import absdsl
+from absdsl.compiler import program as _program
 from absdsl.compiler.context import PLAIN as PLAIN_ENGINE
+from absdsl.dsl.loader import load_domain
 
 from .checks import _prepare, _Test, _tolist, compare, spec_rows
 from .common import DTYPE, local_tolerance
@@ -38,10 +41,8 @@ def _count_engine_paths(prog: Any) -> Iterator[None]:
 
 def _chunk_budget(net: nn.Sequential, shape: tuple[int, ...], batch: int, rows: int) -> float:
     """A memory budget (MiB) that gives about ``rows`` back-substitution rows per chunk."""
-    try:
-        from absdsl.compiler.program import _BYTES_PER_ROW_FACTOR as factor
-    except ImportError:  # the engine changed: a small budget still chunks
-        factor = 6
+    # the engine's bytes per row; another engine without the figure: a small budget still chunks
+    factor = getattr(_program, "_BYTES_PER_ROW_FACTOR", 6)
     widest = math.prod(shape)
     with torch.no_grad():
         cur = torch.zeros(1, *shape, dtype=DTYPE)
@@ -55,9 +56,6 @@ def _chunk_budget(net: nn.Sequential, shape: tuple[int, ...], batch: int, rows: 
 def engine_property(domain: Any, ops: frozenset[str], surfaces: tuple[Surface, ...]) -> _Test:
     """Larger, mostly stable networks; sound at concrete points and equal to the plain
     engine and to the vmap form."""
-    import absdsl
-    from absdsl.dsl.loader import load_domain
-
     backsub = load_domain(domain).intermediate is not None
     ops = ops - {"residual", "cat", "sigmoid", "tanh"} if "conv" in ops else ops
 

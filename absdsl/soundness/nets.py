@@ -4,6 +4,7 @@ bound behind the local tolerance."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -227,28 +228,40 @@ def build_net(spec: NetSpec) -> nn.Sequential:
 
 def harvest(layers: tuple[Layer, ...], seq: nn.Module) -> tuple[Layer, ...]:
     """The layers with the weights the modules hold now (after aiming), for reports."""
-    out = []
     assert isinstance(seq, nn.Sequential)
-    for la, mod in zip(layers, seq, strict=True):
-        if la.op in ("linear", "conv"):
-            vals = torch.cat([p.detach().flatten() for p in _params(mod)])
-            out.append(Layer(la.op, la.args, tuple(vals.tolist())))
-        elif la.op == "bn":
-            assert isinstance(mod, nn.modules.batchnorm._BatchNorm)
-            assert mod.running_mean is not None and mod.running_var is not None
-            vals = torch.cat([mod.weight.detach(), mod.bias.detach(), mod.running_mean,
-                              mod.running_var - 1e-3])
-            out.append(Layer("bn", la.args, tuple(vals.tolist())))
-        elif la.op == "residual":
-            assert isinstance(mod, _Residual)
-            out.append(Layer(la.op, la.args, inner=(harvest(la.inner[0], mod.f),)))
-        elif la.op == "cat":
-            assert isinstance(mod, _Cat)
-            out.append(Layer(la.op, la.args, inner=(harvest(la.inner[0], mod.f),
-                                                    harvest(la.inner[1], mod.g))))
-        else:
-            out.append(la)
-    return tuple(out)
+    return tuple(_HARVESTERS.get(la.op, _unchanged)(la, mod)
+                 for la, mod in zip(layers, seq, strict=True))
+
+
+def _unchanged(la: Layer, mod: nn.Module) -> Layer:
+    return la
+
+
+def _harvest_weights(la: Layer, mod: nn.Module) -> Layer:
+    vals = torch.cat([p.detach().flatten() for p in _params(mod)])
+    return Layer(la.op, la.args, tuple(vals.tolist()))
+
+
+def _harvest_bn(la: Layer, mod: nn.Module) -> Layer:
+    assert isinstance(mod, nn.modules.batchnorm._BatchNorm)
+    assert mod.running_mean is not None and mod.running_var is not None
+    vals = torch.cat([mod.weight.detach(), mod.bias.detach(), mod.running_mean,
+                      mod.running_var - 1e-3])
+    return Layer("bn", la.args, tuple(vals.tolist()))
+
+
+def _harvest_branches(la: Layer, mod: nn.Module) -> Layer:
+    assert isinstance(mod, (_Residual, _Cat))
+    branches = (mod.f,) if isinstance(mod, _Residual) else (mod.f, mod.g)
+    pairs = zip(la.inner, branches, strict=False)
+    return Layer(la.op, la.args, inner=tuple(harvest(inner, branch) for inner, branch in pairs))
+
+
+# how a layer reads back the weights its module holds; the other layers have none
+_HARVESTERS: dict[str, Callable[[Layer, nn.Module], Layer]] = {
+    "linear": _harvest_weights, "conv": _harvest_weights, "bn": _harvest_bn,
+    "residual": _harvest_branches, "cat": _harvest_branches,
+}
 
 
 class _Activation(nn.Module):

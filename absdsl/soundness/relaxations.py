@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
+from absdsl.compiler import codegen
 from absdsl.compiler import ops as _ops
+from absdsl.dsl.loader import load_domain
 
 from .checks import _Test
 from .common import DTYPE, RELAX_RANGE, local_tolerance
@@ -35,9 +37,6 @@ def relaxation_functions(domain: Any) -> list[tuple[str, dict[str, float], Any]]
 
     Generated exactly as bound programs generate them (``codegen.relax_function``).
     """
-    from absdsl.compiler import codegen
-    from absdsl.dsl.loader import load_domain
-
     loaded = load_domain(domain)
     out: list[tuple[str, dict[str, float], Any]] = []
     for op in _ops.ACTIVATIONS:
@@ -76,9 +75,6 @@ PARAM_PICKS: tuple[Callable[[torch.Tensor, torch.Tensor, float, float], torch.Te
 
 def product_relaxation(domain: Any) -> Any:
     """The domain's planes of ``mul`` as fn(lx, ux, ly, uy) -> 6 tensors, or None."""
-    from absdsl.compiler import codegen
-    from absdsl.dsl.loader import load_domain
-
     loaded = load_domain(domain)
     relax = codegen.relax_for("mul", loaded.relaxes)
     if relax is None or loaded.intermediate is None:

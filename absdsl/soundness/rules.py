@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import absdsl
+from absdsl.compiler import codegen
 from absdsl.compiler import ops as _ops
+from absdsl.errors import InputError, TraceError
 
 from .checks import compare
 from .common import ACTIVATION_OPS, DTYPE, RELAX_RANGE, _loaded
@@ -31,9 +34,15 @@ RULE_OFFSETS = (0.0, 1e-9, -1e-9, 1e-6, -1e-6, 1e-4, -1e-4, 1e-3, -1e-3, 0.05, -
 RULE_WIDTHS = (0.0, 1e-6, 1e-3, 0.1, 1.0, 4.0)
 SLOPE_FACTORS = (1.0, 1.01, 0.99, 1.03, 0.97, 1.06, 0.94)
 PRODUCT_VALUES = (-2.0, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.5, 1.0, 2.0)
-# ops the front end reaches from a direct spelling on the input (the others of the table are
-# reached only inside composites: softmax, log_softmax, layer norm, F.normalize)
-_COMPOSITE_OPS = ("neg_log1p", "inv1p", "rsqrt_eps", "inv_norm")
+# the ops the front end makes only inside composites, each with the composite that reaches it
+# (the other ops of the table have a direct spelling on the input)
+_COMPOSITES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "neg_log1p": lambda x: torch.log_softmax(x, -1),
+    "inv1p": lambda x: torch.softmax(x, -1),
+    "rsqrt_eps": lambda x: F.layer_norm(x, (2,)),
+    "inv_norm": lambda x: F.normalize(x, dim=-1),
+}
+_COMPOSITE_OPS = tuple(_COMPOSITES)
 
 
 def special_points(op: str, params: dict[str, float]) -> list[float]:
@@ -80,27 +89,33 @@ def special_boxes(op: str, params: dict[str, float]) -> tuple[torch.Tensor, torc
     return ends[:, 0], ends[:, 1]
 
 
+# the ops model code spells with an operator (``x ** n``, ``1 / x``), as f(x, exponent)
+_OPERATOR_SPELLINGS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "pow": lambda x, n: x ** n,
+    "pow_odd": lambda x, n: x ** n,
+    "reciprocal": lambda x, n: 1 / x,
+}
+
+
 class _OpNet(nn.Module):
     """One op on the input, output ``cat([x, f(x)])`` (so spec rows can form f(x) - a x)."""
 
     def __init__(self, op: str, params: dict[str, float]) -> None:
         super().__init__()
-        self.op = op
         info = _ops.get("hardtanh" if op == "relu6" else op)
         self.exponent = int(params.get("exponent", 2.0))
+        self.spelled = _OPERATOR_SPELLINGS.get(op)
         self.act: nn.Module | None = None
         if op == "relu6":
             self.act = nn.ReLU6()
-        elif op not in ("pow", "pow_odd", "reciprocal"):
+        elif self.spelled is None:
             positional = [p for p in info.params if p.position >= 0]
             full = {p.name: p.default for p in info.params} | params
             self.act = _Activation(op, tuple(full[p.name] for p in positional))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.op in ("pow", "pow_odd"):
-            y = x ** self.exponent
-        elif self.op == "reciprocal":
-            y = 1 / x
+        if self.spelled is not None:
+            y = self.spelled(x, self.exponent)
         else:
             assert self.act is not None
             y = self.act(x)
@@ -137,16 +152,10 @@ class _CompositeNet(nn.Module):
 
     def __init__(self, op: str) -> None:
         super().__init__()
-        self.op = op
+        self.composite = _COMPOSITES[op]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.op == "inv1p":
-            return torch.softmax(x, -1)
-        if self.op == "neg_log1p":
-            return torch.log_softmax(x, -1)
-        if self.op == "rsqrt_eps":
-            return F.layer_norm(x, (2,))
-        return F.normalize(x, dim=-1)
+        return self.composite(x)
 
 
 def _grid_points(lo: torch.Tensor, hi: torch.Tensor, extra: list[float]) -> torch.Tensor:
@@ -226,8 +235,6 @@ def domain_rules(domain: Any) -> dict[str, RuleReach]:
 
 def rules_of_op(domain: Any, op: str) -> list[str]:
     """Labels (as :func:`domain_rules`) of the rules that bound ``op`` in this domain."""
-    from absdsl.compiler import codegen
-
     loaded = _loaded(domain)
     labels = []
     for dom in (loaded.domain, loaded.intermediate):
@@ -277,9 +284,6 @@ def rules_property(domain: Any, ops: frozenset[str]) -> tuple[PropertyResult,
     """The per-rule sweep (see the section comment): a result, and the reach of every rule.
 
     A rule no example reached fails the property (it was never checked)."""
-    import absdsl
-    from absdsl.errors import InputError, TraceError
-
     name = ("rules: every rule reached, one- and two-op networks on boxes at each op's "
             "special points (kinks, inflections, dips, argmin)")
     domain = _loaded(domain)  # parsed once for every case

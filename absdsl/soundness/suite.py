@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from absdsl.errors import InputError
+
 from .checks import _run_property, soundness_property, supported_ops
 from .common import DEFAULT_PROPERTIES, PROPERTIES, _loaded
 from .continuity import continuity_property, continuous_ops
@@ -34,8 +36,6 @@ def check_domain(domain_spec: str | Path | Any, max_examples: int = 50, seed: in
     holding the shrunk :class:`Counterexample`. DSL errors in the file propagate
     (:class:`absdsl.errors.DSLError`); an unknown property is an ``InputError``.
     """
-    from absdsl.errors import InputError
-
     unknown = [p for p in properties if p not in PROPERTIES]
     if unknown:
         raise InputError(f"unknown property {unknown[0]!r} (properties: {', '.join(PROPERTIES)})")

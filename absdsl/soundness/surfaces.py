@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from absdsl.dsl import ast
+
 
 @dataclass(frozen=True)
 class Surface:
@@ -62,8 +64,6 @@ class _SurfaceFinder:
         self.found.append(Surface(a / scale, b / scale, c / scale, where))
 
     def expr(self, e: Any, env: dict[str, _Form], where: str) -> _Form:
-        from absdsl.dsl import ast
-
         if isinstance(e, ast.Num):
             return {"1": e.value}
         if isinstance(e, ast.Name):
@@ -108,8 +108,6 @@ class _SurfaceFinder:
         return None
 
     def stmts(self, body: tuple, env: dict[str, _Form], where: str) -> None:
-        from absdsl.dsl import ast
-
         for s in body:
             if isinstance(s, ast.Assign):
                 form = self.expr(s.value, env, where)

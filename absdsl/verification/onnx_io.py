@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from absdsl.compiler.frontend import trace
 from absdsl.errors import AbsdslError, OnnxError, TraceError
 
 # ONNX ops with a lowering (after constant folding). Constant-only nodes of any op are folded.
@@ -39,8 +40,8 @@ MAX_FOLD_ELEMENTS = 50_000_000  # a folded constant larger than this is refused 
 
 def _require() -> tuple[Any, Any]:
     try:
-        import onnx
-        import onnx2torch
+        import onnx  # lazy: optional dependency onnx
+        import onnx2torch  # lazy: optional dependency onnx2torch
     except ImportError as err:
         raise OnnxError(f"ONNX support needs the 'onnx' extra: pip install 'absdsl[onnx]' "
                         f"({err})") from err
@@ -125,7 +126,7 @@ def _upgrade_opset(model: Any, path: Path) -> Any:
     their opset-13 equivalents. A conversion that fails leaves the model as it was (its ops
     are then checked and named as usual).
     """
-    from onnx import version_converter
+    from onnx import version_converter  # lazy: optional dependency onnx
 
     if _opset(model) >= UPGRADE_OPSET:
         return model
@@ -185,8 +186,8 @@ def _fold_constants(model: Any, path: Path) -> Any:
     Nodes on the data path are left exactly as they are.
     """
     onnx, _ = _require()
-    from onnx import helper, numpy_helper, shape_inference
-    from onnx.reference import ReferenceEvaluator
+    from onnx import helper, numpy_helper, shape_inference  # lazy: optional dependency onnx
+    from onnx.reference import ReferenceEvaluator  # lazy: optional dependency onnx
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -304,8 +305,8 @@ def _register_newer_opsets() -> None:
     global _OPSET_ALIASES_DONE
     if _OPSET_ALIASES_DONE:
         return
-    from onnx import defs
-    from onnx2torch.node_converters import registry
+    from onnx import defs  # lazy: optional dependency onnx
+    from onnx2torch.node_converters import registry  # lazy: optional dependency onnx2torch
 
     table = registry._CONVERTER_REGISTRY  # noqa: SLF001 - the converter's own registry
     newest = defs.onnx_opset_version()
@@ -329,7 +330,7 @@ def _register_newer_opsets() -> None:
 
 def _check_attributes(model: Any, path: Path) -> None:
     """Attributes of supported ops that the lowerings do not cover, named before conversion."""
-    from onnx import helper
+    from onnx import helper  # lazy: optional dependency onnx
 
     for index, node in enumerate(model.graph.node):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -404,7 +405,7 @@ def load_onnx(path: str | Path) -> OnnxNetwork:
     except Exception as err:  # noqa: BLE001 - converters raise anything
         raise OnnxError(f"{p}: onnx2torch cannot convert the network: {_first_line(err)}") \
             from None
-    from .onnx_lowering import rewrite  # needs onnx2torch, checked by _require()
+    from .onnx_lowering import rewrite  # lazy: optional dependency onnx2torch
 
     rewrite(gm, names, p, input_shape, vector=len(input_shape) == 1 and rank1)
     with torch.no_grad():
@@ -424,8 +425,6 @@ _MODULE_RE = re.compile(r"module '(?:net\.)?([^'.]+)")
 
 def _trace_check(net: OnnxNetwork, path: Path) -> None:
     """Trace with the front end now; a TraceError names the ONNX node it came from."""
-    from absdsl.compiler.frontend import trace
-
     try:
         trace(net, net.input_shape)
     except TraceError as err:
@@ -442,7 +441,7 @@ def _trace_check(net: OnnxNetwork, path: Path) -> None:
 
 def onnxruntime_session(path: str | Path) -> Any:
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional dependency onnxruntime
     except ImportError as err:
         raise OnnxError(f"onnxruntime is not installed: pip install 'absdsl[onnx]' ({err})") \
             from err

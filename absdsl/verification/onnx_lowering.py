@@ -29,10 +29,11 @@ from onnx2torch.node_converters.global_average_pool import (
     OnnxGlobalAveragePoolWithKnownInputShape,
 )
 from onnx2torch.node_converters.matmul import OnnxMatMul
-from onnx2torch.node_converters.pad import OnnxPadDynamic, OnnxPadStatic
+from onnx2torch.node_converters.pad import OnnxPadDynamic, OnnxPadStatic, _onnx_padding_to_torch
 from onnx2torch.node_converters.reshape import OnnxReshape
 from onnx2torch.node_converters.slice import OnnxSlice, OnnxSliceV9
 from onnx2torch.node_converters.transpose import OnnxTranspose
+from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import OnnxError
 
@@ -258,8 +259,6 @@ def _lowered(gm: fx.GraphModule, mod: nn.Module, op_type: str, args: list[Any],
 
 
 def _shapes_at_batch1(gm: fx.GraphModule, probe: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    from torch.fx.passes.shape_prop import ShapeProp
-
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(probe)
@@ -299,8 +298,6 @@ def _reshape_target(in_shape: tuple[int, ...] | None, target: torch.Tensor,
 def _pad_widths(gm: fx.GraphModule, mod: Any, args: list[Any], where: str
                ) -> tuple[tuple[int, ...], float]:
     """F.pad widths (last axis first) and the value of an ONNX Pad with constant pads."""
-    from onnx2torch.node_converters.pad import _onnx_padding_to_torch
-
     if not hasattr(mod, "pads"):  # pads (and the value) given as constant inputs
         pads = _const_of(gm, args[1]) if len(args) > 1 else None
         value = _const_of(gm, args[2]) if len(args) > 2 else torch.zeros(())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
+import absdsl
 from absdsl.errors import AbsdslError
-from absdsl.verification import COMPLETE_STAGES
-from absdsl.verification.vnnlib import Polytope, Property, VnnlibError
+from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
+from absdsl.training.programs import CASCADE_ORDER
+from absdsl.verification import COMPLETE_STAGES, onnx_io
+from absdsl.verification.bab import MAX_INPUT_DIMS, InputBab
+from absdsl.verification.relu_bab import ReluBab
+from absdsl.verification.vnnlib import Polytope, Property, VnnlibError, VnnlibTimeout, read_vnnlib
 
 DEFAULT_TOLERANCE = 1e-6
 WITNESS_SLACK = 1e-6  # a witness must satisfy its rows by this much (x (1 + max |y|))
@@ -142,8 +148,6 @@ class _Verifier:
     def confirm(self, c: int, k: int, x: np.ndarray, stage: str) -> Witness | None:
         """A checked witness from candidate x, None if it is not one; raises if onnxruntime
         disagrees with the float64 model about a clear witness."""
-        from absdsl.verification.onnx_io import onnxruntime_outputs
-
         case = self.prop.cases[c]
         poly = case.polytopes[k]
         x32 = _float32_in_box(x.reshape(-1), case.lo, case.hi)
@@ -151,7 +155,7 @@ class _Verifier:
         slack = WITNESS_SLACK * (1.0 + float(np.max(np.abs(y64), initial=0.0)))
         if not poly.holds(y64, -slack):
             return None
-        y_ort = onnxruntime_outputs(self.session, x32.reshape(1, *self.input_shape))[0]
+        y_ort = onnx_io.onnxruntime_outputs(self.session, x32.reshape(1, *self.input_shape))[0]
         if poly.holds(y_ort):
             return Witness(c, k, x32, y_ort, stage)
         diff = float(np.max(np.abs(y_ort - y64)))
@@ -168,9 +172,6 @@ class _Verifier:
 
     # -- stages ------------------------------------------------------------------------
     def bounds(self) -> None:
-        import absdsl
-        from absdsl.training.programs import CASCADE_ORDER
-
         for domain in CASCADE_ORDER:
             if not self.open or self.left() <= 0:
                 return
@@ -213,8 +214,6 @@ class _Verifier:
         """What a row's lb - b must exceed: the certification policy of ``absdsl certify``
         (tolerance + 1e-9 x the largest magnitude in the bound computation), the magnitude
         also taken over the right-hand sides b."""
-        from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
-
         base = float(certificate_threshold(prog, lo, hi, lb, ub, self.tol)[0])
         b_max = max((float(np.max(np.abs(p.b))) for p in polys if p.b.size), default=0.0)
         return base + REL_TOLERANCE * b_max
@@ -268,6 +267,7 @@ class _Verifier:
         return best_x.numpy()
 
     def milp(self) -> bool:
+        # lazy: heavy dependency scipy (training.milp), off the CLI start
         from absdsl.training.milp import MilpError, NetworkMilp
 
         if not self.open or self.left() <= 0:
@@ -300,8 +300,9 @@ class _Verifier:
     def _solve(self, problem: Any, poly: Polytope, time_limit: float
                ) -> tuple[str, np.ndarray | None]:
         """min t s.t. network, A y - t <= b, t <= tol + slack: refuted | open (+ a point)."""
-        from scipy.optimize import milp
+        from scipy.optimize import milp  # lazy: heavy dependency scipy
 
+        # lazy: heavy dependency scipy (training.milp), off the CLI start
         from absdsl.training.milp import polytope_problem
 
         if poly.A.shape[0] == 0:
@@ -328,9 +329,6 @@ class _Verifier:
     def bab(self, relu: bool = False) -> bool:
         """Branch and bound on every case with open polytopes: on the input box
         (``verification.bab``) or, with ``relu``, on ReLU phases (``verification.relu_bab``)."""
-        from absdsl.verification.bab import InputBab
-        from absdsl.verification.relu_bab import ReluBab
-
         stage = "relu-bab" if relu else "bab"
         for c in sorted({c for c, _ in self.open}):
             if self.left() <= 0:
@@ -374,8 +372,6 @@ class _Verifier:
         if self.complete != "auto":
             return self.complete
         n_in = int(np.prod(self.input_shape))
-        from absdsl.verification.bab import MAX_INPUT_DIMS
-
         return "bab" if n_in <= MAX_INPUT_DIMS else "relu"
 
     def run(self) -> VerifyResult:
@@ -414,8 +410,6 @@ def _run_until(solve: Any, seconds: float) -> tuple[int, float | None, np.ndarra
     """``solve()`` (a scipy ``milp`` call) in a forked child that is killed ``seconds`` from
     now: HiGHS checks its own time limit only between phases, so the deadline is kept by the
     parent. Returns (status, dual bound, x), or None when the child was killed or failed."""
-    import multiprocessing as mp
-
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
 
@@ -468,8 +462,6 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
     ``start`` (a ``time.perf_counter()`` value) lets the caller count its own loading time
     against ``timeout``.
     """
-    from absdsl.verification.onnx_io import onnxruntime_session
-
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
     if not (tolerance > 0 and math.isfinite(tolerance)):
@@ -480,7 +472,7 @@ def verify_property(net: nn.Module, input_shape: tuple[int, ...], prop: Property
     with torch.no_grad():
         probe = net(torch.zeros((1, *input_shape)))
     check_sizes(prop, input_shape, int(probe.reshape(1, -1).shape[1]), onnx_path)
-    session = onnxruntime_session(onnx_path)
+    session = onnx_io.onnxruntime_session(onnx_path)
     verifier = _Verifier(net, input_shape, prop, session, float(timeout), tolerance, pgd_steps,
                          pgd_restarts, seed, time.perf_counter() if start is None else start,
                          complete)
@@ -498,9 +490,6 @@ def decide_files(onnx_path: str, vnnlib_path: str, timeout: float, start: float 
     property or network that takes the whole budget to read gives ``timeout`` (with no
     property, None). Bad input raises (``InputError``: one line, exit 2), before any answer.
     """
-    from absdsl.verification.onnx_io import load_onnx
-    from absdsl.verification.vnnlib import VnnlibTimeout, read_vnnlib
-
     start = time.perf_counter() if start is None else start
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise AbsdslError(f"--timeout must be a positive number of seconds, got {timeout}")
@@ -513,7 +502,7 @@ def decide_files(onnx_path: str, vnnlib_path: str, timeout: float, start: float 
         prop = read_vnnlib(vnnlib_path, deadline)  # a syntax error before the network is read
     except VnnlibTimeout:
         return out_of_time(["the deadline passed while reading the property"]), None
-    net = load_onnx(onnx_path)
+    net = onnx_io.load_onnx(onnx_path)
     check_sizes(prop, net.input_shape, net.num_outputs, onnx_path)
     if time.perf_counter() >= deadline:
         return out_of_time(["the deadline passed while loading the network"]), prop

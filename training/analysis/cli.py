@@ -38,6 +38,8 @@ from absdsl.training.data import load_dataset
 from absdsl.training.programs import canonical_domain
 
 from .arg_types import floats, names
+from .popsize_cli import register as register_popsize
+from .smoothing_gradient_cli import register as register_smoothing_gradient
 from .tightness import AnalysisError
 
 
@@ -98,11 +100,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     ls.add_argument("--device", default="cpu", help="torch device of the evaluation "
                                                     "(default cpu; e.g. cuda)")
     ls.set_defaults(analysis_run=_run_landscape)
-    from .smoothing_gradient_cli import register as register_smoothing_gradient
-
     register_smoothing_gradient(sub, _common, _load, _check_domains)
-    from .popsize_cli import register as register_popsize
-
     register_popsize(sub, _common, _load, _check_domains)
 
 

@@ -283,7 +283,7 @@ def check_direction_option(direction: str, inputs: int) -> None:
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     """Lay out, write (creating the folder) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy dependency matplotlib
 
     fig.tight_layout()
     path = Path(path)
@@ -478,10 +478,10 @@ def plot_landscape(data: Mapping[str, Any], path: str | Path) -> Path:
     ``data`` is :meth:`LandscapeResult.to_json`. Every curve is divided by its domain's
     L(0); jumps are marked on panel (a); the shaded bands are the 95% confidence bands.
     """
-    import matplotlib
+    import matplotlib  # lazy: heavy dependency matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy dependency matplotlib
 
     sigmas = [f"{s:g}" for s in data["sigmas"]]
     n_panels = 2 + len(sigmas)

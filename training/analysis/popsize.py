@@ -179,11 +179,11 @@ def population_effect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 def plot_popsize(data: Mapping[str, Any], path: str | Path) -> Path:
     """One panel per population size (induced curve, band, the original loss dashed), then
     roughness and gradient cosine against n_ps; every loss divided by L(0)."""
-    import matplotlib
-    import matplotlib.ticker
+    import matplotlib  # lazy: heavy dependency matplotlib
+    import matplotlib.ticker  # lazy: heavy dependency matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy dependency matplotlib
 
     sizes = data["popsizes"]
     n_panels = len(sizes) + 1

@@ -8,7 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..checkpoint import atomic_write_text
 from .arg_types import add_population_options, floats
+from .landscape import check_direction_option
+from .popsize import DEFAULT_POPSIZES, check_options, plot_popsize, population_effect
 
 
 def _ints(text: str) -> list[int]:
@@ -21,8 +24,6 @@ def _ints(text: str) -> list[int]:
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None],
              load: Callable[..., Any], check_domains: Callable[..., Any]) -> None:
     """Add the subcommand to the ``analyze`` subparsers (``common`` adds RUN, --out, ...)."""
-    from .popsize import DEFAULT_POPSIZES
-
     p = sub.add_parser("popsize",
                        help="PGPE's population size: the smoothed loss and gradient it sees "
                             "(the paper's figure 7)",
@@ -55,10 +56,6 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None],
 
 def run(args: argparse.Namespace, load: Callable[..., Any],
         check_domains: Callable[..., Any]) -> int:
-    from ..checkpoint import atomic_write_text
-    from .landscape import check_direction_option
-    from .popsize import check_options, plot_popsize, population_effect
-
     check_options(args.popsizes, args.sigma, args.span, args.points, args.repeats,
                   args.reference_samples)
     check_direction_option(args.direction, args.inputs)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..programs import canonical_domain
 from ..smoothing.errors import SmoothingConfigError
 from ..smoothing.estimators import (
     ESTIMATORS,
@@ -37,6 +38,8 @@ from ..smoothing.estimators import (
     check_estimator,
     estimate,
 )
+from ..smoothing.fitness import PopulationObjective
+from ..smoothing.params import ParamLayout
 from .landscape import save_figure
 from .tightness import AnalysisError, compile_domain, float64_copy, num_outputs
 
@@ -132,10 +135,6 @@ def compare_estimators(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                        block_samples: int = 64, memory_budget_mb: float = 1024.0,
                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The measurement as a JSON-ready dict (see the module docstring)."""
-    from ..programs import canonical_domain
-    from ..smoothing.fitness import PopulationObjective
-    from ..smoothing.params import ParamLayout
-
     check_options(sigmas, estimators, budget, repeats, reference_samples, grad_cost)
     if not 0 <= eps <= 1:
         raise AnalysisError(f"eps must lie in [0, 1] (pixel units), got {eps}")
@@ -255,10 +254,10 @@ def format_table(data: Mapping[str, Any]) -> str:
 
 def plot(data: Mapping[str, Any], path: str | Path) -> Path:
     """Cosine to the reference (top) and variance x cost (bottom) against sigma, per domain."""
-    import matplotlib
+    import matplotlib  # lazy: heavy dependency matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy dependency matplotlib
 
     names = data["domains"]
     fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.0), squeeze=False)

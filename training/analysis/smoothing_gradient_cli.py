@@ -8,7 +8,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..checkpoint import atomic_write_text
+from ..smoothing.estimators import ESTIMATORS
 from .arg_types import add_population_options, floats, names
+from .smoothing_gradient import (
+    DEFAULT_DOMAINS,
+    DEFAULT_SIGMAS,
+    best_per_domain,
+    check_options,
+    compare_estimators,
+    format_table,
+    plot,
+)
+from .tightness import AnalysisError
 
 
 def _grad_cost(text: str) -> float | None:
@@ -23,9 +35,6 @@ def _grad_cost(text: str) -> float | None:
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None],
              load: Callable[..., Any], check_domains: Callable[..., Any]) -> None:
     """Add the subcommand to the ``analyze`` subparsers (``common`` adds RUN, --out, ...)."""
-    from ..smoothing.estimators import ESTIMATORS
-    from .smoothing_gradient import DEFAULT_DOMAINS, DEFAULT_SIGMAS
-
     p = sub.add_parser("smoothing-gradient",
                        help="estimators of the smoothed gradient at equal cost: cosine to a "
                             "reference and variance",
@@ -57,16 +66,6 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None],
 
 def run(args: argparse.Namespace, load: Callable[..., Any],
         check_domains: Callable[..., Any]) -> int:
-    from ..checkpoint import atomic_write_text
-    from .smoothing_gradient import (
-        best_per_domain,
-        check_options,
-        compare_estimators,
-        format_table,
-        plot,
-    )
-    from .tightness import AnalysisError
-
     check_options(args.sigmas, args.estimators, args.budget, args.repeats,
                   args.reference_samples, args.grad_cost)
     if args.inputs < 1:

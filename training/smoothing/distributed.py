@@ -25,7 +25,7 @@ def ensure_ray(address: str | None = None) -> bool:
     False when Ray was already initialised by someone else.
     """
     try:
-        import ray
+        import ray  # lazy: optional dependency ray
     except ImportError as err:
         raise RayUnavailableError(
             "num_actors is set but Ray is not installed; `pip install ray` or drop num_actors"
@@ -45,7 +45,7 @@ def ensure_ray(address: str | None = None) -> bool:
 
 
 def _make_problem_class() -> type:
-    from evotorch import Problem, SolutionBatch
+    from evotorch import Problem, SolutionBatch  # lazy: heavy dependency evotorch
 
     class PopulationProblem(Problem):
         """An evotorch Problem whose fitness is the objective's vmapped population loss."""
@@ -114,7 +114,7 @@ class RayEvaluator:
             raise
 
     def losses(self, values: torch.Tensor) -> torch.Tensor:
-        from evotorch import SolutionBatch
+        from evotorch import SolutionBatch  # lazy: heavy dependency evotorch
 
         batch = SolutionBatch(self.problem, popsize=values.shape[0], empty=True)
         batch.set_values(values.detach().cpu())
@@ -133,7 +133,7 @@ class RayEvaluator:
 
     def _disconnect(self) -> None:
         if self._owns_ray:
-            import ray
+            import ray  # lazy: optional dependency ray
 
             self._owns_ray = False
             ray.shutdown()

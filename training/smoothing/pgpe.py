@@ -72,7 +72,7 @@ class PGPESearch:
         self.options = options
         # imported here: evotorch pulls in ray, scipy and cma (3 s), which commands that
         # never run PGPE (certify, bounds, --help) should not pay for
-        from evotorch.algorithms.functional import pgpe
+        from evotorch.algorithms.functional import pgpe  # lazy: heavy dependency evotorch
 
         center = center.detach().clone()
         config: dict[str, Any] = {}
@@ -125,7 +125,7 @@ class PGPESearch:
             # A diverged member must not poison the estimate: rank it worst.
             worst = losses[torch.isfinite(losses)].max() if torch.isfinite(losses).any() else 0.0
             losses = torch.nan_to_num(losses, nan=float(worst) + 1.0, posinf=float(worst) + 1.0)
-        from evotorch.algorithms.functional import pgpe_tell
+        from evotorch.algorithms.functional import pgpe_tell  # lazy: heavy dependency evotorch
 
         self.state = pgpe_tell(self.state, values, losses)
 

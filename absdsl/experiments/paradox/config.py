@@ -399,7 +399,8 @@ def _check_choices(cfg: ParadoxConfig) -> None:
     if complete_stage(cfg) is None and cfg.complete is not False:
         raise ParadoxError(f"complete must be false, \"bab\" or \"milp\", got "
                            f"{cfg.complete!r}")
-    from absdsl.training.milp import MilpError, check_time_limit  # scipy: off the CLI start
+    # lazy: heavy dependency scipy (training.milp), off the CLI start
+    from absdsl.training.milp import MilpError, check_time_limit
 
     try:
         check_time_limit(cfg.milp_time_limit)

@@ -220,10 +220,10 @@ def format_tables(tables: list[dict[str, Any]], dataset: str) -> str:
 
 def plot(tables: list[dict[str, Any]], path: Path, title: str) -> None:
     """Grouped bars per eps: natural / certified / adversarial (GRAD vs PGPE) and tightness."""
-    import matplotlib
+    import matplotlib  # lazy: heavy dependency matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: heavy dependency matplotlib
 
     n = len(tables)
     fig, axes = plt.subplots(n, 4, figsize=(16, 3.6 * n), squeeze=False)

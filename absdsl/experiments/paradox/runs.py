@@ -29,6 +29,7 @@ from absdsl.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
+from absdsl.training.cli_certify import load_complete_stage
 from absdsl.training.config import load_toml, resolve
 from absdsl.training.data import DatasetInfo, Split, dataset_info
 from absdsl.training.loop import Interrupted, Trainer, prepare_run_dir
@@ -272,7 +273,8 @@ def check_domains(cfg: ParadoxConfig) -> None:
             raise ParadoxError(f"domain {name!r} cannot train or bound model {cfg.model!r}: "
                                f"{str(err).splitlines()[0]}") from err
     if complete_stage(cfg) == "milp":
-        from absdsl.training.milp import NetworkMilp  # scipy: off the CLI start
+        # lazy: heavy dependency scipy (training.milp), off the CLI start
+        from absdsl.training.milp import NetworkMilp
 
         try:
             NetworkMilp(model, shape)
@@ -299,8 +301,6 @@ def certify_run(outcome: RunOutcome, cfg: ParadoxConfig, test_split: Any,
         return cached["summary"]
     model, info = load_network(outcome.run_dir, outcome.checkpoint)
     if stage is not None:
-        from absdsl.training.cli_certify import load_complete_stage
-
         load_complete_stage(stage)  # registers the stage (scipy, verification: lazily)
     opts = CertifyOptions(eps=outcome.spec.eps, domain="tightest", tolerance=cfg.tolerance,
                           pgd_steps=cfg.eval_pgd_steps, pgd_restarts=cfg.eval_pgd_restarts,
