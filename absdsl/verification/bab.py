@@ -45,6 +45,7 @@ MAX_OPEN_BOXES = 2_000_000  # a stack larger than this ends the search as unknow
 TARGET_CALL_SECONDS = 0.5  # the batch size adapts so one round takes about this long
 MIN_BATCH, MAX_BATCH = 16, 4096
 ROOT_ATTACK_SHARE = 0.1  # at most this share of the time left goes to the attack on the root
+ROOT_CHUNK = 8192  # random points per forward pass of the root attack
 TRIAL_BOXES, SKIP_BELOW, RETRY_EVERY = 256, 20, 8  # when a cheap domain is skipped
 
 
@@ -80,8 +81,8 @@ class InputBab:
                  domains: Sequence[str] = BAB_DOMAINS, batch: int = 64,
                  attack_steps: int = 5, samples: int = 32, record: list[BranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, heuristic: str = "bound",
-                 magnitude_box: bool = True, root_samples: int = 8192,
-                 restarts: int = 64) -> None:
+                 magnitude_box: bool = True, root_samples: int = 65536,
+                 restarts: int = 256) -> None:
         import absdsl
 
         self.model = model
@@ -198,7 +199,15 @@ class InputBab:
             return None
         stop_at = time.perf_counter() + ROOT_ATTACK_SHARE * self.left()
         open_ = torch.ones((1, len(self.rows_of)), dtype=torch.bool)
-        x = self._best_samples(lo, hi, open_, self.root_samples, self.restarts)[0]
+        x = lo.new_zeros((0, lo.shape[1]))
+        for _ in range(0, self.root_samples, ROOT_CHUNK):  # time-bounded, best kept
+            if time.perf_counter() > stop_at and x.shape[0]:
+                break
+            pts = torch.cat([x, self._best_samples(lo, hi, open_, ROOT_CHUNK,
+                                                   self.restarts)[0]])
+            with torch.no_grad():
+                v = self._violations(self._outputs(pts)).min(dim=1).values
+            x = pts[v.argsort()[:self.restarts]]
         many_open = open_.expand(x.shape[0], -1)
         for scale in (10.0, 100.0, 1000.0):
             if self.left() <= 0 or time.perf_counter() > stop_at:
