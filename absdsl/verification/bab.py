@@ -2,23 +2,27 @@
 with few inputs (ACAS Xu has 5).
 
 A property is a box and output polytopes ``A y <= b``; it fails (``sat``) when some input of
-the box reaches some polytope. Each round takes a batch of open sub-boxes from a stack and
+the box reaches some polytope. First PGD with restarts runs on the whole box (uniform samples,
+then signed-gradient descent from the best at coarse to fine steps; at most a tenth of the
+time). Then each round takes a batch of open sub-boxes from a pool, most promising first (the
+smallest violation the attack saw in the parent), and
 
-1. runs the plain float64 model at their centres and a few batched PGD steps inside them;
-   a point inside a polytope goes to the caller's ``confirm`` (float32 rounding, onnxruntime),
-   which turns it into a witness or rejects it;
+1. runs the plain float64 model at their centres and random points and a few batched PGD
+   steps inside them; a point inside a polytope goes to the caller's ``confirm`` (float32
+   rounding, onnxruntime), which turns it into a witness or rejects it;
 2. bounds every row ``A y`` over all boxes of the batch in ONE call per domain of a compiled
-   program (cheap CROWN-IBP first, then DeepPoly/CROWN on what is left). A polytope is
-   refuted on a box when one of its rows' lower bound exceeds its ``b`` by more than the
-   certification threshold of ``absdsl certify`` (``tolerance`` + 1e-9 times the largest
-   magnitude of the computation, taken per box);
-3. splits every box with a polytope still open in two halves along the input dimension with
-   the largest ``width x |d (a . f) / dx|`` at the centre (``a`` the row of each open
-   polytope closest to being refuted), and pushes both halves. Both halves contain the
-   midpoint, so together they cover their parent.
+   program (cheap CROWN-IBP first while it closes boxes, then DeepPoly/CROWN on what is left).
+   A polytope is refuted on a box when one of its rows' lower bound exceeds its ``b`` by more
+   than the certification threshold of ``absdsl certify`` (``tolerance`` + 1e-9 times the
+   largest magnitude of the computation, taken per box, over Box's intermediate bounds,
+   which contain every back-substitution domain's);
+3. splits every box with a polytope still open in two halves along the input dimension where
+   the lower bound of each open polytope's best row is most sensitive to the box (autograd
+   through the program), and pushes both halves. Both halves contain the midpoint, so
+   together they cover their parent.
 
-``unsat`` only when every leaf box has every polytope refuted; the stack is depth-first, so
-its size stays at most ``batch x depth``.
+``unsat`` only when every leaf box has every polytope refuted. The batch adapts so that a
+round takes about half a second, less near the deadline.
 """
 
 from __future__ import annotations
@@ -38,7 +42,11 @@ from absdsl.errors import AbsdslError
 BAB_DOMAINS = ("crown-ibp", "deeppoly")
 MAX_INPUT_DIMS = 64  # above this many inputs, input splitting is not the complete stage
 MAX_OPEN_BOXES = 2_000_000  # a stack larger than this ends the search as unknown (memory)
-TARGET_CALL_SECONDS = 0.25  # the batch size adapts so one bound call takes about this long
+TARGET_CALL_SECONDS = 0.5  # the batch size adapts so one round takes about this long
+MIN_BATCH, MAX_BATCH = 16, 4096
+ROOT_ATTACK_SHARE = 0.1  # at most this share of the time left goes to the attack on the root
+ROOT_CHUNK = 8192  # random points per forward pass of the root attack
+TRIAL_BOXES, SKIP_BELOW, RETRY_EVERY = 256, 20, 8  # when a cheap domain is skipped
 
 
 @dataclass
@@ -61,6 +69,7 @@ class BabOutcome:
     refuted_by: dict[str, int] = field(default_factory=dict)  # leaves per domain
     max_depth: int = 0
     note: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # time per phase (profiling)
 
 
 class InputBab:
@@ -71,7 +80,9 @@ class InputBab:
                  confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
                  domains: Sequence[str] = BAB_DOMAINS, batch: int = 64,
                  attack_steps: int = 5, samples: int = 32, record: list[BranchRecord] | None = None,
-                 programs: dict[str, Any] | None = None, heuristic: str = "bound") -> None:
+                 programs: dict[str, Any] | None = None, heuristic: str = "bound",
+                 magnitude_box: bool = True, root_samples: int = 65536,
+                 restarts: int = 256) -> None:
         import absdsl
 
         self.model = model
@@ -83,10 +94,15 @@ class InputBab:
         self.batch = max(1, int(batch))
         self.attack_steps = attack_steps
         self.samples = max(0, int(samples))
+        self.root_samples = max(0, int(root_samples))
+        self.restarts = max(1, int(restarts))
         if heuristic not in ("bound", "smear"):
             raise AbsdslError(f"unknown split heuristic {heuristic!r} (bound, smear)")
         self.heuristic = heuristic
         self.scores = torch.zeros((0,))
+        self.seconds: dict[str, float] = {}  # time per phase of the search
+        self.tally: dict[str, tuple[int, int]] = {}  # per domain: boxes bounded, closed
+        self.rounds = 0
         self.gen = torch.Generator().manual_seed(seed)
         self.rows_of, self.A, self.b, self.b_max = stack_polytopes(polytopes)
         self.progs = []
@@ -99,6 +115,16 @@ class InputBab:
             self.progs.append((name, prog))
         if not self.progs:
             raise AbsdslError("no bound domain has rules for every op of the network")
+        self.magnitude_prog: Any = None
+        if magnitude_box:
+            try:
+                self.magnitude_prog = (programs or {}).get("box") or absdsl.compile(
+                    model, "box", input_shape=input_shape)
+            except AbsdslError:
+                self.magnitude_prog = None
+
+    def _clock(self, phase: str, since: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
 
     # -- pieces --------------------------------------------------------------------------
     def _shape(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,60 +136,110 @@ class InputBab:
     def _violations(self, y: torch.Tensor) -> torch.Tensor:
         return violations(y, self.A, self.b, self.rows_of)
 
-    def _attack(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor) -> Any:
+    def _attack(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor
+                ) -> tuple[Any, torch.Tensor]:
         """The centre and ``samples`` random points per box (one forward pass); from the
-        best of them a few signed-gradient steps on the box's open polytopes."""
+        best of them a few signed-gradient steps on the box's open polytopes. Returns the
+        witness (or None) and per box the smallest violation seen (the search's priority)."""
+        x = self._best_samples(lo, hi, open_, self.samples, 1)[:, 0]
+        return self._descend(x, lo, hi, open_, self.attack_steps, (hi - lo) / 4, 0.6)
+
+    def _best_samples(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor,
+                      samples: int, keep: int) -> torch.Tensor:
+        """[boxes, keep, n]: per box the ``keep`` best of its centre and ``samples`` uniform
+        random points (smallest violation of an open polytope)."""
         n = lo.shape[1]
         with torch.no_grad():
             pts = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * torch.rand(
-                (lo.shape[0], self.samples + 1, n), generator=self.gen, dtype=lo.dtype)
+                (lo.shape[0], samples + 1, n), generator=self.gen, dtype=lo.dtype)
             pts[:, 0] = (lo + hi) / 2
             v = self._violations(self._outputs(pts.reshape(-1, n))).reshape(
-                lo.shape[0], self.samples + 1, -1)
+                lo.shape[0], samples + 1, -1)
             v = torch.where(open_.unsqueeze(1), v, torch.full_like(v, math.inf))
-            x = pts[torch.arange(lo.shape[0]), v.min(dim=2).values.argmin(dim=1)]
-        step = (hi - lo) / 4
-        for it in range(self.attack_steps + 1):
-            x = x.detach().requires_grad_(it < self.attack_steps)
+            order = v.min(dim=2).values.argsort(dim=1)[:, :keep]
+            return pts.gather(1, order.unsqueeze(2).expand(-1, -1, n))
+
+    def _descend(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 open_: torch.Tensor, steps: int, step: torch.Tensor, decay: float,
+                 stop_at: float = math.inf) -> tuple[Any, torch.Tensor]:
+        """Signed-gradient descent of each point's smallest open-polytope violation inside
+        its box (step shrinking by ``decay``); every point found inside a polytope goes to
+        ``confirm``. Returns the first confirmed witness (or None) and per point the
+        smallest violation seen."""
+        seen = torch.full((x.shape[0],), math.inf, dtype=x.dtype)
+        for it in range(steps + 1):
+            x = x.detach().requires_grad_(it < steps)
             with torch.enable_grad():
                 v = self._violations(self._outputs(x))
                 v = torch.where(open_, v, torch.full_like(v, math.inf))
                 best = v.min(dim=1).values
-                if it < self.attack_steps:
+                seen = torch.minimum(seen, best.detach())
+                grad = None
+                if it < steps and bool(torch.isfinite(best).any()):
                     (grad,) = torch.autograd.grad(best[torch.isfinite(best)].sum(), x,
                                                   allow_unused=True)
-            hits = torch.nonzero(best.detach() <= 0).flatten().tolist()
-            for i in hits[:8]:
+            hits = torch.nonzero(best.detach() <= 0).flatten()
+            for i in hits[best.detach()[hits].argsort()][:8].tolist():
                 k = int(v[i].detach().argmin())
                 w = self.confirm(k, x[i].detach().numpy())
                 if w is not None:
-                    return w
-            if it == self.attack_steps or grad is None:
+                    return w, seen
+            if grad is None or self.left() <= 0 or time.perf_counter() > stop_at:
                 break
             with torch.no_grad():
                 x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
-                step = step * 0.6
+                step = step * decay
+        return None, seen
+
+    def _root_attack(self, lo: torch.Tensor, hi: torch.Tensor) -> Any:
+        """PGD with restarts on the whole box before any split: ``root_samples`` uniform
+        points, then from the best ``restarts`` of them signed-gradient descent at step sizes
+        from coarse to fine (a violated region can be a sliver that coarse steps jump over)."""
+        if self.root_samples <= 0:
+            return None
+        stop_at = time.perf_counter() + ROOT_ATTACK_SHARE * self.left()
+        open_ = torch.ones((1, len(self.rows_of)), dtype=torch.bool)
+        x = lo.new_zeros((0, lo.shape[1]))
+        for _ in range(0, self.root_samples, ROOT_CHUNK):  # time-bounded, best kept
+            if time.perf_counter() > stop_at and x.shape[0]:
+                break
+            pts = torch.cat([x, self._best_samples(lo, hi, open_, ROOT_CHUNK,
+                                                   self.restarts)[0]])
+            with torch.no_grad():
+                v = self._violations(self._outputs(pts)).min(dim=1).values
+            x = pts[v.argsort()[:self.restarts]]
+        many_open = open_.expand(x.shape[0], -1)
+        for scale in (10.0, 100.0, 1000.0):
+            if self.left() <= 0 or time.perf_counter() > stop_at:
+                return None
+            w, _ = self._descend(x, lo, hi, many_open, self.attack_steps * 4,
+                                 (hi - lo) / scale, 0.85, stop_at)
+            if w is not None:
+                return w
         return None
 
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
         """Refute what the domains can: the new open mask, each box's row gaps, counts."""
-        from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
-
         counts: dict[str, int] = {}
         gaps = torch.full((lo.shape[0], self.A.shape[0]), -math.inf, dtype=lo.dtype)
-        for name, prog in self.progs:
+        score_at = len(self.progs) - 1 if self.heuristic == "bound" else -1
+        for at, (name, prog) in enumerate(self.progs):
             todo = torch.nonzero(open_.any(dim=1)).flatten()
             if todo.numel() == 0:
                 break
+            if at < len(self.progs) - 1 and not self._worth_trying(name):
+                continue
             lo_t, hi_t = self._shape(lo[todo]), self._shape(hi[todo])
             spec = self.A.unsqueeze(0).expand(todo.numel(), -1, -1)
-            last = name == self.progs[-1][0] and self.heuristic == "bound"
-            if last:  # the bound's sensitivity to the box picks the split dimension
+            grad = at == score_at  # the bound's sensitivity to the box picks the split dim
+            if grad:
                 lo_t.requires_grad_(True)
                 hi_t.requires_grad_(True)
-            with torch.set_grad_enabled(last):
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(grad):
                 lb_g, ub = prog(lo_t, hi_t, spec=spec)
+            self._clock(name, t0)
             lb, ub = lb_g.detach(), ub.detach()
             g = lb - self.b
             gaps[todo] = torch.maximum(gaps[todo], g)
@@ -171,12 +247,17 @@ class InputBab:
                 for j, i in enumerate(todo.tolist()):
                     self.record.append(BranchRecord(lo[i].clone(), hi[i].clone(),
                                                     lb[j].clone(), name))
+            if grad and lb_g.requires_grad:
+                t0 = time.perf_counter()
+                self._bound_scores(todo, lo_t, hi_t, lb_g, open_, gaps)
+                self._clock("scores", t0)
             cand = torch.nonzero((g > self.tol).any(dim=1)).flatten()
             if cand.numel() == 0:
                 continue
-            with torch.no_grad():
-                thr = certificate_threshold(prog, lo_t[cand], hi_t[cand], lb[cand], ub[cand],
-                                            self.tol) + REL_TOLERANCE * self.b_max
+            t0 = time.perf_counter()
+            thr = self._threshold(prog, lo_t[cand].detach(), hi_t[cand].detach(), lb[cand],
+                                  ub[cand])
+            self._clock("threshold", t0)
             beats = g[cand] > thr.unsqueeze(1)
             for k, s in enumerate(self.rows_of):
                 if s.stop == s.start:
@@ -187,9 +268,33 @@ class InputBab:
             closed = todo[~open_[todo].any(dim=1)]
             if closed.numel():
                 counts[name] = counts.get(name, 0) + int(closed.numel())
-        if last and lb_g.requires_grad:
-            self._bound_scores(todo, lo_t, hi_t, lb_g, open_, gaps)
+            self.tally[name] = (self.tally.get(name, (0, 0))[0] + int(todo.numel()),
+                                self.tally.get(name, (0, 0))[1] + int(closed.numel()))
         return open_, gaps, counts
+
+    def _worth_trying(self, name: str) -> bool:
+        """Whether a cheap domain that runs before the last one still pays: it is skipped
+        while it has closed fewer than 1 in ``SKIP_BELOW`` of the boxes it bounded (after a
+        trial of ``TRIAL_BOXES``), except every ``RETRY_EVERY``-th round (the boxes shrink,
+        and cheap bounds catch up on small ones)."""
+        tried, closed = self.tally.get(name, (0, 0))
+        if tried < TRIAL_BOXES or closed * SKIP_BELOW >= tried:
+            return True
+        return self.rounds % RETRY_EVERY == 0
+
+    def _threshold(self, prog: Any, lo: torch.Tensor, hi: torch.Tensor, lb: torch.Tensor,
+                   ub: torch.Tensor) -> torch.Tensor:
+        """Per box, what a row's ``lb - b`` must exceed (``absdsl certify``'s policy).
+
+        With a Box program, M is taken over its intermediate bounds instead of the domain's
+        own: every back-substitution domain intersects its refined bounds with Box's, so
+        Box's are at least as large, M no smaller and the threshold no lower, for the price
+        of one interval pass instead of a second back-substitution."""
+        from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
+
+        with torch.no_grad():
+            return certificate_threshold(self.magnitude_prog or prog, lo, hi, lb, ub,
+                                         self.tol) + REL_TOLERANCE * self.b_max
 
     def _bound_scores(self, todo: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor,
                       lb: torch.Tensor, open_: torch.Tensor, gaps: torch.Tensor) -> None:
@@ -238,51 +343,65 @@ class InputBab:
     def run(self, lo0: np.ndarray, hi0: np.ndarray) -> BabOutcome:
         out = BabOutcome("unknown")
         n_poly = len(self.rows_of)
-        stack_lo = [torch.from_numpy(lo0.reshape(1, -1).astype(np.float64))]
-        stack_hi = [torch.from_numpy(hi0.reshape(1, -1).astype(np.float64))]
-        stack_open = [torch.ones((1, n_poly), dtype=torch.bool)]
-        stack_depth = [torch.zeros(1, dtype=torch.long)]
-        size = 1
+        pool = _Pool(torch.from_numpy(lo0.reshape(1, -1).astype(np.float64)),
+                     torch.from_numpy(hi0.reshape(1, -1).astype(np.float64)), n_poly)
         batch = self.batch
-        while size:
+        t0 = time.perf_counter()
+        w = self._root_attack(pool.lo, pool.hi)
+        self._clock("attack", t0)
+        if w is not None:
+            out.status, out.witness = "sat", w
+            return out
+        while pool.size:
             if self.left() <= 0:
                 out.status = "timeout"
+                out.seconds = dict(self.seconds)
                 return out
-            lo, hi, open_, depth = _pop(stack_lo, stack_hi, stack_open, stack_depth, batch)
-            size -= lo.shape[0]
+            lo, hi, open_, depth = pool.pop(batch)
             t0 = time.perf_counter()
-            w = self._attack(lo, hi, open_)
+            w, seen = self._attack(lo, hi, open_)
+            self._clock("attack", t0)
             if w is not None:
                 out.status, out.witness = "sat", w
                 return out
             self.scores = torch.zeros_like(lo)
+            t1 = time.perf_counter()
             open_, gaps, counts = self._bound(lo, hi, open_)
+            self._clock("bound", t1)
+            t1 = time.perf_counter()
             out.branches += lo.shape[0]
             for name, c in counts.items():
                 out.refuted_by[name] = out.refuted_by.get(name, 0) + c
                 out.leaves += c
             keep = open_.any(dim=1)
             if bool(keep.any()):
-                lo, hi, open_, gaps, depth = lo[keep], hi[keep], open_[keep], gaps[keep], \
-                    depth[keep]
-                scores = self.scores[keep] if self.heuristic == "bound" else None
+                lo, hi, open_, gaps, depth, seen = lo[keep], hi[keep], open_[keep], \
+                    gaps[keep], depth[keep], seen[keep]
+                scores = self.scores[keep] if self.heuristic != "smear" else None
                 _, left_hi, right_lo, _ = split_box(lo, hi, self._split_dims(lo, hi, open_,
                                                                              gaps, scores))
-                stack_lo += [lo, right_lo]
-                stack_hi += [left_hi, hi]
-                stack_open += [open_, open_.clone()]
-                stack_depth += [depth + 1, depth + 1]
-                size += 2 * lo.shape[0]
+                pool.push(torch.cat([lo, right_lo]), torch.cat([left_hi, hi]),
+                          torch.cat([open_, open_]), torch.cat([depth, depth]) + 1,
+                          torch.cat([seen, seen]))
                 out.splits += lo.shape[0]
                 out.max_depth = max(out.max_depth, int(depth.max()) + 1)
-                if size > MAX_OPEN_BOXES:
+                self._clock("split", t1)
+                if pool.size > MAX_OPEN_BOXES:
                     out.note = f"more than {MAX_OPEN_BOXES} open sub-boxes"
                     return out
-            spent = time.perf_counter() - t0
-            per_box = spent / max(1, int(keep.numel()))
-            batch = int(min(4096, max(8, TARGET_CALL_SECONDS / max(per_box, 1e-6))))
+            self.rounds += 1
+            per_box = max(time.perf_counter() - t0, 1e-6) / max(1, int(keep.numel()))
+            batch = next_batch(per_box, self.left())
         out.status = "unsat"
         return out
+
+
+def next_batch(per_box: float, left: float) -> int:
+    """How many boxes the next round bounds: about ``TARGET_CALL_SECONDS`` of work at the
+    last round's cost per box, fewer near the deadline (a round is never cut short, so it
+    must end before it)."""
+    target = min(TARGET_CALL_SECONDS, max(left, 0.0) / 2)
+    return int(min(MAX_BATCH, max(MIN_BATCH, target / per_box)))
 
 
 def stack_polytopes(polytopes: Sequence[Any]
@@ -308,25 +427,36 @@ def violations(y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows_of: list[
     return torch.stack(cols, dim=1)
 
 
-def _pop(los: list[torch.Tensor], his: list[torch.Tensor], opens: list[torch.Tensor],
-         depths: list[torch.Tensor], n: int
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Up to n boxes from the top of the stack (the newest, deepest boxes first)."""
-    taken: list[tuple[torch.Tensor, ...]] = []
-    count = 0
-    while los and count < n:
-        lo, hi, op, d = los[-1], his[-1], opens[-1], depths[-1]
-        need = n - count
-        if lo.shape[0] <= need:
-            los.pop(), his.pop(), opens.pop(), depths.pop()
-            taken.append((lo, hi, op, d))
-            count += lo.shape[0]
-        else:
-            taken.append((lo[-need:], hi[-need:], op[-need:], d[-need:]))
-            los[-1], his[-1], opens[-1], depths[-1] = lo[:-need], hi[:-need], op[:-need], \
-                d[:-need]
-            count += need
-    return tuple(torch.cat([t[j] for t in taken]) for j in range(4))  # type: ignore[return-value]
+class _Pool:
+    """The open sub-boxes, popped most promising first: smallest violation the attack saw
+    in the parent (a ``sat`` search zooms in where the property is nearly violated; for
+    ``unsat`` every box is bounded whatever the order), deeper boxes first among equals."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, n_poly: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.open = torch.ones((lo.shape[0], n_poly), dtype=torch.bool)
+        self.depth = torch.zeros(lo.shape[0], dtype=torch.long)
+        self.prio = torch.zeros(lo.shape[0], dtype=lo.dtype)
+
+    @property
+    def size(self) -> int:
+        return int(self.lo.shape[0])
+
+    def push(self, lo: torch.Tensor, hi: torch.Tensor, open_: torch.Tensor,
+             depth: torch.Tensor, prio: torch.Tensor) -> None:
+        self.lo, self.hi = torch.cat([self.lo, lo]), torch.cat([self.hi, hi])
+        self.open = torch.cat([self.open, open_])
+        self.depth, self.prio = torch.cat([self.depth, depth]), torch.cat([self.prio, prio])
+
+    def pop(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``n`` most promising boxes (all when fewer), removed from the pool."""
+        key = self.prio - 1e-9 * self.depth.to(self.prio.dtype)
+        order = torch.argsort(key, stable=True)
+        take, rest = order[:n], order[n:]
+        got = self.lo[take], self.hi[take], self.open[take], self.depth[take]
+        self.lo, self.hi, self.open = self.lo[rest], self.hi[rest], self.open[rest]
+        self.depth, self.prio = self.depth[rest], self.prio[rest]
+        return got
 
 
 def split_box(lo: torch.Tensor, hi: torch.Tensor, dims: torch.Tensor

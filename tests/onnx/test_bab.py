@@ -141,3 +141,31 @@ def test_several_polytopes_all_refuted_per_leaf_and_timeout() -> None:
     assert out.status == "unsat" and not found
     bab, _ = _search(net, 2, polys, -1.0)
     assert bab.run(lo, hi).status == "timeout"
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n_in=st.integers(1, 5), width=st.floats(1e-4, 3.0),
+       scale=st.floats(0.1, 100.0))
+def test_box_magnitude_threshold_is_never_below_the_domains_own(
+        seed: int, n_in: int, width: float, scale: float) -> None:
+    """The search takes M over Box's intermediate bounds (one interval pass) instead of the
+    domain's: its threshold must be at least ``absdsl certify``'s for every box."""
+    import absdsl
+    from absdsl.training.certify import certificate_threshold
+
+    net = _net(seed, n_in, width=10, depth=3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(scale ** (1 / 4))
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.randn(6, n_in, generator=gen, dtype=torch.float64) * scale
+    hi = lo + width * scale * torch.rand(6, n_in, generator=gen, dtype=torch.float64)
+    spec = torch.tensor([[[-1.0, 1.0], [1.0, 0.0]]], dtype=torch.float64).expand(6, -1, -1)
+    box = absdsl.compile(net, "box", input_shape=(n_in,))
+    for name in ("crown-ibp", "deeppoly"):
+        prog = absdsl.compile(net, name, input_shape=(n_in,))
+        with torch.no_grad():
+            lb, ub = prog(lo, hi, spec=spec)
+            own = certificate_threshold(prog, lo, hi, lb, ub, 1e-6)
+            via_box = certificate_threshold(box, lo, hi, lb, ub, 1e-6)
+        assert bool((via_box >= own).all()), (name, via_box - own)
