@@ -102,7 +102,9 @@ def compare(name: str, x: torch.Tensor, args: argparse.Namespace, lirpa: tuple) 
     ours, times = [], []
     for variant in _variants(args):
         start = time.perf_counter()
-        lb, _ = prog.optimize(lo, hi, spec, steps=args.steps, lr=args.lr, upper=False,
+        # absdsl's first pass and auto_LiRPA's init pass are both at the initial values: its
+        # ``iteration`` bound computations then take iteration - 1 steps, as ``steps`` does
+        lb, _ = prog.optimize(lo, hi, spec, steps=args.steps - 1, lr=args.lr, upper=False,
                               **variant)
         times.append(time.perf_counter() - start)
         ours.append(lb)

@@ -8,6 +8,7 @@ population stacked for ``torch.func.vmap``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
@@ -312,6 +313,21 @@ class BoundProgram:
         best_lb: torch.Tensor | None = None
         best_ub: torch.Tensor | None = None
         optimizer: torch.optim.Optimizer | None = None
+        if splits is not None and rows is not None:
+            raise InputError("optimize takes splits or per_spec_row, not both")
+        clamps = dict(splits) if splits is not None else None
+        if per_row and steps > 0:
+            # a first pass at the initial values, as alpha-CROWN's: its intermediate bounds
+            # (sound for this box and these splits) hold every later evaluation's where they
+            # do not contain 0, so only the neurons still unstable there are refined and get
+            # values per row (the others' ReLU lines are those bounds' anyway)
+            found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            first = self._context(compiled, lo, compact=True, upper=upper, record=found)
+            first.splits = clamps
+            with torch.no_grad():
+                best_lb, best_ub = compiled.fn(params, lo, hi, spec, first)
+            _require_no_nan(best_lb, best_ub)
+            clamps = _stable_clamps(found, clamps or {})
         with torch.enable_grad():
             for step in range(steps + 1):
                 step_record: dict | None = {} if record is not None else None
@@ -321,11 +337,9 @@ class BoundProgram:
                     ctx.row_slope_bytes = self.memory_budget_mb * 2**20
                 elif per_row and steps > 0:
                     ctx.row_slope_bytes = math.inf  # (the pairs left shared are marked)
-                if splits is not None:
-                    if rows is not None:
-                        raise InputError("optimize takes splits or per_spec_row, not both")
-                    ctx.splits = dict(splits)
-                lb, ub = compiled.fn(params, lo, hi, spec, ctx)
+                ctx.splits = clamps
+                with torch.no_grad() if step == steps else contextlib.nullcontext():
+                    lb, ub = compiled.fn(params, lo, hi, spec, ctx)  # (the last: no step)
                 _require_no_nan(lb, ub)
                 best_lb = lb.detach() if best_lb is None else torch.maximum(best_lb, lb.detach())
                 if upper:
@@ -567,6 +581,23 @@ class BoundProgram:
             record.update({k: (a.reshape(lo.shape[0], -1), b.reshape(lo.shape[0], -1))
                            for k, (a, b) in found_bounds.items()})
         return lb, ub if upper else None
+
+
+def _stable_clamps(found: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                   splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Split constraints (``Context.splits``) that hold each node to its bounds ``found`` where
+    they do not contain 0, else to the given ``splits`` (or nothing): the neurons left free
+    are refined anew, with the gradient of their own bounds."""
+    out = dict(splits)
+    for name, (low, high) in found.items():
+        free = (low < 0) & (high > 0)
+        given = splits.get(name)
+        lo_free = given[0].reshape(low.shape) if given is not None else -math.inf
+        hi_free = given[1].reshape(high.shape) if given is not None else math.inf
+        out[name] = (torch.where(free, lo_free, low.detach()),
+                     torch.where(free, hi_free, high.detach()))
+    return out
 
 
 def _box_is_valid(lo: torch.Tensor, hi: torch.Tensor) -> bool:

@@ -162,11 +162,15 @@ class _LinearProgram:
                 patch[a] = out.fresh(f"patch_lines_{a}_{target}")
                 out.emit(f"{patch[a]} = patch_rows.patch_lines(lines={raw[a]}, shape={shape})")
                 patch[f"{a}#rows"] = out.fresh(f"patch_rows_{a}_{target}")
+                declared = codegen.relax_for(node.op, self.loaded.relaxes)
+                one = declared.params if declared is not None else []
+                span = (one[0].name, one[0].lo, one[0].hi) if len(one) == 1 else None
                 out.emit(f"{patch[f'{a}#rows']} = row_slopes.patch_row_lines(relax={fn}, "
                          f"lower={l_var}, upper={u_var}, given=rt.relax_given(ctx=ctx, "
                          f"node={key + '#rows'!r}), rows_needed={rows[0]}, "
                          f"grid={tuple(self.graph.by_name[target].shape[1:])}, geom={geom}, "
-                         f"ctx=ctx) if ctx.row_slope_bytes > 0 and {when} else None")
+                         f"ctx=ctx, span={span!r}) if ctx.row_slope_bytes > 0 and {when} "
+                         f"else None")
         return lines, raw, patch
 
     def refine(self, node: Node, users: list[Node], l_var: str, u_var: str) -> None:

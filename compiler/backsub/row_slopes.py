@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..context import Context
-from .patches import patch_gather
+from .patches import patch_gather, patch_lines
 from .rows import BackLines, Ragged, back_lines, flat_neurons, relax_back, unflat_neurons
 
 Tensor = torch.Tensor
@@ -163,14 +163,14 @@ class PatchRowLines:
     values: dict[str, Tensor]
     slots: Tensor
     geom: tuple[int, ...]
+    #: for one parameter whose lines are affine in it: its range and the lines at its ends as
+    #: maps [b, 8C, H, W] (patch_lines at the low end, then high end minus low end)
+    ends: tuple[float, float, Tensor] | None = None
 
     def lines(self, index: Tensor | Ragged, pos: Tensor | Ragged
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Mid slope, signed half slope (+ lower side, - upper side), mid offset and signed
         half offset at the rows' windows, each [1 or b, 2, k, D] (side, row, entry)."""
-        lu = patch_gather(self.bounds, self.geom, pos).unflatten(2, (2, -1))
-        l_w, u_w = lu[:, :, 0].unsqueeze(1), lu[:, :, 1].unsqueeze(1)
-        inside = patch_gather(self.inside, self.geom, pos).unsqueeze(1)
         if isinstance(index, Ragged):
             slot = self.slots[index.neuron]
             given = {name: v[index.sample, :, slot].transpose(0, 1).unsqueeze(0)
@@ -178,8 +178,20 @@ class PatchRowLines:
         else:
             slot = self.slots[index.reshape(-1)]
             given = {name: v.index_select(2, slot) for name, v in self.values.items()}
+        sign = torch.tensor([1.0, -1.0], dtype=self.bounds.dtype,
+                            device=self.bounds.device).reshape(1, 2, 1, 1)
+        if self.ends is not None:  # each line is the low end's plus t times the difference
+            lo, hi, maps = self.ends
+            (value,) = given.values()
+            t = (value + (value.clamp(lo, hi) - value).detach() - lo) / (hi - lo)
+            g = patch_gather(maps, self.geom, pos).unflatten(2, (8, -1)).unsqueeze(1)
+            mid_a, half_a, mid_b, half_b = (torch.addcmul(g[:, :, :, i], t, g[:, :, :, 4 + i])
+                                            for i in range(4))
+            return mid_a, half_a * sign, mid_b, half_b * sign
+        lu = patch_gather(self.bounds, self.geom, pos).unflatten(2, (2, -1))
+        l_w, u_w = lu[:, :, 0].unsqueeze(1), lu[:, :, 1].unsqueeze(1)
+        inside = patch_gather(self.inside, self.geom, pos).unsqueeze(1)
         a_lo, b_lo, a_hi, b_hi = self.relax(l_w, u_w, given=given)[0]
-        sign = torch.tensor([1.0, -1.0], dtype=l_w.dtype, device=l_w.device).reshape(1, 2, 1, 1)
         return ((a_lo + a_hi) / 2 * inside, (a_lo - a_hi) / 2 * sign * inside,
                 (b_lo + b_hi) / 2 * inside, (b_lo - b_hi) / 2 * sign * inside)
 
@@ -223,11 +235,19 @@ class PatchRowLines:
 
 def patch_row_lines(relax: Callable, lower: Tensor, upper: Tensor, given: dict[str, Tensor],
                     rows_needed: Tensor, grid: tuple[int, int], geom: tuple[int, ...],
-                    ctx: Context) -> PatchRowLines | None:
+                    ctx: Context, span: tuple[str, float, float] | None = None
+                    ) -> PatchRowLines | None:
     """The per-row lines of an activation (input bounds ``lower``, ``upper`` [b, C, H, W])
     for a node bounded in patch rows, whose neurons lie on a ``grid`` (H, W) and whose
     windows on the activation have the geometry ``geom``; ``rows_needed`` masks the node's
-    refined neurons. None where the pair keeps shared values (as :func:`row_lines`)."""
+    refined neurons. None where the pair keeps shared values (as :func:`row_lines`).
+
+    ``span`` (name, low, high) of a relaxation's only parameter: where its lines at the
+    middle of the range are the mean of those at the ends (to 1e-6 relative: lines affine in
+    the parameter, as ReLU's lower slope), each row's lines are interpolated between the two
+    ends' (:func:`_affine_ends`), which costs a gather and a multiply-add per entry instead of
+    the relaxation per entry. A convex combination of sound lines is sound, so the check only
+    decides which form runs, never soundness."""
     if "#off" in given:
         return None
     batch, channels = lower.shape[0], lower.shape[1]
@@ -252,5 +272,22 @@ def patch_row_lines(relax: Callable, lower: Tensor, upper: Tensor, given: dict[s
         given["#slots"] = slots
     values = {name: v for name, v in given.items() if not name.startswith("#")}
     inside = lower.new_ones(1, *lower.shape[1:])
+    ends = _affine_ends(relax, lower, upper, span) if span is not None else None
     return PatchRowLines(relax, torch.cat([lower, upper], 1), inside, values,
-                         given["#slots"], geom)
+                         given["#slots"], geom, ends)
+
+
+def _affine_ends(relax: Callable, lower: Tensor, upper: Tensor, span: tuple[str, float, float]
+                 ) -> tuple[float, float, Tensor] | None:
+    """(low, high, maps) of :attr:`PatchRowLines.ends` when the lines are affine in the one
+    parameter over its range ``span`` at these bounds (checked at the middle), else None."""
+    name, lo, hi = span
+    if not hi > lo:
+        return None
+    shape = tuple(lower.shape[1:])
+    maps = [patch_lines(relax(lower, upper, given={name: torch.full_like(lower, v)})[0], shape)
+            for v in (lo, (lo + hi) / 2, hi)]
+    mean = (maps[0] + maps[2]) / 2
+    if bool(((maps[1] - mean).abs() > 1e-6 * (1 + mean.abs())).any()):
+        return None
+    return lo, hi, torch.cat([maps[0], maps[2] - maps[0]], 1)
