@@ -44,8 +44,9 @@ MAX_INPUT_DIMS = 64  # above this many inputs, input splitting is not the comple
 MAX_OPEN_BOXES = 2_000_000  # a stack larger than this ends the search as unknown (memory)
 TARGET_CALL_SECONDS = 0.5  # the batch size adapts so one round takes about this long
 MIN_BATCH, MAX_BATCH = 16, 4096
-ROOT_ATTACK_SHARE = 0.1  # at most this share of the time left goes to the attack on the root
+ROOT_ATTACK_SHARE = 0.05  # at most this share of the time left goes to the attack on the root
 ROOT_CHUNK = 8192  # random points per forward pass of the root attack
+ROOT_ATTACK_AT = (0.0, 0.25, 0.5)  # when (share of the time) the attacks on the root start
 TRIAL_BOXES, SKIP_BELOW, RETRY_EVERY = 256, 20, 8  # when a cheap domain is skipped
 
 
@@ -79,10 +80,10 @@ class InputBab:
                  polytopes: Sequence[Any], tolerance: float, left: Callable[[], float],
                  confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
                  domains: Sequence[str] = BAB_DOMAINS, batch: int = 64,
-                 attack_steps: int = 5, samples: int = 32, record: list[BranchRecord] | None = None,
+                 attack_steps: int = 5, samples: int = 16, record: list[BranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, heuristic: str = "bound",
                  magnitude_box: bool = True, root_samples: int = 65536,
-                 restarts: int = 256) -> None:
+                 restarts: int = 256, combined: bool = True) -> None:
         import absdsl
 
         self.model = model
@@ -104,7 +105,7 @@ class InputBab:
         self.tally: dict[str, tuple[int, int]] = {}  # per domain: boxes bounded, closed
         self.rounds = 0
         self.gen = torch.Generator().manual_seed(seed)
-        self.rows_of, self.A, self.b, self.b_max = stack_polytopes(polytopes)
+        self.rows_of, self.A, self.b, self.b_max = stack_polytopes(polytopes, combined)
         self.progs = []
         for name in domains:  # programs the caller already compiled are reused
             try:
@@ -191,16 +192,16 @@ class InputBab:
                 step = step * decay
         return None, seen
 
-    def _root_attack(self, lo: torch.Tensor, hi: torch.Tensor) -> Any:
+    def _root_attack(self, lo: torch.Tensor, hi: torch.Tensor, samples: int) -> Any:
         """PGD with restarts on the whole box before any split: ``root_samples`` uniform
         points, then from the best ``restarts`` of them signed-gradient descent at step sizes
         from coarse to fine (a violated region can be a sliver that coarse steps jump over)."""
-        if self.root_samples <= 0:
+        if samples <= 0:
             return None
         stop_at = time.perf_counter() + ROOT_ATTACK_SHARE * self.left()
         open_ = torch.ones((1, len(self.rows_of)), dtype=torch.bool)
         x = lo.new_zeros((0, lo.shape[1]))
-        for _ in range(0, self.root_samples, ROOT_CHUNK):  # time-bounded, best kept
+        for _ in range(0, samples, ROOT_CHUNK):  # time-bounded, best kept
             if time.perf_counter() > stop_at and x.shape[0]:
                 break
             pts = torch.cat([x, self._best_samples(lo, hi, open_, ROOT_CHUNK,
@@ -346,17 +347,23 @@ class InputBab:
         pool = _Pool(torch.from_numpy(lo0.reshape(1, -1).astype(np.float64)),
                      torch.from_numpy(hi0.reshape(1, -1).astype(np.float64)), n_poly)
         batch = self.batch
-        t0 = time.perf_counter()
-        w = self._root_attack(pool.lo, pool.hi)
-        self._clock("attack", t0)
-        if w is not None:
-            out.status, out.witness = "sat", w
-            return out
+        root_lo, root_hi = pool.lo, pool.hi
+        budget, start, passes = self.left(), time.perf_counter(), 0
         while pool.size:
             if self.left() <= 0:
                 out.status = "timeout"
                 out.seconds = dict(self.seconds)
                 return out
+            if passes < len(ROOT_ATTACK_AT) and \
+                    time.perf_counter() - start >= ROOT_ATTACK_AT[passes] * budget:
+                t0 = time.perf_counter()  # a small attack first; big ones if the search lasts
+                w = self._root_attack(root_lo, root_hi,
+                                      ROOT_CHUNK if passes == 0 else self.root_samples)
+                self._clock("root attack", t0)
+                passes += 1
+                if w is not None:
+                    out.status, out.witness = "sat", w
+                    return out
             lo, hi, open_, depth = pool.pop(batch)
             t0 = time.perf_counter()
             w, seen = self._attack(lo, hi, open_)
@@ -404,17 +411,29 @@ def next_batch(per_box: float, left: float) -> int:
     return int(min(MAX_BATCH, max(MIN_BATCH, target / per_box)))
 
 
-def stack_polytopes(polytopes: Sequence[Any]
+def stack_polytopes(polytopes: Sequence[Any], combined: bool = False
                     ) -> tuple[list[slice], torch.Tensor, torch.Tensor, float]:
-    """Every polytope's rows in one matrix: (each polytope's slice of rows, A, b, max |b|)."""
+    """Every polytope's rows in one matrix: (each polytope's slice of rows, A, b, max |b|).
+
+    ``combined`` adds to each polytope of several rows their mean: an implied row (every
+    point of the polytope satisfies it) whose back-substituted bound can refute the polytope
+    where no single row's does (a relaxation chosen for the sum is at least as tight as the
+    sum of relaxations chosen per row)."""
     rows_of: list[slice] = []
+    blocks_a, blocks_b = [], []
     at = 0
     for p in polytopes:
-        rows_of.append(slice(at, at + int(p.A.shape[0])))
-        at += int(p.A.shape[0])
+        pa, pb = np.asarray(p.A, dtype=np.float64), np.asarray(p.b, dtype=np.float64)
+        if combined and pa.shape[0] > 1:
+            pa = np.concatenate([pa, pa.mean(axis=0, keepdims=True)])
+            pb = np.concatenate([pb, pb.mean(keepdims=True)])
+        blocks_a.append(pa)
+        blocks_b.append(pb)
+        rows_of.append(slice(at, at + int(pa.shape[0])))
+        at += int(pa.shape[0])
     n_out = int(polytopes[0].A.shape[1])
-    a = torch.from_numpy(np.concatenate([p.A for p in polytopes]).reshape(at, n_out))
-    b = torch.from_numpy(np.concatenate([p.b for p in polytopes]).reshape(at))
+    a = torch.from_numpy(np.concatenate(blocks_a).reshape(at, n_out))
+    b = torch.from_numpy(np.concatenate(blocks_b).reshape(at))
     return rows_of, a, b, float(b.abs().max()) if at else 0.0
 
 
