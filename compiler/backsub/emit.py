@@ -148,12 +148,15 @@ class _LinearProgram:
                      f"node={key!r}))[0] if {when} else {self.raw_lines[a]}")
             lines[a] = out.fresh(f"lines_{a}_{target}")
             out.emit(f"{lines[a]} = dense_rows.back_lines(lines={raw[a]}, ctx=ctx)")
+            declared = codegen.relax_for(self.graph.by_name[a].op, self.loaded.relaxes)
+            one = declared.params if declared is not None else []
+            span = (one[0].name, one[0].lo, one[0].hi) if len(one) == 1 else None
             if rows is not None and windows is None:
                 out.emit(f"if ctx.row_slope_bytes > 0 and {when}: {lines[a]} = "
                          f"row_slopes.row_lines(relax={fn}, lower={l_var}, upper={u_var}, "
                          f"raw={raw[a]}, shared={lines[a]}, given=rt.relax_given(ctx=ctx, "
                          f"node={key + '#rows'!r}), rows_needed={rows[0]}, "
-                         f"n_rows={rows[1]}, ctx=ctx)")
+                         f"n_rows={rows[1]}, ctx=ctx, span={span!r})")
             chain = [n.name for n in windows[0]] if windows is not None else []
             if rows is not None and a in chain:
                 geom = windows[1][chain.index(a)]  # type: ignore[index]
@@ -162,9 +165,6 @@ class _LinearProgram:
                 patch[a] = out.fresh(f"patch_lines_{a}_{target}")
                 out.emit(f"{patch[a]} = patch_rows.patch_lines(lines={raw[a]}, shape={shape})")
                 patch[f"{a}#rows"] = out.fresh(f"patch_rows_{a}_{target}")
-                declared = codegen.relax_for(node.op, self.loaded.relaxes)
-                one = declared.params if declared is not None else []
-                span = (one[0].name, one[0].lo, one[0].hi) if len(one) == 1 else None
                 out.emit(f"{patch[f'{a}#rows']} = row_slopes.patch_row_lines(relax={fn}, "
                          f"lower={l_var}, upper={u_var}, given=rt.relax_given(ctx=ctx, "
                          f"node={key + '#rows'!r}), rows_needed={rows[0]}, "

@@ -52,6 +52,8 @@ class RowLines:
     slots: Tensor
     cols: Tensor
     base: BackLines
+    #: as :attr:`PatchRowLines.ends`, the lines at ``cols``: [b, 8, m]
+    ends: tuple[float, float, Tensor] | None = None
 
     def back(self, lam: Tensor, k: int, acc: Tensor, index: Tensor | None
              ) -> tuple[Tensor, Tensor]:
@@ -64,8 +66,6 @@ class RowLines:
         slot = self.slots[index]
         given = {name: v[:, :sides].index_select(2, slot) for name, v in self.values.items()}
         batch, m = self.lower.shape
-        l_at, u_at = (t.reshape(batch, 1, 1, m) for t in (self.lower, self.upper))
-        a_lo, b_lo, a_hi, b_hi = self.relax(l_at, u_at, given=given)[0]
         sign = torch.tensor([1.0, -1.0][:sides], dtype=lam.dtype,
                             device=lam.device).reshape(1, sides, 1, 1)
 
@@ -74,8 +74,20 @@ class RowLines:
             return (mid.expand(shape).flatten(1, 2),
                     (half * sign).expand(shape).flatten(1, 2))
 
-        a_mid, a_half = per_row((a_lo + a_hi) / 2, (a_lo - a_hi) / 2)
-        b_mid, b_half = per_row((b_lo + b_hi) / 2, (b_lo - b_hi) / 2)
+        if self.ends is not None:  # each line is the low end's plus t times the difference
+            lo, hi, g = self.ends
+            (value,) = given.values()
+            t = (value + (value.clamp(lo, hi) - value).detach() - lo) / (hi - lo)
+            g = g.unsqueeze(2).unsqueeze(3)  # [b, 8, 1, 1, m]
+            a_mid, a_half = per_row(torch.addcmul(g[:, 0], t, g[:, 4]),
+                                    torch.addcmul(g[:, 1], t, g[:, 5]))
+            b_mid, b_half = per_row(torch.addcmul(g[:, 2], t, g[:, 6]),
+                                    torch.addcmul(g[:, 3], t, g[:, 7]))
+        else:
+            l_at, u_at = (t.reshape(batch, 1, 1, m) for t in (self.lower, self.upper))
+            a_lo, b_lo, a_hi, b_hi = self.relax(l_at, u_at, given=given)[0]
+            a_mid, a_half = per_row((a_lo + a_hi) / 2, (a_lo - a_hi) / 2)
+            b_mid, b_half = per_row((b_lo + b_hi) / 2, (b_lo - b_hi) / 2)
         rows = flat_neurons(lam, 2, self.base.channels_last).index_select(2, self.cols)
         mag = rows.abs()
         moved = torch.addcmul(rows * a_mid, mag, a_half)  # [b, sides * k, m]
@@ -87,14 +99,16 @@ class RowLines:
 
 def row_lines(relax: Callable, lower: Tensor, upper: Tensor, raw: tuple, shared: BackLines,
               given: dict[str, Tensor], rows_needed: Tensor | None, n_rows: int,
-              ctx: Context) -> BackLines | RowLines:
+              ctx: Context, span: tuple[str, float, float] | None = None
+              ) -> BackLines | RowLines:
     """The lines of an activation for one back-substituted node with per-row values.
 
     ``raw`` are the shared relaxation lines (a_lo, b_lo, a_hi, b_hi) [b, *shape] and
     ``shared`` their :func:`~.rows.back_lines`; ``given`` the pair's store in
     ``ctx.relax_params`` (filled at the first call); ``rows_needed`` the mask of the bounded
     node's neurons that are refined ([b, *node shape]; None: all ``n_rows`` rows, the spec's).
-    Returns ``shared`` where the pair keeps shared values (see the module docstring)."""
+    Returns ``shared`` where the pair keeps shared values (see the module docstring);
+    ``span`` as for :func:`patch_row_lines`."""
     if "#off" in given:
         return shared
     batch = lower.shape[0]
@@ -115,7 +129,15 @@ def row_lines(relax: Callable, lower: Tensor, upper: Tensor, raw: tuple, shared:
                    for t in raw)
     base = back_lines(zeroed, ctx)
     values = {name: v for name, v in given.items() if not name.startswith("#")}
-    return RowLines(relax, l_at, u_at, values, slots, cols_flat, base)
+    ends = _affine_ends(relax, l_at, u_at, span, _stacked) if span is not None else None
+    return RowLines(relax, l_at, u_at, values, slots, cols_flat, base, ends)
+
+
+def _stacked(lines: tuple) -> Tensor:
+    """Lines (a_lo, b_lo, a_hi, b_hi) [b, m] as [b, 4, m]: mid and half slope and offset."""
+    a_lo, b_lo, a_hi, b_hi = lines
+    return torch.stack([(a_lo + a_hi) / 2, (a_lo - a_hi) / 2, (b_lo + b_hi) / 2,
+                        (b_lo - b_hi) / 2], 1)
 
 
 def _select(relax: Callable, lower: Tensor, upper: Tensor, given: dict[str, Tensor],
@@ -272,20 +294,22 @@ def patch_row_lines(relax: Callable, lower: Tensor, upper: Tensor, given: dict[s
         given["#slots"] = slots
     values = {name: v for name, v in given.items() if not name.startswith("#")}
     inside = lower.new_ones(1, *lower.shape[1:])
-    ends = _affine_ends(relax, lower, upper, span) if span is not None else None
+    ends = (_affine_ends(relax, lower, upper, span,
+                         lambda lines: patch_lines(lines, tuple(lower.shape[1:])))
+            if span is not None else None)
     return PatchRowLines(relax, torch.cat([lower, upper], 1), inside, values,
                          given["#slots"], geom, ends)
 
 
-def _affine_ends(relax: Callable, lower: Tensor, upper: Tensor, span: tuple[str, float, float]
-                 ) -> tuple[float, float, Tensor] | None:
-    """(low, high, maps) of :attr:`PatchRowLines.ends` when the lines are affine in the one
-    parameter over its range ``span`` at these bounds (checked at the middle), else None."""
+def _affine_ends(relax: Callable, lower: Tensor, upper: Tensor, span: tuple[str, float, float],
+                 form: Callable[[tuple], Tensor]) -> tuple[float, float, Tensor] | None:
+    """(low, high, lines) of :attr:`PatchRowLines.ends` when the lines are affine in the one
+    parameter over its range ``span`` at these bounds (checked at the middle), else None;
+    ``form`` stacks the lines (a_lo, b_lo, a_hi, b_hi) into mid and half along dim 1."""
     name, lo, hi = span
     if not hi > lo:
         return None
-    shape = tuple(lower.shape[1:])
-    maps = [patch_lines(relax(lower, upper, given={name: torch.full_like(lower, v)})[0], shape)
+    maps = [form(relax(lower, upper, given={name: torch.full_like(lower, v)})[0])
             for v in (lo, (lo + hi) / 2, hi)]
     mean = (maps[0] + maps[2]) / 2
     if bool(((maps[1] - mean).abs() > 1e-6 * (1 + mean.abs())).any()):

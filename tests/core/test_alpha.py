@@ -115,6 +115,36 @@ def test_per_row_lines_at_the_initial_values_give_the_shared_bounds(make):
             assert value.shape[3] == store["#cols"].numel()
 
 
+def test_patch_lines_interpolated_between_the_ends_equal_the_relaxation_per_row():
+    """ReLU's lines are affine in alpha: interpolating each row's lines between the lines at
+    alpha = 0 and 1 gives what evaluating the relaxation per window entry gives (the form
+    that runs when the check at the middle of the range fails), for rows shared by the batch
+    and for each sample's own rows."""
+    from absdsl.compiler.backsub.row_slopes import patch_row_lines
+    from absdsl.compiler.backsub.rows import Ragged
+    from absdsl.compiler.context import Context
+
+    g = torch.Generator().manual_seed(4)
+    lower = torch.randn(2, 3, 5, 5, generator=g, dtype=DTYPE) - 0.3
+    upper = lower + torch.rand(2, 3, 5, 5, generator=g, dtype=DTYPE)
+    needed = torch.rand(2, 3, 4, 4, generator=g) < 0.5
+    geom = (3, 3, 1, 1, -1, -1, 4, 4)
+    given: dict[str, torch.Tensor] = {}
+    ctx = Context(compact=True, rows_per_chunk=8, row_slope_bytes=1e9)
+    ends = patch_row_lines(_relu_lines, lower, upper, given, needed, (4, 4), geom, ctx,
+                           span=("alpha", 0.0, 1.0))
+    with torch.no_grad():  # random values per side, row and entry
+        given["alpha"].copy_(torch.rand(given["alpha"].shape, generator=g, dtype=DTYPE))
+    full = patch_row_lines(_relu_lines, lower, upper, given, needed, (4, 4), geom, ctx)
+    assert ends is not None and ends.ends is not None and full is not None and full.ends is None
+    shared = torch.tensor([0, 5, 17, 40])
+    ragged = Ragged(torch.tensor([0, 1, 1]), torch.tensor([3, 3, 30]))
+    for index, pos in ((shared, shared % 16), (ragged, Ragged(ragged.sample,
+                                                              ragged.neuron % 16))):
+        for a, b in zip(ends.lines(index, pos), full.lines(index, pos), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_per_row_values_are_tighter_than_shared_ones():
     """On this network, slopes per row beat one set per bounded node on every margin's
     lower bound summed (both from DeepPoly's start, the same steps)."""
@@ -387,3 +417,17 @@ def test_check_samples_the_parameter_range(tmp_path):
                 caught += 1
                 assert v.cex.which == "lower line > f(x)", v.cex.format()
         assert caught >= 1
+
+
+def test_the_first_pass_holds_only_the_neurons_it_finds_stable():
+    """After the pass at the initial values, a neuron whose bounds exclude 0 is held to them;
+    an unstable one is left to the given split constraint (or free) and refined anew."""
+    from absdsl.compiler.program import _stable_clamps
+
+    found = {"n": (torch.tensor([[-1.0, 0.5, -2.0]]), torch.tensor([[1.0, 2.0, -0.5]]))}
+    free = _stable_clamps(found, {})
+    assert free["n"][0].tolist() == [[float("-inf"), 0.5, -2.0]]
+    assert free["n"][1].tolist() == [[float("inf"), 2.0, -0.5]]
+    split = (torch.tensor([[0.0, -9.0, -9.0]]), torch.tensor([[9.0, 9.0, 9.0]]))
+    kept = _stable_clamps(found, {"n": split, "m": split})
+    assert kept["n"][0].tolist() == [[0.0, 0.5, -2.0]] and kept["m"] is split
