@@ -68,6 +68,9 @@ LEAF_UNSTABLE = 6  # a sub-problem with at most this many unstable ReLUs goes to
 LEAF_SECONDS = 2.0  # HiGHS's time per leaf question
 FSB_CANDIDATES = 8  # filtered smart branching: children of this many top neurons bounded
 TARGET_CALL_SECONDS = 2.0  # the batch adapts so that one round takes about this long
+#: PGD restarts per round: rounds of 2 s (not 0.5 s) attack four times as hard each, so that
+#: the attack's effort per second stays what it was
+ATTACK_RESTARTS = 32
 
 Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
 #: relaxation parameter values per sub-problem: ``Context.relax_params`` with a batch axis
@@ -149,7 +152,7 @@ class ReluBab:
                  polytopes: Sequence[Any], tolerance: float, left: Callable[[], float],
                  confirm: Callable[[int, np.ndarray], Any], *, seed: int = 0,
                  domains: Sequence[str] = RELU_BAB_DOMAINS, batch: int = 16,
-                 attack_restarts: int = 8,
+                 attack_restarts: int = ATTACK_RESTARTS,
                  attack_steps: int = 10, record: list[ReluBranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, candidates: int = FSB_CANDIDATES,
                  leaf_unstable: int = LEAF_UNSTABLE, rel_tolerance: float | None = None,
