@@ -192,3 +192,41 @@ def test_combined_rows_are_implied_and_leave_violations_unchanged(seed: int,
     for k, s in enumerate(rows_of):
         inside = v_plain[:, k] <= 0
         assert bool((y[inside] @ a[s].T - b[s] <= 1e-12).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), pushes=st.lists(st.integers(1, 9), min_size=1, max_size=5),
+       n=st.integers(1, 12))
+def test_pool_pops_the_most_promising_first_and_loses_no_box(seed: int, pushes: list[int],
+                                                             n: int) -> None:
+    from absdsl.verification.bab import _Pool
+
+    gen = torch.Generator().manual_seed(seed)
+    pool = _Pool(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), 3)
+    pushed = [0.0]
+    for m in pushes:
+        lo = torch.rand(m, 2, generator=gen, dtype=torch.float64)
+        prio = torch.randn(m, generator=gen, dtype=torch.float64)
+        pool.push(lo, lo + 1, torch.ones(m, 3, dtype=torch.bool),
+                  torch.randint(0, 5, (m,), generator=gen), prio)
+        pushed += prio.tolist()
+    got: list[torch.Tensor] = []
+    while pool.size:
+        before = pool.prio.clone()
+        lo, hi, open_, _ = pool.pop(n)
+        assert lo.shape[0] == min(n, before.numel())
+        assert torch.allclose(hi - lo, torch.ones_like(lo))
+        if pool.size:  # nothing left behind is clearly more promising than what was taken
+            assert float(pool.prio.min()) >= float(before.sort().values[lo.shape[0] - 1]) - 1e-6
+        got.append(lo)
+    assert sum(t.shape[0] for t in got) == len(pushed)
+
+
+@given(per_box=st.floats(1e-7, 10.0), left=st.floats(-1.0, 100.0))
+def test_next_batch_fits_the_time_left(per_box: float, left: float) -> None:
+    from absdsl.verification.bab import MAX_BATCH, MIN_BATCH, TARGET_CALL_SECONDS, next_batch
+
+    n = next_batch(per_box, left)
+    assert MIN_BATCH <= n <= MAX_BATCH
+    if n > MIN_BATCH:  # more than the floor only when the round fits both limits
+        assert n * per_box <= min(TARGET_CALL_SECONDS, left / 2) + 1e-12
