@@ -217,21 +217,29 @@ class Row:
     note: str = ""
 
 
-def time_variants(variants: dict[str, Step], rounds: int, budget_s: float = math.inf
+# what a step's time is read from: wall-clock time, or the CPU time of the process (all its
+# threads), which other processes' load on a shared machine does not inflate (with one
+# thread; with more, threads spinning in a barrier count as busy)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_variants(variants: dict[str, Step], rounds: int, budget_s: float = math.inf,
+                  clock: Callable[[], float] = time.perf_counter
                   ) -> tuple[dict[str, float], dict[str, float], int]:
     """Median ms per variant over ``rounds`` rounds (fewer, at least one, when a round would
-    take the row past ``budget_s`` seconds), each variant once per round in turn, after one
-    untimed call each (whose loss is returned); and the rounds timed."""
+    take the row past ``budget_s`` seconds of wall-clock time), each variant once per round
+    in turn, after one untimed call each (whose loss is returned); and the rounds timed.
+    ``clock`` reads the time of one call (:data:`CLOCKS`)."""
     start = time.perf_counter()
     first = {k: float(run()) for k, run in variants.items()}
     per_round = time.perf_counter() - start
-    rounds = max(1, min(rounds, int(budget_s / max(per_round, 1e-9))))
+    rounds = max(1, int(min(rounds, budget_s / max(per_round, 1e-9))))  # budget may be inf
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for k, run in variants.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[k].append(1e3 * (time.perf_counter() - start))
+            times[k].append(1e3 * (clock() - start))
     return {k: statistics.median(v) for k, v in times.items()}, first, rounds
 
 
@@ -276,14 +284,16 @@ def bench_net(name: str, methods: list[str], args: argparse.Namespace, lirpa: An
             log(f"  {name} {LABEL[method]}{' +fusion' if fusion else ''} ...")
             try:
                 row.ms, row.loss, row.rounds = time_variants(variants, args.rounds,
-                                                             args.row_seconds)
+                                                             args.row_seconds,
+                                                             CLOCKS[args.clock])
             except Exception as err:  # noqa: BLE001 - auto_LiRPA's failure is reported
                 if peer is None or "auto_LiRPA" not in variants:
                     raise
                 row.note += f"; auto_LiRPA failed: {type(err).__name__}: {str(err)[:80]}"
                 del variants["auto_LiRPA"]
                 row.ms, row.loss, row.rounds = time_variants(variants, args.rounds,
-                                                             args.row_seconds)
+                                                             args.row_seconds,
+                                                             CLOCKS[args.clock])
             rows.append(row)
             log("    " + ", ".join(f"{k} {v:.1f} ms" for k, v in row.ms.items())
                 + f" ({row.rounds} rounds)")
@@ -331,6 +341,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="fewer rounds (at least one) where a row would take longer "
                          "(default 60; 0: no limit)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="time steps by wall-clock time (default) or by the process's CPU "
+                         "time (steadier on a loaded machine; meant for --threads 1)")
     ap.add_argument("--compile", action="store_true",
                     help="also time absdsl's programs through torch.compile (the first call "
                          "of each takes minutes with a cold inductor cache; not timed)")
@@ -362,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     version = getattr(lirpa, "__version__", None)
     print(f"absdsl vs auto_LiRPA {version or '(absent: ' + str(why) + '; absdsl only)'}; "
           f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, "
+          f"{args.clock} clock, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     def log(text: str) -> None:

@@ -409,7 +409,7 @@ def spec_rule(domain: ast.Domain, out: Emitter, state: dict[str, str], ctx: str,
     has_bias = last is not None and last.bias is not None
 
     def linop_code(x: str, absolute: bool, with_bias: bool = False) -> str:
-        code = f"torch.einsum('bkn,bn->bk', {w + '_abs' if absolute else w}, {x}.flatten(1))"
+        code = f"rt.rows_dot(rows={w + '_abs' if absolute else w}, x={x}.flatten(1))"
         return f"({code} + spec_b)" if with_bias and has_bias else code
 
     def gens_map(g: str, absolute: bool) -> str:

@@ -82,3 +82,20 @@ def test_bad_names_are_refused_before_work():
         bench.parse_args(["--nets", "cnn3,vgg"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--methods", "zonotope"])
+
+
+def test_cpu_clock_does_not_count_time_the_step_waits():
+    """``--clock cpu`` reads the process's CPU time: a step that only waits costs (nearly)
+    nothing on it, and its whole wait on the wall clock."""
+    import time
+
+    def waiting_step() -> torch.Tensor:
+        time.sleep(0.05)
+        return torch.zeros(())
+
+    wall, _, _ = bench.time_variants({"wait": waiting_step}, 2, clock=bench.CLOCKS["wall"])
+    cpu, _, _ = bench.time_variants({"wait": waiting_step}, 2, clock=bench.CLOCKS["cpu"])
+    assert wall["wait"] >= 50.0 and cpu["wait"] < 25.0
+    assert bench.parse_args(["--clock", "cpu"]).clock == "cpu"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--clock", "gpu"])
