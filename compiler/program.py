@@ -291,17 +291,7 @@ class BoundProgram:
         (branch and bound: ``Context.splits``, per batch element) clamp every evaluation;
         ``record`` receives the intermediate bounds of the last evaluation (detached).
         """
-        self._validate(lo, hi, spec, check_values=True)
-        self._check_modes()
-        if steps < 0 or not lr > 0 or not 0 < lr_decay <= 1:
-            raise InputError(f"optimize needs steps >= 0, lr > 0 and 0 < lr_decay <= 1, got "
-                             f"steps={steps}, lr={lr}, lr_decay={lr_decay}")
-        compiled = self._compile(tuple(lo.shape[1:]))
-        ranges = self.relax_param_ranges()
-        if not ranges:
-            raise InputError(f"domain {self.domain} declares no relaxation parameter (``param`` "
-                             f"in a relax block) for this model's activations: nothing to "
-                             f"optimise")
+        compiled, ranges = self._optimize_setup(lo, hi, spec, steps, lr, lr_decay)
         lo, hi = lo.detach(), hi.detach()
         batch, rows = lo.shape[0], None
         if per_spec_row and spec is not None:
@@ -362,16 +352,29 @@ class BoundProgram:
                 (-objective).backward()
                 optimizer.step()
                 decay.step()
-                with torch.no_grad():
-                    for per_node in values.values():
-                        for name, t in per_node.items():
-                            if t.requires_grad:  # (not the layout of per-row values)
-                                t.clamp_(*ranges[name])
+                _project(values, ranges)
         assert best_lb is not None
         if rows is not None:
             best_lb = best_lb.reshape(batch, rows)
             best_ub = best_ub.reshape(batch, rows) if best_ub is not None else None
         return best_lb, best_ub
+
+    def _optimize_setup(self, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor | None,
+                        steps: int, lr: float, lr_decay: float
+                        ) -> tuple[_Compiled, dict[str, tuple[float, float]]]:
+        """``optimize``'s checks before any work; the compiled program and the ranges."""
+        self._validate(lo, hi, spec, check_values=True)
+        self._check_modes()
+        if steps < 0 or not lr > 0 or not 0 < lr_decay <= 1:
+            raise InputError(f"optimize needs steps >= 0, lr > 0 and 0 < lr_decay <= 1, got "
+                             f"steps={steps}, lr={lr}, lr_decay={lr_decay}")
+        compiled = self._compile(tuple(lo.shape[1:]))
+        ranges = self.relax_param_ranges()
+        if not ranges:
+            raise InputError(f"domain {self.domain} declares no relaxation parameter (``param`` "
+                             f"in a relax block) for this model's activations: nothing to "
+                             f"optimise")
+        return compiled, ranges
 
     @overload
     def functional(self, params: Mapping[str, torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
@@ -611,3 +614,13 @@ def _box_is_valid(lo: torch.Tensor, hi: torch.Tensor) -> bool:
         return True
     smallest, largest = torch.aminmax(hi - lo)
     return bool((smallest >= 0) & (largest < math.inf))
+
+
+def _project(values: dict[str, dict[str, torch.Tensor]],
+             ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Clamp every optimised relaxation value into its parameter's range, in place."""
+    with torch.no_grad():
+        for per_node in values.values():
+            for name, t in per_node.items():
+                if t.requires_grad:  # (not the layout of per-row values)
+                    t.clamp_(*ranges[name])

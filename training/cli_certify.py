@@ -136,7 +136,7 @@ def report_soundness_errors(errors: list[dict[str, Any]]) -> bool:
 # the complete stages and the modules that register them when imported (by name: branch and
 # bound lives in the applications layer, above training)
 COMPLETE_STAGES = ("bab", "milp")
-_STAGE_MODULES = {"bab": "absdsl.verification.relu_bab", "milp": "absdsl.training.milp"}
+_STAGE_MODULES = {"bab": "absdsl.verification.relu_bab_stage", "milp": "absdsl.training.milp"}
 
 
 def load_complete_stage(name: str = "milp") -> None:

@@ -37,7 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import absdsl
 from absdsl.errors import AbsdslError
+from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
 
 BAB_DOMAINS = ("crown-ibp", "deeppoly")
 MAX_INPUT_DIMS = 64  # above this many inputs, input splitting is not the complete stage
@@ -84,8 +86,6 @@ class InputBab:
                  programs: dict[str, Any] | None = None, heuristic: str = "bound",
                  magnitude_box: bool = True, root_samples: int = 65536,
                  restarts: int = 256, combined: bool = True) -> None:
-        import absdsl
-
         self.model = model
         self.input_shape = tuple(input_shape)
         self.tol = tolerance
@@ -291,7 +291,6 @@ class InputBab:
         own: every back-substitution domain intersects its refined bounds with Box's, so
         Box's are at least as large, M no smaller and the threshold no lower, for the price
         of one interval pass instead of a second back-substitution."""
-        from absdsl.training.certify import REL_TOLERANCE, certificate_threshold
 
         with torch.no_grad():
             return certificate_threshold(self.magnitude_prog or prog, lo, hi, lb, ub,

@@ -46,8 +46,20 @@ import numpy as np
 import torch
 from torch import nn
 
+import absdsl
+from absdsl.dsl.loader import builtin_path
 from absdsl.errors import AbsdslError
+from absdsl.training.certify import REL_TOLERANCE
 from absdsl.verification.bab import stack_polytopes, violations
+from absdsl.verification.relu_bab_tree import (
+    Bounds,
+    Warm,
+    children_warm,
+    pop_subproblems,
+    scatter_warm,
+    split_children,
+    warm_bytes,
+)
 
 RELU_BAB_DOMAINS = ("crown-ibp", "alpha-beta-crown", "alpha-beta-crown-ibp")
 #: the domains that are no built-in name: (file, domain inside it)
@@ -72,9 +84,7 @@ TARGET_CALL_SECONDS = 2.0  # the batch adapts so that one round takes about this
 #: the attack's effort per second stays what it was
 ATTACK_RESTARTS = 32
 
-Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
 #: relaxation parameter values per sub-problem: ``Context.relax_params`` with a batch axis
-Warm = dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -116,8 +126,6 @@ def bound_with_splits(prog: Any, lo: torch.Tensor, hi: torch.Tensor, spec: torch
 def compile_domain(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> Any:
     """A program of one of :data:`RELU_BAB_DOMAINS` (a built-in name, or a domain of a
     built-in file that the search alone uses)."""
-    import absdsl
-    from absdsl.dsl.loader import builtin_path
 
     inner = _INNER_DOMAINS.get(name)
     spec = name if inner is None else f"{builtin_path(inner[0])}:{inner[1]}"
@@ -145,6 +153,22 @@ def _magnitude(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(mags, 1).max(1).values
 
 
+@dataclass
+class _AdamState:
+    """What one ascent step of ``ReluBab._optimise`` reads and updates."""
+
+    store: Warm
+    moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
+    touched: set[tuple[str, str]]
+    live: torch.Tensor
+    step: int
+    lr: float
+
+
+#: Where in the search tree each of the search's own domains bounds sub-problems.
+_DEPTH_ROLES = {"alpha-beta-crown": "near the root", "crown-ibp": "near the root",
+                "alpha-beta-crown-ibp": "below the root"}
+
 class ReluBab:
     """ReLU-splitting branch and bound for one case (box + polytopes) on a float64 model."""
 
@@ -159,7 +183,6 @@ class ReluBab:
                  alpha_steps: int = ALPHA_STEPS, warm_steps: int = WARM_STEPS,
                  lr: float = OPT_LR, lr_decay: float = OPT_LR_DECAY,
                  warm_bytes: int = WARM_BYTES, full_depth: int = FULL_DEPTH) -> None:
-        from absdsl.training.certify import REL_TOLERANCE
 
         self.model = model
         self.input_shape = tuple(input_shape)
@@ -246,11 +269,12 @@ class ReluBab:
         """The depths of the sub-problems a domain bounds: CROWN-IBP and alpha-beta-CROWN
         to ``full_depth``, alpha-beta-crown-ibp below (its first evaluation is CROWN-IBP's
         call with the parent's values: a CROWN-IBP call in front would only repeat it)."""
-        if name in ("alpha-beta-crown", "crown-ibp"):
+        role = _DEPTH_ROLES.get(name, "everywhere")  # any other domain a caller names
+        if role == "near the root":
             return 0, self.full_depth
-        if name == "alpha-beta-crown-ibp":
+        if role == "below the root":
             return self.full_depth + 1, math.inf
-        return 0, math.inf  # any other domain a caller names
+        return 0, math.inf
 
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, bounds: Bounds, open_: torch.Tensor,
                depth: torch.Tensor, phases: dict[str, torch.Tensor], warm: Warm | None
@@ -287,7 +311,7 @@ class ReluBab:
                 res = self._optimise(prog, lo_t, hi_t, spec, rows, clamps, open_[todo],
                                      sub_warm, split_of)
                 lb, used, now_open, empty, live_scores, values = res
-                found = _scatter_warm(found, values, todo, n)
+                found = scatter_warm(found, values, todo, n)
                 scores[todo] = live_scores
             else:
                 used = {}
@@ -429,32 +453,40 @@ class ReluBab:
                                                   self._widen(lb, rows))
                 break  # no parameter reaches the bounds
             grads = torch.autograd.grad(objective.sum(), wanted, allow_unused=True)
-            ranges = prog.relax_param_ranges()
-            with torch.no_grad():
-                for (act, pn, t), g in zip([x for x in leaves if x[2].requires_grad], grads,
-                                        strict=True):
-                    if g is None:
-                        continue
-                    touched.add((act, pn))
-                    m1, m2 = moments.get((act, pn), (torch.zeros_like(store[act][pn]),
-                                                  torch.zeros_like(store[act][pn])))
-                    m1[live] = ADAM_BETAS[0] * m1[live] + (1 - ADAM_BETAS[0]) * g
-                    m2[live] = ADAM_BETAS[1] * m2[live] + (1 - ADAM_BETAS[1]) * g * g
-                    moments[(act, pn)] = (m1, m2)
-                    fix1 = 1 - ADAM_BETAS[0] ** (step + 1)
-                    fix2 = 1 - ADAM_BETAS[1] ** (step + 1)
-                    move = lr * (m1[live] / fix1) / ((m2[live] / fix2).sqrt() + 1e-8)
-                    if pn in BETA_PARAMS:  # beta: the split neurons' slopes only
-                        fixed = split_of.get(act.split("@")[0])
-                        move = move * (fixed[live].reshape(move.shape).to(move.dtype)
-                                       if fixed is not None else 0)
-                    store[act][pn][live] = (t.detach() + move).clamp(*ranges[pn])  # ascent
+            self._ascend(prog, [x for x in leaves if x[2].requires_grad], grads,
+                         _AdamState(store, moments, touched, live, step, lr), split_of)
             lr *= self.lr_decay
             live = live[keep]
         kept: Warm = {}
         for act, pn in touched:  # the others stay at their initial values in the children
             kept.setdefault(act, {})[pn] = store[act][pn]
         return self._widen(best_lb, rows), used, now_open, empty, scores, kept
+
+    def _ascend(self, prog: Any, leaves: list[tuple[str, str, torch.Tensor]],
+                grads: Sequence[torch.Tensor | None], state: _AdamState,
+                split_of: dict[str, torch.Tensor]) -> None:
+        """One projected Adam ascent step on the live sub-problems' values (in place in
+        ``state.store``); beta's slopes move on the split neurons only."""
+        ranges = prog.relax_param_ranges()
+        store, moments, live, step = state.store, state.moments, state.live, state.step
+        with torch.no_grad():
+            for (act, pn, t), g in zip(leaves, grads, strict=True):
+                if g is None:
+                    continue
+                state.touched.add((act, pn))
+                m1, m2 = moments.get((act, pn), (torch.zeros_like(store[act][pn]),
+                                              torch.zeros_like(store[act][pn])))
+                m1[live] = ADAM_BETAS[0] * m1[live] + (1 - ADAM_BETAS[0]) * g
+                m2[live] = ADAM_BETAS[1] * m2[live] + (1 - ADAM_BETAS[1]) * g * g
+                moments[(act, pn)] = (m1, m2)
+                fix1 = 1 - ADAM_BETAS[0] ** (step + 1)
+                fix2 = 1 - ADAM_BETAS[1] ** (step + 1)
+                move = state.lr * (m1[live] / fix1) / ((m2[live] / fix2).sqrt() + 1e-8)
+                if pn in BETA_PARAMS:  # beta: the split neurons' slopes only
+                    fixed = split_of.get(act.split("@")[0])
+                    move = move * (fixed[live].reshape(move.shape).to(move.dtype)
+                                   if fixed is not None else 0)
+                store[act][pn][live] = (t.detach() + move).clamp(*ranges[pn])  # ascent
 
     def _scores(self, lb_g: torch.Tensor, used: Bounds, open_: torch.Tensor,
                 still: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
@@ -526,8 +558,8 @@ class ReluBab:
         parent = idx.repeat_interleave(k)
         sub = {kk: (a[parent], b[parent]) for kk, (a, b) in bounds.items()}
         item = {"phases": {}, "depth": torch.zeros(n * k, dtype=torch.long)}
-        children = _split(item, sub, open_[parent], torch.ones(n * k, dtype=torch.bool), flat,
-                          self.splittable)
+        children = split_children(item, sub, open_[parent],
+                                  torch.ones(n * k, dtype=torch.bool), flat, self.splittable)
         m = 2 * n * k
         name, prog = self.progs[0]
         lo_t = lo.expand(m, -1).reshape(m, *self.input_shape)
@@ -554,9 +586,14 @@ class ReluBab:
         bounds do not. Each open polytope is asked whether it holds a point with ``A y <= b
         + tol + slack``: infeasible refutes it (``open_`` is updated); a point goes to
         ``confirm``. Networks the encoder cannot take keep the leaf open."""
-        from scipy.optimize import milp
+        from scipy.optimize import milp  # lazy: heavy dependency scipy
 
-        from absdsl.training.milp import CUTOFF_SLACK, MilpError, NetworkMilp, polytope_problem
+        from absdsl.training.milp import (  # lazy: heavy dependency scipy
+            CUTOFF_SLACK,
+            MilpError,
+            NetworkMilp,
+            polytope_problem,
+        )
 
         if self._encoder is None:
             try:
@@ -636,8 +673,8 @@ class ReluBab:
                 out.status = "timeout"
                 return out
             t0 = time.perf_counter()
-            item = _pop(stack, batch)
-            warm_held -= _warm_bytes(item.get("warm"))
+            item = pop_subproblems(stack, batch)
+            warm_held -= warm_bytes(item.get("warm"))
             n = item["open"].shape[0]
             size -= n
             w = self.attack(lo, hi, item["open"].any(dim=0))
@@ -682,10 +719,10 @@ class ReluBab:
                     self.candidates = max(2, self.candidates // 2)
                 elif share < 0.25:
                     self.candidates = min(self.max_candidates, self.candidates * 2)
-                children = _split(item, bounds, open_, keep, which[keep], self.splittable)
-                if warm is not None and warm_held + _warm_bytes(warm, keep) <= self.warm_bytes:
-                    children["warm"] = _children_warm(warm, keep)
-                    warm_held += _warm_bytes(children["warm"])
+                children = split_children(item, bounds, open_, keep, which[keep], self.splittable)
+                if warm is not None and warm_held + warm_bytes(warm, keep) <= self.warm_bytes:
+                    children["warm"] = children_warm(warm, keep)
+                    warm_held += warm_bytes(children["warm"])
                 stack.append(children)
                 size += children["open"].shape[0]
                 out.splits += int(keep.sum())
@@ -705,200 +742,9 @@ class ReluBab:
         return out
 
 
-@dataclass
-class _MarginPolytope:
-    """The counterexamples of one class: ``f_label - f_other <= 0`` as ``A y <= b``."""
-
-    A: np.ndarray
-    b: np.ndarray
-
-
-class ReluBabStage:
-    """The certification cascade's ``bab`` stage (``absdsl certify --complete``): ReLU
-    branch and bound on every input still pending, one class per polytope, within
-    ``milp_time_limit`` seconds per input. ``certified`` when every class is refuted under
-    the cascade's threshold (``tolerance`` + ``rel_tolerance`` x the magnitude, per
-    sub-problem); ``falsified`` when a point of the ball flips the float64 model's label;
-    else the input stays pending (``unknown``)."""
-
-    name = "bab"
-
-    def __init__(self, model: nn.Module, info: Any, options: Any) -> None:
-        from absdsl.training.milp import check_time_limit
-
-        self.time_limit = check_time_limit(getattr(options, "milp_time_limit", 30.0))
-        self.shape = tuple(info.shape)
-        self.programs: dict[str, Any] = {}
-        self.stats: list[dict[str, Any]] = []  # one entry per input this stage ran on
-        self._model: nn.Module | None = None
-
-    def _programs(self, model: nn.Module) -> dict[str, Any]:
-        if self._model is not model:  # compiled once per float64 model of the cascade
-            self._model = model
-            self.programs = {}
-            for name in RELU_BAB_DOMAINS:
-                try:
-                    self.programs[name] = compile_domain(model, name, self.shape)
-                except AbsdslError:
-                    continue
-        return self.programs
-
-    def run(self, ctx: Any) -> None:
-        idx = ctx.pending()
-        if idx.numel() == 0:
-            return
-        eps, tol = ctx.options.eps, ctx.options.tolerance
-        model = ctx.model
-        programs = self._programs(model)
-        for i in idx.tolist():
-            x, label = ctx.x[i:i + 1], int(ctx.y[i])
-            lo = torch.clamp(x - eps, 0.0, 1.0).reshape(-1)  # the bound stages' clipped ball
-            hi = torch.clamp(x + eps, 0.0, 1.0).reshape(-1)
-            with torch.no_grad():
-                n_out = int(model(x).shape[1])
-            polys = []
-            for other in range(n_out):
-                if other != label:
-                    row = np.zeros((1, n_out))
-                    row[0, label], row[0, other] = 1.0, -1.0
-                    polys.append(_MarginPolytope(row, np.zeros(1)))
-
-            def confirm(k: int, point: np.ndarray, lo: torch.Tensor = lo, hi: torch.Tensor = hi,
-                        label: int = label) -> torch.Tensor | None:
-                t = torch.minimum(torch.maximum(torch.from_numpy(point).double(), lo), hi)
-                with torch.no_grad():
-                    flips = int(model(t.reshape(1, *self.shape)).argmax(1)[0]) != label
-                return t.reshape(self.shape) if flips else None
-
-            start = time.perf_counter()
-            try:
-                search = ReluBab(model, self.shape, polys, tol,
-                                 _seconds_left(start + self.time_limit), confirm,
-                                 seed=ctx.options.seed, programs=programs,
-                                 rel_tolerance=ctx.options.rel_tolerance)
-                outcome = search.run(lo.numpy(), hi.numpy())
-            except AbsdslError as err:
-                outcome = ReluBabOutcome("unknown", note=str(err).splitlines()[0])
-            rec = ctx.records[i]
-            if outcome.status == "unsat":
-                rec.status, rec.stage = "certified", self.name
-            elif outcome.status == "sat":
-                rec.status, rec.stage = "falsified", self.name
-            self.stats.append({"index": rec.index, "status": rec.status if rec.stage ==
-                               self.name else "unknown", "bab": outcome.status,
-                               "seconds": time.perf_counter() - start,
-                               "branches": outcome.branches, "note": outcome.note})
-
-
-def _seconds_left(deadline: float) -> Callable[[], float]:
+def seconds_left(deadline: float) -> Callable[[], float]:
     return lambda: deadline - time.perf_counter()
 
 
-def _split(item: dict[str, Any], bounds: Bounds, open_: torch.Tensor, keep: torch.Tensor,
-           which: torch.Tensor, nodes: list[str]) -> dict[str, Any]:
-    """Both children of every kept sub-problem, split on its flat neuron ``which`` (an index
-    into the splittable nodes' neurons laid end to end): inactive (u <= 0) first, then
-    active (l >= 0), each with its parent's bounds intersected with the new phase."""
-    idx = torch.nonzero(keep).flatten()
-    m = idx.numel()
-    sub_b = {k: (a[idx], b[idx]) for k, (a, b) in bounds.items()}
-    sub_p = {k: p[idx] for k, p in item["phases"].items()}
-    child_b = {k: (torch.cat([a, a]), torch.cat([b, b])) for k, (a, b) in sub_b.items()}
-    child_p = {k: torch.cat([p, p]) for k, p in sub_p.items()}
-    rows = torch.arange(m)
-    offset = 0
-    for k in nodes:
-        width = sub_b[k][0].shape[1]
-        here = (which >= offset) & (which < offset + width)
-        r, col = rows[here], which[here] - offset
-        la, ua = child_b[k]
-        ua[r, col] = torch.clamp(ua[r, col], max=0.0)  # inactive half
-        la[m + r, col] = torch.clamp(la[m + r, col], min=0.0)  # active half
-        if k in child_p:
-            child_p[k][r, col] = -1
-            child_p[k][m + r, col] = 1
-        offset += width
-    return {"bounds": child_b, "phases": child_p,
-            "open": torch.cat([open_[idx], open_[idx]]),
-            "depth": torch.cat([item["depth"][idx] + 1, item["depth"][idx] + 1])}
-
-
-def _pop(stack: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """Up to n sub-problems from the top of the stack (the deepest first)."""
-    taken: list[dict[str, Any]] = []
-    count = 0
-    while stack and count < n:
-        top = stack[-1]
-        have = top["open"].shape[0]
-        need = n - count
-        if have <= need:
-            taken.append(stack.pop())
-            count += have
-            continue
-        taken.append(_slice(top, slice(have - need, have)))
-        stack[-1] = _slice(top, slice(0, have - need))
-        count += need
-    if len(taken) == 1:
-        return taken[0]
-    warm: Warm | None = None
-    if all(t.get("warm") is not None for t in taken):  # else every one starts afresh
-        names = [(a, p) for a, d in taken[0]["warm"].items() for p in d
-                 if all(p in t["warm"].get(a, {}) for t in taken)]
-        warm = {}
-        for a, p in names:
-            warm.setdefault(a, {})[p] = torch.cat([t["warm"][a][p] for t in taken])
-    return {"warm": warm, "bounds": {k: (torch.cat([t["bounds"][k][0] for t in taken]),
-                           torch.cat([t["bounds"][k][1] for t in taken]))
-                       for k in taken[0]["bounds"]},
-            "phases": {k: torch.cat([t["phases"][k] for t in taken])
-                       for k in taken[0]["phases"]},
-            "open": torch.cat([t["open"] for t in taken]),
-            "depth": torch.cat([t["depth"] for t in taken])}
-
-
-def _slice(item: dict[str, Any], s: slice) -> dict[str, Any]:
-    return {"bounds": {k: (a[s], b[s]) for k, (a, b) in item["bounds"].items()},
-            "phases": {k: p[s] for k, p in item["phases"].items()},
-            "open": item["open"][s], "depth": item["depth"][s],
-            "warm": None if item.get("warm") is None else {
-                a: {p: t[s] for p, t in d.items()} for a, d in item["warm"].items()}}
-
-
-def _warm_bytes(warm: Warm | None, rows: torch.Tensor | None = None) -> int:
-    """Bytes of the warm starts (``rows``: a mask of the sub-problems that split, twice)."""
-    if warm is None:
-        return 0
-    total = sum(t.numel() * t.element_size() for d in warm.values() for t in d.values())
-    if rows is None:
-        return total
-    first = next((t for d in warm.values() for t in d.values()), None)
-    return 0 if first is None else 2 * total * int(rows.sum()) // max(first.shape[0], 1)
-
-
-def _children_warm(warm: Warm, keep: torch.Tensor) -> Warm:
-    """Both children's start (the order of ``_split``: inactive halves, then active)."""
-    idx = torch.nonzero(keep).flatten()
-    return {a: {p: torch.cat([t[idx], t[idx]]) for p, t in d.items()} for a, d in warm.items()}
-
-
-def _scatter_warm(into: Warm | None, values: Warm, rows: torch.Tensor, n: int) -> Warm:
-    """``values`` (one row per entry of ``rows``) placed into a set of ``n`` rows."""
-    out: Warm = into if into is not None else {}
-    for a, d in values.items():
-        for p, t in d.items():
-            if p not in out.setdefault(a, {}):
-                out[a][p] = torch.zeros((n, *t.shape[1:]), dtype=t.dtype)
-            out[a][p][rows] = t
-    return out
-
-
-def _register() -> None:
-    from absdsl.training.certify import register_stage
-
-    register_stage("bab", ReluBabStage)
-
-
-_register()  # importing this module adds the stage (training cannot import applications)
-
-__all__ = ["RELU_BAB_DOMAINS", "ReluBab", "ReluBabOutcome", "ReluBabStage", "ReluBranchRecord",
+__all__ = ["RELU_BAB_DOMAINS", "ReluBab", "ReluBabOutcome", "ReluBranchRecord",
            "bound_with_splits", "relu_nodes"]

@@ -23,11 +23,10 @@ from absdsl.errors import InputError
 from absdsl.prove import prove_file
 from absdsl.verification.relu_bab import (
     _INNER_DOMAINS,
-    _children_warm,
-    _split,
     compile_domain,
     relu_nodes,
 )
+from absdsl.verification.relu_bab_tree import children_warm, split_children
 
 STABLE = {"active_lower": (-1.0, 1.0), "active_upper": (1.0, 3.0),
           "inactive_lower": (0.0, 2.0), "inactive_upper": (-2.0, 0.0)}
@@ -195,10 +194,10 @@ def test_children_start_from_their_parents_values_in_split_order() -> None:
     item = {"phases": {"n": torch.zeros((3, 2), dtype=torch.int8)},
             "depth": torch.zeros(3, dtype=torch.long)}
     keep = torch.tensor([True, False, True])
-    children = _split(item, bounds, torch.ones((3, 1), dtype=torch.bool), keep,
+    children = split_children(item, bounds, torch.ones((3, 1), dtype=torch.bool), keep,
                       torch.tensor([0, 1]), ["n"])
     warm = {"act": {"alpha": torch.tensor([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])}}
-    got = _children_warm(warm, keep)["act"]["alpha"]
+    got = children_warm(warm, keep)["act"]["alpha"]
     assert torch.equal(got, torch.tensor([[0.1, 0.2], [0.5, 0.6], [0.1, 0.2], [0.5, 0.6]]))
     assert children["phases"]["n"][:, 0].tolist() == [-1, 0, 1, 0]
     assert children["phases"]["n"][:, 1].tolist() == [0, -1, 0, 1]

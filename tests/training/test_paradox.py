@@ -458,12 +458,12 @@ def test_complete_bab_certifies_every_network_and_reports_the_undecided(
     """``--complete`` alone is ReLU branch and bound: it runs on every network, and the
     table says how many inputs stayed undecided per network."""
     import absdsl.training.certify as certify_mod
-    from absdsl.verification import relu_bab
+    from absdsl.verification import relu_bab_stage
 
-    stages: list[relu_bab.ReluBabStage] = []
+    stages: list[relu_bab_stage.ReluBabStage] = []
 
     def keep(*args):
-        stages.append(relu_bab.ReluBabStage(*args))
+        stages.append(relu_bab_stage.ReluBabStage(*args))
         return stages[-1]
 
     monkeypatch.setitem(certify_mod._STAGES, "bab", keep)
