@@ -25,8 +25,8 @@ class Layer:
     ``cat`` (cat([f(x), g(x)], 1); an empty branch is the identity).
 
     Args: linear ``(out, bias)``; conv ``(out_ch, k, stride, padding, groups, dilation,
-    bias, dims)`` (padding an int or ``'same'``); avgpool ``(k, stride, padding)``; adaptive
-    ``(out_h, out_w)``; residual ``(sign,)``; leaky_relu ``(slope,)``; hardtanh
+    bias, dims)`` (padding an int or ``'same'``); avgpool and maxpool ``(k, stride,
+    padding)``; adaptive ``(out_h, out_w)``; residual ``(sign,)``; leaky_relu ``(slope,)``; hardtanh
     ``(min, max)``.
     """
 
@@ -186,6 +186,9 @@ def build_layer(layer: Layer, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[
     elif op == "avgpool":
         k, s, p = a
         mod = nn.AvgPool2d(k, stride=s, padding=p)
+    elif op == "maxpool":
+        k, s, p = a
+        mod = nn.MaxPool2d(k, stride=s, padding=p)
     elif op == "adaptive":
         mod = nn.AdaptiveAvgPool2d(tuple(a))
     elif op == "flatten":
