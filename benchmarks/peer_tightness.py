@@ -104,6 +104,13 @@ class TwoPoolCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
+def zoo_cnn_maxpool() -> nn.Module:
+    """The test zoo's ``cnn_maxpool``: conv, ReLU, max pool 2x2, strided conv, ReLU, linear."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10))
+
+
 def jacobian_mlp(act: type[nn.Module], depth: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Linear(8, 32), act()]
     for _ in range(depth - 1):
@@ -124,6 +131,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], float]] = {
     "conv-maxpool k3s2p1": (lambda: ConvPool(3, 2, 1), (1, 8, 8), 0.05),
     "lirpa-maxpool-test": (LirpaMaxPoolNet, (1, 28, 28), 0.3),
     "two-pool cnn": (TwoPoolCNN, (1, 16, 16), 0.02),
+    "zoo cnn_maxpool": (zoo_cnn_maxpool, (3, 16, 16), 0.02),
     "conv1d": (Conv1d, (2, 9), 0.1),
     "jacobian sigmoid x2": (lambda: jacobian_mlp(nn.Sigmoid, 2), (8,), 0.2),
     "jacobian tanh x2": (lambda: jacobian_mlp(nn.Tanh, 2), (8,), 0.2),
@@ -193,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             share = float((ours <= theirs + 1e-6).float().mean())
             with torch.no_grad():
                 t_ours, t_peer = _median_ms(
-                    lambda p=prog: p(lo, hi),
-                    lambda m=method: bounded.compute_bounds(x=(bx,), method=m), args.reps)
+                    lambda p=prog, a=lo, b=hi: p(a, b),
+                    lambda m=method, net=bounded, t=bx: net.compute_bounds(x=(t,), method=m),
+                    args.reps)
             print(f"{name:22} {method:9} {float(ours.mean()):10.5f} {float(theirs.mean()):10.5f} "
                   f"{float(ours.mean() / theirs.mean()):7.4f} {share:7.2f} {t_ours:8.2f} "
                   f"{t_peer:8.2f} {t_ours / t_peer:7.3f}")
