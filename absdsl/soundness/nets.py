@@ -305,6 +305,9 @@ def magnitude(mod: nn.Module, m: torch.Tensor) -> torch.Tensor:
                 + mod.bias.abs().reshape(shape))
     if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
         return mod(m)
+    if isinstance(mod, nn.MaxPool2d):  # the ReLU tree's terms: |a|, |b - a| per level
+        k = mod.kernel_size
+        return mod(m) * 2 * (k * k if isinstance(k, int) else k[0] * k[1])
     if isinstance(mod, nn.Hardtanh):  # ReLU6
         return m + max(abs(mod.min_val), abs(mod.max_val))
     if isinstance(mod, _Activation):  # |f(x)| <= |x| + c for every drawn activation
