@@ -194,6 +194,8 @@ def has_rule(loaded: LoadedDomain, op: str) -> bool:
     """Whether the domain bounds ``op`` directly (else :mod:`lowering` rewrites it)."""
     if loaded.intermediate is None:
         return find_rule(loaded.domain, op) is not None
+    if ops.is_pool(op):  # back-substitution relaxes a max itself (backsub/pool.py)
+        return find_rule(loaded.intermediate, op) is not None
     return (find_rule(loaded.intermediate, op) is not None
             and relax_for(op, loaded.relaxes) is not None)
 

@@ -107,6 +107,16 @@ class ConcreteGraph:
                                                                       device=like.device))
         return self._by_kind[key]
 
+    def without_max(self) -> ConcreteGraph:
+        """The same network with max pooling and ``amax`` decomposed into ReLUs (what an
+        encoding of ReLUs, the MILP stage's, reads); itself when it has none."""
+        from .lowering import lower_unsupported
+
+        if not any(ops.is_pool(n.op) for n in self.graph.nodes):
+            return self
+        return ConcreteGraph(lower_unsupported(self.graph, lambda op: not ops.is_pool(op)),
+                             self._params)
+
     def node_fn(self, name: str) -> NodeFn:
         """``fn(*input_values, absolute=False)``: the node's own op on batched inputs.
 

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from . import runtime as rt
 from .backsub import patches as patch_rows
+from .backsub import pool as pool_rows
 from .backsub import row_slopes
 from .backsub import rows as dense_rows
 
 # what generated code calls: the forward runtime and the back-substitution rows, by keyword
-RUNTIME = {"rt": rt, "dense_rows": dense_rows, "patch_rows": patch_rows,
+RUNTIME = {"rt": rt, "dense_rows": dense_rows, "patch_rows": patch_rows, "pool_rows": pool_rows,
            "row_slopes": row_slopes}
 # names generated code reads from outside: modules and the arguments of ``bound_program``
 # (parameters, input box, spec, the call's context); no generated name may take them

@@ -262,7 +262,8 @@ class NetworkMilp:
         self.input_shape = tuple(input_shape)
         self.prog = absdsl.compile(self.model, domain=BOUND_DOMAIN,
                                    input_shape=self.input_shape)
-        self.cg = self.prog.concrete(self.input_shape)
+        # max pooling as its ReLU decomposition (back-substitution bounds it as one op)
+        self.cg = self.prog.concrete(self.input_shape).without_max()
         graph = self.cg.graph
         for node in graph.nodes:
             if node.op not in SUPPORTED_OPS:

@@ -91,6 +91,7 @@ def _probe_nets() -> dict[str, NetSpec]:
                                           (1.0, -1.0, 0.5, 2.0)))),
         "bn": NetSpec((2,), (Layer("bn", (), (1.0, 2.0, 0.0, 1.0, 0.5, -0.5, 1.0, 2.0)),)),
         "avgpool": NetSpec((1, 2, 2), (Layer("avgpool", (2, 2, 0)),)),
+        "maxpool": NetSpec((1, 2, 2), (Layer("maxpool", (2, 2, 0)),)),
         "adaptive": NetSpec((1, 2, 2), (Layer("adaptive", (1, 1)),)),
         "flatten": NetSpec((1, 2, 2), (Layer("flatten"),)),
         "residual": NetSpec((2,), (Layer("residual", (1.0,), inner=((lin,),)),)),

@@ -44,7 +44,8 @@ def _checked_range(op: _ops.Op) -> tuple[float, float]:
 # or overflows float64
 RELAX_RANGE: dict[str, tuple[float, float]] = _FINITE_RANGE | {
     op.name: _checked_range(op) for op in _ops.ELEMENTWISE if op.valid is not None}
-LAYER_OPS = ("linear", "conv", "bn", "avgpool", "adaptive", "flatten", "residual", "cat")
+LAYER_OPS = ("linear", "conv", "bn", "avgpool", "maxpool", "adaptive", "flatten", "residual",
+             "cat")
 ALL_OPS = LAYER_OPS + ACTIVATION_OPS
 #: the properties ``check_domain`` runs by default (``continuity`` is opt-in)
 DEFAULT_PROPERTIES = ("rules", "bounds", "spec", "engine", "relaxations")

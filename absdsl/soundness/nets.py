@@ -26,8 +26,8 @@ class Layer:
     ``cat`` (cat([f(x), g(x)], 1); an empty branch is the identity).
 
     Args: linear ``(out, bias)``; conv ``(out_ch, k, stride, padding, groups, dilation,
-    bias, dims)`` (padding an int or ``'same'``); avgpool ``(k, stride, padding)``; adaptive
-    ``(out_h, out_w)``; residual ``(sign,)``; leaky_relu ``(slope,)``; hardtanh
+    bias, dims)`` (padding an int or ``'same'``); avgpool and maxpool ``(k, stride,
+    padding)``; adaptive ``(out_h, out_w)``; residual ``(sign,)``; leaky_relu ``(slope,)``; hardtanh
     ``(min, max)``.
     """
 
@@ -187,6 +187,9 @@ def build_layer(layer: Layer, shape: tuple[int, ...]) -> tuple[nn.Module, tuple[
     elif op == "avgpool":
         k, s, p = a
         mod = nn.AvgPool2d(k, stride=s, padding=p)
+    elif op == "maxpool":
+        k, s, p = a
+        mod = nn.MaxPool2d(k, stride=s, padding=p)
     elif op == "adaptive":
         mod = nn.AdaptiveAvgPool2d(tuple(a))
     elif op == "flatten":
@@ -315,6 +318,9 @@ def magnitude(mod: nn.Module, m: torch.Tensor) -> torch.Tensor:
                 + mod.bias.abs().reshape(shape))
     if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
         return mod(m)
+    if isinstance(mod, nn.MaxPool2d):  # the ReLU tree's terms: |a|, |b - a| per level
+        k = mod.kernel_size
+        return mod(m) * 2 * (k * k if isinstance(k, int) else k[0] * k[1])
     if isinstance(mod, nn.Hardtanh):  # ReLU6
         return m + max(abs(mod.min_val), abs(mod.max_val))
     if isinstance(mod, _Activation):  # |f(x)| <= |x| + c for every drawn activation

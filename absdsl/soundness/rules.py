@@ -158,6 +158,30 @@ class _CompositeNet(nn.Module):
         return self.composite(x)
 
 
+class _MaxNet(nn.Module):
+    """A maximum of a 3-vector x, as ``[x, y]`` (the rule cases' layout): max pooling over
+    a 1 x 3 window; overlapping 1 x 2 windows, one minus the other (a spec row then weighs
+    one max up and the other down, so a back-substitution domain takes both lines of its
+    relaxation); ``torch.amax``; the max and min of two tensors."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = x.reshape(x.shape[0], 1, 1, 3)
+        if self.kind == "max_pool2d":
+            y = F.max_pool2d(grid, (1, 3)).flatten(1)
+        elif self.kind == "max_pool2d overlapping":
+            pairs = F.max_pool2d(grid, (1, 2), stride=1).flatten(1)
+            y = pairs[:, :1] - pairs[:, 1:]
+        elif self.kind == "amax":
+            y = torch.amax(x, 1, keepdim=True)
+        else:
+            y = torch.max(x[:, :1], x[:, 1:2]) - torch.min(x[:, 1:2], x[:, 2:])
+        return torch.cat([x, y], 1)
+
+
 def _grid_points(lo: torch.Tensor, hi: torch.Tensor, extra: list[float]) -> torch.Tensor:
     """Points of each box [B, d] -> [B, P, d]: a grid (dense in 1-d, with points at 1e-6 to
     3 % from either end), the corners, and the ``extra`` values where they lie inside."""
@@ -277,6 +301,12 @@ def _rule_cases(ops: frozenset[str]) -> Iterator[tuple[str, nn.Module, int, torc
         t = torch.tensor([(a, b, c, d) for a, b in ivs for c, d in ivs], dtype=DTYPE)
         yield (f"{op} (composite)", _CompositeNet(op), 2, t[:, [0, 2]], t[:, [1, 3]], [],
                False)
+    if "maxpool" in ops:  # windows dominated, tied, overlapping, one inside another
+        t = torch.tensor([(a, b, c, d, e, f) for a, b in ivs[::2] for c, d in ivs[::5]
+                          for e, f in ivs[::7]], dtype=DTYPE)
+        for kind in ("max_pool2d", "max_pool2d overlapping", "amax", "max and min of two"):
+            yield (f"max ({kind})", _MaxNet(kind), 3, t[:, [0, 2, 4]], t[:, [1, 3, 5]], [],
+                   True)
 
 
 def rules_property(domain: Any, ops: frozenset[str]) -> tuple[PropertyResult,

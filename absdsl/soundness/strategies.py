@@ -93,9 +93,10 @@ def _layer(draw: Any, shape: tuple[int, ...], ops: frozenset[str], engine: bool)
     # that residuals, cats and the other layers are drawn often enough to be checked
     choices = ["activation"] * min(len(acts), 3)
     if image:
-        choices += [o for o in ("conv", "bn", "avgpool", "adaptive", "flatten") if o in ops]
+        choices += [o for o in ("conv", "bn", "avgpool", "maxpool", "adaptive", "flatten")
+                    if o in ops]
         if min(shape[1:]) < 2:
-            choices = [o for o in choices if o not in ("avgpool", "adaptive")]
+            choices = [o for o in choices if o not in ("avgpool", "maxpool", "adaptive")]
     elif len(shape) == 2:
         choices += [o for o in ("conv", "bn", "flatten") if o in ops]
     else:
@@ -121,6 +122,9 @@ def _layer(draw: Any, shape: tuple[int, ...], ops: frozenset[str], engine: bool)
     if op == "avgpool":
         k = draw(st.integers(1, 2))
         return Layer("avgpool", (k, draw(st.integers(1, 2)), draw(st.integers(0, k // 2))))
+    if op == "maxpool":  # windows of 2 or 3, overlapping (stride 1) or not, padded
+        k = draw(st.integers(2, min(3, *shape[1:])))
+        return Layer("maxpool", (k, draw(st.integers(1, k)), draw(st.integers(0, k // 2))))
     if op == "adaptive":
         divs = [[d for d in range(1, n + 1) if n % d == 0] for n in shape[1:]]
         return Layer("adaptive", (draw(st.sampled_from(divs[0])), draw(st.sampled_from(divs[1]))))

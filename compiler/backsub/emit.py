@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ...dsl.loader import LoadedDomain
 from ...errors import TraceError
-from .. import codegen
+from .. import codegen, ops
 from .. import linear_maps as lm
 from ..codegen import Emitter
 from ..ir import Graph, Node
@@ -27,9 +27,11 @@ from .transpose import transpose
 LOCALS = ("centre", "radius", "lb", "ub", "rows", "k", "acc", "sides", "n_out", "index")
 
 
-# the inputs whose bounds relax a node, by kind: an activation's input; a product's two
+# the inputs whose bounds relax a node, by kind: an activation's or a max's input; a
+# product's two
 RELAXED_INPUTS: dict[str, Callable[[Node], list[str]]] = {
     "elementwise": lambda node: node.inputs[:1],
+    "pool": lambda node: node.inputs[:1],
     "product": lambda node: list(node.inputs),
 }
 
@@ -66,6 +68,8 @@ class _LinearProgram:
         self.raw_lines: dict[str, str] = {}  # activation -> its relaxation lines (a_lo, ...)
         self.patch_lines: dict[str, str] = {}  # the same as maps for patches, made when used
         self.relax_fns: dict[tuple, str] = {}
+        # refined node -> the variable of the neurons its refinement ran for
+        self.refined: dict[str, str] = {}
         # activation with relaxation parameters -> (its relaxation function, l, u)
         self.param_acts: dict[str, tuple[str, str, str]] = {}
 
@@ -108,6 +112,11 @@ class _LinearProgram:
         for a in users:
             if a.kind == "product":
                 continue  # relaxed at the product itself, once both bounds are known
+            if a.kind == "pool":  # a max of windows: one relaxation per window (pool.py)
+                self.lines[a.name] = out.fresh(f"lines_{a.name}")
+                out.emit(f"{self.lines[a.name]} = pool_rows.max_lines(lower={l_var}, "
+                         f"upper={u_var}, members={self.windows(a)})")
+                continue
             fn = self.relax_fn(a.op, a.attrs.get("params", {}))
             raw = out.fresh(f"relaxed_{a.name}")
             out.emit(f"{raw} = {fn}({l_var}, {u_var})[0]")
@@ -120,6 +129,22 @@ class _LinearProgram:
         if set(state) == {"l", "u"}:  # (CROWN-IBP: the same tensors unless clamped)
             return {"l": l_var, "u": u_var}
         return None
+
+    def windows(self, node: Node) -> str:
+        """The variable holding the window table of max ``node`` (``pool_rows``)."""
+        src = self.graph.by_name[node.inputs[0]].shape
+        p = node.attrs["params"]
+        if node.op == "amax":
+            code = (f"pool_rows.amax_windows(in_shape={tuple(src)}, dim={int(p['dim']) - 1}, "
+                    f"device=str(lo.device))")
+        else:
+            def pair(a: str) -> tuple[int, int]:
+                return int(p[f"{a}_h"]), int(p[f"{a}_w"])
+            code = (f"pool_rows.max_pool_windows(in_shape={tuple(src)}, "
+                    f"out_shape={tuple(node.shape)}, kernel={pair('kernel')}, "
+                    f"stride={pair('stride')}, padding={pair('padding')}, "
+                    f"device=str(lo.device))")
+        return self.out.value(f"windows_{node.name}", code)
 
     def target_lines(self, target: str, when: str, rows: tuple[str, str] | None = None,
                      windows: tuple[list[Node], list[Geometry]] | None = None
@@ -181,8 +206,19 @@ class _LinearProgram:
             if a.kind == "product":  # the planes read every bound
                 needs.append(f"torch.ones_like({l_var}, dtype=torch.bool)")
                 continue
+            if a.kind == "pool":
+                pool_needs = (f"pool_rows.needs(lower={l_var}, upper={u_var}, "
+                              f"members={self.windows(a)})")
+                if not _monotone_output(node):
+                    needs.append(pool_needs)
+                elif node.inputs[0] in self.refined:  # those not refined there
+                    needs.append(f"({pool_needs} & ~{self.refined[node.inputs[0]]})")
+                continue
             fn = self.relax_fn(a.op, a.attrs.get("params", {}))
             needs.append(f"{fn}({l_var}, {u_var}, True)")
+        if not needs:
+            return
+        self.refined[node.name] = needs_var
         out.emit(f"{needs_var} = {' | '.join(needs)}")
         found = patch_geometry(graph, node.name, self.patch_saving)
         lines, raw, patch = self.target_lines(
@@ -261,6 +297,16 @@ def _patch_chunk_factor(graph: Graph, chain: list[Node], geoms: list[Geometry]
     widest = max(math.prod(n.shape) for n in graph.nodes)
     largest = max(n.shape[0] * g[0] * g[1] for n, g in zip(chain, geoms, strict=True))
     return max(1, widest // largest)
+
+
+def _monotone_output(node: Node) -> bool:
+    """Whether ``node`` is a monotone activation (ReLU, ...): where its input's bounds [l, u]
+    were refined (or are exact), its interval bounds f(l), f(u) are at least as tight as
+    back-substituting its own neurons (each such row passes a relaxation line of f, valid on
+    [l, u], whose least value there is at most f(l) and greatest at least f(u), and the
+    input's rows reach no further than [l, u]). A max pool after a ReLU then refines only the
+    neurons whose input was not refined (a ReLU needs no bounds of its stable neurons)."""
+    return node.kind == "elementwise" and "monotone" in ops.OPS[node.op].groups
 
 
 def _needs_backsub(graph: Graph, name: str) -> bool:
@@ -381,6 +427,15 @@ class _DenseWalk:
         self.contributions[node.inputs[0]].append(var)
         return False
 
+    def pool(self, node: Node, cur: str) -> bool:
+        var = self.body.fresh(f"lam_{node.inputs[0]}")
+        src = self.graph.by_name[node.inputs[0]].shape
+        self.body.emit(f"{var}, acc = pool_rows.max_back(lam={cur}, k=k, "
+                       f"lines={self.lines[node.name]}, in_shape={tuple(src)}, acc=acc, "
+                       f"compact=ctx.compact)")
+        self.contributions[node.inputs[0]].append(var)
+        return False
+
     def product(self, node: Node, cur: str) -> bool:
         vx = self.body.fresh(f"lam_{node.inputs[0]}")
         vy = self.body.fresh(f"lam_{node.inputs[1]}")
@@ -391,11 +446,11 @@ class _DenseWalk:
         return False
 
 
-# one back-substitution step per op kind (pooling is lowered before: it has none)
+# one back-substitution step per op kind
 _STEPS: dict[str, Callable[[_DenseWalk, Node, str], bool]] = {
     "input": _DenseWalk.input, "affine": _DenseWalk.affine, "reshape": _DenseWalk.reshape,
     "add": _DenseWalk.add, "cat": _DenseWalk.cat, "elementwise": _DenseWalk.elementwise,
-    "product": _DenseWalk.product,
+    "pool": _DenseWalk.pool, "product": _DenseWalk.product,
 }
 
 
