@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import pickle
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -201,8 +203,28 @@ def _describe_expected(expected: set[str]) -> str:
     return ", ".join(names)
 
 
+# parsed files by (text, filename), pickled: every ``absdsl.compile`` of a domain name loads
+# its files again (DeepPoly: three files, 75 ms of lark parsing), and a fresh copy per call
+# keeps callers from sharing one tree. Bounded, so many edited copies (mutants) cannot grow it.
+_PARSED: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+_PARSED_MAX = 64
+
+
 def parse_source(source: str, filename: str = "<domain>") -> ast.Module:
     """Parse one file's text. Imports are recorded, not followed (see :func:`load_module`)."""
+    key = (source, filename)
+    if key in _PARSED:
+        _PARSED.move_to_end(key)
+        module: ast.Module = pickle.loads(_PARSED[key])  # noqa: S301 (our own bytes)
+        return module
+    module = _parse_source(source, filename)
+    _PARSED[key] = pickle.dumps(module)
+    if len(_PARSED) > _PARSED_MAX:
+        _PARSED.popitem(last=False)
+    return module
+
+
+def _parse_source(source: str, filename: str) -> ast.Module:
     try:
         tree = _parser().parse(source)
     except lark.UnexpectedCharacters as err:

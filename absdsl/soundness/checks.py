@@ -57,21 +57,26 @@ def compare(prop: str, net: str, lo: torch.Tensor, hi: torch.Tensor, pts: torch.
                                            f"NaN {which}", (b, i), float("nan"), float("nan"),
                                            float("inf"), 0.0, spec_of(b)))
     m = mag if mag is not None else torch.zeros_like(lb)
-    vmax = values.abs().amax(1) if values.shape[1] else torch.zeros_like(lb)
-    tol = local_tolerance(m, vmax, lb, ub)  # [B, n]
-    below = lb.unsqueeze(1) - values   # > tol: value under the lower bound
-    above = values - ub.unsqueeze(1)
-    for which, excess, bnd in (("lower bound", below, lb), ("upper bound", above, ub)):
-        if not excess.numel():
+    if not values.numel():
+        return
+    # tol does not depend on the point, and rounding is monotone, so the worst ratio of each
+    # (sample, output) is the one of its smallest (largest) value; NaN propagates through
+    # amin/amax as through the per-point ratio. Only a violating sample is looked at per point.
+    vlow, vhigh = values.amin(1), values.amax(1)  # [B, n]
+    tol = local_tolerance(m, torch.maximum(vlow.abs(), vhigh.abs()), lb, ub)  # [B, n]
+    for which, worst_excess, bnd, sign in (("lower bound", lb - vlow, lb, -1.0),
+                                           ("upper bound", vhigh - ub, ub, 1.0)):
+        ratio = torch.nan_to_num(worst_excess / tol, nan=math.inf)
+        if float(ratio.max()) <= 1.0:
             continue
-        ratio = torch.nan_to_num(excess / tol.unsqueeze(1), nan=math.inf)
-        worst = float(ratio.max())
-        if worst > 1.0:
-            b, p, i = (int(v) for v in (ratio == ratio.max()).nonzero()[0])
-            raise Violation(Counterexample(
-                prop, net, _tolist(lo[b]), _tolist(hi[b]), _tolist(pts[b, p]), which,
-                (b, i), float(values[b, p, i]), float(bnd[b, i]), float(excess[b, p, i]),
-                float(tol[b, i]), spec_of(b)))
+        b = int((ratio == ratio.max()).nonzero()[0, 0])
+        excess = sign * (values[b] - bnd[b])  # [P, n], > tol: outside the bound
+        ratio_b = torch.nan_to_num(excess / tol[b], nan=math.inf)
+        p, i = (int(v) for v in (ratio_b == ratio_b.max()).nonzero()[0])
+        raise Violation(Counterexample(
+            prop, net, _tolist(lo[b]), _tolist(hi[b]), _tolist(pts[b, p]), which,
+            (b, i), float(values[b, p, i]), float(bnd[b, i]), float(excess[p, i]),
+            float(tol[b, i]), spec_of(b)))
 
 
 def _settings(max_examples: int) -> settings:

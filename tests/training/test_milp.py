@@ -276,7 +276,7 @@ def test_certify_complete_end_to_end_leaves_nothing_unknown(mlp_run, capsys):
     out = mlp_run / "complete.json"
     assert main(["certify", str(mlp_run), "--complete", "milp", "--domain", "box", "--eps",
                  "0.1", "-n", "20", "--pgd-steps", "5", "--pgd-restarts", "1", "--quiet",
-                 "--milp-time-limit", "20", "--out", str(out)]) == 0
+                 "--milp-time-limit", "300", "--out", str(out)]) == 0
     assert "counts" in capsys.readouterr().out
     data = json.loads(out.read_text())
     stages = [r["stage"] for r in data["inputs"]]
