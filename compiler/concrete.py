@@ -15,6 +15,7 @@ import torch
 from ..errors import InputError
 from . import codegen, ops
 from .ir import Graph, Node
+from .lowering import lower_unsupported
 
 NodeFn = Callable[..., torch.Tensor]
 
@@ -110,8 +111,6 @@ class ConcreteGraph:
     def without_max(self) -> ConcreteGraph:
         """The same network with max pooling and ``amax`` decomposed into ReLUs (what an
         encoding of ReLUs, the MILP stage's, reads); itself when it has none."""
-        from .lowering import lower_unsupported
-
         if not any(ops.is_pool(n.op) for n in self.graph.nodes):
             return self
         return ConcreteGraph(lower_unsupported(self.graph, lambda op: not ops.is_pool(op)),
