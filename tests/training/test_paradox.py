@@ -447,10 +447,15 @@ def test_complete_adds_the_milp_stage_to_every_certification(tmp_path, capsys,
         cache = json.loads((out / "runs" / name / paradox.CERTIFY_CACHE).read_text())
         assert cache["key"]["stages"] == ["milp"] and cache["key"]["milp_time_limit"] == 10
     assert sum(len(st.stats) for st in stages) >= 1  # HiGHS really ran
-    # the same folder without --complete is another experiment
-    err = _error(["--preset", "micro", "--optimizers", "grad", "--domains", "box",
-                  "--test-subset", "10", "--out", str(out)], capsys)
-    assert "different configuration" in err and "complete" in err
+    # the same folder without --complete: the same networks, certified again without it
+    assert main(["paradox", "--preset", "micro", "--optimizers", "grad", "--domains", "box",
+                 "--test-subset", "10", "--out", str(out), "--quiet"]) == 0
+    again = json.loads((out / "paradox.json").read_text())
+    assert again["config"]["complete"] is False
+    for name in ("pgd", "grad-box"):
+        cache = json.loads((out / "runs" / name / paradox.CERTIFY_CACHE).read_text())
+        assert "stages" not in cache["key"]
+        assert again["runs"][name]["checkpoint"] == data["runs"][name]["checkpoint"]
 
 
 def test_complete_bab_certifies_every_network_and_reports_the_undecided(
@@ -486,6 +491,40 @@ def test_complete_bab_certifies_every_network_and_reports_the_undecided(
     assert "undecided inputs (unknown after every stage): PGD GRAD" in printed
 
 
+def test_a_finished_folder_rerun_with_complete_is_certified_again_not_trained(
+        tmp_path, monkeypatch) -> None:
+    """--complete (and its limit) on a finished folder: the networks are kept (same
+    checkpoints, nothing trained) and certified again through the complete stage."""
+    import absdsl.training.certify as certify_mod
+
+    out = tmp_path / "px"
+    base = ["paradox", "--preset", "micro", "--optimizers", "grad", "--domains", "box",
+            "--test-subset", "6", "--out", str(out), "--quiet"]
+    assert main(base) == 0
+    first = json.loads((out / "paradox.json").read_text())
+    ran: list[str] = []
+
+    def keep(*args):
+        ran.append("bab")
+        return certify_mod._STAGES_ORIGINAL_BAB(*args)
+
+    from absdsl.verification import relu_bab_stage
+
+    monkeypatch.setattr(certify_mod, "_STAGES_ORIGINAL_BAB", relu_bab_stage.ReluBabStage,
+                        raising=False)
+    monkeypatch.setitem(certify_mod._STAGES, "bab", keep)
+    assert main([*base, "--complete", "--milp-time-limit", "2"]) == 0
+    second = json.loads((out / "paradox.json").read_text())
+    assert second["config"]["complete"] == "bab"
+    assert ran  # the complete stage was built for the networks again
+    for name, run in second["runs"].items():
+        assert run["checkpoint"] == first["runs"][name]["checkpoint"]
+        cache = json.loads((out / "runs" / name / paradox.CERTIFY_CACHE).read_text())
+        assert cache["key"]["stages"] == ["bab"] and cache["key"]["milp_time_limit"] == 2.0
+    statuses = {name: run.get("status") for name, run in second["timings"]["runs"].items()}
+    assert set(statuses.values()) == {"skipped"}, statuses
+
+
 def test_a_config_saved_before_complete_existed_still_matches(tmp_path) -> None:
     out = tmp_path / "px"
     # what an older version ran: GRAD fine-tuned from the start, no RGS, no tightness scope
@@ -498,11 +537,13 @@ def test_a_config_saved_before_complete_existed_still_matches(tmp_path) -> None:
     (out / paradox.CONFIG_FILE).write_text(json.dumps({"format": paradox.FORMAT, "version": 1,
                                                        "config": old}))
     paradox.prepare_out(out, cfg, overwrite=False)  # the same experiment: accepted
-    with pytest.raises(ParadoxError, match="differs in: complete"):
-        paradox.prepare_out(out, make_config("micro", {"complete": True, "grad_start": "pgd",
-                                                       "grad_init": "ibp",
-                                                       "tightness_scope": "all"}),
-                            overwrite=False)
+    # a complete stage changes certification only (re-certified, not retrained): accepted
+    paradox.prepare_out(out, make_config("micro", {"complete": True, "grad_start": "pgd",
+                                                   "grad_init": "ibp",
+                                                   "tightness_scope": "all"}),
+                        overwrite=False)
+    saved = json.loads((out / paradox.CONFIG_FILE).read_text())["config"]
+    assert saved["complete"] is True
     # the micro preset now trains GRAD from scratch: another experiment
     with pytest.raises(ParadoxError, match="grad_init, grad_start, tightness_scope"):
         paradox.prepare_out(out, make_config("micro"), overwrite=False)

@@ -36,7 +36,11 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 METRICS = ("natural", "certified", "adversarial")
 # settings that change where or how fast the experiment runs, not what it measures
-NOT_COMPARED = ("device", "data_root", "download", "pgpe_memory_mib", "population_eval")
+# certification-only settings are not compared either: certification is cached per run by
+# a key holding them, so a finished folder rerun with --complete is certified again, not
+# trained again
+NOT_COMPARED = ("device", "data_root", "download", "pgpe_memory_mib", "population_eval",
+                "complete", "milp_time_limit")
 # settings added after a saved paradox_config.json may have been written: a saved config
 # without them ran with these values
 ADDED_DEFAULTS: dict[str, Any] = {
