@@ -14,8 +14,8 @@ smallest violation the attack saw in the parent), and
    program (cheap CROWN-IBP first while it closes boxes, then DeepPoly/CROWN on what is left).
    A polytope is refuted on a box when one of its rows' lower bound exceeds its ``b`` by more
    than the certification threshold of ``absdsl certify`` (``tolerance`` + 1e-9 times the
-   largest magnitude of the computation, taken per box, over Box's intermediate bounds,
-   which contain every back-substitution domain's);
+   largest magnitude of the computation, taken per box over the domain's own intermediate
+   bounds, exactly as ``absdsl certify`` takes it);
 3. splits every box with a polytope still open in two halves along the input dimension where
    the lower bound of each open polytope's best row is most sensitive to the box (autograd
    through the program), and pushes both halves. Both halves contain the midpoint, so
@@ -84,7 +84,7 @@ class InputBab:
                  domains: Sequence[str] = BAB_DOMAINS, batch: int = 64,
                  attack_steps: int = 5, samples: int = 16, record: list[BranchRecord] | None = None,
                  programs: dict[str, Any] | None = None, heuristic: str = "bound",
-                 magnitude_box: bool = True, root_samples: int = 65536,
+                 root_samples: int = 65536,
                  restarts: int = 256, combined: bool = True) -> None:
         self.model = model
         self.input_shape = tuple(input_shape)
@@ -116,13 +116,6 @@ class InputBab:
             self.progs.append((name, prog))
         if not self.progs:
             raise AbsdslError("no bound domain has rules for every op of the network")
-        self.magnitude_prog: Any = None
-        if magnitude_box:
-            try:
-                self.magnitude_prog = (programs or {}).get("box") or absdsl.compile(
-                    model, "box", input_shape=input_shape)
-            except AbsdslError:
-                self.magnitude_prog = None
 
     def _clock(self, phase: str, since: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - since
@@ -285,15 +278,12 @@ class InputBab:
 
     def _threshold(self, prog: Any, lo: torch.Tensor, hi: torch.Tensor, lb: torch.Tensor,
                    ub: torch.Tensor) -> torch.Tensor:
-        """Per box, what a row's ``lb - b`` must exceed (``absdsl certify``'s policy).
-
-        With a Box program, M is taken over its intermediate bounds instead of the domain's
-        own: every back-substitution domain intersects its refined bounds with Box's, so
-        Box's are at least as large, M no smaller and the threshold no lower, for the price
-        of one interval pass instead of a second back-substitution."""
-
+        """Per box, what a row's ``lb - b`` must exceed: ``absdsl certify``'s policy, M over
+        the domain's own intermediate bounds. (Box's are not a safe substitute: the output
+        node's back-substituted bounds are not intersected with Box's, and a Hypothesis
+        example had DeepPoly's above Box's there.)"""
         with torch.no_grad():
-            return certificate_threshold(self.magnitude_prog or prog, lo, hi, lb, ub,
+            return certificate_threshold(prog, lo, hi, lb, ub,
                                          self.tol) + REL_TOLERANCE * self.b_max
 
     def _bound_scores(self, todo: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor,
